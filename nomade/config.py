@@ -1,0 +1,466 @@
+"""Typed configuration (``nomade.toml``): schema, defaults, validation, resolved paths.
+
+``load(path)`` reads ``path``, else ``$NOMADE_CONFIG``, else ``/etc/nomade/nomade.toml``
+when it exists, else returns the defaults. Every table is a frozen dataclass; each
+field's metadata gives its allowed range or choices. A file is checked completely
+before anything is returned: all problems (unknown keys with close matches, wrong
+types, out-of-range values) are reported together in one ``ConfigError``.
+
+Empty strings in path-like fields mean "the standard place"; ``Config.paths()``
+resolves them (XDG directories, the short host name) at call time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from nomade.errors import NomadeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+SYSTEM_CONFIG = Path("/etc/nomade/nomade.toml")
+ENV_VAR = "NOMADE_CONFIG"
+
+_ENDPOINT = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
+_HOST_PORT = re.compile(r"^\S+:(\d{1,5})$")
+
+
+def _opt(default: Any, **rules: Any) -> Any:
+    """A field with a default and validation rules (ge, gt, le, lt, choices, check)."""
+    return field(default=default, metadata=rules)
+
+
+def _table(cls: type) -> Any:
+    """A field holding a nested table (a sub-dataclass with its own defaults)."""
+    return field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A string rule: ``test(value)`` must hold; ``expected`` says so in an error."""
+
+    test: Callable[[str], bool]
+    expected: str
+
+
+def _valid_host_port(value: str) -> bool:
+    match = _HOST_PORT.match(value)
+    return value == "" or (match is not None and 0 < int(match.group(1)) < 65536)
+
+
+_ENDPOINT_CHECK = _Check(lambda v: bool(_ENDPOINT.match(v)),
+                         'a ZeroMQ endpoint such as "tcp://127.0.0.1:5555"')
+_HOST_PORT_CHECK = _Check(_valid_host_port, '"HOST:PORT" (PORT 1-65535), or "" to disable')
+_NON_EMPTY = _Check(lambda v: v != "", "a non-empty string")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """``[ml.ensemble]``: default weights of the three models (renormalised per job)."""
+
+    gnn_weight: float = _opt(0.4, ge=0.0, le=1.0)
+    lstm_weight: float = _opt(0.35, ge=0.0, le=1.0)
+    autoencoder_weight: float = _opt(0.25, ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """``[ml.alerts]``: when a prediction counts as an alert."""
+
+    high_risk_threshold: float = _opt(0.7, ge=0.0, le=1.0)
+    alert_on_prediction: bool = _opt(True)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """``[ml.training]``: optimiser and network hyper-parameters."""
+
+    learning_rate: float = _opt(0.001, gt=0.0)
+    epochs: int = _opt(100, ge=1)
+    batch_size: int = _opt(32, ge=1)
+    hidden_dim: int = _opt(64, ge=1)
+    dropout: float = _opt(0.2, ge=0.0, lt=1.0)
+    patience: int = _opt(10, ge=1)
+
+
+@dataclass(frozen=True)
+class MLConfig:
+    """``[ml]``: graph, sequence and training-schedule settings, plus sub-tables."""
+
+    enabled: bool = _opt(True)
+    similarity_threshold: float = _opt(0.7, ge=0.0, le=1.0)
+    max_neighbors: int = _opt(10, ge=1)
+    retrain_interval_days: float = _opt(7.0, gt=0.0)
+    sequence_length: int = _opt(20, ge=1)
+    class_balance: str = _opt("weights", choices=("weights", "oversample", "none"))
+    seed: int = _opt(0, ge=0)
+    models_dir: str = _opt("")
+    ensemble: EnsembleConfig = _table(EnsembleConfig)
+    alerts: AlertsConfig = _table(AlertsConfig)
+    training: TrainingConfig = _table(TrainingConfig)
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """``[collector]``: the per-node sampler and its outbox."""
+
+    agent_endpoint: str = _opt("tcp://127.0.0.1:5555", check=_ENDPOINT_CHECK)
+    interval_s: float = _opt(30.0, gt=0.0)
+    jitter_s: float = _opt(5.0, ge=0.0)
+    node_name: str = _opt("")
+    cgroup_root: str = _opt("/sys/fs/cgroup", check=_NON_EMPTY)
+    outbox_dir: str = _opt("")
+    outbox_max_mb: int = _opt(64, ge=1)
+    ack_timeout_s: float = _opt(10.0, gt=0.0)
+    spool_dir: str = _opt("")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """``[agent]``: ingest, publish, metrics and final-state polling."""
+
+    ingest_endpoint: str = _opt("tcp://127.0.0.1:5555", check=_ENDPOINT_CHECK)
+    publish_endpoint: str = _opt("tcp://127.0.0.1:5556", check=_ENDPOINT_CHECK)
+    metrics_address: str = _opt("127.0.0.1:9464", check=_HOST_PORT_CHECK)
+    interval_s: float = _opt(30.0, gt=0.0)
+    spool_dirs: tuple[str, ...] = _opt(())
+    final_state_timeout_s: float = _opt(300.0, gt=0.0)
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """Resolved CURVE key file locations (see ``SecurityConfig.key_files``)."""
+
+    keys_dir: Path
+    server_public_key_file: Path
+    server_secret_key_file: Path
+    client_public_key_file: Path
+    client_secret_key_file: Path
+    authorized_clients_dir: Path
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """``[security]``: CURVE encryption and authentication between collector and agent.
+
+    Empty file names derive from ``keys_dir``: ``server.key``/``server.key_secret``,
+    ``client.key``/``client.key_secret`` and the directory ``authorized_clients/``
+    (client public ``*.key`` files the agent accepts).
+    """
+
+    curve_enabled: bool = _opt(False)
+    keys_dir: str = _opt("")
+    server_public_key_file: str = _opt("")
+    server_secret_key_file: str = _opt("")
+    client_public_key_file: str = _opt("")
+    client_secret_key_file: str = _opt("")
+    authorized_clients_dir: str = _opt("")
+
+    def key_files(self, env: Mapping[str, str] | None = None) -> KeyFiles:
+        """Resolve every key location; ``keys_dir`` "" is /etc/nomade/keys for root,
+        else ``$XDG_CONFIG_HOME/nomade/keys`` (default ``~/.config``)."""
+        env = os.environ if env is None else env
+        if self.keys_dir:
+            keys = _expand(self.keys_dir)
+        elif os.geteuid() == 0:
+            keys = Path("/etc/nomade/keys")
+        else:
+            keys = _xdg(env, "XDG_CONFIG_HOME", ".config") / "nomade" / "keys"
+
+        def pick(value: str, default: str) -> Path:
+            return _expand(value) if value else keys / default
+
+        return KeyFiles(
+            keys_dir=keys,
+            server_public_key_file=pick(self.server_public_key_file, "server.key"),
+            server_secret_key_file=pick(self.server_secret_key_file, "server.key_secret"),
+            client_public_key_file=pick(self.client_public_key_file, "client.key"),
+            client_secret_key_file=pick(self.client_secret_key_file, "client.key_secret"),
+            authorized_clients_dir=pick(self.authorized_clients_dir, "authorized_clients"),
+        )
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """``[slurm]``: where the Slurm tools are and how long a call may take."""
+
+    bin_dir: str = _opt("")
+    use_pyslurm: str = _opt("auto", choices=("auto", "never"))
+    command_timeout_s: float = _opt(30.0, gt=0.0)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: the agent's SQLite database."""
+
+    db_path: str = _opt("")
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """``[hooks]``: the local spool directory that Slurm hooks write into."""
+
+    spool_dir: str = _opt("/var/spool/nomade", check=_NON_EMPTY)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every path-like setting resolved to a concrete value (see ``Config.paths``)."""
+
+    models_dir: Path
+    db_path: Path
+    outbox_dir: Path
+    collector_spool_dir: Path
+    hooks_spool_dir: Path
+    node_name: str
+    keys: KeyFiles
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``source`` is the file it came from (None: defaults)."""
+
+    ml: MLConfig = _table(MLConfig)
+    collector: CollectorConfig = _table(CollectorConfig)
+    agent: AgentConfig = _table(AgentConfig)
+    security: SecurityConfig = _table(SecurityConfig)
+    slurm: SlurmConfig = _table(SlurmConfig)
+    storage: StorageConfig = _table(StorageConfig)
+    hooks: HooksConfig = _table(HooksConfig)
+    source: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict of the settings (TOML/JSON-ready; no ``source``)."""
+        return _to_dict(self)
+
+    def paths(self, env: Mapping[str, str] | None = None) -> Paths:
+        """Resolve the "" defaults against ``env`` (default ``os.environ``) now."""
+        env = os.environ if env is None else env
+        state = _xdg(env, "XDG_STATE_HOME", ".local/state") / "nomade"
+        data = _xdg(env, "XDG_DATA_HOME", ".local/share") / "nomade"
+        hooks_spool = _expand(self.hooks.spool_dir)
+        return Paths(
+            models_dir=_expand(self.ml.models_dir) if self.ml.models_dir else data / "models",
+            db_path=_expand(self.storage.db_path) if self.storage.db_path else state / "nomade.db",
+            outbox_dir=_expand(self.collector.outbox_dir) if self.collector.outbox_dir else state / "outbox",
+            collector_spool_dir=_expand(self.collector.spool_dir) if self.collector.spool_dir else hooks_spool,
+            hooks_spool_dir=hooks_spool,
+            node_name=self.collector.node_name or socket.gethostname().split(".")[0],
+            keys=self.security.key_files(env),
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a config file: the dotted key ("" for the whole file) and
+    ``text``, the line shown after the file name (key, value found, what was expected)."""
+
+    key: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ConfigError(NomadeError, ValueError):
+    """A config file that cannot be used; ``problems`` lists everything wrong in it.
+
+    The message has one line per problem, each naming the file, the dotted key,
+    the value found and what was expected.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problems: list[Problem]) -> None:
+        self.path = Path(path)
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{self.path}: {problem}" for problem in self.problems))
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate the config: ``path``, else $NOMADE_CONFIG, else
+    /etc/nomade/nomade.toml if it exists, else the defaults. Raises ConfigError."""
+    chosen = _choose_file(path)
+    if chosen is None:
+        return Config()
+    return _parse(chosen, _read_toml(chosen))
+
+
+def _choose_file(path: str | os.PathLike[str] | None) -> Path | None:
+    if path is not None and str(path) != "":
+        return Path(path)
+    from_env = os.environ.get(ENV_VAR, "")
+    if from_env:
+        return Path(from_env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(path, [Problem("", "no such file")]) from None
+    except OSError as exc:
+        raise ConfigError(path, [Problem("", f"cannot read: {exc.strerror or exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [Problem("", f"not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [Problem("", f"not valid TOML: not UTF-8 ({exc.reason})")]) from None
+
+
+def _parse(path: Path, data: dict[str, Any]) -> Config:
+    problems: list[Problem] = []
+    config = _build(Config, data, "", problems)
+    _check_weights(config.ml.ensemble, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    return dataclasses.replace(config, source=path)
+
+
+def _settable_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[Problem]) -> Any:
+    """Instantiate ``cls`` from ``data``, appending every problem; bad keys keep defaults."""
+    fields = _settable_fields(cls)
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        spec = fields.get(key)
+        if spec is None:
+            problems.append(_unknown_key(dotted, raw, prefix, list(fields)))
+            continue
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if isinstance(raw, dict):
+                values[key] = _build(kind, raw, dotted, problems)
+            else:
+                problems.append(Problem(dotted, f"{dotted} = {_show(raw)}: expected a table [{dotted}]"))
+            continue
+        converted = _convert(raw, kind, spec.metadata)
+        if isinstance(converted, _Rejected):
+            problems.append(Problem(dotted, f"{dotted} = {_show(raw)}: expected {converted.expected}"))
+        else:
+            values[key] = converted
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    expected: str
+
+
+def _convert(raw: Any, kind: Any, rules: Mapping[str, Any]) -> Any:
+    """Return the typed value, or _Rejected(what was expected)."""
+    expected = _expectation(kind, rules)
+    if kind is bool:
+        ok = isinstance(raw, bool)
+    elif kind is int:
+        ok = isinstance(raw, int) and not isinstance(raw, bool) and _in_range(raw, rules)
+    elif kind is float:
+        ok = (isinstance(raw, (int, float)) and not isinstance(raw, bool)
+              and math.isfinite(raw) and _in_range(raw, rules))
+        raw = float(raw) if ok else raw
+    elif kind is str:
+        ok = isinstance(raw, str) and _string_ok(raw, rules)
+    else:  # tuple[str, ...]
+        ok = isinstance(raw, list) and all(isinstance(item, str) for item in raw)
+        raw = tuple(raw) if ok else raw
+    return raw if ok else _Rejected(expected)
+
+
+def _in_range(value: float, rules: Mapping[str, Any]) -> bool:
+    return not (("ge" in rules and value < rules["ge"]) or ("gt" in rules and value <= rules["gt"])
+                or ("le" in rules and value > rules["le"]) or ("lt" in rules and value >= rules["lt"]))
+
+
+def _string_ok(value: str, rules: Mapping[str, Any]) -> bool:
+    if "choices" in rules and value not in rules["choices"]:
+        return False
+    return "check" not in rules or rules["check"].test(value)
+
+
+def _expectation(kind: Any, rules: Mapping[str, Any]) -> str:
+    if kind is bool:
+        return "true or false"
+    if kind in (int, float):
+        noun = "an integer" if kind is int else "a number"
+        low = [(key, rules[key]) for key in ("ge", "gt") if key in rules]
+        high = [(key, rules[key]) for key in ("le", "lt") if key in rules]
+        if low and high:
+            (lk, lv), (hk, hv) = low[0], high[0]
+            return f"{noun} in {'[' if lk == 'ge' else '('}{_num(lv)}, {_num(hv)}{']' if hk == 'le' else ')'}"
+        ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+        return " ".join([noun] + [f"{ops[key]} {_num(value)}" for key, value in low + high])
+    if kind is str:
+        if "choices" in rules:
+            return "one of " + ", ".join(json.dumps(choice) for choice in rules["choices"])
+        if "check" in rules:
+            return rules["check"].expected
+        return "a string"
+    return "a list of strings"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _unknown_key(dotted: str, raw: Any, prefix: str, valid: list[str]) -> Problem:
+    name = dotted.rsplit(".", 1)[-1]
+    where = f"[{prefix}]" if prefix else "the top level"
+    close = [f"{prefix}.{match}" if prefix else match
+             for match in difflib.get_close_matches(name, valid, n=3, cutoff=0.6)]
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    what = f"[{dotted}]: unknown table" if isinstance(raw, dict) else f"{dotted} = {_show(raw)}: unknown key"
+    return Problem(dotted, f"{what}{hint}; valid keys in {where}: {', '.join(valid)}")
+
+
+def _check_weights(ensemble: EnsembleConfig, problems: list[Problem]) -> None:
+    if ensemble.gnn_weight + ensemble.lstm_weight + ensemble.autoencoder_weight <= 0:
+        problems.append(Problem("ml.ensemble", "ml.ensemble: all three weights are 0: expected at least one > 0"))
+
+
+def _show(value: Any) -> str:
+    """Render a value the way it looks in TOML (strings quoted, booleans lower case)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _settable_fields(type(obj)):
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            out[name] = _to_dict(value)
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _expand(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
+    """An XDG base directory: the variable when set and absolute, else ~/fallback."""
+    value = env.get(var, "")
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path.home() / fallback
