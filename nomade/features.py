@@ -1,0 +1,519 @@
+"""As-of feature vectors, LSTM channels and normalisation (numpy only).
+
+A job's features are computed *as of* a time ``t``: runtime parts from its samples
+stamped ``ts <= t`` only, history parts from jobs that ended strictly before ``t``.
+Nothing known only at the end of a job (final runtime, state, totals) is a feature.
+
+The 17 features (DESIGN.md), in this order (``FEATURES``):
+
+====  =====================  ==========================================================
+ #     name                   value (raw, before normalisation)
+====  =====================  ==========================================================
+ 1     log_req_cpus           log1p(requested CPUs)
+ 2     log_req_mem_mb         log1p(requested memory in MiB)
+ 3     log_req_gpus           log1p(requested GPUs)
+ 4     log_time_limit_min     log1p(time limit in minutes)
+ 5     user_fail_rate         (failed + a*prior) / (ended + a) over the user's jobs that
+                              ended before t; prior = global rate before t (Laplace)
+ 6     user_last_failed       1 if the user's last job ended before t failed
+ 7     elapsed_frac           (ts of last sample - start) / time limit
+ 8     cpu_eff                CPU seconds so far / (alloc CPUs * seconds since start)
+ 9     cpu_eff_change         CPU efficiency over the last ``WINDOW`` samples - cpu_eff
+ 10    mem_frac               memory now / memory limit
+ 11    mem_peak_frac          peak memory so far / memory limit
+ 12    mem_growth_frac_h      memory growth per hour over the last samples / limit
+ 13    log_read_mbps          log1p(read MB/s over the last samples)
+ 14    log_write_mbps         log1p(write MB/s over the last samples)
+ 15    nfs_write_share        NFS write bytes / write bytes so far, in [0, 1]
+ 16    io_pressure            job io PSI "some avg10" / 100, else node iowait / 100
+ 17    mem_pressure           log1p((major faults + limit hits + OOM kills) per minute
+                              over the last samples) + swap / limit
+====  =====================  ==========================================================
+
+``mask[i, j]`` is True where feature j is known for example i at its as-of time.
+Runtime features (7-17) need at least one sample at or before t; any feature whose
+inputs are unknown (NaN) is masked. Masked entries are 0 in the raw matrix and stay
+0 after :meth:`Normalizer.transform`.
+
+Cumulative counters (CPU seconds, bytes, faults, limit hits) are taken to start at 0
+when the job starts (a job cgroup is created with the job), so a rate is defined from
+the first sample on: between the sample ``WINDOW`` back (or the job start) and the
+last sample.
+
+Everything is vectorised: one call handles many (job, t) examples; per-user history
+and per-job sample look-ups use sorted keys and ``searchsorted``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FEATURES: tuple[str, ...] = (
+    "log_req_cpus", "log_req_mem_mb", "log_req_gpus", "log_time_limit_min",
+    "user_fail_rate", "user_last_failed",
+    "elapsed_frac", "cpu_eff", "cpu_eff_change",
+    "mem_frac", "mem_peak_frac", "mem_growth_frac_h",
+    "log_read_mbps", "log_write_mbps", "nfs_write_share",
+    "io_pressure", "mem_pressure",
+)
+N_FEATURES = len(FEATURES)
+N_START = 6
+"""Features 1-6 are known at start; 7-17 are runtime features (the LSTM channels)."""
+CHANNELS: tuple[str, ...] = FEATURES[N_START:]
+WINDOW = 3
+"""How many samples back a "recent" rate or change looks."""
+PRIOR_STRENGTH = 5.0
+"""Pseudo-jobs of the global failure rate added to each user's history."""
+
+FAILED_STATES = frozenset({"FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL",
+                           "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
+
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    "alloc_cpus", "cpu_user_s", "cpu_system_s", "mem_bytes", "mem_peak_bytes",
+    "mem_limit_bytes", "mem_limit_hits", "oom_kills", "page_faults", "major_faults",
+    "swap_bytes", "read_bytes", "write_bytes", "nfs_write_bytes", "nprocs", "nthreads",
+    "io_pressure", "mem_pressure", "iowait_pct",
+)
+"""Float columns of :class:`SampleTable`: the ``job.sample`` body fields, plus
+``iowait_pct`` (the node's iowait at that time, from ``node.sample``; NaN unknown)."""
+
+
+def label_of(state: str | None) -> float:
+    """The DESIGN label of a final Slurm state: 0 COMPLETED, 1 failed kinds, NaN otherwise.
+
+    Accepts sacct spellings such as ``"CANCELLED by 1000"`` (first word counts).
+    """
+    if not state:
+        return math.nan
+    word = state.split()[0].rstrip("+").upper()
+    if word == "COMPLETED":
+        return 0.0
+    return 1.0 if word in FAILED_STATES else math.nan
+
+
+def _floats(values: Iterable[Any]) -> np.ndarray:
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+@dataclass
+class JobTable:
+    """One row per job (ARCHITECTURE "ML arrays"); times in POSIX s, NaN unknown.
+
+    ``cat`` holds optional extra categorical columns known at submit (int codes,
+    -1 unknown), e.g. ``group``, ``executable``, ``queue`` from a trace; the 17
+    features do not use them, baselines may.
+    """
+
+    job_id: np.ndarray
+    user: np.ndarray
+    req_cpus: np.ndarray
+    req_mem_bytes: np.ndarray
+    req_gpus: np.ndarray
+    time_limit_s: np.ndarray
+    submit_ts: np.ndarray
+    start_ts: np.ndarray
+    end_ts: np.ndarray
+    state: np.ndarray
+    label: np.ndarray
+    cat: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.job_id)
+        for name in ("user", "req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s",
+                     "submit_ts", "start_ts", "end_ts", "state", "label", *self.cat):
+            col = self.cat[name] if name in self.cat else getattr(self, name)
+            if len(col) != n:
+                raise ValueError(f"JobTable column {name!r} has {len(col)} rows, job_id has {n}")
+
+    def __len__(self) -> int:
+        return len(self.job_id)
+
+    def take(self, idx: np.ndarray) -> JobTable:
+        """The rows ``idx`` as a new table (history features then see only those rows)."""
+        cols = {name: getattr(self, name)[idx] for name in _JOB_COLUMNS}
+        return JobTable(**cols, cat={k: v[idx] for k, v in self.cat.items()})
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]],
+                     users: dict[str, int] | None = None) -> JobTable:
+        """Build from dicts with the ``job.start`` body fields, plus optional ``end_ts``
+        and ``state`` (from ``job.end``). ``users`` maps user names to codes and is
+        extended in place, so that tables built at different times share codes."""
+        users = {} if users is None else users
+        rows = list(records)
+        def get(key: str) -> list[Any]:
+            return [r.get(key) for r in rows]
+        states = np.array(get("state"), dtype=object)
+        return cls(
+            job_id=np.array([str(r["job_id"]) for r in rows], dtype=object),
+            user=np.array([_code(users, r.get("user")) for r in rows], dtype=np.int64),
+            req_cpus=_floats(get("req_cpus")), req_mem_bytes=_floats(get("req_mem_bytes")),
+            req_gpus=_floats(get("req_gpus")), time_limit_s=_floats(get("time_limit_s")),
+            submit_ts=_floats(get("submit_ts")), start_ts=_floats(get("start_ts")),
+            end_ts=_floats(get("end_ts")), state=states,
+            label=np.array([label_of(s) for s in states], dtype=np.float64))
+
+
+_JOB_COLUMNS = ("job_id", "user", "req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s",
+                "submit_ts", "start_ts", "end_ts", "state", "label")
+
+
+def _code(codes: dict[str, int], name: Any) -> int:
+    if name is None or name == "":
+        return -1
+    return codes.setdefault(str(name), len(codes))
+
+
+@dataclass
+class SampleTable:
+    """Samples of jobs: ``job_index`` (row into a JobTable), ``ts``, and the float
+    columns of ``SAMPLE_COLUMNS`` in ``cols`` (cumulative counters as read, NaN
+    unknown). Rows are sorted by (job_index, ts) on construction."""
+
+    job_index: np.ndarray
+    ts: np.ndarray
+    cols: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.job_index = np.asarray(self.job_index, dtype=np.int64)
+        self.ts = np.asarray(self.ts, dtype=np.float64)
+        n = len(self.ts)
+        if len(self.job_index) != n:
+            raise ValueError("SampleTable job_index and ts differ in length")
+        unknown = set(self.cols) - set(SAMPLE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown sample columns {sorted(unknown)}; known: {SAMPLE_COLUMNS}")
+        full = {c: np.asarray(self.cols.get(c, np.full(n, np.nan)), dtype=np.float64)
+                for c in SAMPLE_COLUMNS}
+        keep = np.flatnonzero(np.isfinite(self.ts))  # a sample without a time is unusable
+        order = keep[np.lexsort((self.ts[keep], self.job_index[keep]))]
+        self.job_index, self.ts = self.job_index[order], self.ts[order]
+        self.cols = {c: v[order] for c, v in full.items()}
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        cols = self.__dict__.get("cols", {})
+        if name in cols:
+            return cols[name]
+        raise AttributeError(name)
+
+    @classmethod
+    def empty(cls) -> SampleTable:
+        """No samples at all (e.g. a trace): every runtime feature is masked."""
+        return cls(np.zeros(0, np.int64), np.zeros(0), {})
+
+    @classmethod
+    def from_records(cls, jobs: JobTable, records: Iterable[Mapping[str, Any]]) -> SampleTable:
+        """Build from dicts with the ``job.sample`` body fields (``job_id``, ``ts``, ...).
+        Samples of jobs not in ``jobs`` are skipped."""
+        row_of = {jid: i for i, jid in enumerate(jobs.job_id)}
+        rows = [r for r in records if str(r.get("job_id")) in row_of]
+        cols = {c: _floats(r.get(c) for r in rows) for c in SAMPLE_COLUMNS}
+        return cls(np.array([row_of[str(r["job_id"])] for r in rows], dtype=np.int64),
+                   _floats(r.get("ts") for r in rows), cols)
+
+
+# ---------------------------------------------------------------- look-ups
+
+def _ranked_keys(group_a: np.ndarray, time_a: np.ndarray,
+                 group_b: np.ndarray, time_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer keys ``group * span + rank(time)`` over both sets, order-preserving
+    within a group, exact (no float precision loss). NaN times rank last."""
+    times = np.concatenate([time_a, time_b])
+    _, inv = np.unique(times, return_inverse=True)
+    span = int(inv.max(initial=0)) + 2
+    ka = group_a.astype(np.int64) * span + inv[: len(time_a)]
+    kb = group_b.astype(np.int64) * span + inv[len(time_a):]
+    return ka, kb, span
+
+
+def _last_sample(samples: SampleTable, rows: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each example, the index of the job's last sample with ts <= t and the index
+    of its first sample; ``last = -1`` where there is none."""
+    ks, kq, span = _ranked_keys(samples.job_index, samples.ts, rows, t)
+    last = np.searchsorted(ks, kq, side="right") - 1
+    first = np.searchsorted(ks, rows.astype(np.int64) * span, side="left")
+    last = np.where(last >= first, last, -1)
+    return last, first
+
+
+def _history(jobs: JobTable, rows: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """User failure rate (smoothed) and last-job-failed (NaN: no ended job) as of t,
+    from jobs with a known label and end_ts < t."""
+    done = np.isfinite(jobs.end_ts) & np.isfinite(jobs.label) & (jobs.user >= 0)
+    ev_user, ev_end, ev_lab = jobs.user[done], jobs.end_ts[done], jobs.label[done]
+    # global prior as of t (Laplace-smoothed), from all users' ended jobs
+    g_order = np.argsort(ev_end, kind="stable")
+    g_cum = np.concatenate([[0.0], np.cumsum(ev_lab[g_order])])
+    g_n = np.searchsorted(ev_end[g_order], t, side="left")
+    prior = (g_cum[g_n] + 1.0) / (g_n + 2.0)
+    # per user: events sorted by (user, end); queries at (user, t), strictly before t
+    q_user = jobs.user[rows]
+    ke, kq, span = _ranked_keys(ev_user, ev_end, q_user, t)
+    order = np.argsort(ke, kind="stable")
+    ke, lab = ke[order], ev_lab[order]
+    cum = np.concatenate([[0.0], np.cumsum(lab)])
+    pos = np.searchsorted(ke, kq, side="left")
+    start = np.searchsorted(ke, q_user.astype(np.int64) * span, side="left")
+    n = pos - start
+    failed = cum[pos] - cum[start]
+    rate = (failed + PRIOR_STRENGTH * prior) / (n + PRIOR_STRENGTH)
+    last = np.where(n > 0, lab[np.maximum(pos - 1, 0)] if len(lab) else 0.0, np.nan)
+    rate = np.where(q_user >= 0, rate, np.nan)
+    return rate, last
+
+
+# ---------------------------------------------------------------- runtime features
+
+def _at(arr: np.ndarray, idx: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``arr[idx]`` where ``ok``, NaN elsewhere (safe for an empty ``arr``)."""
+    if len(arr) == 0:
+        return np.full(len(idx), np.nan)
+    return np.where(ok, arr[np.clip(idx, 0, len(arr) - 1)], np.nan)
+
+
+def _running_max(samples: SampleTable, name: str) -> np.ndarray:
+    """Per-job running maximum of a column (NaN ignored; NaN until a value is seen),
+    exact: a cumulative max over integer keys ``job * span + rank(value)``."""
+    vals = samples.cols[name]
+    uniq, inv = np.unique(np.where(np.isnan(vals), -np.inf, vals), return_inverse=True)
+    span = len(uniq) + 1
+    best = np.maximum.accumulate(samples.job_index * span + inv) - samples.job_index * span
+    out = uniq[best] if len(vals) else vals.copy()
+    return np.where(np.isinf(out), np.nan, out)
+
+
+@dataclass
+class _Window:
+    """The latest usable sample of each example and the window behind it."""
+
+    samples: SampleTable
+    last: np.ndarray      # index of the last sample with ts <= t (valid where has)
+    base: np.ndarray      # index of the sample WINDOW back (valid where has_base)
+    has: np.ndarray
+    has_base: np.ndarray
+
+    def now(self, name: str) -> np.ndarray:
+        return _at(self.samples.cols[name], self.last, self.has)
+
+    def delta(self, name: str) -> np.ndarray:
+        """Counter increase over the window (from 0 at the job start if one sample)."""
+        before = _at(self.samples.cols[name], self.base, self.has_base)
+        return self.now(name) - np.where(self.has_base, before, 0.0)
+
+
+def _runtime(jobs: JobTable, samples: SampleTable, rows: np.ndarray,
+             last: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The 11 runtime features (NaN unknown) of examples whose latest usable sample
+    is ``last`` (-1: none) of job ``rows``; reads samples ``first..last`` only."""
+    has = last >= 0
+    base = np.maximum(last - WINDOW, first)
+    w = _Window(samples, last, base, has, has & (base < last))
+    start = jobs.start_ts[rows]
+    ts = _at(samples.ts, last, has)
+    since_start = _positive(ts - start)
+    # a window starts at an earlier sample, or at the job start (counters are 0 there)
+    dt = _positive(ts - np.where(w.has_base, _at(samples.ts, base, w.has_base), start))
+    limit = _positive(np.where(w.now("mem_limit_bytes") > 0, w.now("mem_limit_bytes"),
+                               jobs.req_mem_bytes[rows]))
+    out = np.column_stack([
+        since_start / jobs.time_limit_s[rows],
+        *_cpu(jobs, w, rows, since_start, dt),
+        *_memory(samples, w, limit, dt),
+        *_io(w, dt, limit),
+    ])
+    out[~has] = np.nan
+    return out
+
+
+def _positive(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, np.nan)
+
+
+def _cpu(jobs: JobTable, w: _Window, rows: np.ndarray, since_start: np.ndarray,
+         dt: np.ndarray) -> list[np.ndarray]:
+    """CPU efficiency so far, and efficiency over the window minus that."""
+    alloc = _positive(np.where(w.now("alloc_cpus") > 0, w.now("alloc_cpus"), jobs.req_cpus[rows]))
+    used = w.now("cpu_user_s") + np.nan_to_num(w.now("cpu_system_s"))
+    recent = w.delta("cpu_user_s") + np.nan_to_num(w.delta("cpu_system_s"))
+    eff = used / (alloc * since_start)
+    return [eff, recent / (alloc * dt) - eff]
+
+
+def _memory(samples: SampleTable, w: _Window, limit: np.ndarray, dt: np.ndarray) -> list[np.ndarray]:
+    """Memory now, peak so far and growth per hour, each over the limit."""
+    peak = np.fmax(w.now("mem_peak_bytes"), _at(_running_max(samples, "mem_bytes"), w.last, w.has))
+    growth = w.delta("mem_bytes") / np.where(w.has_base, dt, np.nan) * 3600.0  # needs 2 samples
+    return [w.now("mem_bytes") / limit, peak / limit, growth / limit]
+
+
+def _io(w: _Window, dt: np.ndarray, limit: np.ndarray) -> list[np.ndarray]:
+    """Read/write rates, NFS write share, I/O pressure and memory pressure."""
+    writes, nfs = w.now("write_bytes"), w.now("nfs_write_bytes")
+    share = np.where(writes > 0, np.clip(nfs / np.where(writes > 0, writes, 1.0), 0.0, 1.0),
+                     np.where(np.isfinite(nfs) & np.isfinite(writes), 0.0, np.nan))
+    io = np.where(np.isfinite(w.now("io_pressure")), w.now("io_pressure"), w.now("iowait_pct"))
+    events = _nansum_known([w.delta("major_faults"), w.delta("mem_limit_hits"), w.delta("oom_kills")])
+    pressure = _nansum_known([np.log1p(np.maximum(events, 0.0) / dt * 60.0),
+                              w.now("swap_bytes") / limit])
+    return [np.log1p(np.maximum(w.delta("read_bytes"), 0.0) / dt / 1e6),
+            np.log1p(np.maximum(w.delta("write_bytes"), 0.0) / dt / 1e6),
+            share, io / 100.0, pressure]
+
+
+def _nansum_known(parts: list[np.ndarray]) -> np.ndarray:
+    """Sum ignoring NaN parts; NaN only where every part is NaN."""
+    stacked = np.stack(parts)
+    known = np.isfinite(stacked).any(axis=0)
+    return np.where(known, np.nansum(stacked, axis=0), np.nan)
+
+
+# ---------------------------------------------------------------- public API
+
+def _rows(jobs: JobTable, t: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(t, dtype=np.float64)
+    rows = np.arange(len(jobs)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if t.shape != rows.shape:
+        raise ValueError(f"t has shape {t.shape}, expected one time per example {rows.shape}")
+    if not np.isfinite(t).all():
+        raise ValueError("every as-of time t must be a finite POSIX time")
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(jobs)):
+        raise ValueError(f"rows must index the {len(jobs)} jobs")
+    return t, rows
+
+
+def asof_features(jobs: JobTable, samples: SampleTable, t: np.ndarray,
+                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 17 raw features of each example as of its time ``t[e]``.
+
+    Examples are ``rows[e]`` (job rows; default every job once, ``t`` per job). Returns
+    ``(X float32[n, 17], mask bool[n, 17])`` with X = 0 where the mask is False.
+    Uses only samples with ``ts <= t[e]`` and history of jobs with ``end_ts < t[e]``.
+    """
+    t, rows = _rows(jobs, t, rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        start = np.stack([
+            np.log1p(jobs.req_cpus[rows]), np.log1p(jobs.req_mem_bytes[rows] / 2**20),
+            np.log1p(jobs.req_gpus[rows]), np.log1p(jobs.time_limit_s[rows] / 60.0),
+            *_history(jobs, rows, t)], axis=1)
+        last, first = _last_sample(samples, rows, t)
+        runtime = _runtime(jobs, samples, rows, last, first)
+    raw = np.concatenate([start, runtime], axis=1)
+    mask = np.isfinite(raw)
+    return np.where(mask, raw, 0.0).astype(np.float32), mask
+
+
+def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
+              interval_s: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The runtime channels (features 7-17, ``CHANNELS``) on a grid of ``length`` steps
+    every ``interval_s`` ending at ``t[e]``, each step as of the last sample at or
+    before it. Left-padded: steps before the job's first sample are padding.
+
+    Returns ``(S float32[n, length, 11], lengths int64[n])``; S is NaN at padding and
+    where a channel is unknown (see :meth:`Normalizer.transform_sequences`).
+    """
+    t, rows = _rows(jobs, t, rows)
+    if length < 1 or not interval_s > 0:
+        raise ValueError(f"length must be >= 1 and interval_s > 0, got {length}, {interval_s}")
+    steps = (np.arange(length) - (length - 1)) * float(interval_s)
+    grid = (t[:, None] + steps[None, :]).ravel()
+    grid_rows = np.repeat(rows, length)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        last, first = _last_sample(samples, grid_rows, grid)
+        vals = _runtime(jobs, samples, grid_rows, last, first)
+    seq = vals.reshape(len(rows), length, len(CHANNELS)).astype(np.float32)
+    lengths = (last >= 0).reshape(len(rows), length).sum(axis=1).astype(np.int64)
+    return seq, lengths
+
+
+def snapshots(jobs: JobTable, samples: SampleTable, interval_s: float,
+              max_per_job: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The as-of training examples of ended, labelled, started jobs: one per scoring
+    tick ``start, start + interval_s, ... < end`` (at most ``max_per_job``, spread
+    evenly over the run), each weighted ``1 / ticks`` so every job counts once.
+
+    Returns ``(rows int64[m], t float64[m], weight float64[m])``. ``samples`` is not
+    read (ticks come from the job's run, as in live scoring); it is accepted so the
+    signature matches the other as-of functions.
+    """
+    del samples
+    if not interval_s > 0 or max_per_job < 1:
+        raise ValueError(f"interval_s must be > 0 and max_per_job >= 1, got {interval_s}, {max_per_job}")
+    ok = np.isfinite(jobs.start_ts) & np.isfinite(jobs.end_ts) & np.isfinite(jobs.label)
+    idx = np.flatnonzero(ok)
+    run = np.maximum(jobs.end_ts[idx] - jobs.start_ts[idx], 0.0)
+    n_ticks = np.maximum(np.ceil(run / interval_s), 1).astype(np.int64)
+    used = np.minimum(n_ticks, max_per_job)
+    rows = np.repeat(idx, used)
+    offsets = np.arange(used.sum()) - np.repeat(np.cumsum(used) - used, used)
+    # spread `used` ticks evenly over the job's `n_ticks` ticks
+    tick = np.floor(offsets * np.repeat(n_ticks / used, used)).astype(np.int64)
+    t = jobs.start_ts[rows] + tick * float(interval_s)
+    return rows, t, np.repeat(1.0 / used, used)
+
+
+@dataclass
+class Normalizer:
+    """Per-feature standardisation fitted on known values only; JSON-safe.
+
+    ``transform`` gives ``clip((x - mean) / std, -CLIP, CLIP)`` and 0 where masked.
+    Follows the estimator contract: ``fit`` returns self and sets ``mean_``/``std_``.
+    """
+
+    CLIP = 10.0
+    mean_: np.ndarray | None = None
+    std_: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> Normalizer:
+        """Weighted mean and std of each feature over examples where it is known."""
+        X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
+        w = np.ones(len(X)) if weight is None else np.asarray(weight, np.float64)
+        wm = mask * w[:, None]
+        tot = wm.sum(axis=0)
+        mean = np.where(tot > 0, (wm * X).sum(axis=0) / np.where(tot > 0, tot, 1.0), 0.0)
+        var = np.where(tot > 0, (wm * (X - mean) ** 2).sum(axis=0) / np.where(tot > 0, tot, 1.0), 0.0)
+        std = np.sqrt(var)
+        self.mean_, self.std_ = mean, np.where(std > 1e-9, std, 1.0)
+        return self
+
+    def _check(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.mean_ is None or self.std_ is None:
+            raise RuntimeError("Normalizer is not fitted: call fit() or from_dict() first")
+        return self.mean_, self.std_
+
+    def transform(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Normalised float32[n, 17]; 0 where ``mask`` is False."""
+        mean, std = self._check()
+        z = np.clip((np.asarray(X, np.float64) - mean) / std, -self.CLIP, self.CLIP)
+        return np.where(mask, z, 0.0).astype(np.float32)
+
+    def transform_sequences(self, S: np.ndarray) -> np.ndarray:
+        """Normalise :func:`sequences` output with the stats of features 7-17; NaN
+        (padding, unknown) becomes 0."""
+        mean, std = self._check()
+        z = np.clip((np.asarray(S, np.float64) - mean[N_START:]) / std[N_START:], -self.CLIP, self.CLIP)
+        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, with the feature list so a mismatch is caught on load."""
+        mean, std = self._check()
+        return {"version": 1, "features": list(FEATURES), "window": WINDOW,
+                "prior_strength": PRIOR_STRENGTH, "mean": mean.tolist(), "std": std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Normalizer:
+        """Inverse of :meth:`to_dict`; ``ValueError`` if written for other features."""
+        if data.get("version") != 1 or list(data.get("features", [])) != list(FEATURES):
+            raise ValueError("normalisation was saved for another feature set "
+                             f"(version {data.get('version')!r}, features {data.get('features')!r})")
+        mean, std = np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64)
+        if mean.shape != (N_FEATURES,) or std.shape != (N_FEATURES,) or not (std > 0).all():
+            raise ValueError("normalisation mean/std must be 17 numbers each, std > 0")
+        return cls(mean_=mean, std_=std)
