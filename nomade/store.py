@@ -1,0 +1,698 @@
+"""The store: one SQLite file in WAL mode that holds jobs, samples, predictions and model runs.
+
+One process writes (the agent); any number read at the same time (``nomade`` commands,
+training), each through its own ``Store``. A ``Store`` wraps one connection: use it from
+one thread.
+
+Writes take wire messages that ``nomade.wire`` has already validated; only the attribute
+contract is used (``kind``, ``sender``, ``seq``, ``ts``, ``body``). ``write_batch`` is
+idempotent by (sender, seq) and commits before it returns, so the agent can ack after it.
+A message the store cannot keep (unknown kind, no job id) raises ``ValueError`` before
+anything of the call is written.
+
+The schema carries its version in ``PRAGMA user_version``. ``MIGRATIONS[i]`` takes a file
+from version ``i`` to ``i + 1``; opening an older file read-write applies the missing ones
+in one transaction. Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from nomade import states
+
+
+class StoreError(Exception):
+    """The store file cannot be opened, migrated or written; the message names the file."""
+
+
+class SchemaVersionError(StoreError):
+    """The file's schema version is not the one this code reads."""
+
+
+class MessageLike(Protocol):
+    """What the store reads of a ``nomade.wire.Message``."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ts(self) -> float: ...
+    @property
+    def body(self) -> Mapping[str, Any]: ...
+
+
+JOB_FIELDS: tuple[str, ...] = (
+    "job_id", "cluster", "user", "uid", "account", "partition", "nodes", "num_nodes",
+    "req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts",
+    "end_ts", "exit_code", "signal", "state", "label", "state_source", "updated_ts")
+
+#: Column order of the tuples ``job_samples`` returns (the ``job.sample`` body).
+JOB_SAMPLE_FIELDS: tuple[str, ...] = (
+    "job_id", "node", "ts", "alloc_cpus", "cpu_user_s", "cpu_system_s", "mem_bytes",
+    "mem_peak_bytes", "mem_limit_bytes", "mem_limit_hits", "oom_kills", "page_faults",
+    "major_faults", "swap_bytes", "read_bytes", "write_bytes", "nfs_write_bytes",
+    "nprocs", "nthreads", "io_pressure", "mem_pressure")
+
+#: Column order of the tuples ``node_samples`` returns (the ``node.sample`` body).
+NODE_SAMPLE_FIELDS: tuple[str, ...] = (
+    "node", "ts", "cpu_pct", "iowait_pct", "mem_used_bytes", "mem_total_bytes",
+    "swap_used_bytes", "load1", "disk_read_Bps", "disk_write_Bps", "net_rx_Bps", "net_tx_Bps")
+
+_PREDICTION_FIELDS = ("job_id", "ts", "risk", "level", "parts", "factors", "model_version")
+
+# job.start fields that the first message that knows them fills in.
+_START_FILL = ("cluster", "user", "uid", "account", "partition", "num_nodes", "req_cpus",
+               "req_mem_bytes", "req_gpus", "time_limit_s")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of ``jobs``: what was requested, when it ran, how it ended (None = unknown)."""
+
+    job_id: str
+    cluster: str | None
+    user: str | None
+    uid: int | None
+    account: str | None
+    partition: str | None
+    nodes: tuple[str, ...]
+    num_nodes: int | None
+    req_cpus: int | None
+    req_mem_bytes: int | None
+    req_gpus: int | None
+    time_limit_s: float | None
+    submit_ts: float | None
+    start_ts: float | None
+    end_ts: float | None
+    exit_code: int | None
+    signal: int | None
+    state: str | None
+    label: int | None
+    state_source: str | None
+    updated_ts: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One stored prediction for a job at time ``ts``."""
+
+    job_id: str
+    ts: float
+    risk: float
+    level: str
+    parts: dict[str, Any]
+    factors: list[Any]
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One training or evaluation run, with its metadata and metrics (JSON objects)."""
+
+    id: int
+    ts: float
+    kind: str
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class UserHistory(NamedTuple):
+    """A user's labelled jobs that ended before a time; ``last_failed`` None if none."""
+
+    n_ended: int
+    n_failed: int
+    last_failed: bool | None
+
+
+# ---------------------------------------------------------------- schema and migrations
+
+_V1 = """
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY, cluster TEXT, user TEXT, uid INTEGER, account TEXT,
+    partition TEXT, nodes TEXT NOT NULL DEFAULT '[]', num_nodes INTEGER,
+    req_cpus INTEGER, req_mem_bytes INTEGER, req_gpus INTEGER, time_limit_s REAL,
+    submit_ts REAL, start_ts REAL, end_ts REAL, exit_code INTEGER, signal INTEGER,
+    state TEXT, label INTEGER CHECK (label IN (0, 1)), state_source TEXT,
+    updated_ts REAL NOT NULL);
+CREATE TABLE job_samples (
+    job_id TEXT NOT NULL, node TEXT, ts REAL NOT NULL, alloc_cpus REAL,
+    cpu_user_s REAL, cpu_system_s REAL, mem_bytes INTEGER, mem_peak_bytes INTEGER,
+    mem_limit_bytes INTEGER, mem_limit_hits INTEGER, oom_kills INTEGER,
+    page_faults INTEGER, major_faults INTEGER, swap_bytes INTEGER, read_bytes INTEGER,
+    write_bytes INTEGER, nfs_write_bytes INTEGER, nprocs INTEGER, nthreads INTEGER,
+    io_pressure REAL, mem_pressure REAL);
+CREATE INDEX job_samples_job_ts ON job_samples (job_id, ts);
+CREATE TABLE node_samples (
+    node TEXT NOT NULL, ts REAL NOT NULL, cpu_pct REAL, iowait_pct REAL,
+    mem_used_bytes INTEGER, mem_total_bytes INTEGER, swap_used_bytes INTEGER, load1 REAL,
+    disk_read_Bps REAL, disk_write_Bps REAL, net_rx_Bps REAL, net_tx_Bps REAL);
+CREATE INDEX node_samples_node_ts ON node_samples (node, ts);
+CREATE TABLE predictions (
+    job_id TEXT NOT NULL, ts REAL NOT NULL, risk REAL NOT NULL, level TEXT NOT NULL,
+    parts TEXT NOT NULL, factors TEXT NOT NULL, model_version TEXT);
+CREATE TABLE model_runs (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL,
+    metadata TEXT NOT NULL, metrics TEXT NOT NULL);
+CREATE TABLE batches (
+    sender TEXT NOT NULL, seq INTEGER NOT NULL, received_ts REAL NOT NULL,
+    PRIMARY KEY (sender, seq)) WITHOUT ROWID;
+"""
+
+# v2: indexes for the read paths that v1 scanned whole tables for: the scoring tick
+# (running jobs, latest prediction, user history), the final-state poller, training
+# (ended jobs by time) and pruning of old batch ids.
+_V2 = """
+CREATE INDEX jobs_running ON jobs (start_ts) WHERE end_ts IS NULL;
+CREATE INDEX jobs_ended ON jobs (end_ts) WHERE end_ts IS NOT NULL;
+CREATE INDEX jobs_user_end ON jobs (user, end_ts);
+CREATE INDEX predictions_job_ts ON predictions (job_id, ts);
+CREATE INDEX batches_received ON batches (received_ts);
+"""
+
+Migration = str | Callable[[sqlite3.Connection], None]
+
+#: ``MIGRATIONS[i]`` takes the schema from version i to i + 1: an SQL script or a function.
+MIGRATIONS: list[Migration] = [_V1, _V2]
+
+
+def schema_version() -> int:
+    """The schema version this code reads and writes."""
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split an SQL script into complete statements (semicolons in literals are kept)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n\t;"):
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]!r}")
+
+
+def _apply(conn: sqlite3.Connection, migration: Migration) -> None:
+    """Run one migration inside the caller's transaction (never ``executescript``: it commits)."""
+    if callable(migration):
+        migration(conn)
+        return
+    for statement in _statements(migration):
+        conn.execute(statement)
+
+
+# ---------------------------------------------------------------- turning messages into rows
+
+def _min(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional numbers (None = unknown)."""
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+def _sample_row(msg: MessageLike, fields: tuple[str, ...], ts_at: int) -> tuple[Any, ...]:
+    """The row of a job/node sample in ``fields`` order; ts falls back to the envelope's."""
+    row = tuple(map(msg.body.get, fields))
+    if row[0] is None:
+        raise ValueError(f"{msg.kind} from {msg.sender} seq {msg.seq} has no {fields[0]}")
+    if row[ts_at] is None:
+        row = row[:ts_at] + (msg.ts,) + row[ts_at + 1:]
+    return row
+
+
+def _prediction_row(p: Mapping[str, Any], default_ts: float | None = None) -> tuple[Any, ...]:
+    """The ``predictions`` row of a prediction body (parts and factors as JSON text)."""
+    missing = [k for k in ("job_id", "risk", "level") if p.get(k) is None]
+    ts = default_ts if p.get("ts") is None else p["ts"]
+    if missing or ts is None:
+        raise ValueError(f"prediction lacks {', '.join(missing or ['ts'])}: {dict(p)!r:.200}")
+    try:
+        parts, factors = json.dumps(p.get("parts") or {}), json.dumps(p.get("factors") or [])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"prediction for job {p['job_id']}: parts/factors not JSON: {e}") from None
+    return (str(p["job_id"]), ts, p["risk"], p["level"], parts, factors, p.get("model_version"))
+
+
+@dataclass
+class _Rows:
+    """Rows of one or more message lists, grouped per table, checked before any write."""
+
+    job_samples: list[tuple[Any, ...]] = field(default_factory=list)
+    node_samples: list[tuple[Any, ...]] = field(default_factory=list)
+    predictions: list[tuple[Any, ...]] = field(default_factory=list)
+    job_events: list[tuple[str, Mapping[str, Any], float]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, messages: Iterable[MessageLike]) -> _Rows:
+        """Group ``messages`` by kind; ``ValueError`` names the first one the store cannot keep."""
+        rows = cls()
+        for msg in messages:
+            kind = msg.kind
+            if kind == "job.sample":
+                rows.job_samples.append(_sample_row(msg, JOB_SAMPLE_FIELDS, 2))
+            elif kind == "node.sample":
+                rows.node_samples.append(_sample_row(msg, NODE_SAMPLE_FIELDS, 1))
+            elif kind in ("job.start", "job.end"):
+                if msg.body.get("job_id") is None:
+                    raise ValueError(f"{kind} from {msg.sender} seq {msg.seq} has no job_id")
+                rows.job_events.append((kind, msg.body, msg.ts))
+            elif kind == "prediction":
+                rows.predictions.append(_prediction_row(msg.body, msg.ts))
+            else:
+                raise ValueError(f"the store keeps no {kind!r} message "
+                                 f"(from {msg.sender} seq {msg.seq})")
+        return rows
+
+    def extend(self, other: _Rows) -> None:
+        """Append ``other``'s rows to these."""
+        self.job_samples += other.job_samples
+        self.node_samples += other.node_samples
+        self.predictions += other.predictions
+        self.job_events += other.job_events
+
+
+def _blank_job(job_id: str) -> dict[str, Any]:
+    """A jobs row that knows nothing but its id."""
+    job: dict[str, Any] = dict.fromkeys(JOB_FIELDS)
+    job.update(job_id=job_id, nodes=())
+    return job
+
+
+def _merge_start(job: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+    """job.start: fill unknown fields, keep the earliest submit/start, union the nodes."""
+    new = dict(job)
+    for f in _START_FILL:
+        if new[f] is None and body.get(f) is not None:
+            new[f] = body[f]
+    new["submit_ts"] = _min(new["submit_ts"], body.get("submit_ts"))
+    new["start_ts"] = _min(new["start_ts"], body.get("start_ts"))
+    nodes = list(new["nodes"])
+    nodes += [n for n in dict.fromkeys(body.get("nodes") or ()) if n not in nodes]
+    new["nodes"] = tuple(nodes)
+    return new
+
+
+def _merge_end(job: dict[str, Any], body: Mapping[str, Any], ts: float) -> dict[str, Any]:
+    """job.end: keep the earliest end; a final state (first one wins) sets state and label."""
+    new = dict(job)
+    end_ts = body.get("end_ts")
+    new["end_ts"] = _min(new["end_ts"], ts if end_ts is None else end_ts)
+    state = states.normalise(body.get("state"))
+    if new["state"] is None and states.is_final(state):
+        new.update(state=state, label=states.label_for(state), state_source=body.get("source"))
+        for f in ("exit_code", "signal"):
+            if body.get(f) is not None:
+                new[f] = body[f]
+    for f in ("exit_code", "signal"):
+        if new[f] is None and body.get(f) is not None:
+            new[f] = body[f]
+    return new
+
+
+def _job_of(row: Sequence[Any]) -> Job:
+    """A ``Job`` from a ``SELECT`` of ``JOB_FIELDS``."""
+    values = dict(zip(JOB_FIELDS, row))
+    values["nodes"] = tuple(json.loads(values["nodes"]))
+    return Job(**values)
+
+
+def _job_row(job: Mapping[str, Any], now: float) -> tuple[Any, ...]:
+    """The parameters of ``_UPSERT_JOB`` for a merged job dict."""
+    return tuple(json.dumps(list(job["nodes"])) if f == "nodes" else now if f == "updated_ts"
+                 else job[f] for f in JOB_FIELDS)
+
+
+_JOB_COLS = ", ".join(JOB_FIELDS)
+_UPSERT_JOB = (f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({', '.join('?' * len(JOB_FIELDS))}) "
+               "ON CONFLICT (job_id) DO UPDATE SET "
+               + ", ".join(f"{f} = excluded.{f}" for f in JOB_FIELDS[1:]))
+_INSERT_JOB_SAMPLE = (f"INSERT INTO job_samples ({', '.join(JOB_SAMPLE_FIELDS)}) "
+                      f"VALUES ({', '.join('?' * len(JOB_SAMPLE_FIELDS))})")
+_INSERT_NODE_SAMPLE = (f"INSERT INTO node_samples ({', '.join(NODE_SAMPLE_FIELDS)}) "
+                       f"VALUES ({', '.join('?' * len(NODE_SAMPLE_FIELDS))})")
+_INSERT_PREDICTION = (f"INSERT INTO predictions ({', '.join(_PREDICTION_FIELDS)}) "
+                      f"VALUES ({', '.join('?' * len(_PREDICTION_FIELDS))})")
+_IN_JSON = "IN (SELECT value FROM json_each(?))"
+
+
+def _where(*conditions: tuple[str, Any], fixed: str = "") -> tuple[str, list[Any]]:
+    """``WHERE`` text and parameters from ``fixed`` and (clause with one ?, value) pairs;
+    a None value drops its clause (an open bound must not keep SQLite off an index)."""
+    used = [(sql, v) for sql, v in conditions if v is not None]
+    clauses = ([fixed] if fixed else []) + [sql for sql, _ in used]
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), [v for _, v in used]
+
+
+def _json_ids(job_ids: Iterable[str] | None) -> str | None:
+    """Job ids as the JSON array ``_IN_JSON`` reads (None stays None: all jobs)."""
+    return None if job_ids is None else json.dumps([str(j) for j in job_ids])
+
+
+# ---------------------------------------------------------------- the store
+
+class Store:
+    """An open store file. ``readonly`` opens with ``mode=ro`` and never migrates.
+
+    Read-write opening creates the parent directory and the file, switches it to WAL
+    (synchronous=NORMAL: a commit survives a process crash; the last ones may be lost on
+    power loss) and migrates an older schema. Raises ``SchemaVersionError`` for a schema
+    newer than this code (or, read-only, older), ``StoreError`` for anything else that
+    keeps the file from being used.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False,
+                 busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._conn = self._connect(busy_timeout_s)
+        try:
+            self._prepare()
+        except sqlite3.Error as e:
+            self._conn.close()
+            raise StoreError(f"{self.path}: {e}") from e
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- opening
+
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        """Open the connection (autocommit: transactions are explicit)."""
+        try:
+            if self.readonly:
+                if not self.path.is_file():
+                    raise StoreError(f"{self.path}: no store file there")
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                return sqlite3.connect(uri, uri=True, isolation_level=None,
+                                       timeout=busy_timeout_s)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"{self.path}: cannot open: {e}") from e
+
+    def _prepare(self) -> None:
+        """Set the pragmas and bring the schema to ``schema_version()``."""
+        if not self.readonly:
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL (journal_mode is {mode})")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        version = self._version()
+        if version == schema_version():
+            return
+        if version > schema_version():
+            raise SchemaVersionError(
+                f"{self.path}: store schema v{version} is newer than this nomade knows "
+                f"(v{schema_version()}); upgrade nomade")
+        if self.readonly:
+            raise SchemaVersionError(
+                f"{self.path}: store schema v{version} is older than this nomade reads "
+                f"(v{schema_version()}); open it read-write once (the agent does) to migrate")
+        self._migrate()
+
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        """Apply the missing migrations in one transaction; the file is unchanged on error."""
+        with self._transaction() as conn:
+            version = self._version()  # another process may have migrated meanwhile
+            if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise StoreError(f"{self.path}: has tables but no schema version: "
+                                 "not a nomade store")
+            for target in range(version + 1, schema_version() + 1):
+                try:
+                    _apply(conn, MIGRATIONS[target - 1])
+                except (sqlite3.Error, ValueError) as e:
+                    raise StoreError(f"{self.path}: migration to schema v{target} failed, "
+                                     f"file left at v{version}: {e}") from e
+            conn.execute(f"PRAGMA user_version = {schema_version():d}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE); commits on success, rolls back on error."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: write failed: {e}") from e
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same committed state."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: read failed: {e}") from e
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing
+
+    def write_batch(self, sender: str, seq: int, messages: Iterable[MessageLike]) -> bool:
+        """Store one batch in one transaction; False (and nothing written) if already stored."""
+        return self.write_batches([(sender, seq, messages)])[0]
+
+    def write_batches(self, batches: Iterable[tuple[str, int, Iterable[MessageLike]]]
+                      ) -> list[bool]:
+        """Store several batches in one transaction; per batch, False if it was a duplicate.
+
+        All batches are checked first: a message the store cannot keep raises ``ValueError``
+        and nothing of any batch is written.
+        """
+        checked = [(sender, seq, _Rows.of(messages)) for sender, seq, messages in batches]
+        now = time.time()
+        fresh: list[bool] = []
+        with self._transaction() as conn:
+            todo = _Rows()
+            for sender, seq, rows in checked:
+                cur = conn.execute("INSERT OR IGNORE INTO batches (sender, seq, received_ts) "
+                                   "VALUES (?, ?, ?)", (sender, seq, now))
+                fresh.append(cur.rowcount == 1)
+                if fresh[-1]:
+                    todo.extend(rows)
+            self._write_rows(conn, todo, now)
+        return fresh
+
+    def write_messages(self, messages: Iterable[MessageLike]) -> None:
+        """Store messages without de-duplication (hook events drained from a spool).
+
+        job.start / job.end are idempotent merges, so a re-drained event changes nothing.
+        """
+        rows = _Rows.of(messages)
+        with self._transaction() as conn:
+            self._write_rows(conn, rows, time.time())
+
+    def _write_rows(self, conn: sqlite3.Connection, rows: _Rows, now: float) -> None:
+        """Insert grouped rows, one ``executemany`` per table, and merge job events."""
+        if rows.job_samples:
+            conn.executemany(_INSERT_JOB_SAMPLE, rows.job_samples)
+        if rows.node_samples:
+            conn.executemany(_INSERT_NODE_SAMPLE, rows.node_samples)
+        if rows.predictions:
+            conn.executemany(_INSERT_PREDICTION, rows.predictions)
+        if rows.job_events:
+            self._merge_jobs(conn, rows.job_events, now)
+
+    def _merge_jobs(self, conn: sqlite3.Connection,
+                    events: list[tuple[str, Mapping[str, Any], float]], now: float) -> None:
+        """Apply job.start / job.end events in order onto the stored rows; write the changed."""
+        ids = list(dict.fromkeys(str(body["job_id"]) for _, body, _ in events))
+        jobs = {row[0]: dict(zip(JOB_FIELDS, row)) for row in conn.execute(
+            f"SELECT {_JOB_COLS} FROM jobs WHERE job_id {_IN_JSON}", (json.dumps(ids),))}
+        for job in jobs.values():
+            job["nodes"] = tuple(json.loads(job["nodes"]))
+        changed: dict[str, dict[str, Any]] = {}
+        for kind, body, ts in events:
+            job_id = str(body["job_id"])
+            old = jobs.get(job_id) or _blank_job(job_id)
+            new = _merge_start(old, body) if kind == "job.start" else _merge_end(old, body, ts)
+            if new != old or job_id not in jobs:
+                jobs[job_id] = changed[job_id] = new
+        conn.executemany(_UPSERT_JOB, [_job_row(job, now) for job in changed.values()])
+
+    def set_final_state(self, job_id: str, state: str | Sequence[str], exit_code: int | None,
+                        source: str) -> None:
+        """Record a job's final state and its label (replacing any earlier one).
+
+        ``state`` is any spelling ``states.normalise`` accepts; a state that is not final
+        raises ``ValueError``. A job the store has not seen gets a row of its own.
+        """
+        name = states.normalise(state)
+        if name is None or not states.is_final(name):
+            raise ValueError(f"job {job_id}: {state!r} is not a final Slurm state")
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO jobs (job_id, state, label, state_source, exit_code, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                "state = excluded.state, label = excluded.label, "
+                "state_source = excluded.state_source, "
+                "exit_code = coalesce(excluded.exit_code, exit_code), "
+                "updated_ts = excluded.updated_ts",
+                (str(job_id), name, states.label_for(name), source, exit_code, time.time()))
+
+    def add_predictions(self, predictions: Iterable[Mapping[str, Any]]) -> int:
+        """Store predictions (the ``prediction`` body: job_id, ts, risk, level, parts,
+        factors, model_version); returns how many. ``ValueError`` if one lacks a field."""
+        rows = [_prediction_row(p) for p in predictions]
+        with self._transaction() as conn:
+            conn.executemany(_INSERT_PREDICTION, rows)
+        return len(rows)
+
+    def add_model_run(self, kind: str, metadata: Mapping[str, Any],
+                      metrics: Mapping[str, Any], ts: float | None = None) -> int:
+        """Record a training/evaluation run; returns its id."""
+        row = (time.time() if ts is None else ts, kind, json.dumps(dict(metadata)),
+               json.dumps(dict(metrics)))
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO model_runs (ts, kind, metadata, metrics) VALUES (?, ?, ?, ?)", row)
+        return int(cur.lastrowid or 0)
+
+    def prune_batches(self, before_ts: float) -> int:
+        """Forget batch ids received before ``before_ts`` (keep longer than any outbox
+        holds a batch, or a late resend is stored twice); returns how many."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM batches WHERE received_ts < ?",
+                                (before_ts,)).rowcount
+
+    # -- reading
+
+    def _jobs(self, where: str, params: Sequence[Any] = (), order: str = "job_id") -> list[Job]:
+        with self._snapshot() as conn:
+            rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY {order}",
+                                params).fetchall()
+        return [_job_of(r) for r in rows]
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job's row, or None if the store has never heard of it."""
+        found = self._jobs("WHERE job_id = ?", (str(job_id),))
+        return found[0] if found else None
+
+    def running_jobs(self) -> list[Job]:
+        """Jobs that have started and not ended, oldest start first."""
+        return self._jobs("WHERE end_ts IS NULL AND start_ts IS NOT NULL",
+                          order="start_ts, job_id")
+
+    def jobs_awaiting_final_state(self) -> list[Job]:
+        """Ended jobs whose final state is not known yet, earliest end first."""
+        return self._jobs("WHERE end_ts IS NOT NULL AND state IS NULL", order="end_ts, job_id")
+
+    def ended_jobs(self, since_ts: float | None = None,
+                   until_ts: float | None = None) -> list[Job]:
+        """Jobs with since_ts <= end_ts < until_ts (open bounds where None), by end time."""
+        where, params = _where(("end_ts >= ?", since_ts), ("end_ts < ?", until_ts),
+                               fixed="end_ts IS NOT NULL")
+        return self._jobs(where, params, order="end_ts, job_id")
+
+    def job_samples(self, job_ids: Iterable[str] | None = None,
+                    since_ts: float | None = None) -> list[tuple[Any, ...]]:
+        """Samples (tuples in ``JOB_SAMPLE_FIELDS`` order) of the jobs (None = all) with
+        ts >= since_ts, ordered by (job_id, ts, node)."""
+        where, params = _where((f"job_id {_IN_JSON}", _json_ids(job_ids)),
+                               ("ts >= ?", since_ts))
+        with self._snapshot() as conn:
+            return conn.execute(f"SELECT {', '.join(JOB_SAMPLE_FIELDS)} FROM job_samples "
+                                f"{where} ORDER BY job_id, ts, node", params).fetchall()
+
+    def sample_count(self, job_id: str | None = None) -> int:
+        """How many job samples are stored (for one job, or all)."""
+        with self._snapshot() as conn:
+            if job_id is None:
+                return int(conn.execute("SELECT count(*) FROM job_samples").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM job_samples WHERE job_id = ?",
+                                    (str(job_id),)).fetchone()[0])
+
+    def node_samples(self, node: str | None = None,
+                     since_ts: float | None = None) -> list[tuple[Any, ...]]:
+        """Node samples (tuples in ``NODE_SAMPLE_FIELDS`` order) of one node (None = all)
+        with ts >= since_ts, ordered by (node, ts)."""
+        where, params = _where(("node = ?", node), ("ts >= ?", since_ts))
+        with self._snapshot() as conn:
+            return conn.execute(f"SELECT {', '.join(NODE_SAMPLE_FIELDS)} FROM node_samples "
+                                f"{where} ORDER BY node, ts", params).fetchall()
+
+    def latest_predictions(self, job_ids: Iterable[str] | None = None) -> dict[str, Prediction]:
+        """The newest prediction of each job (of ``job_ids``, or all), by job id."""
+        where, params = _where((f"job_id {_IN_JSON}", _json_ids(job_ids)))
+        with self._snapshot() as conn:
+            # SQLite takes the bare columns from the row that holds max(ts).
+            rows = conn.execute(f"SELECT job_id, max(ts), risk, level, parts, factors, "
+                                f"model_version FROM predictions {where} GROUP BY job_id",
+                                params).fetchall()
+        return {r[0]: Prediction(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]),
+                                 r[6]) for r in rows}
+
+    def model_runs(self, kind: str | None = None) -> list[ModelRun]:
+        """Recorded runs (of one kind, or all), oldest first."""
+        with self._snapshot() as conn:
+            where, params = _where(("kind = ?", kind))
+            rows = conn.execute("SELECT id, ts, kind, metadata, metrics FROM model_runs "
+                                f"{where} ORDER BY ts, id", params).fetchall()
+        return [ModelRun(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4])) for r in rows]
+
+    def user_history(self, user: str, before_ts: float) -> UserHistory:
+        """The user's labelled jobs that ended before ``before_ts``: how many, how many
+        failed, and whether the last one to end failed."""
+        with self._snapshot() as conn:
+            n, failed = conn.execute(
+                "SELECT count(*), coalesce(sum(label), 0) FROM jobs WHERE user = ? "
+                "AND end_ts < ? AND label IS NOT NULL", (user, before_ts)).fetchone()
+            last = conn.execute(
+                "SELECT label FROM jobs WHERE user = ? AND end_ts < ? AND label IS NOT NULL "
+                "ORDER BY end_ts DESC, job_id DESC LIMIT 1", (user, before_ts)).fetchone()
+        return UserHistory(int(n), int(failed), None if last is None else bool(last[0]))
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for ``nomade status``, all from one snapshot."""
+        queries = {
+            "jobs": "SELECT count(*) FROM jobs",
+            "running": "SELECT count(*) FROM jobs WHERE end_ts IS NULL AND start_ts IS NOT NULL",
+            "awaiting_final_state": "SELECT count(*) FROM jobs "
+                                    "WHERE end_ts IS NOT NULL AND state IS NULL",
+            "labelled": "SELECT count(*) FROM jobs WHERE label IS NOT NULL",
+            "failed": "SELECT count(*) FROM jobs WHERE label = 1",
+            "job_samples": "SELECT count(*) FROM job_samples",
+            "node_samples": "SELECT count(*) FROM node_samples",
+            "predictions": "SELECT count(*) FROM predictions",
+            "model_runs": "SELECT count(*) FROM model_runs",
+            "batches": "SELECT count(*) FROM batches",
+        }
+        with self._snapshot() as conn:
+            return {k: int(conn.execute(q).fetchone()[0]) for k, q in queries.items()}
