@@ -1,0 +1,194 @@
+"""The real hook scripts under ``env -i``: exit 0 always, one exact event file, or a syslog line.
+
+Read-only and full spool directories, and the config file and syslog socket at their
+fixed paths, are made real in a private mount namespace (``unshare --mount``), so
+nothing leaks into the host even if a test dies; those tests need root.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nomade import jobenv
+from nomade.spool import Spool, decode
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = {"prolog": ROOT / "prolog/nomade-prolog",
+         "prolog_slurmctld": ROOT / "prolog/nomade-prolog-slurmctld",
+         "epilog": ROOT / "epilog/nomade-epilog",
+         "epilog_slurmctld": ROOT / "epilog/nomade-epilog-slurmctld",
+         "jobcomp": ROOT / "epilog/nomade-jobcomp"}
+SLURM_ENV = {"SLURM_JOB_ID": "42", "SLURM_JOB_UID": "1001", "SLURM_JOB_GID": "1001",
+             "SLURM_JOB_USER": "u1", "SLURM_JOB_PARTITION": "debug",
+             "SLURM_CPUS_PER_NODE": "2(x2)", "SLURM_JOB_NUM_NODES": "2",
+             "SLURM_JOB_WORK_DIR": "/home/u1", "CLUSTER_NAME": "nomade",
+             "SLURMD_NODENAME": "n1", "SLURM_JOB_EXIT_CODE": "768",
+             "SLURM_JOB_EXIT_CODE2": "3:0", "SLURM_SCRIPT_CONTEXT": "epilog_slurmd"}
+JOBCOMP_ENV = {"JOBID": "42", "JOBSTATE": "TIMEOUT", "EXITCODE": "0:9", "DERIVED_EC": "0:0",
+               "USERNAME": "u1", "UID": "1001", "GID": "1001", "START": "1700000000",
+               "END": "1700000070", "SUBMIT": "1699999999", "LIMIT": "1", "NODES": "n[1-2]",
+               "PARTITION": "debug", "PROCS": "4", "JOBNAME": "sleepy", "BATCH": "yes",
+               "PATH": "/bin:/usr/bin"}
+# slurmctld builds the jobcomp environment from the job alone, so jobcomp keeps all of it
+# but PATH and the like; the other hooks keep SLURM_*, SLURMD_* and CLUSTER_NAME only.
+NOT_RECORDED = {"jobcomp": {"PATH", "NOMADE_SPOOL"}, "other": {"NOMADE_SPOOL", "UNRELATED"}}
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                                reason="needs root and unshare for a private mount namespace")
+
+
+def run_hook(hook: str, env: dict[str, str] | dict[bytes, bytes]) -> subprocess.CompletedProcess[bytes]:
+    """Run a hook exactly as Slurm does: no PATH, no HOME, nothing but ``env``."""
+    return subprocess.run([str(HOOKS[hook])], env=env, capture_output=True, timeout=30)
+
+
+def in_namespace(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a /bin/sh script in a private mount namespace (mounts vanish with it)."""
+    return subprocess.run(["/usr/bin/unshare", "--mount", "--propagation", "private",
+                           "/bin/sh", "-c", script, "sh", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def events_in(spool: Path) -> list[Path]:
+    return sorted(p for p in spool.iterdir() if p.name.endswith(".ev"))
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_each_hook_writes_one_exact_event(hook: str, tmp_path: Path) -> None:
+    variables = JOBCOMP_ENV if hook == "jobcomp" else SLURM_ENV
+    result = run_hook(hook, {**variables, "NOMADE_SPOOL": str(tmp_path), "UNRELATED": "x"})
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    [path] = events_in(tmp_path)
+    record = decode(path.read_bytes())
+    assert record.pop("NOMADE_HOOK") == hook
+    ts = record.pop("NOMADE_TS")
+    assert jobenv.to_ts(ts) is not None and path.name.startswith(f"{ts}-{hook}-")
+    skip = NOT_RECORDED["jobcomp" if hook == "jobcomp" else "other"]
+    assert record == {k: v for k, v in {**variables, "UNRELATED": "x"}.items() if k not in skip}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temp file left"
+
+
+def test_names_sort_by_time_and_spool_takes_them_in_order(tmp_path: Path) -> None:
+    env = {**SLURM_ENV, "NOMADE_SPOOL": str(tmp_path)}
+    for hook in ("prolog_slurmctld", "prolog", "epilog", "epilog_slurmctld"):
+        assert run_hook(hook, env).returncode == 0
+    items = Spool(tmp_path).take(10)
+    assert [it.record["NOMADE_HOOK"] for it in items] == [
+        "prolog_slurmctld", "prolog", "epilog", "epilog_slurmctld"]
+    assert [k for k, _ in jobenv.events(items[2].record)] == ["job.end"]
+
+
+def test_the_five_scripts_differ_only_in_their_hook_line() -> None:
+    bodies = {h: [ln for ln in p.read_text().splitlines() if not ln.startswith("hook=")]
+              for h, p in HOOKS.items()}
+    assert all(b == bodies["prolog"] for b in bodies.values())
+    for hook, path in HOOKS.items():
+        assert f"\nhook={hook}\n" in path.read_text() and os.access(path, os.X_OK)
+
+
+def test_garbage_values_round_trip_byte_for_byte(tmp_path: Path) -> None:
+    garbage = {b"SLURM_JOB_ID": b"42", b"SLURM_JOB_NAME": b"a'b\"c\n$(rm -rf /)`x`\\\t",
+               b"SLURM_JOB_COMMENT": b"\xff\xfe\xc3(", b"SLURM_EMPTY": b"",
+               b"SLURM_EQ": b"a=b=c", b"NOMADE_SPOOL": os.fsencode(tmp_path)}
+    assert run_hook("prolog", garbage).returncode == 0
+    [path] = events_in(tmp_path)
+    raw = path.read_bytes()
+    for key in (b"SLURM_JOB_NAME", b"SLURM_JOB_COMMENT", b"SLURM_EMPTY", b"SLURM_EQ"):
+        assert b"\0" + key + b"=" + garbage[key] + b"\0" in raw
+    [item] = Spool(tmp_path).take(1)
+    assert os.fsencode(item.record["SLURM_JOB_COMMENT"]) == b"\xff\xfe\xc3("
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_no_job_id_writes_nothing_and_exits_0(hook: str, tmp_path: Path) -> None:
+    result = run_hook(hook, {"NOMADE_SPOOL": str(tmp_path)})
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_partial_variables_still_spool_what_there_is(tmp_path: Path) -> None:
+    assert run_hook("epilog", {"SLURM_JOB_ID": "9", "NOMADE_SPOOL": str(tmp_path)}).returncode == 0
+    [item] = Spool(tmp_path).take(1)
+    assert jobenv.events(item.record) == [("job.end", {
+        "job_id": "9", "end_ts": jobenv.to_ts(item.record["NOMADE_TS"]), "exit_code": None,
+        "signal": None, "state": None, "source": "epilog"})]
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_missing_spool_directory_exits_0(hook: str, tmp_path: Path) -> None:
+    result = run_hook(hook, {**SLURM_ENV, **JOBCOMP_ENV, "NOMADE_SPOOL": str(tmp_path / "none")})
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spool_path_that_is_a_file_exits_0(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = run_hook("epilog", {**SLURM_ENV, "NOMADE_SPOOL": str(tmp_path / "file")})
+    assert result.returncode == 0 and (tmp_path / "file").read_text() == "x"
+
+
+ENV_ARGS = " ".join(shlex.quote(f"{k}={v}") for k, v in SLURM_ENV.items())
+
+
+@needs_root
+def test_read_only_spool_exits_0(tmp_path: Path) -> None:
+    out = in_namespace(
+        f'/usr/bin/mount -t tmpfs -o ro tmpfs "$1" || exit 99\n'
+        f'/usr/bin/env -i NOMADE_SPOOL="$1" {ENV_ARGS} "$2"; echo "rc=$?"; /usr/bin/ls -A "$1"',
+        str(tmp_path), str(HOOKS["epilog"]))
+    assert out.stdout == "rc=0\n", out.stderr
+
+
+@needs_root
+def test_full_disk_exits_0_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    out = in_namespace(
+        '/usr/bin/mount -t tmpfs -o size=8k tmpfs "$1" || exit 99\n'
+        '/usr/bin/dd if=/dev/zero of="$1/fill" bs=1k count=64 2>/dev/null\n'
+        f'/usr/bin/env -i NOMADE_SPOOL="$1" {ENV_ARGS} "$2"; echo "rc=$?"; /usr/bin/ls -A "$1"',
+        str(tmp_path), str(HOOKS["epilog"]))
+    assert out.stdout == "rc=0\nfill\n", out.stderr
+
+
+@needs_root
+def test_spool_dir_from_config_and_default(tmp_path: Path) -> None:
+    """``[hooks] spool_dir`` of /etc/nomade/nomade.toml, else /var/spool/nomade."""
+    conf, spool, var = tmp_path / "nomade.toml", tmp_path / "from-config", tmp_path / "var-spool"
+    spool.mkdir()
+    var.mkdir()
+    conf.write_text(
+        '[collector]\nspool_dir = "/wrong"\n\n[hooks.sub]\nspool_dir = "/wrong"\n'
+        f'[hooks]\n# comment\n  spool_dir = "{spool}"   # trailing comment\n[ml]\nseed = 1')
+    # tmpfs over /etc and /var/spool inside the namespace: the host's stay untouched.
+    script = ('/usr/bin/mount -t tmpfs tmpfs /var/spool && /usr/bin/mkdir /var/spool/nomade '
+              '&& /usr/bin/mount --bind "$3" /var/spool/nomade || exit 98\n'
+              '/usr/bin/mount -t tmpfs tmpfs /etc && /usr/bin/mkdir /etc/nomade '
+              '&& /usr/bin/cp "$1" /etc/nomade/nomade.toml || exit 99\n'
+              f'/usr/bin/env -i {ENV_ARGS} "$2"; echo "rc=$?"\n'
+              '/usr/bin/rm /etc/nomade/nomade.toml\n'
+              f'/usr/bin/env -i {ENV_ARGS} "$2"; echo "rc=$?"\n')
+    out = in_namespace(script, str(conf), str(HOOKS["prolog"]), str(var))
+    assert out.stdout == "rc=0\nrc=0\n", out.stderr
+    assert len(events_in(spool)) == 1 and len(events_in(var)) == 1
+
+
+@needs_root
+def test_problem_is_logged_to_syslog_with_the_job_id(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    os.mknod(dev / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as log:
+        log.bind(str(dev / "log"))
+        log.settimeout(10)
+        out = in_namespace(
+            '/usr/bin/mount --bind "$1" /dev || exit 99\n'
+            f'/usr/bin/env -i NOMADE_SPOOL=/nonexistent {ENV_ARGS} "$2"; echo "rc=$?"',
+            str(dev), str(HOOKS["epilog"]))
+        assert out.stdout == "rc=0\n", out.stderr
+        line = log.recv(4096).decode()
+    assert "nomade-hook" in line and "job=42 hook=epilog" in line and "/nonexistent" in line
