@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from nomade import states
+from nomade.errors import NomadeError
 
 
-class StoreError(Exception):
+class StoreError(NomadeError):
     """The store file cannot be opened, migrated or written; the message names the file."""
 
 
