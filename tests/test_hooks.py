@@ -192,3 +192,15 @@ def test_problem_is_logged_to_syslog_with_the_job_id(tmp_path: Path) -> None:
         assert out.stdout == "rc=0\n", out.stderr
         line = log.recv(4096).decode()
     assert "nomade-hook" in line and "job=42 hook=epilog" in line and "/nonexistent" in line
+
+
+@needs_root
+def test_without_proc_the_environment_comes_from_env(tmp_path: Path) -> None:
+    out = in_namespace(
+        '/usr/bin/mount -t tmpfs tmpfs /proc || exit 99\n'
+        f'/usr/bin/env -i NOMADE_SPOOL="$1" {ENV_ARGS} "$2"; echo "rc=$?"',
+        str(tmp_path), str(HOOKS["epilog"]))
+    assert out.stdout == "rc=0\n", out.stderr
+    [path] = events_in(tmp_path)
+    record = decode(path.read_bytes())
+    assert {k: v for k, v in record.items() if not k.startswith("NOMADE_")} == SLURM_ENV
