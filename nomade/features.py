@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from nomade import states
+
 FEATURES: tuple[str, ...] = (
     "log_req_cpus", "log_req_mem_mb", "log_req_gpus", "log_time_limit_min",
     "user_fail_rate", "user_last_failed",
@@ -70,9 +72,6 @@ WINDOW = 3
 PRIOR_STRENGTH = 5.0
 """Pseudo-jobs of the global failure rate added to each user's history."""
 
-FAILED_STATES = frozenset({"FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL",
-                           "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
-
 SAMPLE_COLUMNS: tuple[str, ...] = (
     "alloc_cpus", "cpu_user_s", "cpu_system_s", "mem_bytes", "mem_peak_bytes",
     "mem_limit_bytes", "mem_limit_hits", "oom_kills", "page_faults", "major_faults",
@@ -83,17 +82,11 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
 ``iowait_pct`` (the node's iowait at that time, from ``node.sample``; NaN unknown)."""
 
 
-def label_of(state: str | None) -> float:
-    """The DESIGN label of a final Slurm state: 0 COMPLETED, 1 failed kinds, NaN otherwise.
-
-    Accepts sacct spellings such as ``"CANCELLED by 1000"`` (first word counts).
-    """
-    if not state:
-        return math.nan
-    word = state.split()[0].rstrip("+").upper()
-    if word == "COMPLETED":
-        return 0.0
-    return 1.0 if word in FAILED_STATES else math.nan
+def label_of(state: Any) -> float:
+    """The DESIGN label of a Slurm state as a float: 0 COMPLETED, 1 a failure, NaN not
+    final or unknown (any spelling :func:`nomade.states.normalise` accepts)."""
+    label = states.label_for(state)
+    return math.nan if label is None else float(label)
 
 
 def _floats(values: Iterable[Any]) -> np.ndarray:
