@@ -155,6 +155,10 @@ class Spool:
         """Remove a processed event; confirming twice is harmless."""
         item.path.unlink(missing_ok=True)
 
+    def reject(self, item: SpoolItem, why: str) -> None:
+        """Move a well-formed event its consumer cannot use to ``bad/`` (counted, kept)."""
+        self._move_bad(item.path, why)
+
     def pending(self) -> int:
         """How many events wait in the spool (temp files are not events)."""
         return sum(1 for n in os.listdir(self.dir) if n.endswith(SUFFIX) and not n.startswith("."))

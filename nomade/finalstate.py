@@ -1,0 +1,174 @@
+"""Final state of ended jobs: ask Slurm, gently, until the state is final.
+
+No hook environment holds a job's final state (TIMEOUT and CANCELLED look like exit 0
+in the epilogs), so after a job's end event the agent asks slurmctld until the state
+is final. Like submitit's ``InfoWatcher`` this asks one batched query for all due jobs,
+backs off per job (2, 4, 8 ... s after the end, capped), logs and skips a failed call,
+and gives up after a bound with a logged reason.
+
+``FinalStateTracker`` is the pure decision part (dask's ``WorkerState`` habit): it takes
+stimuli (a job ended, Slurm answered, the query failed) and returns what to do; it
+never touches Slurm or the store, so it is tested without either. ``poll_once`` is the
+thin I/O shell that feeds it from the store and ``Slurm.final_states``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from nomade import states
+
+log = logging.getLogger(__name__)
+
+#: Where a state found by asking Slurm is recorded from (``Job.state_source``).
+SOURCE = "slurm"
+#: The state a job gets when Slurm never told its final state (label None).
+UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class Final:
+    """Slurm gave a final state: record it with its label."""
+
+    job_id: str
+    state: str
+    exit_code: int | None
+    label: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Stop asking: the state stays UNKNOWN (label None); ``reason`` says why."""
+
+    job_id: str
+    reason: str
+
+
+@dataclass
+class _Watch:
+    ended_ts: float
+    next_ts: float
+    delay_s: float
+    attempts: int = 0
+    last_seen: str | None = None
+
+
+class FinalStateTracker:
+    """Which ended jobs to ask about now, and what their answers mean.
+
+    A job is first asked ``first_delay_s`` after its end, then after doubling delays
+    (capped at ``max_delay_s``), and given up ``give_up_after_s`` after its end. Only a
+    final state (``states.is_final``) settles a job; COMPLETING, RUNNING (requeued) or
+    "unknown to Slurm" keep it waiting.
+    """
+
+    def __init__(self, *, first_delay_s: float = 2.0, max_delay_s: float = 60.0,
+                 give_up_after_s: float = 300.0, max_batch: int = 1000) -> None:
+        self.first_delay_s = first_delay_s
+        self.max_delay_s = max_delay_s
+        self.give_up_after_s = give_up_after_s
+        self.max_batch = max_batch
+        self._watch: dict[str, _Watch] = {}
+        self._done: set[str] = set()
+
+    def job_ended(self, job_id: str, ended_ts: float) -> None:
+        """Stimulus: ``job_id`` ended at ``ended_ts`` with no final state known (idempotent)."""
+        if job_id not in self._watch and job_id not in self._done:
+            self._watch[job_id] = _Watch(ended_ts, ended_ts + self.first_delay_s,
+                                         self.first_delay_s)
+
+    def watching(self) -> list[str]:
+        """Jobs still waiting for a final state."""
+        return list(self._watch)
+
+    def due(self, now: float) -> list[str]:
+        """The jobs to ask about in one batched query now (earliest-due first)."""
+        ready = sorted((w.next_ts, j) for j, w in self._watch.items() if w.next_ts <= now)
+        return [j for _, j in ready[:self.max_batch]]
+
+    def next_due_ts(self) -> float | None:
+        """When ``due`` will next return something (None: nothing to watch)."""
+        return min((w.next_ts for w in self._watch.values()), default=None)
+
+    def answered(self, now: float,
+                 answers: Mapping[str, tuple[str, int | None] | None]) -> list[Final | GiveUp]:
+        """Stimulus: Slurm's answers to a query of ``due`` jobs; returns the settled ones."""
+        out: list[Final | GiveUp] = []
+        for job_id, answer in answers.items():
+            watch = self._watch.get(job_id)
+            if watch is None:
+                continue
+            watch.attempts += 1
+            state = states.normalise(answer[0]) if answer else None
+            label = states.label_for(state)
+            if state is not None and label is not None:
+                out.append(Final(job_id, state, answer[1] if answer else None, label))
+                self._settle(job_id)
+                continue
+            watch.last_seen = state or "not final or unknown to Slurm"
+            out += self._backoff(job_id, now)
+        return out
+
+    def query_failed(self, now: float, job_ids: Iterable[str]) -> list[GiveUp]:
+        """Stimulus: the batched query failed; back off those jobs (some may give up)."""
+        out: list[GiveUp] = []
+        for job_id in job_ids:
+            if job_id in self._watch:
+                self._watch[job_id].last_seen = "query failed"
+                out += self._backoff(job_id, now)
+        return out
+
+    def _backoff(self, job_id: str, now: float) -> list[GiveUp]:
+        watch = self._watch[job_id]
+        if now - watch.ended_ts >= self.give_up_after_s:
+            self._settle(job_id)
+            return [GiveUp(job_id, f"no final state {now - watch.ended_ts:.0f} s after the end "
+                                   f"({watch.attempts} answers, last: {watch.last_seen})")]
+        watch.delay_s = min(watch.delay_s * 2, self.max_delay_s)
+        watch.next_ts = min(now + watch.delay_s, watch.ended_ts + self.give_up_after_s)
+        return []
+
+    def _settle(self, job_id: str) -> None:
+        del self._watch[job_id]
+        self._done.add(job_id)
+
+
+class _Store(Protocol):
+    def jobs_awaiting_final_state(self) -> list: ...  # type: ignore[type-arg]
+    def set_final_state(self, job_id: str, state: str, exit_code: int | None,
+                        source: str) -> None: ...
+
+
+class _Slurm(Protocol):
+    def final_states(self, job_ids: list[str]) -> dict[str, tuple[str, int | None] | None]: ...
+
+
+def poll_once(tracker: FinalStateTracker, store: _Store, slurm: _Slurm,
+              now: float) -> list[Final | GiveUp]:
+    """One round: watch the store's ended jobs, ask Slurm about the due ones, record states.
+
+    A failed Slurm call is logged and backed off, never raised. Give-ups are logged with
+    their reason; their state stays unknown in the store.
+    """
+    for job in store.jobs_awaiting_final_state():
+        tracker.job_ended(job.job_id, job.end_ts)
+    due = tracker.due(now)
+    if not due:
+        return []
+    try:
+        answers = slurm.final_states(due)
+    except Exception as e:  # a Slurm outage must not stop the agent: log, back off, go on
+        log.warning("final-state query for %d jobs failed: %s", len(due), e)
+        decisions: list[Final | GiveUp] = list(tracker.query_failed(now, due))
+    else:
+        decisions = tracker.answered(now, {j: answers.get(j) for j in due})
+    for d in decisions:
+        if isinstance(d, Final):
+            store.set_final_state(d.job_id, d.state, d.exit_code, SOURCE)
+        else:
+            log.warning("job %s: giving up on its final state (%s): %s", d.job_id, UNKNOWN,
+                        d.reason)
+    return decisions
