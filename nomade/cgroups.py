@@ -50,7 +50,8 @@ class JobCgroup:
     ``node`` the node named by ``slurm_<node>`` / ``<node>_slurmstepd.scope`` or None
     for the plain names; ``uid`` from ``uid_<uid>`` (v1 only). ``path`` is the job
     directory (v1: in the memory tree); ``cpu_path`` the directory with CPU counters
-    (v1: in the cpuacct tree; v2: same as ``path``).
+    (v1: in the cpuacct tree; v2: same as ``path``); ``cpus_file`` the file listing
+    the job's CPUs (v1: ``cpuset.cpus`` in the cpuset tree; v2: ``cpuset.cpus.effective``).
     """
 
     job_id: str
@@ -59,6 +60,7 @@ class JobCgroup:
     version: int
     path: str
     cpu_path: str
+    cpus_file: str
 
 
 def detect_version(root: str = "/sys/fs/cgroup") -> int:
@@ -116,7 +118,8 @@ def _discover_v1(root: str, node: str | None) -> list[JobCgroup]:
                 if jdir.startswith("job_") and jdir[4:].isdigit():
                     rel = os.path.join(top, udir, jdir)
                     jobs.append(JobCgroup(jdir[4:], top_node, int(udir[4:]), 1,
-                                          os.path.join(mem, rel), os.path.join(cpu, rel)))
+                                          os.path.join(mem, rel), os.path.join(cpu, rel),
+                                          os.path.join(root, "cpuset", rel, "cpuset.cpus")))
     return jobs
 
 
@@ -148,7 +151,8 @@ def _discover_v2(root: str, node: str | None) -> list[JobCgroup]:
                 if job_id is None:
                     continue
                 seen[path] = job_id
-            jobs.append(JobCgroup(job_id, scope_node, None, 2, path, path))
+            jobs.append(JobCgroup(job_id, scope_node, None, 2, path, path,
+                                  os.path.join(path, "cpuset.cpus.effective")))
     _SLUID_JOB_IDS.clear()
     _SLUID_JOB_IDS.update(seen)
     return jobs
@@ -198,6 +202,19 @@ def _int_or_none(value: bytes | None) -> int | None:
         return None
     value = value.strip()
     return int(value) if value.isdigit() else None
+
+
+def cpu_count(data: bytes | None) -> int | None:
+    """Number of CPUs in a cpuset list such as ``0-3,8,10-11``; None if empty or malformed."""
+    if not data or not data.strip():
+        return None
+    count = 0
+    for part in data.strip().split(b","):
+        lo, _, hi = part.partition(b"-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return None
+        count += int(hi) - int(lo) + 1 if hi else 1
+    return count
 
 
 def psi_some_avg10(data: bytes | None) -> float | None:
@@ -329,7 +346,8 @@ class JobReader:
         self._procs.close()
 
     def read(self) -> dict[str, int | float | None] | None:
-        """The job's counters now (``job.sample`` body keys), or None once the cgroup is gone.
+        """The job's counters now (``job.sample`` body keys but job_id/node/ts/nfs_write_bytes),
+        or None once the cgroup is gone.
 
         Also sets ``self.pids`` to the processes found in the job's subtree.
         """
@@ -337,11 +355,13 @@ class JobReader:
         if rescanned is None:
             return None
         if rescanned:
-            self._files.keep_only_dirs({*self._tree.dirs, self.job.cpu_path})
+            self._files.keep_only_dirs({*self._tree.dirs, self.job.cpu_path,
+                                        os.path.dirname(self.job.cpus_file)})
         nprocs, nthreads = self._count_tasks()
         body = self._read_v1() if self.job.version == 1 else self._read_v2()
         if body is not None:
             body["nprocs"], body["nthreads"] = nprocs, nthreads
+            body["alloc_cpus"] = cpu_count(self._files.read(self.job.cpus_file))
         return body
 
     def _count_tasks(self) -> tuple[int, int]:
@@ -440,5 +460,5 @@ def _usec(value: bytes | None) -> float | None:
     return int(value) / 1e6 if value is not None and value.isdigit() else None
 
 
-__all__ = ["CgroupError", "JobCgroup", "JobReader", "detect_version", "discover",
+__all__ = ["CgroupError", "JobCgroup", "JobReader", "cpu_count", "detect_version", "discover",
            "io_stat_bytes", "psi_some_avg10"]

@@ -51,7 +51,7 @@ def test_v2_counters_from_real_formats(v2_root: Path) -> None:
         "mem_bytes": 1073741824, "mem_peak_bytes": 1610612736, "mem_limit_bytes": 2147483648,
         "mem_limit_hits": 17, "oom_kills": 1, "page_faults": 523411, "major_faults": 37,
         "swap_bytes": 4096, "read_bytes": 52428800 + 1048576, "write_bytes": 10485760 + 2097152,
-        "io_pressure": 2.5, "mem_pressure": 12.75, "nprocs": 5, "nthreads": 11,
+        "io_pressure": 2.5, "mem_pressure": 12.75, "nprocs": 5, "nthreads": 11, "alloc_cpus": 4,
     }
     assert sorted(reader.pids) == [2001, 2010, 2020, 2030, 2031]
 
@@ -100,6 +100,13 @@ def test_v2_sluid_directory_job_id_from_environ(v2_root: Path) -> None:
 
 
 @pytest.mark.parametrize("text, expected", [
+    (b"0-3,8,10-11\n", 7), (b"5\n", 1), (b"\n", None), (None, None), (b"0-x", None),
+])
+def test_cpu_count(text: bytes | None, expected: int | None) -> None:
+    assert cgroups.cpu_count(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
     (b"some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n", 0.0),
     (b"some avg10=37.51 avg60=1.00 avg300=0.00 total=99\nfull avg10=1.00 avg60=0 avg300=0 total=1\n", 37.51),
     (b"", None), (None, None), (b"garbage", None), (b"some avg10=x avg60=0", None),
@@ -132,6 +139,11 @@ def v1_job():
     dirs = [f"{V1_ROOT}/{c}/{rel}/step_batch/task_0" for c in ("memory", "cpuacct")]
     for d in dirs:
         os.makedirs(d)
+    cpuset = f"{V1_ROOT}/cpuset"
+    for level in (top, f"{top}/uid_0", rel):     # Slurm confines each level to the job's CPUs
+        os.mkdir(f"{cpuset}/{level}")
+        Path(cpuset, level, "cpuset.cpus").write_text("0")
+        Path(cpuset, level, "cpuset.mems").write_text("0")
     Path(f"{V1_ROOT}/memory/{rel}/memory.limit_in_bytes").write_text(str(512 << 20))
     code = ("import sys,time\nb=bytearray(64<<20)\nfor i in range(0,len(b),4096): b[i]=1\n"
             "print('ready',flush=True)\nt=time.time()\nwhile time.time()-t<30: pass\n")
@@ -148,6 +160,8 @@ def v1_job():
         for c in ("memory", "cpuacct"):
             for sub in ("/step_batch/task_0", "/step_batch", "", "/..", "/../.."):
                 os.rmdir(os.path.normpath(f"{V1_ROOT}/{c}/{rel}{sub}"))
+        for level in (rel, f"{top}/uid_0", top):
+            os.rmdir(f"{cpuset}/{level}")
 
 
 @needs_v1
@@ -170,6 +184,7 @@ def test_v1_real_job_cgroup(v1_job: subprocess.Popen) -> None:
     assert second["page_faults"] >= (64 << 20) // 4096
     assert (second["mem_limit_hits"], second["oom_kills"]) == (0, 0)
     assert second["io_pressure"] is None and second["mem_pressure"] is None
+    assert second["alloc_cpus"] == 1
 
 
 @needs_v1
