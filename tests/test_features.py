@@ -1,0 +1,246 @@
+"""As-of features: values, masks, no information from after t, channels, normalisation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nomade.features import (CHANNELS, FEATURES, N_START, PRIOR_STRENGTH, JobTable, Normalizer,
+                             SampleTable, asof_features, label_of, sequences, snapshots)
+
+F = {name: i for i, name in enumerate(FEATURES)}
+GB = 2**30
+
+
+def job(job_id, user="alice", start=1000.0, end=None, state=None, **kw):
+    rec = dict(job_id=job_id, user=user, req_cpus=4, req_mem_bytes=8 * GB, req_gpus=0,
+               time_limit_s=3600.0, submit_ts=start - 10, start_ts=start, end_ts=end, state=state)
+    rec.update(kw)
+    return rec
+
+
+def sample(job_id, ts, i, **kw):
+    """The i-th 30 s sample of a job using 2 of 4 CPUs, growing 10 MB per sample."""
+    rec = dict(job_id=job_id, ts=ts, alloc_cpus=4, cpu_user_s=60.0 * i, cpu_system_s=0.0,
+               mem_bytes=GB + i * 1e7, mem_peak_bytes=None, mem_limit_bytes=4 * GB,
+               read_bytes=i * 3e7, write_bytes=i * 6e7, nfs_write_bytes=i * 1.5e7,
+               major_faults=i * 5, mem_limit_hits=0, oom_kills=0, swap_bytes=0.0, io_pressure=2.5)
+    rec.update(kw)
+    return rec
+
+
+def test_labels_follow_design():
+    assert label_of("COMPLETED") == 0.0
+    assert [label_of(s) for s in ("FAILED", "TIMEOUT", "CANCELLED by 12", "OUT_OF_MEMORY")] == [1.0] * 4
+    assert math.isnan(label_of("RUNNING")) and math.isnan(label_of(None))
+
+
+def test_runtime_values_by_hand():
+    jobs = JobTable.from_records([job("1")])
+    samples = SampleTable.from_records(jobs, [sample("1", 1000 + 30 * i, i) for i in range(1, 6)])
+    X, mask = asof_features(jobs, samples, np.array([1000 + 30 * 5 + 7.0]))
+    x = dict(zip(FEATURES, X[0].astype(float)))
+    assert mask[0].sum() == 16 and not mask[0, F["user_last_failed"]]  # no ended job yet
+    assert x["log_req_cpus"] == pytest.approx(math.log1p(4))
+    assert x["log_req_mem_mb"] == pytest.approx(math.log1p(8192))
+    assert x["log_time_limit_min"] == pytest.approx(math.log1p(60))
+    assert x["elapsed_frac"] == pytest.approx(150 / 3600)
+    assert x["cpu_eff"] == pytest.approx(0.5)
+    assert x["cpu_eff_change"] == pytest.approx(0.0, abs=1e-6)
+    assert x["mem_frac"] == pytest.approx((GB + 5e7) / (4 * GB), rel=1e-5)
+    assert x["mem_peak_frac"] == pytest.approx((GB + 5e7) / (4 * GB), rel=1e-5)
+    assert x["mem_growth_frac_h"] == pytest.approx(1e7 / 30 * 3600 / (4 * GB), rel=1e-5)
+    assert x["log_read_mbps"] == pytest.approx(math.log1p(1.0), rel=1e-5)
+    assert x["log_write_mbps"] == pytest.approx(math.log1p(2.0), rel=1e-5)
+    assert x["nfs_write_share"] == pytest.approx(0.25)
+    assert x["io_pressure"] == pytest.approx(0.025)
+    assert x["mem_pressure"] == pytest.approx(math.log1p(10.0), rel=1e-5)
+
+
+def test_recent_change_and_peak_follow_the_last_samples():
+    jobs = JobTable.from_records([job("1")])
+    recs = [sample("1", 1000 + 30 * i, i) for i in range(1, 5)]
+    # then the job stops computing and frees memory
+    recs += [sample("1", 1000 + 30 * i, i, cpu_user_s=240.0, mem_bytes=0.5 * GB) for i in range(5, 9)]
+    samples = SampleTable.from_records(jobs, recs)
+    X, _ = asof_features(jobs, samples, np.array([1240.0]))
+    x = dict(zip(FEATURES, X[0].astype(float)))
+    assert x["cpu_eff"] == pytest.approx(240 / (4 * 240))
+    assert x["cpu_eff_change"] == pytest.approx(-0.25)
+    assert x["mem_frac"] == pytest.approx(0.125)
+    assert x["mem_peak_frac"] == pytest.approx((GB + 4e7) / (4 * GB), rel=1e-5)
+    assert x["mem_growth_frac_h"] == 0.0
+
+
+def test_masks_no_samples_unknown_inputs_and_node_iowait():
+    jobs = JobTable.from_records([job("1"), job("2", req_mem_bytes=None), job("3", user=None)])
+    recs = [sample("2", 1030, 1, io_pressure=None, iowait_pct=7.0, mem_limit_bytes=None,
+                   nfs_write_bytes=None)]
+    samples = SampleTable.from_records(jobs, recs)
+    X, mask = asof_features(jobs, samples, np.full(3, 1100.0))
+    assert not mask[0, N_START:].any() and (X[0, N_START:] == 0).all()
+    assert mask[0, :N_START - 1].all() and not mask[0, F["user_last_failed"]]
+    assert not mask[1, F["log_req_mem_mb"]] and not mask[1, F["mem_frac"]]
+    assert not mask[1, F["nfs_write_share"]] and not mask[1, F["mem_growth_frac_h"]]
+    assert mask[1, F["io_pressure"]] and X[1, F["io_pressure"]] == pytest.approx(0.07)
+    assert not mask[2, F["user_fail_rate"]] and not mask[2, F["user_last_failed"]]
+
+
+def test_user_history_smoothed_and_last_failed():
+    recs = [job("1", start=0, end=100, state="FAILED"), job("2", start=0, end=200, state="COMPLETED"),
+            job("3", user="bob", start=0, end=150, state="FAILED"), job("4", start=500)]
+    jobs = JobTable.from_records(recs)
+    X, mask = asof_features(jobs, SampleTable.empty(), np.array([150.0, 150.0, 150.0, 500.0]),
+                            rows=np.array([3, 3, 2, 3]))
+    prior_150 = (1 + 1) / (1 + 2)  # one failed job ended before 150
+    assert X[0, F["user_fail_rate"]] == pytest.approx((1 + PRIOR_STRENGTH * prior_150) / (1 + PRIOR_STRENGTH))
+    assert X[0, F["user_last_failed"]] == 1.0
+    prior_500 = (2 + 1) / (3 + 2)
+    assert X[3, F["user_fail_rate"]] == pytest.approx((1 + PRIOR_STRENGTH * prior_500) / (2 + PRIOR_STRENGTH))
+    assert X[3, F["user_last_failed"]] == 0.0 and mask[3, F["user_last_failed"]]
+    # bob's own failure ends exactly at 150: not before t
+    assert X[2, F["user_fail_rate"]] == pytest.approx(prior_150) and not mask[2, F["user_last_failed"]]
+
+
+def brute_history(jobs, rows, t):
+    rate, last = [], []
+    for r, tt in zip(rows, t):
+        done = np.isfinite(jobs.end_ts) & np.isfinite(jobs.label) & (jobs.end_ts < tt)
+        g = jobs.label[done]
+        prior = (g.sum() + 1) / (len(g) + 2)
+        mine = done & (jobs.user == jobs.user[r])
+        order = np.argsort(jobs.end_ts[mine], kind="stable")
+        lab = jobs.label[mine][order]
+        rate.append((lab.sum() + PRIOR_STRENGTH * prior) / (len(lab) + PRIOR_STRENGTH))
+        last.append(lab[-1] if len(lab) else np.nan)
+    return np.array(rate), np.array(last)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_history_matches_a_plain_loop(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    start = rng.uniform(0, 1e5, n)
+    end = np.round(start + rng.exponential(3000, n), -2)  # rounded: many equal end times
+    recs = [job(str(i), user=f"u{rng.integers(0, 12)}", start=start[i], end=end[i],
+                state=rng.choice(["COMPLETED", "FAILED", "TIMEOUT", "RUNNING"])) for i in range(n)]
+    jobs = JobTable.from_records(recs)
+    rows = rng.integers(0, n, 500)
+    t = np.where(rng.random(500) < 0.3, end[rows], rng.uniform(0, 1.2e5, 500))
+    X, mask = asof_features(jobs, SampleTable.empty(), t, rows=rows)
+    rate, last = brute_history(jobs, rows, t)
+    np.testing.assert_allclose(X[:, F["user_fail_rate"]], rate, rtol=1e-6)
+    known = ~np.isnan(last)
+    np.testing.assert_array_equal(mask[:, F["user_last_failed"]], known)
+    # with equal end times the "last" job is any of them: check against the set
+    for i in np.flatnonzero(known):
+        r = rows[i]
+        mine = (jobs.user == jobs.user[r]) & np.isfinite(jobs.label) & (jobs.end_ts < t[i])
+        latest = jobs.end_ts[mine].max()
+        assert X[i, F["user_last_failed"]] in set(jobs.label[mine & (jobs.end_ts == latest)])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_future_does_not_change_a_feature(seed):
+    """A job whose future (its own later samples and end, the user's jobs ending after t,
+    other jobs' samples) changes must keep every feature and channel at t."""
+    rng = np.random.default_rng(seed)
+    t = 1000.0 + 30 * rng.integers(3, 12) + rng.uniform(0, 29)
+    def world(future: bool):
+        recs = [job("past", start=0, end=500, state="COMPLETED"),
+                job("me", start=1000, end=5000 if future else None, state="FAILED" if future else None)]
+        if future:
+            recs.append(job("later", start=100, end=t + 1, state="FAILED"))
+        jobs = JobTable.from_records(recs)
+        srecs = [sample("me", 1000 + 30 * i, i, cpu_user_s=60.0 * i * rng.uniform(0.5, 1)) for i in range(1, 40)]
+        srecs = [s for s in srecs if s["ts"] <= t or future]
+        if future:  # a spike right after t, and the samples of the later job
+            srecs = [dict(s, mem_bytes=4 * GB, major_faults=1e6) if t < s["ts"] < t + 60 else s for s in srecs]
+            srecs += [sample("later", 200 + 30 * i, i) for i in range(1, 50)]
+        return jobs, SampleTable.from_records(jobs, srecs)
+    base_rng = rng.bit_generator.state
+    jobs_a, samp_a = world(False)
+    rng.bit_generator.state = base_rng
+    jobs_b, samp_b = world(True)
+    a = asof_features(jobs_a, samp_a, np.array([t]), rows=np.array([1]))
+    b = asof_features(jobs_b, samp_b, np.array([t]), rows=np.array([1]))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    sa = sequences(jobs_a, samp_a, np.array([t]), 8, 30.0, rows=np.array([1]))
+    sb = sequences(jobs_b, samp_b, np.array([t]), 8, 30.0, rows=np.array([1]))
+    np.testing.assert_array_equal(sa[0], sb[0])
+    assert sa[1][0] == sb[1][0]
+
+
+def test_sequences_are_left_padded_and_end_at_the_asof_features():
+    jobs = JobTable.from_records([job("1"), job("2")])
+    samples = SampleTable.from_records(jobs, [sample("1", 1000 + 30 * i, i) for i in range(1, 4)])
+    t = np.array([1095.0, 1095.0])
+    S, lengths = sequences(jobs, samples, t, 5, 30.0)
+    assert S.shape == (2, 5, len(CHANNELS)) and S.dtype == np.float32
+    assert lengths.tolist() == [3, 0]
+    assert np.isnan(S[0, :2]).all() and np.isfinite(S[0, 2:, 0]).all()
+    assert np.isnan(S[1]).all()
+    X, mask = asof_features(jobs, samples, t)
+    np.testing.assert_allclose(np.nan_to_num(S[0, -1]), X[0, N_START:], rtol=1e-6)
+    norm = Normalizer().fit(X, mask)
+    Z = norm.transform_sequences(S)
+    assert np.isfinite(Z).all() and (Z[1] == 0).all()
+    with pytest.raises(ValueError, match="length"):
+        sequences(jobs, samples, t, 0, 30.0)
+
+
+def test_snapshots_weigh_every_job_once():
+    recs = [job("1", start=0, end=95, state="FAILED"), job("2", start=0, end=3000, state="COMPLETED"),
+            job("3", start=0), job("4", start=10, end=10, state="COMPLETED")]
+    jobs = JobTable.from_records(recs)
+    rows, t, w = snapshots(jobs, SampleTable.empty(), 30.0, max_per_job=10)
+    assert set(rows.tolist()) == {0, 1, 3}
+    assert t[rows == 0].tolist() == [0.0, 30.0, 60.0, 90.0]
+    assert len(t[rows == 1]) == 10 and (np.diff(t[rows == 1]) > 0).all() and t[rows == 1].max() < 3000
+    assert t[rows == 3].tolist() == [10.0]
+    np.testing.assert_allclose(np.bincount(rows, weights=w)[[0, 1, 3]], 1.0)
+    assert ((t >= jobs.start_ts[rows]) & ((t < jobs.end_ts[rows]) | (rows == 3))).all()
+
+
+def test_normalizer_fits_known_values_and_round_trips_through_json():
+    rng = np.random.default_rng(0)
+    X = rng.normal(3.0, 2.0, size=(400, 17)).astype(np.float32)
+    mask = rng.random((400, 17)) < 0.8
+    X[~mask] = 0.0
+    norm = Normalizer().fit(X, mask)
+    Z = norm.transform(X, mask)
+    assert (Z[~mask] == 0).all()
+    assert abs(Z[mask[:, 0], 0].mean()) < 1e-5 and Z[mask[:, 0], 0].std() == pytest.approx(1.0, rel=1e-4)
+    again = Normalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
+    np.testing.assert_array_equal(again.transform(X, mask), Z)
+    assert (Normalizer().fit(np.zeros((3, 17)), np.ones((3, 17), bool)).std_ == 1.0).all()
+
+
+def test_normalizer_refuses_misuse():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Normalizer().transform(np.zeros((1, 17)), np.ones((1, 17), bool))
+    data = Normalizer().fit(np.ones((2, 17)), np.ones((2, 17), bool)).to_dict()
+    with pytest.raises(ValueError, match="another feature set"):
+        Normalizer.from_dict(dict(data, features=data["features"][::-1]))
+    with pytest.raises(ValueError, match="17 numbers"):
+        Normalizer.from_dict(dict(data, std=[0.0] * 17))
+
+
+def test_tables_refuse_bad_input():
+    jobs = JobTable.from_records([job("1")])
+    with pytest.raises(ValueError, match="unknown sample columns"):
+        SampleTable(np.zeros(1), np.zeros(1), {"cpu_seconds": np.zeros(1)})
+    with pytest.raises(ValueError, match="finite"):
+        asof_features(jobs, SampleTable.empty(), np.array([np.nan]))
+    with pytest.raises(ValueError, match="rows must index"):
+        asof_features(jobs, SampleTable.empty(), np.array([1.0]), rows=np.array([3]))
+    with pytest.raises(ValueError, match="one time per example"):
+        asof_features(jobs, SampleTable.empty(), np.array([1.0, 2.0]))
+    samples = SampleTable.from_records(jobs, [sample("1", 1030, 1), sample("nope", 1030, 1),
+                                              sample("1", None, 2)])
+    assert len(samples) == 1  # unknown job and sample without a time dropped
+    assert jobs.take(np.array([0, 0])).job_id.tolist() == ["1", "1"]
