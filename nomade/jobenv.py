@@ -56,6 +56,7 @@ class JobStart(TypedDict):
     submit_ts: float | None
     start_ts: float | None
     source: str
+    cluster: str | None
 
 
 class JobEnd(TypedDict):
@@ -223,6 +224,7 @@ def job_start(env: Mapping[str, str], source: str) -> JobStart | None:
         submit_ts=to_ts(env.get("SUBMIT")),
         start_ts=to_ts(_first(env, "SLURM_JOB_START_TIME", "START", "NOMADE_TS")),
         source=source,
+        cluster=to_name(_first(env, "CLUSTER_NAME", "CLUSTER")),
     )
 
 

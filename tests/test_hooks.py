@@ -11,7 +11,9 @@ import os
 import shlex
 import shutil
 import socket
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,61 @@ def test_without_proc_the_environment_comes_from_env(tmp_path: Path) -> None:
     [path] = events_in(tmp_path)
     record = decode(path.read_bytes())
     assert {k: v for k, v in record.items() if not k.startswith("NOMADE_")} == SLURM_ENV
+
+
+# --- nomade.hooks.drain: real scripts -> spool -> real wire -> real store ------------
+
+def _job_rows(db: Path) -> list[tuple[object, ...]]:
+    """Every jobs row, ``updated_ts`` last."""
+    from nomade.store import JOB_FIELDS
+
+    assert JOB_FIELDS[-1] == "updated_ts"
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(f"SELECT {', '.join(JOB_FIELDS)} FROM jobs ORDER BY job_id").fetchall()
+
+
+def test_drain_stores_each_event_once_even_if_killed_before_confirm(tmp_path: Path) -> None:
+    from nomade.hooks.drain import drain_spool
+    from nomade.store import Store
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    env = {**SLURM_ENV, "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ACCOUNT": "physics",
+           "NOMADE_SPOOL": str(spool_dir)}
+    for hook in ("prolog_slurmctld", "prolog", "epilog", "epilog_slurmctld"):
+        assert run_hook(hook, env).returncode == 0
+    assert run_hook("jobcomp", {**JOBCOMP_ENV, "NOMADE_SPOOL": str(spool_dir)}).returncode == 0
+    saved = {p.name: p.read_bytes() for p in spool_dir.iterdir()}
+
+    with Store(tmp_path / "a.db") as store:
+        assert drain_spool(Spool(spool_dir), store, "ctld") == 5
+        job = store.get_job("42")
+    assert Spool(spool_dir).pending() == 0
+    assert job is not None and (job.state, job.label, job.state_source) == ("TIMEOUT", 1, "jobcomp")
+    assert (job.user, job.uid, job.account, job.nodes) == ("u1", 1001, "physics", ("n1", "n2"))
+    assert job.time_limit_s == 60 and job.cluster == "nomade"
+    assert (job.exit_code, job.signal) == (0, 9), "the final state's exit code (jobcomp) wins"
+    once = _job_rows(tmp_path / "a.db")
+
+    # Killed after the store commit and before any confirm: the same files come back.
+    for name, data in saved.items():
+        (spool_dir / name).write_bytes(data)
+    with Store(tmp_path / "a.db") as store:
+        assert drain_spool(Spool(spool_dir), store, "ctld") == 5
+    twice = _job_rows(tmp_path / "a.db")
+    assert len(twice) == 1 and twice[0][:-1] == once[0][:-1], "only updated_ts may change"
+
+
+def test_drain_moves_unusable_events_aside(tmp_path: Path) -> None:
+    from nomade.hooks.drain import drain_spool
+    from nomade.store import Store
+
+    spool = Spool(tmp_path / "spool")
+    spool.dir.mkdir()
+    spool.put({"NOMADE_HOOK": "epilog", "NOMADE_TS": "1700000000.0"})  # no job id
+    spool.put({"NOMADE_HOOK": "epilog", "SLURM_JOB_ID": "5", "NOMADE_TS": "1700000001.0"})
+    with Store(tmp_path / "a.db") as store:
+        assert drain_spool(spool, store, "n1") == 1
+        assert store.get_job("5") is not None
+    assert spool.pending() == 0 and spool.bad_moved == 1
+    assert len(list((spool.dir / "bad").iterdir())) == 1

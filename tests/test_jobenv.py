@@ -36,7 +36,8 @@ def test_node_prolog_gives_job_start_without_a_guessed_node_list() -> None:
     assert body == {"job_id": "42", "user": "u1", "uid": 1001, "partition": "debug",
                     "account": None, "nodes": None, "num_nodes": 2, "req_cpus": 3,
                     "req_mem_bytes": None, "req_gpus": None, "time_limit_s": None,
-                    "submit_ts": None, "start_ts": 1700000000.25, "source": "prolog"}
+                    "submit_ts": None, "start_ts": 1700000000.25, "source": "prolog",
+                    "cluster": "nomade"}
 
 
 def test_slurmctld_prolog_knows_nodes_and_account() -> None:
