@@ -246,8 +246,13 @@ def _sacct_record(row: dict[str, str]) -> dict[str, Any]:
             "time_limit_s": _duration(row.get("Timelimit", "")),
             "submit_ts": _time(row.get("Submit", "")), "start_ts": _time(row.get("Start", "")),
             "end_ts": _time(row.get("End", "")) if states.is_final(state) else None,
-            "state": state, "num_nodes": nodes, "nodes": row.get("NodeList") or None,
+            "state": state, "num_nodes": nodes, "nodes": _nodes(row.get("NodeList")),
             "exit_code": row.get("ExitCode") or None}
+
+
+def _nodes(text: Any) -> str | None:
+    """A node list, or None for Slurm's ``None assigned`` / empty."""
+    return text if isinstance(text, str) and text and text != "None assigned" else None
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -327,6 +332,9 @@ def _json_record(job: dict[str, Any]) -> dict[str, Any]:
     cpus = _num(req.get("CPUs"))
     nodes = _num(job.get("allocation_nodes"))
     per_cpu, per_node = _num(req.get("memory_per_cpu")), _num(req.get("memory_per_node"))
+    legacy = _num(req.get("memory"))  # Slurm 22.05: MB per node, or per CPU with bit 63 set
+    if legacy is not None and per_cpu is None and per_node is None:
+        per_cpu, per_node = (legacy - 2**63, None) if legacy >= 2**63 else (None, legacy)
     mem = (per_cpu * 2**20 * cpus if per_cpu and cpus else
            per_node * 2**20 * (nodes or 1) if per_node else None)
     tm = job.get("time") or {}
@@ -343,7 +351,7 @@ def _json_record(job: dict[str, Any]) -> dict[str, Any]:
             "req_gpus": gpus, "time_limit_s": limit * 60.0 if limit else None,
             "submit_ts": _num(tm.get("submission")), "start_ts": start if start else None,
             "end_ts": end if end and states.is_final(state) else None, "state": state,
-            "num_nodes": nodes, "nodes": job.get("nodes") or None,
+            "num_nodes": nodes, "nodes": _nodes(job.get("nodes")),
             "exit_code": _exit_code(job.get("exit_code"))}
 
 

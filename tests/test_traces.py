@@ -1,0 +1,141 @@
+"""History import: SWF traces and sacct output (--parsable2 and --json)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nomade.errors import NomadeError
+from nomade.traces import messages, parse_sacct_lines, read_sacct, read_swf
+
+DATA = Path(__file__).parent / "data"
+GB, MB = 2**30, 2**20
+ORIGIN = 800000000
+
+
+def local(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_swf_fields_map_to_start_time_columns_and_labels():
+    trace = read_swf(DATA / "small.swf")
+    j = trace.jobs
+    assert trace.skipped == 2  # the prose line and the 17-field line
+    assert j.job_id.tolist() == ["1", "2", "3", "4", "5", "6"]
+    assert j.state.tolist() == ["COMPLETED", "FAILED", "CANCELLED", None, "FAILED", "PARTIAL"]
+    np.testing.assert_array_equal(j.label[:3], [0, 1, 1])
+    assert math.isnan(j.label[3]) and j.label[4] == 1 and math.isnan(j.label[5])
+    # requested procs, or allocated when the request is -1 (job 2)
+    np.testing.assert_array_equal(j.req_cpus, [4, 8, 16, 2, 1, 1])
+    assert j.req_mem_bytes[0] == 1024 * 1024 * 4  # KB per processor x processors
+    assert np.isnan(j.req_mem_bytes[1]) and np.isnan(j.time_limit_s[3])
+    assert (j.req_gpus == 0).all()
+    assert j.submit_ts[2] == ORIGIN + 60 and j.start_ts[2] == ORIGIN + 100
+    assert j.end_ts[2] == ORIGIN + 400
+    assert np.isnan(j.start_ts[3]) and np.isnan(j.end_ts[3])
+    assert trace.names["user"] == ["1", "2", "3"] and j.user.tolist() == [0, 1, 0, 2, 0, 0]
+    assert j.cat["executable"].tolist() == [-1, 0, -1, -1, -1, -1]
+
+
+def test_swf_runtime_and_used_fields_are_not_features(tmp_path):
+    """Changing runtime, used CPU and used memory of a job changes only its end."""
+    text = (DATA / "small.swf").read_text().splitlines()
+    changed = [ln.replace("   100    4   -1   -1", "  9999    4  777  555") if ln.startswith("    1 ")
+               else ln for ln in text]
+    assert changed != text
+    (tmp_path / "changed.swf").write_text("\n".join(changed))
+    a, b = read_swf(DATA / "small.swf").jobs, read_swf(tmp_path / "changed.swf").jobs
+    for col in ("req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts", "user"):
+        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
+    assert a.end_ts[0] != b.end_ts[0]
+
+
+def test_swf_gzip_and_progress(tmp_path):
+    gz = tmp_path / "t.swf.gz"
+    gz.write_bytes(gzip.compress((DATA / "small.swf").read_bytes()))
+    seen = []
+    trace = read_swf(gz, progress=lambda done, total: seen.append((done, total)))
+    assert len(trace.jobs) == 6
+    assert seen[-1] == (gz.stat().st_size, gz.stat().st_size)
+    s = trace.summary()
+    assert s["jobs"] == 6 and s["labelled"] == 4 and s["failed"] == 3 and s["failure_rate"] == 0.75
+
+
+def test_swf_bad_input_is_a_clear_error(tmp_path):
+    with pytest.raises(NomadeError, match="cannot read"):
+        read_swf(tmp_path / "missing.swf")
+    (tmp_path / "x.swf").write_text("; only a header\nnot a job\n")
+    with pytest.raises(NomadeError, match="no SWF job lines"):
+        read_swf(tmp_path / "x.swf")
+
+
+def test_sacct_parsable2_jobs_skip_steps():
+    trace = read_sacct(DATA / "sacct_parsable2.txt")
+    j = trace.jobs
+    assert j.job_id.tolist() == ["101", "102", "103", "104", "105", "107_2", "108"]
+    assert trace.skipped == 2  # the pending array range and the garbage line
+    assert j.state.tolist() == ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "PENDING",
+                                "OUT_OF_MEMORY", "RUNNING"]
+    np.testing.assert_array_equal(j.label[:4], [0, 1, 1, 1])
+    assert math.isnan(j.label[4]) and j.label[5] == 1 and math.isnan(j.label[6])
+    np.testing.assert_array_equal(j.req_cpus, [4, 8, 2, 1, 1, 1, 2])
+    assert j.req_mem_bytes.tolist() == [8 * GB, 16000 * MB, 4 * GB, 8 * GB, GB, 500 * MB, GB]
+    assert j.req_gpus.tolist() == [0, 2, 0, 0, 0, 0, 0]
+    assert j.time_limit_s[0] == 3600 and j.time_limit_s[1] == 86400 and np.isnan(j.time_limit_s[3])
+    assert j.time_limit_s[5] == 300
+    assert j.start_ts[0] == local("2024-03-01T10:00:05") and j.end_ts[0] == local("2024-03-01T10:30:05")
+    assert np.isnan(j.start_ts[4]) and np.isnan(j.end_ts[6])  # pending; running: no end yet
+    assert trace.names["user"][j.user[2]] == "alice"
+    assert trace.names["partition"][j.cat["partition"][1]] == "gpu"
+
+
+def test_sacct_without_header_uses_the_documented_order():
+    lines = (DATA / "sacct_parsable2.txt").read_text().splitlines(keepends=True)
+    a, b = read_sacct(DATA / "sacct_parsable2.txt"), parse_sacct_lines(lines[1:])
+    np.testing.assert_array_equal(a.jobs.end_ts, b.jobs.end_ts)
+    assert a.jobs.job_id.tolist() == b.jobs.job_id.tolist()
+
+
+def test_sacct_json_both_layouts():
+    trace = read_sacct(DATA / "sacct.json")
+    j = trace.jobs
+    assert j.job_id.tolist() == ["201", "204_3", "206"] and trace.skipped == 1
+    assert j.state.tolist() == ["COMPLETED", "TIMEOUT", "PENDING"]
+    assert j.req_mem_bytes.tolist() == [8192 * MB, 2 * 2048 * MB, 1024 * MB]
+    assert j.req_gpus.tolist() == [0, 2, 0]
+    assert j.time_limit_s[0] == 3600 and j.time_limit_s[1] == 600 and np.isnan(j.time_limit_s[2])
+    assert j.end_ts[1] == 1709290660 and np.isnan(j.start_ts[2]) and np.isnan(j.end_ts[2])
+    assert trace.extra["exit_code"][1] == "0:15"
+
+
+def test_sacct_from_stdin_and_bad_input(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.stdin", io.StringIO((DATA / "sacct_parsable2.txt").read_text()))
+    assert len(read_sacct("-").jobs) == 7
+    (tmp_path / "e.txt").write_text("\n\n")
+    with pytest.raises(NomadeError, match="empty"):
+        read_sacct(tmp_path / "e.txt")
+    (tmp_path / "j.json").write_text('{"jobs": [')
+    with pytest.raises(NomadeError, match="not valid sacct --json"):
+        read_sacct(tmp_path / "j.json")
+    (tmp_path / "k.json").write_text('{"meta": {}}')
+    with pytest.raises(NomadeError, match="no 'jobs' list"):
+        read_sacct(tmp_path / "k.json")
+
+
+def test_messages_are_job_start_and_end_bodies():
+    trace = read_sacct(DATA / "sacct_parsable2.txt")
+    out = list(messages(trace))
+    start, end = out[1]
+    assert start["job_id"] == "102" and start["user"] == "bob" and start["partition"] == "gpu"
+    assert start["account"] == "chem" and start["req_gpus"] == 2 and start["req_cpus"] == 8
+    assert start["nodes"] == ["g1"] and start["num_nodes"] == 1 and start["source"] == "import"
+    assert end == {"job_id": "102", "end_ts": local("2024-03-01T11:06:00"), "exit_code": 3,
+                   "signal": 0, "state": "FAILED", "source": "import"}
+    assert out[4][1] is None and out[4][0]["start_ts"] is None and out[4][0]["nodes"] == []
+    assert out[6][1] is None  # running: no end
