@@ -12,7 +12,7 @@ see ``SLURM_JOB_ID/_UID/_USER/_PARTITION``, ``SLURM_CPUS_PER_NODE``,
 and ``SLURM_JOB_ACCOUNT``; the epilogs add ``SLURM_JOB_EXIT_CODE`` (raw wait status) and
 ``SLURM_JOB_EXIT_CODE2`` (``exit:signal``). No hook env holds the final state except
 ``jobcomp/script`` (``JOBSTATE``, ``EXITCODE``, ``START``, ``END``, ``SUBMIT``, ``LIMIT``
-in minutes, ``NODES``, ``PROCS``, ``UID``, ``USERNAME``, ``PARTITION``, ``ACCOUNT``).
+in minutes or [D-]HH:MM:SS, ``NODES``, ``PROCS``, ``UID``, ``USERNAME``, ``PARTITION``, ``ACCOUNT``).
 
 Job ids are Slurm's own id as a string (``SLURM_JOB_ID``/``JOBID``), also for array
 elements, because that is the id in cgroup paths and in every hook.
@@ -36,6 +36,7 @@ _JOB_ID = re.compile(r"[0-9]{1,12}(?:[_+][0-9]{1,12})?")
 _STATE = re.compile(r"[A-Z][A-Z_]{1,30}")
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
 _CPUS_PART = re.compile(r"([0-9]{1,7})(?:\(x([0-9]{1,7})\))?")
+_LIMIT = re.compile(r"(?:[0-9]{1,5}-[0-9]{1,2}(?::[0-9]{1,2}){0,2}|[0-9]{1,9}(?::[0-9]{1,2}){0,2})")
 _RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 
 
@@ -177,10 +178,22 @@ def exit_and_signal(text: str | None) -> tuple[int | None, int | None]:
     return (status >> 8) & 0xFF, status & 0x7F
 
 
-def time_limit_s(minutes: str | None) -> float | None:
-    """Slurm's limit in minutes (``UNLIMITED``/garbage -> None) as seconds."""
-    value = to_int(minutes, 1, 10**9)
-    return None if value is None else value * 60.0
+def time_limit_s(text: str | None) -> float | None:
+    """A Slurm time limit as seconds: minutes (``"10"``, jobcomp of old Slurm), or
+    ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS`` (jobcomp of 22.05);
+    ``UNLIMITED``/garbage -> None."""
+    if not text or not _LIMIT.fullmatch(text.strip()):
+        return None
+    days, _, clock = text.strip().rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        parts += [0] * (3 - len(parts))  # D-HH, D-HH:MM
+        seconds = int(days) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+    elif len(parts) == 1:
+        seconds = parts[0] * 60
+    else:
+        seconds = sum(v * m for v, m in zip(reversed(parts), (1, 60, 3600)))
+    return float(seconds) if seconds > 0 else None
 
 
 def hook_of(env: Mapping[str, str]) -> str | None:
@@ -205,7 +218,7 @@ def job_start(env: Mapping[str, str], source: str) -> JobStart | None:
     jid = job_id(env)
     if jid is None:
         return None
-    nodes = expand_hostlist(_first(env, "SLURM_JOB_NODELIST", "NODES"))
+    nodes = expand_hostlist(_first(env, "SLURM_JOB_NODELIST", "SLURM_NODELIST", "NODES"))
     num_nodes = to_int(_first(env, "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "NODECNT"), 1, MAX_HOSTS)
     cpus = total_cpus(_first(env, "SLURM_JOB_CPUS_PER_NODE", "SLURM_CPUS_PER_NODE"))
     cpus = cpus if cpus is not None else to_int(env.get("PROCS"), 1)
@@ -224,7 +237,7 @@ def job_start(env: Mapping[str, str], source: str) -> JobStart | None:
         submit_ts=to_ts(env.get("SUBMIT")),
         start_ts=to_ts(_first(env, "SLURM_JOB_START_TIME", "START", "NOMADE_TS")),
         source=source,
-        cluster=to_name(_first(env, "CLUSTER_NAME", "CLUSTER")),
+        cluster=to_name(_first(env, "SLURM_CLUSTER_NAME", "CLUSTER_NAME", "CLUSTER")),
     )
 
 

@@ -141,3 +141,65 @@ def test_from_environ_stamps_hook_and_time(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     record = jobenv.from_environ("prolog")
     assert record["NOMADE_HOOK"] == "prolog" and jobenv.to_ts(record["NOMADE_TS"]) is not None
+
+
+# --- verbatim captures from the project's test cluster (Slurm 22.05.8, PrologFlags=Alloc) ---
+REAL_PROLOG = {
+    "NOMADE_HOOK": "prolog", "NOMADE_TS": "1795917836.203730716", "SLURM_JOB_USER": "root",
+    "SLURM_JOBID": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_CPUS_PER_NODE": "1(x2)",
+    "SLURM_JOB_STDOUT": "/tmp/nomade-cluster/out/smoke-%j.out", "SLURM_JOB_GID": "0",
+    "SLURM_JOB_WORK_DIR": "/work/main", "SLURM_CONF": "/etc/slurm/slurm.conf",
+    "SLURM_SCRIPT_CONTEXT": "prolog_slurmd", "SLURM_NODELIST": "n[1-2]",
+    "SLURM_JOB_RESTART_COUNT": "0", "SLURM_JOB_ID": "1", "SLURMD_NODENAME": "n2", "SLURM_UID": "0",
+    "SLURM_CLUSTER_NAME": "nomadetest", "SLURM_JOB_UID": "0", "SLURM_JOB_PARTITION": "debug",
+    "SLURM_JOB_STDIN": "/dev/null"}
+REAL_EPILOG_CTLD = {
+    "NOMADE_HOOK": "epilog_slurmctld", "NOMADE_TS": "1795917836.281855367",
+    "SLURM_JOB_DERIVED_EC": "0", "SLURM_JOB_GROUP": "root", "SLURM_JOBID": "1",
+    "SLURM_JOB_USER": "root", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NAME": "nomade-smoke",
+    "SLURM_JOB_CPUS_PER_NODE": "1(x2)", "SLURM_JOB_GID": "0", "SLURM_JOB_WORK_DIR": "/work/main",
+    "SLURM_JOB_ACCOUNT": "(null)", "SLURM_SCRIPT_CONTEXT": "epilog_slurmctld",
+    "SLURM_JOB_RESTART_COUNT": "0", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n[1-2]",
+    "SLURM_JOB_EXIT_CODE": "0", "SLURM_CLUSTER_NAME": "nomadetest", "SLURM_JOB_UID": "0",
+    "SLURM_JOB_PARTITION": "debug", "SLURM_JOB_STDIN": "/dev/null", "SLURM_JOB_EXIT_CODE2": "0:0"}
+REAL_JOBCOMP = {
+    "NOMADE_HOOK": "jobcomp", "NOMADE_TS": "1795917836.272491716", "LIMIT": "365-00:00:00",
+    "DERIVED_EC": "0:0", "SUBMIT": "1795917835", "DB_FLAGS": "SchedBackfill", "ACCOUNT": "",
+    "WORK_DIR": "/work/main", "BATCH": "yes", "START": "1795917836", "JOBNAME": "nomade-smoke",
+    "NODECNT": "2", "CONSTRAINTS": "", "RESERVATION": "", "QOS": "", "USERNAME": "root",
+    "STDOUT": "/tmp/nomade-cluster/out/smoke-%j.out", "CLUSTER": "", "GID": "0", "JOBID": "1",
+    "EXITCODE": "0:0", "UID": "0", "NODES": "n[1-2]", "ARRAYJOBID": "0", "PARTITION": "debug",
+    "GROUPNAME": "root", "DEPENDENCY": "", "STATEREASONPREV": "None", "END": "1795917836",
+    "PROCS": "2", "JOBSTATE": "COMPLETED", "STDIN": "/dev/null", "ARRAYTASKID": "4294967294"}
+
+
+def test_real_node_prolog_capture() -> None:
+    [(_, body)] = jobenv.events(REAL_PROLOG)
+    assert body == {"job_id": "1", "user": "root", "uid": 0, "partition": "debug", "account": None,
+                    "nodes": ["n1", "n2"], "num_nodes": 2, "req_cpus": 2, "req_mem_bytes": None,
+                    "req_gpus": None, "time_limit_s": None, "submit_ts": None,
+                    "start_ts": 1795917836.203730716, "source": "prolog", "cluster": "nomadetest"}
+
+
+def test_real_epilog_slurmctld_capture_has_null_account() -> None:
+    [(_, end)] = jobenv.events(REAL_EPILOG_CTLD)
+    assert end == {"job_id": "1", "end_ts": 1795917836.281855367, "exit_code": 0, "signal": 0,
+                   "state": None, "source": "epilog_slurmctld"}
+    start = jobenv.job_start(REAL_EPILOG_CTLD, "epilog_slurmctld")
+    assert start is not None and start["account"] is None  # "(null)" is not an account
+
+
+def test_real_jobcomp_capture_with_22_05_time_limit_format() -> None:
+    (_, start), (_, end) = jobenv.events(REAL_JOBCOMP)
+    assert start["time_limit_s"] == 365 * 86400 and start["account"] is None
+    assert start["cluster"] is None and start["submit_ts"] == 1795917835.0
+    assert end == {"job_id": "1", "end_ts": 1795917836.0, "exit_code": 0, "signal": 0,
+                   "state": "COMPLETED", "source": "jobcomp"}
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("10", 600.0), ("UNLIMITED", None), ("365-00:00:00", 31536000.0), ("1:30", 90.0),
+    ("01:00:00", 3600.0), ("2-12", 216000.0), ("2-12:30", 217800.0), ("0", None),
+    ("x-1", None), ("1:2:3:4", None), ("", None)])
+def test_time_limit_formats(text: str, seconds: float | None) -> None:
+    assert jobenv.time_limit_s(text) == seconds
