@@ -45,10 +45,12 @@ def messages_of(item: SpoolItem, sender: str, seq: int, make: MakeMessage) -> li
     return [make(kind, sender, seq, dict(body), ts) for kind, body in jobenv.events(item.record)]
 
 
-def drain_spool(spool: Spool, store: MessageSink, sender: str, *, limit: int = 500) -> int:
+def drain_spool(spool: Spool, store: MessageSink, sender: str, *, limit: int = 500,
+                accept: Callable[[Mapping[str, str]], bool] | None = None) -> int:
     """Move every event now in ``spool`` into ``store``; returns how many were confirmed.
 
-    ``sender`` names where the events come from (the node or agent host). A store
+    ``sender`` names where the events come from (the node or agent host); events whose
+    record ``accept`` refuses are left in the spool untouched. A store
     error propagates with nothing of that round confirmed (the events stay for the
     next drain); ``SpoolError`` when the directory cannot be listed.
     """
@@ -59,6 +61,8 @@ def drain_spool(spool: Spool, store: MessageSink, sender: str, *, limit: int = 5
         usable: list[SpoolItem] = []
         messages: list[Any] = []
         for item in items:
+            if accept is not None and not accept(item.record):
+                continue
             try:
                 mapped = messages_of(item, sender, done + len(usable), make)
             except refused as e:

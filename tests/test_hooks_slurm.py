@@ -1,0 +1,124 @@
+"""Hooks on the real test cluster: each way a job ends reaches the store once, with the
+right final state and label, both from jobcomp and from asking Slurm (final-state poller).
+
+Other tests share the cluster's spools, so only this test's jobs are drained.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from nomade import jobenv
+from nomade.finalstate import FinalStateTracker, poll_once
+from nomade.hooks.drain import drain_spool
+from nomade.spool import Spool
+from nomade.store import Store
+
+pytestmark = pytest.mark.slurm
+RUN = Path(os.environ.get("NOMADE_TEST_CLUSTER", "/tmp/nomade-cluster"))
+USER = os.environ.get("NOMADE_TEST_USER", "nomadetest")
+SCENARIOS = {  # name: (sbatch options, script, expected final state)
+    "success": ([], "true", "COMPLETED"),
+    "exit3": ([], "exit 3", "FAILED"),
+    "cancelled": ([], "sleep 300", "CANCELLED"),
+    "oom": (["--mem=20M"], "head -c 400M /dev/zero | tail; sleep 2", "OUT_OF_MEMORY"),
+    "step_failed": ([], "srun false; exit 0", "COMPLETED"),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Path:
+    """The project's cluster via conftest's ``slurm_cluster``, or the same checks inline."""
+    try:
+        request.getfixturevalue("slurm_cluster")
+    except pytest.FixtureLookupError:
+        if os.geteuid() != 0:
+            pytest.skip("needs root (the test cluster runs as root)")
+        if subprocess.run(["/usr/bin/scontrol", "ping"], capture_output=True).returncode != 0:
+            pytest.skip("test cluster not up: slurm-conf/start-test-cluster.sh")
+    return RUN
+
+
+def sbatch(opts: list[str], script: str) -> str:
+    out = subprocess.run(
+        ["/usr/sbin/runuser", "-u", USER, "--", "/usr/bin/sbatch", "--parsable",
+         f"--output={RUN}/out/%j.out", *opts, "--wrap", script],
+        capture_output=True, text=True, check=True, cwd="/tmp")
+    return out.stdout.strip().split(";")[0]
+
+
+def wait_gone(job_ids: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(["/usr/bin/squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True).stdout
+        if not any(s in out for s in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")):
+            return
+        time.sleep(1)
+    raise AssertionError(f"jobs {job_ids} still active after {timeout_s} s")
+
+
+def ours(ids: set[str], hooks: set[str]):  # type: ignore[no-untyped-def]
+    return lambda rec: jobenv.job_id(rec) in ids and jobenv.hook_of(rec) in hooks
+
+
+def wait_drained(spool: Spool, ids: set[str], hooks: set[str], want: int, db: Store) -> int:
+    """Drain this test's events until ``want`` arrived (hooks finish after squeue says so)."""
+    got, deadline = 0, time.monotonic() + 30
+    while got < want and time.monotonic() < deadline:
+        got += drain_spool(spool, db, "test", accept=ours(ids, hooks), limit=100_000)
+        time.sleep(0.5)
+    return got
+
+
+def test_every_ending_reaches_the_store_once_with_its_final_state(cluster: Path,
+                                                                  tmp_path: Path) -> None:
+    jobs = {name: sbatch(opts, script) for name, (opts, script, _) in SCENARIOS.items()}
+    ids = set(jobs.values())
+    time.sleep(3)
+    subprocess.run(["/usr/bin/scancel", jobs["cancelled"]], check=True)
+    wait_gone(list(ids), 120)
+    node, ctld = Spool(cluster / "spool/node"), Spool(cluster / "spool/ctld")
+
+    # 1. jobcomp knows the final state: ctld spool only.
+    with Store(tmp_path / "jobcomp.db") as db:
+        n = wait_drained(ctld, ids, {"prolog_slurmctld", "epilog_slurmctld", "jobcomp"},
+                         3 * len(ids), db)
+        assert n >= 2 * len(ids)  # a job cancelled while pending has no prolog
+        for name, job_id in jobs.items():
+            job = db.get_job(job_id)
+            want = SCENARIOS[name][2]
+            assert job is not None and job.state == want, (name, job)
+            assert job.label == (0 if want == "COMPLETED" else 1)
+        assert db.counts()["jobs"] == len(ids)
+
+    # 2. Only the node hooks (no state in their environment): the poller asks Slurm.
+    with Store(tmp_path / "poll.db") as db:
+        wait_drained(node, ids, {"prolog", "epilog"}, 2 * len(ids), db)
+        assert {j.job_id for j in db.jobs_awaiting_final_state()} == ids
+        from nomade.slurm import Slurm
+        tracker, now = FinalStateTracker(first_delay_s=0.5), time.time()
+        deadline = time.monotonic() + 60
+        while db.jobs_awaiting_final_state() and time.monotonic() < deadline:
+            poll_once(tracker, db, Slurm(), time.time())
+            time.sleep(0.5)
+        for name, job_id in jobs.items():
+            job = db.get_job(job_id)
+            assert job is not None and job.state == SCENARIOS[name][2], (name, job)
+            assert job.state_source == "slurm"
+        assert db.counts()["jobs"] == len(ids) and now > 0
+
+
+@pytest.mark.slow
+def test_time_limit_reaches_the_store_as_timeout(cluster: Path, tmp_path: Path) -> None:
+    job_id = sbatch(["--time=1"], "sleep 600")
+    wait_gone([job_id], 180)
+    with Store(tmp_path / "t.db") as db:
+        wait_drained(Spool(cluster / "spool/ctld"), {job_id}, {"jobcomp"}, 1, db)
+        job = db.get_job(job_id)
+    assert job is not None and (job.state, job.label) == ("TIMEOUT", 1)
