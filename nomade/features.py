@@ -47,7 +47,7 @@ and per-job sample look-ups use sorted keys and ``searchsorted``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,19 +132,19 @@ class JobTable:
         return JobTable(**cols, cat={k: v[idx] for k, v in self.cat.items()})
 
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]],
-                     users: dict[str, int] | None = None) -> JobTable:
-        """Build from dicts with the ``job.start`` body fields, plus optional ``end_ts``
-        and ``state`` (from ``job.end``). ``users`` maps user names to codes and is
-        extended in place, so that tables built at different times share codes."""
+    def from_records(cls, records: Iterable[Any], users: dict[str, int] | None = None) -> JobTable:
+        """Build from records with the ``job.start`` body fields plus optional ``end_ts``
+        and ``state`` (``job.end``): dicts, or objects with those attributes (the store's
+        ``Job`` rows). ``users`` maps user names to codes and is extended in place, so
+        that tables built at different times share codes."""
         users = {} if users is None else users
         rows = list(records)
         def get(key: str) -> list[Any]:
-            return [r.get(key) for r in rows]
+            return [_field(r, key) for r in rows]
         states = np.array(get("state"), dtype=object)
         return cls(
-            job_id=np.array([str(r["job_id"]) for r in rows], dtype=object),
-            user=np.array([_code(users, r.get("user")) for r in rows], dtype=np.int64),
+            job_id=np.array([str(j) for j in get("job_id")], dtype=object),
+            user=np.array([_code(users, u) for u in get("user")], dtype=np.int64),
             req_cpus=_floats(get("req_cpus")), req_mem_bytes=_floats(get("req_mem_bytes")),
             req_gpus=_floats(get("req_gpus")), time_limit_s=_floats(get("time_limit_s")),
             submit_ts=_floats(get("submit_ts")), start_ts=_floats(get("start_ts")),
@@ -154,6 +154,13 @@ class JobTable:
 
 _JOB_COLUMNS = ("job_id", "user", "req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s",
                 "submit_ts", "start_ts", "end_ts", "state", "label")
+
+
+def _field(record: Any, key: str) -> Any:
+    """``record[key]`` of a mapping, else the attribute; None if absent."""
+    if isinstance(record, Mapping):
+        return record.get(key)
+    return getattr(record, key, None)
 
 
 def _code(codes: dict[str, int], name: Any) -> int:
@@ -203,9 +210,13 @@ class SampleTable:
         return cls(np.zeros(0, np.int64), np.zeros(0), {})
 
     @classmethod
-    def from_records(cls, jobs: JobTable, records: Iterable[Mapping[str, Any]]) -> SampleTable:
-        """Build from dicts with the ``job.sample`` body fields (``job_id``, ``ts``, ...).
+    def from_records(cls, jobs: JobTable, records: Iterable[Any],
+                     fields: Sequence[str] | None = None) -> SampleTable:
+        """Build from dicts with the ``job.sample`` body fields (``job_id``, ``ts``, ...),
+        or from tuples in the order ``fields`` (the store's ``JOB_SAMPLE_FIELDS``).
         Samples of jobs not in ``jobs`` are skipped."""
+        if fields is not None:
+            records = (dict(zip(fields, r)) for r in records)
         row_of = {jid: i for i, jid in enumerate(jobs.job_id)}
         rows = [r for r in records if str(r.get("job_id")) in row_of]
         cols = {c: _floats(r.get(c) for r in rows) for c in SAMPLE_COLUMNS}

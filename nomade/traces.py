@@ -392,7 +392,7 @@ def messages(trace: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any] | No
         cpus, mem, gpus = opt(j.req_cpus[i]), opt(j.req_mem_bytes[i]), opt(j.req_gpus[i])
         start = {"job_id": j.job_id[i], "user": name("user", int(j.user[i])), "uid": None,
                  "partition": name("partition", int(part[i])), "account": name("account", int(acct[i])),
-                 "nodes": [nodes[i]] if nodes[i] else [], "num_nodes": num_nodes[i],
+                 "nodes": _node_names(nodes[i]), "num_nodes": num_nodes[i],
                  "req_cpus": None if cpus is None else int(cpus),
                  "req_mem_bytes": None if mem is None else int(mem),
                  "req_gpus": None if gpus is None else int(gpus),
@@ -410,3 +410,8 @@ def _split_exit(text: str | None) -> tuple[int | None, int | None]:
     """sacct's ``"3:0"`` (exit code : signal) → (3, 0); unknown → (None, None)."""
     code, _, signal = (text or "").partition(":")
     return (int(code) if code.isdigit() else None, int(signal) if signal.isdigit() else None)
+
+
+def _node_names(text: str | None) -> list[str]:
+    """``"n1,n2"`` → names; a compressed hostlist (``n[1-2]``) is not expanded here: []."""
+    return [] if not text or "[" in text else text.split(",")

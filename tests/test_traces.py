@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import io
 import math
 from datetime import datetime
@@ -139,3 +140,81 @@ def test_messages_are_job_start_and_end_bodies():
                    "signal": 0, "state": "FAILED", "source": "import"}
     assert out[4][1] is None and out[4][0]["start_ts"] is None and out[4][0]["nodes"] == []
     assert out[6][1] is None  # running: no end
+
+
+# ---------------------------------------------------------------- nomade import
+
+def _nomade(*argv: str) -> int:
+    from nomade.cli import main
+    return main(list(argv))
+
+
+def test_import_sacct_writes_the_store_and_features_match(tmp_path, capsys):
+    from nomade.features import JobTable, SampleTable, asof_features
+    from nomade.store import Store
+
+    db = tmp_path / "s" / "nomade.db"
+    assert _nomade("import", "sacct", str(DATA / "sacct_parsable2.txt"), "--db", str(db), "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["jobs"] == 7 and summary["written_jobs"] == 7 and summary["failed"] == 4
+    with Store(db, readonly=True) as store:
+        ended, running = store.ended_jobs(), store.running_jobs()
+        assert [j.job_id for j in running] == ["108"]
+        assert store.get_job("102").state == "FAILED" and store.get_job("102").exit_code == 3
+        assert store.get_job("105").start_ts is None
+    # the store's rows give the same start-time features as the parsed trace
+    direct = read_sacct(DATA / "sacct_parsable2.txt").jobs
+    keep = np.isin(direct.job_id, [j.job_id for j in ended + running])
+    direct = direct.take(np.flatnonzero(keep))
+    stored = JobTable.from_records(sorted(ended + running, key=lambda j: list(direct.job_id).index(j.job_id)))
+    t = np.full(len(direct), local("2024-03-01T13:00:00"))
+    np.testing.assert_array_equal(asof_features(direct, SampleTable.empty(), t)[0],
+                                  asof_features(stored, SampleTable.empty(), t)[0])
+    # importing again changes nothing
+    assert _nomade("import", "sacct", str(DATA / "sacct_parsable2.txt"), "--db", str(db)) == 0
+    assert "wrote 7 jobs" in capsys.readouterr().out
+    with Store(db, readonly=True) as store:
+        assert store.counts()["jobs"] == 7
+
+
+def test_import_swf_only_summarises_unless_into_store(tmp_path, capsys):
+    from nomade.store import Store
+
+    db = tmp_path / "t.db"
+    assert _nomade("import", "swf", str(DATA / "small.swf"), "--db", str(db)) == 0
+    out = capsys.readouterr().out
+    assert "6 jobs, 4 with a final state, 3 failed (75.0%)" in out and "2 lines skipped" in out
+    assert not db.exists()
+    assert _nomade("import", "swf", str(DATA / "small.swf"), "--db", str(db), "--into-store") == 0
+    assert "wrote 6 jobs" in capsys.readouterr().out
+    with Store(db, readonly=True) as store:
+        job = store.get_job("3")
+        assert job.cluster == "small" and job.state == "CANCELLED" and job.label == 1
+        assert job.start_ts == ORIGIN + 100 and job.req_cpus == 16
+
+
+def test_import_dry_run_and_errors(tmp_path, capsys, monkeypatch):
+    db = tmp_path / "d.db"
+    monkeypatch.setattr("sys.stdin", io.StringIO((DATA / "sacct.json").read_text()))
+    assert _nomade("import", "sacct", "-", "--dry-run", "--db", str(db)) == 0
+    assert "3 jobs" in capsys.readouterr().out and not db.exists()
+    assert _nomade("import", "swf", str(tmp_path / "missing.swf")) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_progress_bar_draws_only_on_a_terminal():
+    from nomade.commands.import_ import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet, tty = io.StringIO(), Tty()
+    for stream in (quiet, tty):
+        bar = Progress("reading x", stream=stream)
+        bar(50, 100)
+        bar(100, 100)
+        bar.done()
+    assert quiet.getvalue() == ""
+    assert "[###############...............]  50.0%" in tty.getvalue()
+    assert tty.getvalue().endswith("100.0%\n")
