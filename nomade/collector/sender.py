@@ -1,0 +1,124 @@
+"""The DEALER side of delivery: send the outbox's batches to the agent, remove them on ack.
+
+Framing: the DEALER sends each batch as one frame (``wire.encode`` of a ``batch``
+message); the agent's ROUTER sees ``[identity, frame]`` and answers ``[identity,
+ack-frame]``, where the ack's body ``seq`` names the batch. The DEALER takes the last
+frame of what it receives, so an agent that adds an empty delimiter frame works too.
+
+Policy: oldest unacknowledged first, at most ``window`` batches in flight; a batch not
+acknowledged within ``ack_timeout_s`` is sent again (same bytes, same seq: the agent
+drops duplicates). When the connection comes up (again), everything in flight is
+sent again at once rather than after the timeout. With ``IMMEDIATE`` set, nothing is
+queued while no agent is connected, so a batch leaves the outbox only for a live peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from nomade import wire
+from nomade.collector.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Z85 CURVE keys of this client and the agent's public key."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+
+class Sender:
+    """Delivers ``outbox`` batches over one DEALER socket; call ``pump`` and ``on_readable``."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, outbox: Outbox, ack_timeout_s: float,
+                 curve: CurveKeys | None = None, window: int = 16) -> None:
+        self.outbox = outbox
+        self.ack_timeout_s = ack_timeout_s
+        self.window = window
+        self.acked = 0
+        self.bad_frames = 0
+        self._sent_at: dict[int, float] = {}
+        self.socket = ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 500)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 10_000)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
+        if curve is not None:
+            self.socket.curve_publickey = curve.public
+            self.socket.curve_secretkey = curve.secret
+            self.socket.curve_serverkey = curve.server_public
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.socket.connect(endpoint)
+
+    def pump(self, now: float) -> None:
+        """Send what is due: unsent batches and those whose ack is overdue, oldest first."""
+        in_flight = 0
+        pending = self.outbox.pending()
+        if len(self._sent_at) > len(pending):      # batches dropped by the outbox bound
+            self._sent_at = {s: t for s, t in self._sent_at.items() if s in set(pending)}
+        for seq in pending:
+            if in_flight >= self.window:
+                break
+            sent = self._sent_at.get(seq)
+            if sent is not None and now - sent < self.ack_timeout_s:
+                in_flight += 1
+                continue
+            data = self.outbox.get(seq)
+            if data is None:
+                continue
+            try:
+                self.socket.send(data, zmq.NOBLOCK)
+            except zmq.Again:        # no agent connected: keep everything for later
+                return
+            self._sent_at[seq] = now
+            in_flight += 1
+
+    def on_readable(self) -> None:
+        """Handle every ack waiting on the socket; malformed frames are counted and dropped."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = wire.decode(frames[-1])
+                if msg.kind != "ack":
+                    raise wire.WireError(f"expected an ack, got {msg.kind}")
+            except wire.WireError as e:
+                self.bad_frames += 1
+                log.warning("dropped a frame from the agent: %s", e)
+                continue
+            seq = msg.body["seq"]
+            self._sent_at.pop(seq, None)
+            if self.outbox.ack(seq):
+                self.acked += 1
+
+    def on_monitor(self) -> None:
+        """A connection came up or went down: resend everything in flight when it is up."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                log.info("connected to the agent; resending %d unacknowledged batches",
+                         len(self.outbox.pending()))
+                self._sent_at.clear()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                log.warning("agent connection lost; %d batches wait in the outbox",
+                            len(self.outbox.pending()))
+
+    def close(self) -> None:
+        """Close both sockets (linger 0: unsent data stays in the outbox)."""
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=0)

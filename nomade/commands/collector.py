@@ -1,0 +1,106 @@
+"""``nomade collector``: run the node collector (the service ``collector/`` deploys).
+
+It samples the Slurm jobs' cgroups and the node every ``[collector] interval_s``,
+forwards the hook events of the node's spool, and delivers both to the agent over
+ZeroMQ, keeping unacknowledged batches on disk (``outbox_dir``). With
+``[collector] node_name`` set, only that node's cgroup directories are sampled (one
+collector per slurmd); empty, every Slurm job of the host is, named by its node.
+SIGTERM or SIGINT stops it after the current step; a second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from nomade.config import Config
+from nomade.errors import NomadeError
+
+if TYPE_CHECKING:
+    from nomade.collector.sender import CurveKeys
+
+NAME = "collector"
+HELP = "run the node collector: sample jobs and node, forward hook events to the agent"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``collector [--once]``."""
+    parser.add_argument("--once", action="store_true",
+                        help="take one sample, deliver it (waiting up to ack_timeout_s), exit")
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    """Run until stopped by a signal (or after one delivered sample with --once)."""
+    import time
+
+    from nomade.collector.daemon import Collector
+
+    _raise_fd_limit()
+    paths = cfg.paths()
+    c = cfg.collector
+    collector = Collector(
+        node=paths.node_name, endpoint=c.agent_endpoint, cgroup_root=c.cgroup_root,
+        outbox_dir=str(paths.outbox_dir), outbox_max_bytes=c.outbox_max_mb * 2**20,
+        spool_dir=str(paths.collector_spool_dir), interval_s=c.interval_s, jitter_s=c.jitter_s,
+        ack_timeout_s=c.ack_timeout_s, node_filter=c.node_name or None, curve=curve_keys(cfg))
+    stop = _StopFlag()
+    try:
+        if args.once:
+            collector.tick()
+            deadline = time.monotonic() + c.ack_timeout_s
+            collector.run(lambda: stop.set or not collector.outbox.pending()
+                          or time.monotonic() > deadline)
+            return 0 if not collector.outbox.pending() else 1
+        collector.run(lambda: stop.set)
+        return 0
+    finally:
+        stop.restore()
+        collector.close()
+
+
+def curve_keys(cfg: Config) -> CurveKeys | None:
+    """The client's CURVE keys when ``[security] curve_enabled``, else None."""
+    if not cfg.security.curve_enabled:
+        return None
+    from zmq.auth import load_certificate
+
+    from nomade.collector.sender import CurveKeys
+
+    files = cfg.paths().keys
+    try:
+        public, secret = load_certificate(files.client_secret_key_file)
+        server_public, _ = load_certificate(files.server_public_key_file)
+    except (OSError, ValueError) as e:
+        raise NomadeError(f"CURVE is enabled but a key cannot be read: {e}") from e
+    if secret is None:
+        raise NomadeError(f"{files.client_secret_key_file} holds no secret key")
+    return CurveKeys(public=public, secret=secret, server_public=server_public)
+
+
+def _raise_fd_limit() -> None:
+    """The readers keep a few descriptors open per job: use the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set ``set``; a second SIGINT raises KeyboardInterrupt. Never logs."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+

@@ -1,0 +1,333 @@
+"""Collector delivery against a real ROUTER on 127.0.0.1 playing the agent.
+
+The collector runs as a real subprocess (``python -m nomade collector``) on a cgroup v2
+tree laid out like a real host (tests/fixtures/cgroupv2), so it always finds two jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from nomade import wire
+from nomade.collector.nfs import NfsWrites, network_mounts
+from nomade.collector.outbox import Outbox
+from nomade.collector.sender import CurveKeys, Sender
+from nomade.spool import Spool
+
+FIXTURE = Path(__file__).parent / "fixtures" / "cgroupv2"
+REPO = Path(__file__).parent.parent
+
+
+class Agent:
+    """A ROUTER that acks every batch by seq and records every arrival (duplicates too)."""
+
+    def __init__(self, port: int = 0, server_secret: bytes | None = None, ack: bool = True) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if server_secret is not None:
+            self.sock.curve_server = True
+            self.sock.curve_secretkey = server_secret
+        if port:
+            self.sock.bind(f"tcp://127.0.0.1:{port}")
+            self.port = port
+        else:
+            self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.ack = ack
+        self.arrivals: list[tuple[int, bytes]] = []
+        self.bad = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            ident, data = self.sock.recv_multipart()
+            try:
+                msg = wire.decode(data)
+            except wire.WireError:
+                self.bad += 1
+                continue
+            self.arrivals.append((msg.seq, data))
+            if self.ack:
+                self.sock.send_multipart([ident, wire.encode(wire.make_ack("agent", msg.seq))])
+
+    def batches(self) -> dict[int, wire.Message]:
+        """First arrival of every seq; asserts that a resent seq carried the same bytes."""
+        first: dict[int, bytes] = {}
+        for seq, data in self.arrivals:
+            assert first.setdefault(seq, data) == data, f"seq {seq} arrived with other content"
+        return {seq: wire.decode(data) for seq, data in first.items()}
+
+    def wait_for(self, n: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.batches()) < n:
+            assert time.monotonic() < deadline, f"only {len(self.batches())} of {n} batches arrived"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    a = Agent()
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    shutil.copytree(FIXTURE, tmp_path / "cgroup")
+    (tmp_path / "spool").mkdir()
+    return tmp_path
+
+
+def write_config(site: Path, port: int, interval_s: float = 0.3, outbox_max_mb: int = 64) -> Path:
+    cfg = site / "nomade.toml"
+    cfg.write_text(f"""
+[collector]
+agent_endpoint = "tcp://127.0.0.1:{port}"
+interval_s = {interval_s}
+jitter_s = 0.0
+node_name = "cn01"
+cgroup_root = "{site / 'cgroup'}"
+outbox_dir = "{site / 'outbox'}"
+outbox_max_mb = {outbox_max_mb}
+ack_timeout_s = 0.5
+spool_dir = "{site / 'spool'}"
+""")
+    return cfg
+
+
+def start_collector(cfg: Path) -> subprocess.Popen:
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg)}
+    return subprocess.Popen([sys.executable, "-m", "nomade", "collector"], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE)
+
+
+def stop_collector(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> bytes:
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=10)
+    return err
+
+
+def assert_contiguous(batches: dict[int, wire.Message]) -> None:
+    assert sorted(batches) == list(range(1, max(batches) + 1)), "a seq is missing"
+
+
+def test_batches_arrive_with_job_and_node_samples(site: Path, agent: Agent) -> None:
+    proc = start_collector(write_config(site, agent.port))
+    try:
+        agent.wait_for(3)
+    finally:
+        err = stop_collector(proc)
+    assert proc.returncode == 0, err.decode()
+    batches = agent.batches()
+    assert_contiguous(batches)
+    items = [i for m in batches.values() for i in m.body["items"]]
+    jobs = {(i.body["job_id"], i.body["node"]) for i in items if i.kind == "job.sample"}
+    assert jobs == {("4242", "cn01")}     # node_name set: only its own and the plain scope
+    sample = next(i.body for i in items if i.kind == "job.sample" and i.body["job_id"] == "4242")
+    assert (sample["cpu_user_s"], sample["mem_limit_hits"], sample["oom_kills"]) == (70.110254, 17, 1)
+    assert sample["alloc_cpus"] == 4 and sample["nfs_write_bytes"] == 0
+    assert all(i.body["node"] == "cn01" for i in items if i.kind == "node.sample")
+    assert not list((site / "outbox").glob("*.batch")), "acked batches must leave the outbox"
+
+
+def test_agent_down_then_up_loses_nothing(site: Path) -> None:
+    first = Agent()
+    port = first.port
+    first.close()                                   # the agent is down from the start
+    proc = start_collector(write_config(site, port))
+    try:
+        time.sleep(2.0)
+        waiting = len(list((site / "outbox").glob("*.batch")))
+        assert waiting >= 3, "batches must wait in the outbox while the agent is down"
+        agent = Agent(port)
+        try:
+            agent.wait_for(waiting + 2)
+            first_part = dict(agent.batches())
+            agent.close()                           # down again, mid-stream
+            time.sleep(1.5)
+            agent = Agent(port)
+            agent.wait_for(3)
+            later = agent.batches()
+        finally:
+            agent.close()
+    finally:
+        err = stop_collector(proc)
+    assert proc.returncode == 0, err.decode()
+    everything = {**first_part, **later}
+    assert_contiguous(everything)
+    for seq in set(first_part) & set(later):       # resent: same seq, same content
+        assert wire.encode(first_part[seq]) == wire.encode(later[seq])
+
+
+def test_kill_9_and_restart_loses_nothing(site: Path) -> None:
+    silent = Agent(ack=False)                       # receives but never acks: all stays pending
+    cfg = write_config(site, silent.port)
+    proc = start_collector(cfg)
+    try:
+        silent.wait_for(4)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    port = silent.port
+    seen_before = silent.batches()
+    silent.close()
+    pending_before = sorted(int(p.stem) for p in (site / "outbox").glob("*.batch"))
+    assert pending_before, "unacknowledged batches stay in the outbox"
+    agent = Agent(port)
+    proc = start_collector(cfg)
+    try:
+        agent.wait_for(max(pending_before) + 3)
+    finally:
+        err = stop_collector(proc)
+        agent.close()
+    assert proc.returncode == 0, err.decode()
+    after = agent.batches()
+    assert_contiguous(after)
+    assert set(pending_before) <= set(after)
+    for seq in set(seen_before) & set(after):
+        assert wire.encode(seen_before[seq]) == wire.encode(after[seq])
+    assert max(after) > max(pending_before), "the restarted collector continues the sequence"
+
+
+def test_spool_events_are_forwarded_with_an_immediate_sample(site: Path, agent: Agent) -> None:
+    proc = start_collector(write_config(site, agent.port, interval_s=3600.0))
+    try:
+        time.sleep(0.5)
+        Spool(site / "spool").put({"NOMADE_HOOK": "prolog", "NOMADE_TS": f"{time.time():.3f}",
+                                   "SLURM_JOB_ID": "4242", "SLURM_JOB_UID": "1000",
+                                   "SLURM_JOB_USER": "alice", "SLURMD_NODENAME": "cn01"}, tag="prolog")
+        deadline = time.monotonic() + 10
+        while not any(i.kind == "job.start" for m in agent.batches().values() for i in m.body["items"]):
+            assert time.monotonic() < deadline, "job.start did not arrive"
+            time.sleep(0.05)
+    finally:
+        err = stop_collector(proc)
+    assert proc.returncode == 0, err.decode()
+    items = [i for m in agent.batches().values() for i in m.body["items"]]
+    start = next(i for i in items if i.kind == "job.start")
+    assert (start.body["job_id"], start.body["user"]) == ("4242", "alice")
+    early = [i for i in items if i.kind == "job.sample" and i.body["job_id"] == "4242"]
+    assert early, "a start event must bring a sample of its job at once"
+    assert not list((site / "spool").glob("*.ev")), "forwarded events leave the spool"
+
+
+# ---------------------------------------------------------------- outbox
+
+def test_outbox_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, max_bytes=10_000)
+    for _ in range(25):
+        box.add(lambda seq: bytes([seq % 256]) * 1000)
+    assert box.dropped == 15
+    assert box.pending() == list(range(16, 26))
+    assert box.get(16) == bytes([16]) * 1000
+    assert box.size_bytes() == 10_000
+    one_big = Outbox(tmp_path / "big", max_bytes=10)
+    seq = one_big.add(lambda s: b"x" * 100)         # the newest batch is never dropped
+    assert one_big.pending() == [seq]
+
+
+def test_outbox_seq_survives_restart_even_when_empty(tmp_path: Path) -> None:
+    box = Outbox(tmp_path, max_bytes=1 << 20)
+    for _ in range(3):
+        box.add(lambda seq: b"batch %d" % seq)
+    assert [box.ack(s) for s in (1, 2, 3, 3)] == [True, True, True, False]
+    (tmp_path / ".00000000000000000009.batch.tmp").write_bytes(b"half")   # a killed write
+    again = Outbox(tmp_path, max_bytes=1 << 20)
+    assert again.pending() == [] and again.last_seq == 3
+    assert again.add(lambda seq: b"x") == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------- sender
+
+def test_sender_survives_garbage_from_the_agent_and_uses_curve(tmp_path: Path) -> None:
+    server_pub, server_sec = zmq.auth.create_certificates(str(tmp_path), "server")
+    client_pub, client_sec = zmq.auth.create_certificates(str(tmp_path), "client")
+    spub, ssec = zmq.auth.load_certificate(server_sec)
+    cpub, csec = zmq.auth.load_certificate(client_sec)
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.curve_server = True
+    router.curve_secretkey = ssec
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    box = Outbox(tmp_path / "outbox", 1 << 20)
+    batch = wire.encode(wire.make_batch("cn01", 1, [], ts=1.7e9))
+    box.add(lambda seq: batch)
+    sender = Sender(ctx, f"tcp://127.0.0.1:{port}", box, ack_timeout_s=0.2,
+                    curve=CurveKeys(public=cpub, secret=csec, server_public=spub))
+    try:
+        deadline = time.monotonic() + 10
+        while not router.poll(50):
+            assert time.monotonic() < deadline, "no batch over CURVE"
+            sender.on_monitor()
+            sender.pump(time.monotonic())
+        ident, data = router.recv_multipart()
+        assert data == batch
+        router.send_multipart([ident, b"\xc1not msgpack"])
+        router.send_multipart([ident, wire.encode(wire.make_ack("agent", 99))])   # unknown seq
+        router.send_multipart([ident, wire.encode(wire.make_ack("agent", 1))])
+        while box.pending():
+            assert time.monotonic() < deadline, "ack not handled"
+            if sender.socket.poll(50):
+                sender.on_readable()
+        assert (sender.bad_frames, sender.acked) == (1, 1)
+    finally:
+        sender.close()
+        router.close(linger=0)
+        ctx.term()
+
+
+# ---------------------------------------------------------------- NFS estimate
+
+def _fstype_of(path: Path) -> str:
+    best = ("", "")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        head, _, tail = line.partition(" - ")
+        point = head.split()[4]
+        if str(path).startswith(point) and len(point) >= len(best[0]):
+            best = (point, tail.split()[0])
+    return best[1]
+
+
+def test_nfs_estimate_follows_write_offsets(tmp_path: Path) -> None:
+    """The method, exercised on the test directory's filesystem standing in for NFS."""
+    fstype = _fstype_of(tmp_path)
+    assert network_mounts(frozenset({fstype}))
+    nfs = NfsWrites(frozenset({fstype}))
+    nfs.refresh_mounts()
+    pid = os.getpid()
+    with open(tmp_path / "out.dat", "wb") as out, open(tmp_path / "in.dat", "wb+") as _:
+        out.write(b"x" * 1000)
+        out.flush()
+        assert nfs.job_bytes("j", [pid]) >= 1000
+        base = nfs.job_bytes("j", [pid])
+        out.write(b"y" * 500)
+        out.flush()
+        assert nfs.job_bytes("j", [pid]) == base + 500
+    assert nfs.job_bytes("j", [pid]) == base + 500          # closed: the count stays
+    none = NfsWrites(frozenset({"no-such-fs"}))
+    none.refresh_mounts()
+    assert none.job_bytes("j", [pid]) == 0
