@@ -406,15 +406,31 @@ class Store:
         """Open the connection (autocommit: transactions are explicit)."""
         try:
             if self.readonly:
-                if not self.path.is_file():
-                    raise StoreError(f"{self.path}: no store file there")
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                return sqlite3.connect(uri, uri=True, isolation_level=None,
-                                       timeout=busy_timeout_s)
+                return self._connect_readonly(busy_timeout_s)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"{self.path}: cannot open: {e}") from e
+
+    def _connect_readonly(self, busy_timeout_s: float) -> sqlite3.Connection:
+        """Open with ``mode=ro``; if that fails because SQLite would have to create the
+        ``-shm`` file (a user who may not write the directory, while no writer has the file
+        open: a clean close removes ``-wal`` and ``-shm``), read the file as it is
+        (``immutable=1``: valid while no writer appears, which then shows as a read error)."""
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no store file there")
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, isolation_level=None,
+                               timeout=busy_timeout_s)
+        try:
+            conn.execute("PRAGMA user_version").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if Path(f"{self.path}-wal").exists() or Path(f"{self.path}-shm").exists():
+                raise
+        return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, isolation_level=None,
+                               timeout=busy_timeout_s)
 
     def _prepare(self) -> None:
         """Set the pragmas and bring the schema to ``schema_version()``."""

@@ -4,6 +4,7 @@ that queries while a writer process writes."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,14 +18,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nomade import store as store_mod
+from nomade import store as store_mod, wire
 from nomade.store import (JOB_SAMPLE_FIELDS, NODE_SAMPLE_FIELDS, SchemaVersionError, Store,
                           StoreError, schema_version)
 
 
 @dataclass(frozen=True)
-class Msg:
-    """The attribute contract of ``nomade.wire.Message`` that the store reads."""
+class Loose:
+    """A message the wire would refuse: the store still checks what it needs of one."""
 
     kind: str
     body: dict[str, Any]
@@ -33,16 +34,20 @@ class Msg:
     ts: float = 1000.0
 
 
-def start(job_id: str, **body: Any) -> Msg:
-    return Msg("job.start", {"job_id": job_id, "source": "prolog", **body})
+def msg(kind: str, body: dict[str, Any], ts: float = 1000.0) -> wire.Message:
+    return wire.make(kind, "n1", 0, body, ts)
 
 
-def end(job_id: str, **body: Any) -> Msg:
-    return Msg("job.end", {"job_id": job_id, "source": "epilog", **body})
+def start(job_id: str, **body: Any) -> wire.Message:
+    return msg("job.start", {"job_id": job_id, "source": "prolog", **body})
 
 
-def sample(job_id: str, ts: float, node: str = "n1", **body: Any) -> Msg:
-    return Msg("job.sample", {"job_id": job_id, "node": node, "ts": ts, **body})
+def end(job_id: str, **body: Any) -> wire.Message:
+    return msg("job.end", {"job_id": job_id, "source": "epilog", **body})
+
+
+def sample(job_id: str, ts: float, node: str = "n1", **body: Any) -> wire.Message:
+    return msg("job.sample", {"job_id": job_id, "node": node, "ts": ts, **body})
 
 
 @pytest.fixture()
@@ -114,13 +119,13 @@ def test_duplicate_batch_is_a_no_op(st_: Store) -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    Msg("ack", {"seq": 3}),
-    Msg("job.sample", {"node": "n1", "ts": 1.0}),
-    Msg("job.end", {"end_ts": 5.0}),
-    Msg("prediction", {"job_id": "1", "level": "low"}),
-    Msg("prediction", {"job_id": "1", "risk": 0.5, "level": "low", "parts": {"x": object()}}),
+    wire.make_ack("n1", 3),
+    Loose("job.sample", {"node": "n1", "ts": 1.0}),
+    Loose("job.end", {"end_ts": 5.0}),
+    Loose("prediction", {"job_id": "1", "level": "low"}),
+    Loose("prediction", {"job_id": "1", "risk": 0.5, "level": "low", "parts": {"x": object()}}),
 ])
-def test_bad_message_writes_nothing_and_keeps_batch_id_free(st_: Store, bad: Msg) -> None:
+def test_bad_message_writes_nothing_and_keeps_batch_id_free(st_: Store, bad: Any) -> None:
     with pytest.raises(ValueError):
         st_.write_batch("n1", 1, [sample("1", 1.0), start("1", start_ts=0.0), bad])
     assert st_.counts() == dict.fromkeys(st_.counts(), 0)
@@ -128,8 +133,8 @@ def test_bad_message_writes_nothing_and_keeps_batch_id_free(st_: Store, bad: Msg
 
 
 def test_sample_ts_falls_back_to_envelope(st_: Store) -> None:
-    st_.write_messages([Msg("job.sample", {"job_id": "1", "node": "n1"}, ts=55.0),
-                        Msg("node.sample", {"node": "n1", "cpu_pct": 3.0}, ts=56.0)])
+    st_.write_messages([Loose("job.sample", {"job_id": "1", "node": "n1"}, ts=55.0),
+                        Loose("node.sample", {"node": "n1", "cpu_pct": 3.0}, ts=56.0)])
     assert st_.job_samples()[0][:3] == ("1", "n1", 55.0)
     assert st_.node_samples("n1")[0][:3] == ("n1", 56.0, 3.0)
 
@@ -137,9 +142,9 @@ def test_sample_ts_falls_back_to_envelope(st_: Store) -> None:
 def test_samples_keep_every_field_in_order(st_: Store) -> None:
     body = {f: i + 1 for i, f in enumerate(JOB_SAMPLE_FIELDS)}
     body.update(job_id="9", node="n2", ts=3.5, io_pressure=None)
-    nbody = {f: float(i) for i, f in enumerate(NODE_SAMPLE_FIELDS)}
-    nbody.update(node="n2", ts=4.0)
-    st_.write_messages([Msg("job.sample", body), Msg("node.sample", nbody),
+    nbody: dict[str, Any] = {f: i for i, f in enumerate(NODE_SAMPLE_FIELDS)}
+    nbody.update(node="n2", ts=4.0, load1=0.25)
+    st_.write_messages([msg("job.sample", body), msg("node.sample", nbody),
                         sample("9", 1.0, node="n1"), sample("10", 0.5), sample("9", 2.0)])
     got = st_.job_samples(["9"])
     assert [r[:3] for r in got] == [("9", "n1", 1.0), ("9", "n1", 2.0), ("9", "n2", 3.5)]
@@ -183,8 +188,7 @@ def test_repeated_end_changes_nothing(st_: Store) -> None:
 
 def test_end_with_final_state_sets_label(st_: Store) -> None:
     st_.write_messages([start("1", start_ts=10.0),
-                        end("1", end_ts=20.0, exit_code=0, state="CANCELLED by 1001",
-                            source="jobcomp")])
+                        end("1", end_ts=20.0, exit_code=0, state="CANCELLED", source="jobcomp")])
     job = st_.get_job("1")
     assert job is not None
     assert (job.state, job.label, job.state_source) == ("CANCELLED", 1, "jobcomp")
@@ -212,16 +216,16 @@ def test_end_without_state_waits_for_the_poller(st_: Store) -> None:
 
 
 def test_set_final_state_of_unseen_job_and_end_before_start(st_: Store) -> None:
-    st_.set_final_state("77", "FAILED", 3, "jobcomp")
+    st_.set_final_state("77", "CANCELLED by 1001", 3, "jobcomp")
     st_.write_messages([end("78", end_ts=50.0), start("78", start_ts=40.0, user="bob")])
     s77, s78 = st_.get_job("77"), st_.get_job("78")
-    assert s77 is not None and (s77.state, s77.label, s77.exit_code) == ("FAILED", 1, 3)
+    assert s77 is not None and (s77.state, s77.label, s77.exit_code) == ("CANCELLED", 1, 3)
     assert s78 is not None and (s78.start_ts, s78.end_ts, s78.user) == (40.0, 50.0, "bob")
 
 
 def test_end_ts_falls_back_to_envelope_and_job_ids_are_strings(st_: Store) -> None:
-    st_.write_messages([Msg("job.start", {"job_id": 42, "start_ts": 1.0}),
-                        Msg("job.end", {"job_id": "42", "end_ts": None}, ts=9.0)])
+    st_.write_messages([Loose("job.start", {"job_id": 42, "start_ts": 1.0}),
+                        msg("job.end", {"job_id": "42", "end_ts": None}, ts=9.0)])
     job = st_.get_job("42")
     assert job is not None and job.end_ts == 9.0 and st_.counts()["jobs"] == 1
 
@@ -275,17 +279,18 @@ def test_ended_jobs_bounds_and_user_history(st_: Store) -> None:
 
 def test_predictions_latest_per_job(st_: Store) -> None:
     factors = [{"name": "mem", "value": 0.9, "normal": 0.4, "ratio": 2.2, "text": "memory"}]
-    st_.write_messages([Msg("prediction", {"job_id": "1", "ts": 10.0, "risk": 0.2,
-                                           "level": "low", "parts": {"gnn": 0.2}})])
-    assert st_.add_predictions([
-        {"job_id": "1", "ts": 20.0, "risk": 0.7, "level": "high",
-         "parts": {"gnn": 0.8, "lstm": None}, "factors": factors, "model_version": "m3"},
-        {"job_id": "2", "ts": 15.0, "risk": 0.1, "level": "low"}]) == 2
+    parts = {"gnn": 0.8, "lstm": None, "autoencoder": 0.5}
+    st_.write_messages([msg("prediction", {"job_id": "1", "ts": 10.0, "risk": 0.2,
+                                           "level": "low", "parts": parts, "factors": []})])
+    newer = msg("prediction", {"job_id": "1", "ts": 20.0, "risk": 0.7, "level": "high",
+                               "parts": parts, "factors": factors, "model_version": "m3"})
+    assert st_.add_predictions([newer.body,
+                                {"job_id": "2", "ts": 15.0, "risk": 0.1, "level": "low"}]) == 2
     latest = st_.latest_predictions()
     assert set(latest) == {"1", "2"}
     p = latest["1"]
     assert (p.ts, p.risk, p.level, p.parts, p.factors, p.model_version) == (
-        20.0, 0.7, "high", {"gnn": 0.8, "lstm": None}, factors, "m3")
+        20.0, 0.7, "high", parts, factors, "m3")
     assert latest["2"].parts == {} and latest["2"].factors == []
     assert set(st_.latest_predictions(["2", "404"])) == {"2"}
     with pytest.raises(ValueError, match="ts"):
@@ -423,30 +428,22 @@ def test_statement_splitter_keeps_semicolons_in_literals() -> None:
 
 _WRITER = textwrap.dedent("""
     import sys
-    from dataclasses import dataclass
     from nomade.store import Store
-
-    @dataclass(frozen=True)
-    class Msg:
-        kind: str
-        sender: str
-        seq: int
-        ts: float
-        body: dict
+    from nomade.wire import make
 
     path, batches, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     with Store(path) as s:
         print("ready", flush=True)
         for seq in range(batches):
             job = str(seq)
-            msgs = [Msg("job.start", "n1", seq, 1.0, {"job_id": job, "start_ts": float(seq)})]
-            msgs += [Msg("job.sample", "n1", seq, 1.0, {"job_id": job, "node": "n1",
-                                                         "ts": float(i), "mem_bytes": i})
+            msgs = [make("job.start", "n1", seq, {"job_id": job, "start_ts": float(seq)})]
+            msgs += [make("job.sample", "n1", seq, {"job_id": job, "node": "n1",
+                                                     "ts": float(i), "mem_bytes": i})
                      for i in range(per)]
             assert s.write_batch("n1", seq, msgs)
             if seq % 10 == 9:
-                s.write_messages([Msg("job.end", "n1", 0, 1.0,
-                                      {"job_id": str(seq - 9), "end_ts": float(seq)})])
+                s.write_messages([make("job.end", "n1", 0,
+                                       {"job_id": str(seq - 9), "end_ts": float(seq)})])
     print("done", flush=True)
 """)
 
@@ -470,7 +467,7 @@ def _read_while_writing(path: Path, writer: subprocess.Popen[str],
 def test_reader_process_queries_while_writer_process_writes(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     Store(path).close()
-    batches, per = 300, 200
+    batches, per = 200, 100
     with subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(batches), str(per)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "error"}) as writer:
@@ -503,3 +500,44 @@ def test_long_reader_snapshot_does_not_block_writer(tmp_path: Path) -> None:
     reader.execute("COMMIT")
     assert reader.execute("SELECT count(*) FROM job_samples").fetchone()[0] == 1000
     reader.close()
+
+
+_NOBODY = 65534
+_COUNT_JOBS = ("import sys; from nomade.store import Store; "
+               "print(Store(sys.argv[1], readonly=True).counts()['jobs'])")
+
+
+def _python_for_nobody(tmp: Path) -> str:
+    """A Python interpreter that user nobody may run (the venv may sit under /root)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            ok = subprocess.run([python, "-c", "import sqlite3"], user=_NOBODY, cwd=tmp,
+                                capture_output=True, timeout=60).returncode == 0
+        except OSError:
+            ok = False
+        if ok:
+            return python
+    pytest.skip("no Python interpreter that user nobody may run")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a reader as another user")
+def test_other_user_reads_without_write_access_to_the_directory() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="nomade-test-store-", dir="/var/tmp"))
+    try:
+        tmp.chmod(0o755)
+        path = tmp / "nomade.db"
+        python = _python_for_nobody(tmp)
+        env = {"PYTHONPATH": str(Path(store_mod.__file__).resolve().parents[1])}
+        read = [python, "-c", _COUNT_JOBS, str(path)]
+        with Store(path) as agent:
+            agent.write_messages([start("1", start_ts=1.0), start("2", start_ts=2.0)])
+            while_open = subprocess.run(read, user=_NOBODY, env=env, capture_output=True,
+                                        text=True, timeout=60)
+        assert not Path(f"{path}-wal").exists()  # a clean close removes -wal and -shm
+        after_close = subprocess.run(read, user=_NOBODY, env=env, capture_output=True,
+                                     text=True, timeout=60)
+        assert (while_open.returncode, while_open.stdout) == (0, "2\n"), while_open.stderr
+        assert (after_close.returncode, after_close.stdout) == (0, "2\n"), after_close.stderr
+        assert sorted(p.name for p in tmp.iterdir()) == ["nomade.db"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
