@@ -1,0 +1,265 @@
+"""ZeroMQ CURVE keys: create, load, authorize, and apply them to sockets.
+
+Key files are pyzmq/czmq certificates: ``NAME.key`` holds a public key,
+``NAME.key_secret`` the public and the secret key (mode 0600). The agent accepts a
+collector only if the collector's public key is in a ``*.key`` file in
+``authorized_clients_dir``; that directory is re-read whenever it changes, so
+``nomade keys authorize`` takes effect without restarting the agent.
+
+Use: the agent calls ``start_authenticator`` then ``secure_server`` before ``bind``;
+the collector calls ``secure_client`` before ``connect``. Both do nothing when
+``[security] curve_enabled`` is false. Missing or bad key files raise ``NomadeError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from nomade.config import SecurityConfig
+from nomade.errors import NomadeError
+
+log = logging.getLogger(__name__)
+
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+_KEY_LENGTH = 40  # a 32-byte key in Z85
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """Z85-encoded CURVE keys; ``secret`` is None when loaded from a public file."""
+
+    public: bytes
+    secret: bytes | None
+
+
+def create_keypair(directory: str | os.PathLike[str], name: str, *,
+                   overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``directory/name.key`` (0644) and ``name.key_secret`` (0600); return both paths.
+
+    The files are made in a private temporary directory and renamed into place, so a
+    secret key is never readable by others, even briefly. Refuses to replace existing
+    files unless ``overwrite``.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise NomadeError(f"key name {name!r}: expected a plain file name such as 'server'")
+    target = Path(directory)
+    public, secret = target / f"{name}{PUBLIC_SUFFIX}", target / f"{name}{SECRET_SUFFIX}"
+    existing = [str(p) for p in (public, secret) if p.exists()]
+    if existing and not overwrite:
+        raise NomadeError(f"{' and '.join(existing)} already exist; keep them, or replace with --force")
+    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target, prefix=".new-keys-") as scratch:
+        made_public, made_secret = (Path(p) for p in zmq.auth.create_certificates(scratch, name))
+        made_public.chmod(0o644)
+        made_secret.chmod(0o600)
+        os.replace(made_secret, secret)
+        os.replace(made_public, public)
+    return public, secret
+
+
+def load_keypair(public_file: str | os.PathLike[str],
+                 secret_file: str | os.PathLike[str] | None = None) -> KeyPair:
+    """Load the public key from ``public_file`` and, if given, the secret key from
+    ``secret_file`` (which must hold the same public key). Raises NomadeError."""
+    public, _ = _read_certificate(Path(public_file))
+    if secret_file is None:
+        return KeyPair(public, None)
+    path = Path(secret_file)
+    paired_public, secret = _read_certificate(path)
+    if secret is None:
+        raise NomadeError(f"{path}: holds no secret key (a public .key file was given "
+                          f"where the {SECRET_SUFFIX} file is expected)")
+    if paired_public != public:
+        raise NomadeError(f"{path}: its public key differs from the one in {public_file}; "
+                          f"the two files are not a pair")
+    _warn_if_exposed(path)
+    return KeyPair(public, secret)
+
+
+def load_public_key(path: str | os.PathLike[str]) -> bytes:
+    """The public key of a *public* certificate; refuses a file holding a secret key."""
+    public, secret = _read_certificate(Path(path))
+    if secret is not None:
+        raise NomadeError(f"{path}: holds a secret key; give the public {PUBLIC_SUFFIX} file, "
+                          f"and never copy the {SECRET_SUFFIX} file off its host")
+    return public
+
+
+def authorize(public_file: str | os.PathLike[str], security: SecurityConfig,
+              name: str | None = None) -> tuple[Path, bool]:
+    """Copy a client's public certificate into ``authorized_clients_dir`` as ``name.key``
+    (default: the file's own name). Returns (the authorized file, whether it is new).
+
+    Idempotent for the same key; refuses to replace a different key of the same name.
+    """
+    source = Path(public_file)
+    key = load_public_key(source)
+    directory = security.key_files().authorized_clients_dir
+    stem = name if name is not None else source.name.removesuffix(PUBLIC_SUFFIX)
+    if not stem or "/" in stem or stem.startswith("."):
+        raise NomadeError(f"client name {stem!r}: expected a plain name such as 'node01'")
+    dest = directory / f"{stem}{PUBLIC_SUFFIX}"
+    if dest.exists():
+        if _read_certificate(dest)[0] == key:
+            return dest, False
+        raise NomadeError(f"{dest} already holds a different client key; "
+                          f"choose another name with --name")
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".new-", suffix=".tmp", delete=False) as tmp:
+        with open(source, "rb") as handle:
+            shutil.copyfileobj(handle, tmp)
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, dest)
+    return dest, True
+
+
+class AuthorizedKeys:
+    """The set of client public keys in a directory of ``*.key`` files.
+
+    ``callback(domain, key)`` is the pyzmq credentials-provider hook: it re-reads the
+    files when the directory's modification time or listing changed, and answers
+    whether ``key`` (Z85) is authorized. A bad file is logged and skipped; it never
+    locks out the others.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._stamp: tuple[int, frozenset[str]] | None = None
+        self._keys: frozenset[bytes] = frozenset()
+
+    def keys(self) -> frozenset[bytes]:
+        """The authorized keys now (re-reading the directory if it changed)."""
+        try:
+            stamp = (self.directory.stat().st_mtime_ns, frozenset(os.listdir(self.directory)))
+        except OSError as exc:
+            log.warning("authorized clients directory %s unreadable (%s): no client accepted",
+                        self.directory, exc.strerror)
+            self._stamp, self._keys = None, frozenset()
+            return self._keys
+        if stamp != self._stamp:
+            self._stamp, self._keys = stamp, self._read_all()
+            log.info("%d authorized CURVE client keys in %s", len(self._keys), self.directory)
+        return self._keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq ZAP hook: True when the Z85 ``key`` is authorized (any domain)."""
+        allowed = key in self.keys()
+        if not allowed:
+            log.warning("refused a CURVE client with unknown public key %s", key.decode("ascii"))
+        return allowed
+
+    def _read_all(self) -> frozenset[bytes]:
+        found = set()
+        for path in sorted(self.directory.glob(f"*{PUBLIC_SUFFIX}")):
+            try:
+                found.add(load_public_key(path))
+            except NomadeError as exc:
+                log.warning("skipping %s", exc)
+        return frozenset(found)
+
+
+def start_authenticator(context: zmq.Context, security: SecurityConfig) -> ThreadAuthenticator | None:
+    """Start a ZAP authenticator on ``context`` that accepts only authorized client keys.
+
+    Returns None when CURVE is disabled. Call ``stop()`` on the result at shutdown.
+    Raises NomadeError when the authorized clients directory does not exist.
+    """
+    if not security.curve_enabled:
+        return None
+    directory = security.key_files().authorized_clients_dir
+    if not directory.is_dir():
+        raise NomadeError(f"CURVE is enabled but the authorized clients directory {directory} "
+                          f"does not exist; add client keys with: nomade keys authorize CLIENT.key")
+    provider = AuthorizedKeys(directory)
+    if not provider.keys():
+        log.warning("no client key in %s yet: every collector is refused until one is authorized",
+                    directory)
+    auth = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
+    auth.start()
+    auth.configure_curve_callback("*", credentials_provider=provider)
+    return auth
+
+
+def secure_server(sock: zmq.Socket, security: SecurityConfig,
+                  auth: ThreadAuthenticator | None) -> bool:
+    """Make ``sock`` a CURVE server (call before bind). Returns False, changing
+    nothing, when CURVE is disabled; otherwise ``auth`` must be running."""
+    if not security.curve_enabled:
+        return False
+    if auth is None or not auth.is_alive():
+        raise ValueError("secure_server needs the running authenticator from start_authenticator")
+    files = security.key_files()
+    pair = _required_pair(files.server_public_key_file, files.server_secret_key_file, "--server")
+    sock.curve_publickey = pair.public
+    sock.curve_secretkey = pair.secret
+    sock.curve_server = True
+    return True
+
+
+def secure_client(sock: zmq.Socket, security: SecurityConfig) -> bool:
+    """Give ``sock`` the client key pair and the server's public key (call before
+    connect). Returns False, changing nothing, when CURVE is disabled."""
+    if not security.curve_enabled:
+        return False
+    files = security.key_files()
+    pair = _required_pair(files.client_public_key_file, files.client_secret_key_file, "--client")
+    server = _required(files.server_public_key_file, "the agent host's server.key (copy it here)")
+    sock.curve_publickey = pair.public
+    sock.curve_secretkey = pair.secret
+    sock.curve_serverkey = load_keypair(server).public
+    return True
+
+
+def _required_pair(public: Path, secret: Path, flag: str) -> KeyPair:
+    how = f"create them with: nomade keys generate {flag}"
+    return load_keypair(_required(public, how), _required(secret, how))
+
+
+def _required(path: Path, how: str) -> Path:
+    if not path.is_file():
+        raise NomadeError(f"CURVE is enabled ([security] curve_enabled) but key file {path} "
+                          f"is missing; {how}")
+    return path
+
+
+def _read_certificate(path: Path) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) from a certificate file, both checked as Z85 keys."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except OSError as exc:
+        raise NomadeError(f"{path}: cannot read key file ({exc.strerror or exc})") from None
+    except ValueError:
+        raise NomadeError(f"{path}: not a CURVE certificate (no public-key line)") from None
+    for what, key in (("public", public), ("secret", secret)):
+        if key is not None and not _valid_key(key):
+            raise NomadeError(f"{path}: the {what} key is not a 40-character Z85 CURVE key")
+    return public, secret
+
+
+def _valid_key(key: bytes) -> bool:
+    if len(key) != _KEY_LENGTH:
+        return False
+    try:
+        z85.decode(key)
+    except (ValueError, KeyError, struct.error):
+        return False
+    return True
+
+
+def _warn_if_exposed(secret_file: Path) -> None:
+    mode = secret_file.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("secret key file %s is readable by others (mode %o); chmod 600 it",
+                    secret_file, mode)
