@@ -421,7 +421,8 @@ def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
     before it. Left-padded: steps before the job's first sample are padding.
 
     Returns ``(S float32[n, length, 11], lengths int64[n])``; S is NaN at padding and
-    where a channel is unknown (see :meth:`Normalizer.transform_sequences`).
+    where a channel is unknown (see :meth:`Normalizer.transform_sequences`). Working
+    memory is about ``n * length * 200`` bytes: give big example sets in batches.
     """
     t, rows = _rows(jobs, t, rows)
     if length < 1 or not interval_s > 0:

@@ -13,6 +13,14 @@ from nomade.ml.baselines import (BoostingBaseline, LogisticBaseline, auc_pr, auc
 metrics = pytest.importorskip("sklearn.metrics")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """OpenMP threads on a shared 2-core machine make boosting 8x slower."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_aucs_agree_with_scikit_learn_including_ties_and_weights(seed):
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nomade.ml import graph
-from nomade.ml.graph import neighbours
+from nomade.ml.graph import edge_list, neighbours
 
 
 def brute(ref_X, ref_end, q_X, q_start, q_mask, threshold, k):
@@ -62,6 +62,17 @@ def test_no_edge_from_a_job_that_ended_after_the_receiver_started():
     assert not np.isnan(end[idx[valid]]).any()
     assert (sim[valid] >= 0.0).all()
     assert (np.diff(sim, axis=1)[valid[:, 1:]] <= 0).all()  # best first
+
+
+def test_edge_list_sends_from_reference_to_query():
+    rng = np.random.default_rng(6)
+    X, start, end, mask = jobs(200, rng)
+    idx, sim, valid = neighbours(X, end, X, start, mask, threshold=0.5, k=4)
+    src, dst, w = edge_list(idx, sim, valid)
+    assert len(src) == valid.sum() > 0
+    assert (end[src] < start[dst]).all()
+    assert sorted(zip(dst.tolist(), w.tolist())) == sorted(
+        (i, float(s)) for i, row in enumerate(sim) for s, v in zip(row, valid[i]) if v)
 
 
 def test_equal_end_and_start_is_not_before():

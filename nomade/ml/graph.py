@@ -69,6 +69,14 @@ def neighbours(ref_X: np.ndarray, ref_end_ts: np.ndarray, q_X: np.ndarray, q_sta
     return idx, sim, valid
 
 
+def edge_list(idx: np.ndarray, sim: np.ndarray, valid: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The valid entries of :func:`neighbours` as edges ``(src, dst, weight)``: ``src``
+    the reference (sender), ``dst`` the query row (receiver), weight the similarity."""
+    dst, slot = np.nonzero(valid)
+    return idx[dst, slot].astype(np.int64), dst.astype(np.int64), sim[dst, slot].astype(np.float32)
+
+
 def _check(ref_X: np.ndarray, ref_end_ts: np.ndarray, q_X: np.ndarray, q_start_ts: np.ndarray,
            q_mask: np.ndarray, k: int, threshold: float) -> None:
     if ref_X.ndim != 2 or q_X.ndim != 2 or ref_X.shape[1] != q_X.shape[1]:
