@@ -208,17 +208,36 @@ def secure_server(sock: zmq.Socket, security: SecurityConfig,
     return True
 
 
-def secure_client(sock: zmq.Socket, security: SecurityConfig) -> bool:
-    """Give ``sock`` the client key pair and the server's public key (call before
-    connect). Returns False, changing nothing, when CURVE is disabled."""
+@dataclass(frozen=True)
+class ClientKeys:
+    """What a CURVE client socket needs: its own pair and the server's public key (Z85)."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+
+def client_keys(security: SecurityConfig) -> ClientKeys | None:
+    """Load the client's keys from the configured files; None when CURVE is disabled.
+    Raises NomadeError naming a missing or bad file."""
     if not security.curve_enabled:
-        return False
+        return None
     files = security.key_files()
     pair = _required_pair(files.client_public_key_file, files.client_secret_key_file, "--client")
     server = _required(files.server_public_key_file, "the agent host's server.key (copy it here)")
-    sock.curve_publickey = pair.public
-    sock.curve_secretkey = pair.secret
-    sock.curve_serverkey = load_keypair(server).public
+    assert pair.secret is not None  # load_keypair with a secret file guarantees it
+    return ClientKeys(pair.public, pair.secret, load_keypair(server).public)
+
+
+def secure_client(sock: zmq.Socket, security: SecurityConfig) -> bool:
+    """Give ``sock`` the client key pair and the server's public key (call before
+    connect). Returns False, changing nothing, when CURVE is disabled."""
+    keys = client_keys(security)
+    if keys is None:
+        return False
+    sock.curve_publickey = keys.public
+    sock.curve_secretkey = keys.secret
+    sock.curve_serverkey = keys.server_public
     return True
 
 

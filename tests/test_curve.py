@@ -167,6 +167,15 @@ def test_missing_key_files_are_clear_errors(tmp_path: Path, zmq_sockets: Sockets
         curve.secure_server(zmq_sockets.socket(zmq.ROUTER), security, zmq_sockets.auth)
 
 
+def test_client_keys_match_files(keys_dir: Path) -> None:
+    keys = curve.client_keys(client_security(keys_dir, "client"))
+    assert keys is not None
+    assert keys.server_public == curve.load_public_key(keys_dir / "server.key")
+    pair = curve.load_keypair(keys_dir / "client.key", keys_dir / "client.key_secret")
+    assert (keys.public, keys.secret) == (pair.public, pair.secret)
+    assert curve.client_keys(SecurityConfig()) is None
+
+
 def test_client_needs_server_public_key(tmp_path: Path, zmq_sockets: Sockets) -> None:
     curve.create_keypair(tmp_path, "client")
     with pytest.raises(NomadeError, match="server.key is missing; the agent host's server.key"):
