@@ -7,7 +7,10 @@ import logging
 import os
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
