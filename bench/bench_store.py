@@ -14,12 +14,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.result import Result
 from nomade.store import JOB_SAMPLE_FIELDS, Store
+from nomade.wire import Message, make
 
 PER_BATCH = 50
 GROUP = 20
@@ -27,27 +27,17 @@ RUNNING = 10_000
 BUDGET = 100_000.0
 
 
-@dataclass(frozen=True)
-class _Msg:
-    """The attribute contract of ``nomade.wire.Message`` that the store reads."""
-
-    kind: str
-    sender: str
-    seq: int
-    ts: float
-    body: dict[str, Any]
-
-
-def _batch(node: int, seq: int, ts: float) -> list[_Msg]:
+def _batch(node: int, seq: int, ts: float) -> list[Message]:
     """One collector batch: PER_BATCH job samples with every field set, one node sample."""
     sender = f"n{node:04d}"
     msgs = []
     for j in range(PER_BATCH):
-        body: dict[str, Any] = {f: float(i + seq) for i, f in enumerate(JOB_SAMPLE_FIELDS)}
-        body.update(job_id=str(node * PER_BATCH + j), node=sender, ts=ts, nprocs=4, nthreads=8)
-        msgs.append(_Msg("job.sample", sender, seq, ts, body))
-    msgs.append(_Msg("node.sample", sender, seq, ts, {"node": sender, "ts": ts, "cpu_pct": 50.0,
-                                                        "mem_used_bytes": 1 << 30}))
+        body: dict[str, Any] = {f: i + seq for i, f in enumerate(JOB_SAMPLE_FIELDS)}
+        body.update(job_id=str(node * PER_BATCH + j), node=sender, ts=ts, cpu_user_s=ts / 2,
+                    io_pressure=1.5, mem_pressure=None)
+        msgs.append(make("job.sample", sender, seq, body, ts))
+    msgs.append(make("node.sample", sender, seq, {"node": sender, "ts": ts, "cpu_pct": 50.0,
+                                                  "mem_used_bytes": 1 << 30}, ts))
     return msgs
 
 
@@ -68,13 +58,19 @@ def _rate(store: Store, first_seq: int, n_batches: int, group: int) -> tuple[flo
 
 def _running(store: Store) -> None:
     """RUNNING started jobs with one prediction each, as the scoring tick finds them."""
-    starts = [_Msg("job.start", "ctld", 0, 1.0,
-                   {"job_id": f"r{i}", "user": f"u{i % 300}", "nodes": [f"n{i % 200:04d}"],
-                    "req_cpus": 4, "start_ts": 1.0 + i, "source": "prolog_slurmctld"})
-              for i in range(RUNNING)]
+    starts = [make("job.start", "ctld", 0,
+                   {"job_id": _running_id(i), "user": f"u{i % 300}", "req_cpus": 4,
+                    "nodes": [f"n{i % 200:04d}"], "start_ts": 1.0 + i,
+                    "source": "prolog_slurmctld"}, 1.0) for i in range(RUNNING)]
     store.write_messages(starts)
-    store.add_predictions({"job_id": f"r{i}", "ts": 2.0 + i, "risk": 0.3, "level": "moderate",
-                           "parts": {"gnn": 0.3}, "factors": []} for i in range(RUNNING))
+    store.add_predictions({"job_id": _running_id(i), "ts": 2.0 + i, "risk": 0.3,
+                           "level": "moderate", "parts": {"gnn": 0.3}, "factors": []}
+                          for i in range(RUNNING))
+
+
+def _running_id(i: int) -> str:
+    """The job id of the i-th running job (apart from the sampled jobs' ids)."""
+    return str(1_000_000 + i)
 
 
 def _ms(fn: Any, repeat: int = 3) -> float:
@@ -99,10 +95,11 @@ def run(quick: bool) -> list[Result]:
             _running(store)
             read_running = _ms(store.running_jobs)
             read_pred = _ms(store.latest_predictions)
-            ids = [f"r{i}" for i in range(RUNNING)]
+            again = [make("job.start", "n0001", 0, {"job_id": _running_id(i), "start_ts": 0.5,
+                                                    "nodes": ["n0001"]}, 1.0)
+                     for i in range(RUNNING)]
             t0 = time.perf_counter()
-            store.write_messages([_Msg("job.start", "ctld", 0, 1.0, {"job_id": i, "start_ts": 0.5})
-                                  for i in ids])
+            store.write_messages(again)
             merge_ms = (time.perf_counter() - t0) * 1e3
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
