@@ -1,0 +1,24 @@
+"""Shared fixtures. ``slurm_cluster``: the project's real Slurm test cluster.
+
+Tests that need it take the ``slurm_cluster`` fixture (and carry ``@pytest.mark.slurm``).
+When the cluster cannot be used (not root, not started) they are skipped with the
+reason; under ``CI=true`` that is a failure instead, so CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from slurmtools import SlurmCluster, find_cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> SlurmCluster:
+    """The running test cluster (run dir, spool dirs, nodes, test user, a Slurm client)."""
+    found = find_cluster()
+    if isinstance(found, str):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the Slurm test cluster is unusable: {found}", pytrace=False)
+        pytest.skip(found)
+    return found
