@@ -18,7 +18,7 @@ The 17 features (DESIGN.md), in this order (``FEATURES``):
  6     user_last_failed       1 if the user's last job ended before t failed
  7     elapsed_frac           (ts of last sample - start) / time limit
  8     cpu_eff                CPU seconds so far / (alloc CPUs * seconds since start)
- 9     cpu_eff_change         CPU efficiency over the last ``WINDOW`` samples - cpu_eff
+ 9     cpu_eff_change         CPU efficiency over the last ``WINDOW_S`` seconds - cpu_eff
  10    mem_frac               memory now / memory limit
  11    mem_peak_frac          peak memory so far / memory limit
  12    mem_growth_frac_h      memory growth per hour over the last samples / limit
@@ -37,8 +37,13 @@ inputs are unknown (NaN) is masked. Masked entries are 0 in the raw matrix and s
 
 Cumulative counters (CPU seconds, bytes, faults, limit hits) are taken to start at 0
 when the job starts (a job cgroup is created with the job), so a rate is defined from
-the first sample on: between the sample ``WINDOW`` back (or the job start) and the
-last sample.
+the first sample on. A "recent" rate or change is taken between the last sample and
+the latest one at least ``WINDOW_S`` before it (else the job's first sample; with a
+single sample, the job start).
+
+A multi-node job reports one sample per node: ``SampleTable.from_records`` turns them
+into job totals (each row: the sum over nodes of every node's latest value; pressure
+signals stay per sample).
 
 Everything is vectorised: one call handles many (job, t) examples; per-user history
 and per-job sample look-ups use sorted keys and ``searchsorted``.
@@ -67,8 +72,8 @@ N_FEATURES = len(FEATURES)
 N_START = 6
 """Features 1-6 are known at start; 7-17 are runtime features (the LSTM channels)."""
 CHANNELS: tuple[str, ...] = FEATURES[N_START:]
-WINDOW = 3
-"""How many samples back a "recent" rate or change looks."""
+WINDOW_S = 90.0
+"""How far back a "recent" rate or change looks (3 samples at the 30 s interval)."""
 PRIOR_STRENGTH = 5.0
 """Pseudo-jobs of the global failure rate added to each user's history."""
 
@@ -220,8 +225,69 @@ class SampleTable:
         row_of = {jid: i for i, jid in enumerate(jobs.job_id)}
         rows = [r for r in records if str(r.get("job_id")) in row_of]
         cols = {c: _floats(r.get(c) for r in rows) for c in SAMPLE_COLUMNS}
-        return cls(np.array([row_of[str(r["job_id"])] for r in rows], dtype=np.int64),
-                   _floats(r.get("ts") for r in rows), cols)
+        job_index = np.array([row_of[str(r["job_id"])] for r in rows], dtype=np.int64)
+        ts = _floats(r.get("ts") for r in rows)
+        nodes: dict[str, int] = {}
+        node = np.array([_code(nodes, r.get("node")) for r in rows], dtype=np.int64)
+        if len(nodes) > 1:
+            ok = np.isfinite(ts)
+            cols = _combine_nodes(job_index[ok], node[ok], ts[ok], {c: v[ok] for c, v in cols.items()})
+            job_index, ts = job_index[ok], ts[ok]
+        return cls(job_index, ts, cols)
+
+
+SUMMED = frozenset(SAMPLE_COLUMNS) - {"io_pressure", "mem_pressure", "iowait_pct"}
+"""Columns that add up over a job's nodes (counters, memory, limits, CPU and task counts)."""
+
+
+def _combine_nodes(job: np.ndarray, node: np.ndarray, ts: np.ndarray,
+                   cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-node samples → job totals at each sample, in input row order.
+
+    Each summed column becomes the sum over the job's nodes of each node's latest known
+    value at or before the row's time: the per-(job, node) increments, added up in time
+    order within the job. Unknown (NaN) values keep the node's previous value; a total
+    is NaN until some node has reported a value.
+    """
+    by_node = np.lexsort((ts, node, job))
+    series = np.concatenate([[True], (np.diff(job[by_node]) != 0) | (np.diff(node[by_node]) != 0)])
+    by_time = np.lexsort((node, ts, job))
+    job_start = np.concatenate([[True], np.diff(job[by_time]) != 0])
+    out = {}
+    for name, raw in cols.items():
+        if name not in SUMMED:
+            out[name] = raw
+            continue
+        v = raw[by_node]
+        filled = _ffill_within(v, series)
+        prev = np.concatenate([[np.nan], filled[:-1]])
+        inc = np.where(series, 0.0, np.nan_to_num(prev))
+        inc = np.nan_to_num(filled) - inc
+        inc_t = np.empty_like(inc)
+        inc_t[by_node] = inc  # back to input order
+        known_t = np.empty(len(v), bool)
+        known_t[by_node] = np.isfinite(filled)
+        total = _cumsum_within(inc_t[by_time], job_start)
+        seen = _cumsum_within(known_t[by_time].astype(np.float64), job_start) > 0
+        res = np.empty(len(v))
+        res[by_time] = np.where(seen, total, np.nan)
+        out[name] = res
+    return out
+
+
+def _ffill_within(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN within segments that begin where ``starts`` is True."""
+    idx = np.where(np.isfinite(v), np.arange(len(v)), -1)
+    idx = np.maximum.accumulate(idx) if len(idx) else idx
+    seg = np.maximum.accumulate(np.where(starts, np.arange(len(v)), 0)) if len(v) else idx
+    return np.where(idx >= seg, v[np.maximum(idx, 0)] if len(v) else v, np.nan)
+
+
+def _cumsum_within(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting where ``starts`` is True."""
+    c = np.cumsum(v)
+    seg = np.maximum.accumulate(np.where(starts, np.arange(len(v)), 0)) if len(v) else v.astype(np.int64)
+    return c - (c[seg] - v[seg])
 
 
 # ---------------------------------------------------------------- look-ups
@@ -300,7 +366,7 @@ class _Window:
 
     samples: SampleTable
     last: np.ndarray      # index of the last sample with ts <= t (valid where has)
-    base: np.ndarray      # index of the sample WINDOW back (valid where has_base)
+    base: np.ndarray      # index of the window's first sample (valid where has_base)
     has: np.ndarray
     has_base: np.ndarray
 
@@ -318,7 +384,8 @@ def _runtime(jobs: JobTable, samples: SampleTable, rows: np.ndarray,
     """The 11 runtime features (NaN unknown) of examples whose latest usable sample
     is ``last`` (-1: none) of job ``rows``; reads samples ``first..last`` only."""
     has = last >= 0
-    base = np.maximum(last - WINDOW, first)
+    before, _ = _last_sample(samples, rows, _at(samples.ts, last, has) - WINDOW_S)
+    base = np.clip(before, first, np.maximum(last, first))
     w = _Window(samples, last, base, has, has & (base < last))
     start = jobs.start_ts[rows]
     ts = _at(samples.ts, last, has)
@@ -509,7 +576,7 @@ class Normalizer:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, with the feature list so a mismatch is caught on load."""
         mean, std = self._check()
-        return {"version": 1, "features": list(FEATURES), "window": WINDOW,
+        return {"version": 1, "features": list(FEATURES), "window_s": WINDOW_S,
                 "prior_strength": PRIOR_STRENGTH, "mean": mean.tolist(), "std": std.tolist()}
 
     @classmethod

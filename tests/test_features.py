@@ -244,3 +244,38 @@ def test_tables_refuse_bad_input():
                                               sample("1", None, 2)])
     assert len(samples) == 1  # unknown job and sample without a time dropped
     assert jobs.take(np.array([0, 0])).job_id.tolist() == ["1", "1"]
+
+
+def test_samples_of_a_multi_node_job_become_job_totals():
+    jobs = JobTable.from_records([job("1", start=0.0), job("2", start=0.0)])
+    recs = []
+    for i in range(1, 5):
+        recs.append(dict(job_id="1", node="n1", ts=30 * i, cpu_user_s=60 * i, mem_bytes=100 + i,
+                         io_pressure=1.0, alloc_cpus=4))
+        recs.append(dict(job_id="1", node="n2", ts=30 * i + 3, cpu_user_s=None if i == 2 else 90 * i,
+                         mem_bytes=200 + i, io_pressure=2.0, alloc_cpus=4))
+        recs.append(dict(job_id="2", node="n3", ts=30 * i + 1, cpu_user_s=i, mem_bytes=None if i < 3 else 7))
+    s = SampleTable.from_records(jobs, recs)
+    one = s.job_index == 0
+    assert s.ts[one].tolist() == [30, 33, 60, 63, 90, 93, 120, 123]
+    # each row: every node's latest known value at that time, summed (n2's gap keeps its last)
+    assert s.cpu_user_s[one].tolist() == [60, 150, 210, 210, 270, 450, 510, 600]
+    assert s.mem_bytes[one].tolist() == [101, 302, 303, 304, 305, 306, 307, 308]
+    assert s.alloc_cpus[one].tolist() == [4, 8, 8, 8, 8, 8, 8, 8]
+    assert s.io_pressure[one].tolist() == [1, 2, 1, 2, 1, 2, 1, 2]  # pressure is not summed
+    assert s.cpu_user_s[~one].tolist() == [1, 2, 3, 4]
+    assert np.isnan(s.mem_bytes[~one][:2]).all() and s.mem_bytes[~one][2:].tolist() == [7, 7]
+    X, _ = asof_features(jobs, s, np.array([123.0, 121.0]))
+    assert X[0, F["cpu_eff"]] == pytest.approx(600 / (8 * 123), rel=1e-6)
+
+
+def test_recent_window_is_measured_in_time():
+    """Samples every 10 s: the recent change looks back 90 s, not three samples."""
+    jobs = JobTable.from_records([job("1", start=0.0)])
+    busy = [sample("1", 10.0 * i, 0, cpu_user_s=40.0 * i) for i in range(1, 31)]  # 4 CPUs busy
+    idle = [sample("1", 300 + 10.0 * i, 0, cpu_user_s=1200.0) for i in range(1, 7)]  # then idle 60 s
+    s = SampleTable.from_records(jobs, busy + idle)
+    X, _ = asof_features(jobs, s, np.array([360.0]))
+    eff = 1200 / (4 * 360)
+    recent = (1200 - 40 * 27) / (4 * 90)  # the window starts at the sample 90 s back (t=270)
+    assert X[0, F["cpu_eff_change"]] == pytest.approx(recent - eff, rel=1e-5)
