@@ -309,9 +309,7 @@ def _merge_start(job: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]
             new[f] = body[f]
     new["submit_ts"] = _min(new["submit_ts"], body.get("submit_ts"))
     new["start_ts"] = _min(new["start_ts"], body.get("start_ts"))
-    nodes = list(new["nodes"])
-    nodes += [n for n in dict.fromkeys(body.get("nodes") or ()) if n not in nodes]
-    new["nodes"] = tuple(nodes)
+    new["nodes"] = tuple(dict.fromkeys((*new["nodes"], *(body.get("nodes") or ()))))
     return new
 
 
