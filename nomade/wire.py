@@ -47,7 +47,7 @@ import msgpack
 #: Major protocol version; a peer sending a newer one is refused.
 PROTOCOL_VERSION = 1
 #: Largest frame accepted or produced (set the ZeroMQ socket's MAXMSGSIZE to it too).
-MAX_FRAME_BYTES = 4 * 1024 * 1024
+MAX_FRAME_BYTES = 2 * 1024 * 1024
 #: Most items in one batch.
 MAX_BATCH_ITEMS = 4096
 #: Longest name (node, user, partition, ...) in characters.
@@ -166,12 +166,13 @@ def _fit(arr: list[Any], n: int) -> list[Any]:
     return arr[:n] if len(arr) > n else arr + [None] * (n - len(arr))
 
 
-def _check_record(fields: tuple[_Field, ...], arr: list[Any], what: str) -> None:
-    """WireError naming the first invalid field of ``arr`` (already fitted), if any."""
+def _check_record(fields: tuple[_Field, ...], arr: list[Any], prefix: str = "") -> None:
+    """WireError naming the first invalid field of ``arr`` (already fitted), if any;
+    ``prefix`` is the path of a nested record (``"parts."``)."""
     for (name, typ, nullable), v in zip(fields, arr):
         if not ((nullable and v is None) or (v is not None and typ.ok(v))):
             missing = " (missing)" if v is None else ""
-            raise WireError(f"{what} field {name!r}: expected {typ.desc}"
+            raise WireError(f"field {prefix + name!r}: expected {typ.desc}"
                             f"{' or None' if nullable else ''}, got {_show(v)}{missing}")
 
 
@@ -179,7 +180,7 @@ def _parts_convert(v: Any) -> dict[str, float | None]:
     if type(v) is not list:
         raise WireError(f"field 'parts': expected a list of {len(PARTS)} scores, got {_show(v)}")
     v = _fit(v, len(PARTS))
-    _check_record(_PART_FIELDS, v, "parts")
+    _check_record(_PART_FIELDS, v, "parts.")
     return dict(zip(PARTS, v))
 
 
@@ -196,7 +197,7 @@ def _factors_convert(v: Any) -> list[dict[str, Any]]:
         if type(f) is not list:
             raise WireError(f"field 'factors[{i}]': expected a list, got {_show(f)}")
         f = _fit(f, len(FACTOR_FIELDS))
-        _check_record(_FACTOR_SCHEMA, f, f"factors[{i}]")
+        _check_record(_FACTOR_SCHEMA, f, f"factors[{i}].")
         out.append(dict(zip(FACTOR_FIELDS, f)))
     return out
 
@@ -314,14 +315,14 @@ class _Body:
                 raise WireError(f"{self.kind} body: expected an array of fields, got {_show(arr)}")
             arr = _fit(arr, self.n)
             body = self.fast(arr)
+        try:
             if body is None:
-                _check_record(self.fields, arr, self.kind)
-                raise WireError(f"{self.kind} body: invalid")  # unreachable: one rule, two forms
-        for name, convert in self.converts:
-            try:
+                _check_record(self.fields, arr)
+                raise WireError("invalid body")  # unreachable: one rule in two forms
+            for name, convert in self.converts:
                 body[name] = convert(body[name])
-            except WireError as e:
-                raise WireError(f"{self.kind} {e}") from None
+        except WireError as e:
+            raise WireError(f"{self.kind} {e}") from None
         return body
 
     def to_wire(self, body: Mapping[str, Any]) -> list[Any]:
@@ -440,6 +441,8 @@ def _to_wire(msg: Message) -> dict[str, Any]:
     """The envelope map of ``msg`` (not yet validated)."""
     if not isinstance(msg, Message):
         raise WireError(f"expected a Message, got {_show(msg)}")
+    if type(msg.kind) is not str:
+        raise WireError(f"kind: expected a str, got {_show(msg.kind)}")
     if msg.kind == "batch":
         body: list[Any] = [_items_to_wire(msg)]
     elif msg.kind in _BODIES:
@@ -456,7 +459,7 @@ def _items_to_wire(batch: Message) -> list[list[Any]]:
         raise WireError(f"batch body: expected {{'items': [Message, ...]}}, got {_show(batch.body)}")
     out = []
     for i, m in enumerate(items):
-        if not isinstance(m, Message) or m.kind not in _ITEM_BODIES:
+        if not isinstance(m, Message) or type(m.kind) is not str or m.kind not in _ITEM_BODIES:
             raise WireError(f"batch item {i}: expected a Message of a kind in {ITEM_KINDS}, "
                             f"got {_show(m)}")
         if m.sender != batch.sender or m.version != batch.version:
