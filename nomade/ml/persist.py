@@ -1,0 +1,197 @@
+"""Model files in the models directory: write atomically, load safely.
+
+Layout (``cfg.paths().models_dir``, default ``$XDG_DATA_HOME/nomade/models``)::
+
+    gnn_model.pt  lstm_model.pt  autoencoder_model.pt   one per trained model
+    ensemble_weights.json                               learned weights (optional)
+    metadata.json                                       written last: what is there
+
+Each ``.pt`` file is self-contained: ``{"format", "kind", "nomade_version",
+"torch_version", "normalizer" (features.Normalizer.to_dict()), "model"
+(estimator.to_state())}``, only tensors and plain containers, so it loads with
+``torch.load(..., weights_only=True)``; a model trained alone later keeps working
+beside older ones. ``metadata.json`` records, per model, its file's SHA-256, when and
+on what it was trained, its hyper-parameters and metrics; a loader refuses a file
+whose hash does not match (a crash between two renames, a copied-in file).
+
+Every file is written to a temporary name in the same directory and renamed over the
+old one; ``metadata.json`` goes last, so a reader sees either the old set or the new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import nomade
+from nomade.errors import NomadeError
+from nomade.ml.ensemble import Weights
+from nomade.ml.models import AutoencoderScorer, GNNClassifier, LSTMClassifier
+
+FORMAT = 1
+FILES: dict[str, str] = {"gnn": "gnn_model.pt", "lstm": "lstm_model.pt", "autoencoder": "autoencoder_model.pt"}
+ESTIMATORS: dict[str, type] = {"gnn": GNNClassifier, "lstm": LSTMClassifier, "autoencoder": AutoencoderScorer}
+WEIGHTS_FILE = "ensemble_weights.json"
+METADATA_FILE = "metadata.json"
+Model = GNNClassifier | LSTMClassifier | AutoencoderScorer
+
+
+class ModelError(NomadeError):
+    """Model files are missing, unreadable, inconsistent or of another format."""
+
+
+class VersionWarning(UserWarning):
+    """The models were written by another nomade or torch version."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=_plain) + "\n").encode()
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars/arrays in metadata → plain Python (json.dumps ``default``)."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def clean_json(obj: Any) -> Any:
+    """NaN/inf → None, recursively (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, Mapping):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    return _plain(obj) if hasattr(obj, "tolist") else obj
+
+
+def read_metadata(models_dir: str | Path) -> dict[str, Any]:
+    """``metadata.json`` as a dict ({} if there is none); ``ModelError`` if unreadable."""
+    path = Path(models_dir) / METADATA_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read model metadata ({e}); retrain with `nomade train`") from e
+    if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+        raise ModelError(f"{path}: not a NØMADE model metadata file; retrain with `nomade train`")
+    return data
+
+
+def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mapping[str, Any],
+         info: Mapping[str, Mapping[str, Any]], weights: Weights | None = None,
+         summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``models`` (kind → fitted estimator), each with ``normalizer`` and its
+    ``info[kind]`` (metrics, data range, ...) recorded in the metadata; models of
+    other kinds already in the directory are kept. ``weights`` (learned) replace
+    ``ensemble_weights.json``. Returns the metadata written."""
+    out = Path(models_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = read_metadata(out) if (out / METADATA_FILE).exists() else {}
+    entries = dict(meta.get("models", {}))
+    now = time.time()
+    for kind, model in models.items():
+        blob = {"format": FORMAT, "kind": kind, "nomade_version": nomade.__version__,
+                "torch_version": torch.__version__, "normalizer": dict(normalizer),
+                "model": model.to_state()}
+        path = out / FILES[kind]
+        with tempfile.TemporaryFile() as f:
+            torch.save(blob, f)
+            f.seek(0)
+            data = f.read()
+        _atomic_write(path, data)
+        entries[kind] = {"file": FILES[kind], "sha256": hashlib.sha256(data).hexdigest(),
+                         "trained_ts": now, "hyper_parameters": model.get_params(),
+                         "best_epoch": model.best_epoch_, **info.get(kind, {})}
+    if weights is not None:
+        _atomic_write(out / WEIGHTS_FILE, _json_bytes({**weights.as_dict(), "learned_ts": now}))
+    meta = {"format": FORMAT, "nomade_version": nomade.__version__, "torch_version": torch.__version__,
+            "created_ts": now, "features": list(normalizer.get("features", [])),
+            "normalizer": dict(normalizer), "models": entries,
+            "training_data": dict(summary or meta.get("training_data", {}))}
+    _atomic_write(out / METADATA_FILE, _json_bytes(clean_json(meta)))
+    return meta
+
+
+def load_weights(models_dir: str | Path, default: Weights) -> tuple[Weights, str]:
+    """Learned weights if ``ensemble_weights.json`` exists, else ``default``; with
+    where they came from (``"learned"`` or ``"config"``)."""
+    path = Path(models_dir) / WEIGHTS_FILE
+    try:
+        return Weights.from_dict(json.loads(path.read_text())), "learned"
+    except FileNotFoundError:
+        return default, "config"
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable ensemble weights ({e}); delete it or rerun "
+                         "`nomade train --learn-weights`") from e
+
+
+def load_model(models_dir: str | Path, kind: str, meta: Mapping[str, Any] | None = None
+               ) -> tuple[Model, dict[str, Any]]:
+    """One estimator and the normaliser dict it was trained with. ``ModelError`` when
+    the file is missing, corrupt, of another format or shape, or does not match the
+    metadata's hash; ``VersionWarning`` when written by another nomade/torch."""
+    meta = read_metadata(models_dir) if meta is None else meta
+    path = Path(models_dir) / FILES[kind]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read the {kind} model ({e.strerror or e}); "
+                         "train it with `nomade train`") from e
+    expected = meta.get("models", {}).get(kind, {}).get("sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ModelError(f"{path}: does not match {METADATA_FILE} (changed after training or "
+                         "a training run was interrupted); retrain with `nomade train`")
+    blob = _unpickle(path, data)
+    if not isinstance(blob, dict) or blob.get("kind") != kind or blob.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a NØMADE {kind} model of format {FORMAT}; retrain with `nomade train`")
+    _warn_versions(path, blob)
+    try:
+        return ESTIMATORS[kind].from_state(blob["model"]), dict(blob["normalizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise ModelError(f"{path}: the {kind} model does not fit this nomade ({type(e).__name__}: "
+                         f"{str(e)[:200]}); retrain with `nomade train`") from e
+
+
+def _unpickle(path: Path, data: bytes) -> Any:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise ModelError(f"{path}: corrupt or not a torch file ({type(e).__name__}: {str(e)[:200]}); "
+                         "retrain with `nomade train`") from e
+
+
+def _warn_versions(path: Path, blob: Mapping[str, Any]) -> None:
+    ours = {"nomade": nomade.__version__, "torch": torch.__version__}
+    theirs = {"nomade": blob.get("nomade_version"), "torch": blob.get("torch_version")}
+    diff = [f"{k} {theirs[k]} (running {ours[k]})" for k in ours if theirs[k] != ours[k]]
+    if diff:
+        warnings.warn(f"{path} was written by {', '.join(diff)}; retrain if scores look wrong",
+                      VersionWarning, stacklevel=3)
