@@ -18,6 +18,7 @@
 # state/ log/ run/ out/ (job output, mode 1777), hooks/ (wrappers + copies of the
 # project's hook scripts), spool/node (Prolog/Epilog events, written as root) and
 # spool/ctld (PrologSlurmctld/EpilogSlurmctld/jobcomp events, written as user slurm).
+# A (re)start empties state/ and the spools (job ids begin again at 1); --if-down keeps all.
 #
 # The project's hook scripts are COPIED into $RUN/hooks/bin: user slurm may not be able
 # to traverse the checkout, and a wrapper pointing into a checkout that moves would fail
@@ -122,7 +123,9 @@ munge -n | unmunge >/dev/null || die "munge does not work (see /var/log/munge/mu
 ts "munged OK (pid $(cat /run/munge/munged.pid))"
 
 # ---------------------------------------------------------------- 3. directories, user
-rm -rf "$RUN/state" "$RUN/etc"
+# A fresh start restarts job ids at 1: events left in the spools from the previous
+# cluster would carry the same ids, so they go too.
+rm -rf "$RUN/state" "$RUN/etc" "$RUN/spool"
 mkdir -p "$RUN"/{etc,state/ctld,state/slurmd,log,run,out,spool/node,spool/ctld}
 chmod 0755 "$RUN" "$RUN"/{etc,state,log,run,spool}
 chown slurm:slurm "$RUN/state/ctld" "$RUN/log" "$RUN/run" "$RUN/spool/ctld"
