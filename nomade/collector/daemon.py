@@ -154,13 +154,21 @@ class Collector:
             self.outbox.add(lambda seq: self._frame(chunk, seq, ts))
 
     def _frame(self, items: list[tuple[str, dict]], seq: int, ts: float) -> bytes:
-        messages = []
-        for kind, body in items:
-            try:
-                messages.append(wire.make(kind, self.node, seq, body, ts))
-            except wire.WireError as e:
-                log.warning("not sent, invalid %s: %s", kind, e)
-        return wire.encode(wire.make_batch(self.node, seq, messages, ts))
+        """The encoded batch. ``encode`` validates every item; only when that fails are the
+        items validated one by one, and the invalid ones logged and left out."""
+        messages = [wire.Message(wire.PROTOCOL_VERSION, kind, self.node, seq, ts, body)
+                    for kind, body in items]
+        try:
+            return wire.encode(wire.Message(wire.PROTOCOL_VERSION, "batch", self.node, seq, ts,
+                                            {"items": messages}))
+        except wire.WireError:
+            valid = []
+            for kind, body in items:
+                try:
+                    valid.append(wire.make(kind, self.node, seq, body, ts))
+                except wire.WireError as e:
+                    log.warning("not sent, invalid %s: %s", kind, e)
+            return wire.encode(wire.make_batch(self.node, seq, valid, ts))
 
     def close(self) -> None:
         """Close the sockets and the cgroup readers; the outbox keeps what is unacknowledged."""

@@ -15,10 +15,10 @@ queued while no agent is connected, so a batch leaves the outbox only for a live
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from nomade import wire
 from nomade.collector.outbox import Outbox
@@ -106,14 +106,17 @@ class Sender:
         """A connection came up or went down: resend everything in flight when it is up."""
         while True:
             try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            # frame 0: uint16 event, uint32 value (zmq_socket_monitor); parsed here because
+            # zmq.utils.monitor imports asyncio (+8 MB RSS)
+            event = struct.unpack_from("=H", frames[0])[0]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 log.info("connected to the agent; resending %d unacknowledged batches",
                          len(self.outbox.pending()))
                 self._sent_at.clear()
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 log.warning("agent connection lost; %d batches wait in the outbox",
                             len(self.outbox.pending()))
 
