@@ -102,10 +102,8 @@ class _V1Jobs:
             p.kill()
             p.wait()
         for c in ("memory", "cpuacct", "cpuset"):
-            base = Path(V1, c, self.top)
-            for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                d.rmdir()
-            base.rmdir()
+            for d, _, _ in os.walk(f"{V1}/{c}/{self.top}", topdown=False):
+                os.rmdir(d)
 
 
 def _v2_tree(root: Path) -> None:
