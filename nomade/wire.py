@@ -24,7 +24,8 @@ a float is expected), finite numbers in range (counters >= 0 and < 2**63, fracti
 field is None when unknown, never 0. Bounds on the frame (``MAX_FRAME_BYTES``) and on
 every string, array and map length are applied while unpacking, before anything is
 allocated; nesting deeper than msgpack's parse stack (1024) fails at once, and the schema
-never reads deeper than four levels.
+never reads deeper than four levels. A frame of n bytes unpacks to at most about 64·n bytes
+of objects (one empty list a byte), so ``MAX_FRAME_BYTES`` also bounds memory.
 
 ``make`` (and ``make_batch``, ``make_ack``) build messages through the same validation,
 and ``encode`` validates again, so a frame that would be refused is never sent (a refused
@@ -127,9 +128,12 @@ class _Type:
     convert: Callable[[Any], Any] | None = None
     to_wire: Callable[[Any], Any] | None = None
 
-    def ok(self, value: Any) -> bool:
-        """True when ``value`` (not None) is valid for this type."""
-        return bool(_predicate(self.expr)(value))
+    @functools.cached_property
+    def ok(self) -> Callable[[Any], bool]:
+        """``ok(value)``: True when ``value`` (not None) is valid for this type."""
+        predicate: Callable[[Any], bool] = eval(  # noqa: S307 (text of this module only)
+            f"lambda x: {self.expr.format(x='x')}", dict(_NAMESPACE))
+        return predicate
 
 
 def _int_type(lo: int, hi: int, desc: str) -> _Type:
@@ -143,7 +147,7 @@ def _num_type(lo: float, hi: float, desc: str) -> _Type:
 
 
 def _is_names(v: Any) -> bool:
-    return type(v) is list and len(v) <= MAX_NODES and all(map(NAME.ok, v))
+    return type(v) is list and len(v) <= MAX_NODES and all(map(_NAME_OK, v))
 
 
 def _show(v: Any) -> str:
@@ -239,12 +243,6 @@ _FACTOR_SCHEMA: tuple[_Field, ...] = (
 )
 _NAMESPACE = {"_job_id": _JOB_ID.fullmatch, "_is_names": _is_names,
               "_levels": frozenset(LEVELS)}
-
-
-@functools.lru_cache(maxsize=None)
-def _predicate(expr: str) -> Callable[[Any], bool]:
-    """The compiled ``lambda x: expr`` (cached: one per type)."""
-    return eval(f"lambda x: {expr.format(x='x')}", dict(_NAMESPACE))  # noqa: S307 (our text)
 
 
 #: Body fields of every kind in wire order: (name, type, nullable). Append only.
@@ -371,9 +369,11 @@ def _compile_body(fields: tuple[_Field, ...]) -> Callable[[Any], dict[str, Any] 
 
 _BODIES: dict[str, _Body] = {k: _Body(k, s) for k, s in SCHEMAS.items()}
 _ITEM_BODIES: dict[str, _Body] = {k: _BODIES[k] for k in ITEM_KINDS}
-_SEQ_OK = _predicate(COUNT.expr)
-_TS_OK = _predicate(TS.expr)
-_NAME_OK = _predicate(NAME.expr)
+# The generated check alone decodes an item whose body has no nested record to convert.
+_FAST_ITEMS = {k: b.fast for k, b in _ITEM_BODIES.items() if not b.converts}
+_SEQ_OK = COUNT.ok
+_TS_OK = TS.ok
+_NAME_OK = NAME.ok
 _message = functools.partial(tuple.__new__, Message)   # skips __new__'s argument parsing
 
 
@@ -413,23 +413,26 @@ def _parse_items(raw: Any, version: int, sender: str) -> tuple[list[Message], in
     out: list[Message] = []
     append = out.append
     skipped = 0
-    bodies = _ITEM_BODIES
+    fast_of = _FAST_ITEMS
     for i, item in enumerate(raw):
         try:
             if type(item) is not list or len(item) < 4:
                 raise WireError(f"expected [kind, seq, ts, body], got {_show(item)}")
-            kind, seq, ts, body = item[0], item[1], item[2], item[3]
-            spec = bodies.get(kind) if type(kind) is str else None
-            if spec is None:
-                if type(kind) is str and kind not in FIELDS:
-                    skipped += 1   # a kind from a newer peer
-                    continue
-                raise WireError(f"kind {_show(kind)} cannot be a batch item")
+            kind, seq, ts, arr = item if len(item) == 4 else item[:4]
+            fast = fast_of.get(kind) if type(kind) is str else None
+            if fast is None or (body := fast(arr)) is None:
+                spec = _ITEM_BODIES.get(kind) if type(kind) is str else None
+                if spec is None:
+                    if type(kind) is str and kind not in FIELDS:
+                        skipped += 1   # a kind from a newer peer
+                        continue
+                    raise WireError(f"kind {_show(kind)} cannot be a batch item")
+                body = spec.decode(arr)
             if type(seq) is not int or not 0 <= seq <= MAX_INT:
                 raise WireError(f"'seq': expected {COUNT.desc}, got {_show(seq)}")
             if not (type(ts) is float or type(ts) is int) or not 0.0 <= ts <= MAX_TS:
                 raise WireError(f"'ts': expected {TS.desc}, got {_show(ts)}")
-            append(_message((version, kind, sender, seq, ts, spec.decode(body))))
+            append(_message((version, kind, sender, seq, ts, body)))
         except WireError as e:
             raise WireError(f"batch item {i}: {e}") from None
     return out, skipped

@@ -432,7 +432,12 @@ def _accepts_or_refuses(data: bytes) -> None:
     except WireError:
         return
     _assert_valid(msg)
-    assert w.decode(w.encode(msg)) == msg
+    again = w.decode(w.encode(msg))
+    if msg.kind == "batch":   # items of kinds unknown here were dropped: none on the way back
+        assert again.body == {"items": msg.body["items"], "skipped": 0}
+        assert again[:5] == msg[:5]
+    else:
+        assert again == msg
 
 
 FAST = settings(max_examples=150, deadline=None,
