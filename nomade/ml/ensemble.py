@@ -85,8 +85,15 @@ def _simplex(step: float) -> np.ndarray:
 
 
 def _auc(parts: np.ndarray, y: np.ndarray, w: np.ndarray, weights: np.ndarray) -> float:
+    """AUC of the combined risk over the rows some part scores; NaN (not a candidate)
+    if these weights leave one of them without a risk (e.g. LSTM only: no risk before
+    a job's first sample)."""
+    if weights.sum() <= 0:
+        return float("nan")
     risk = combine(parts, Weights(*weights))
-    ok = np.isfinite(risk)
+    ok = np.isfinite(parts).any(axis=1)
+    if not np.isfinite(risk[ok]).all():
+        return float("nan")
     return metrics.auc_roc(y[ok], risk[ok], w[ok])
 
 
@@ -110,6 +117,10 @@ def learn_weights(parts: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
     if len(np.unique(y)) < 2:
         raise ValueError("learning ensemble weights needs both failed and completed jobs in the validation data")
     grid = _simplex(step)
+    whole = np.array([_auc(parts, y, w, g) for g in grid])
+    if not np.isfinite(whole).any():
+        raise ValueError("no weights give every validation example a risk with an AUC")
+    grid, whole = grid[np.isfinite(whole)], whole[np.isfinite(whole)]
     fold = rng.permutation(len(y)) % folds
     auc = np.array([[_auc(parts[fold != f], y[fold != f], w[fold != f], g) for g in grid] for f in range(folds)])
     held = np.array([[_auc(parts[fold == f], y[fold == f], w[fold == f], g) for g in grid] for f in range(folds)])
@@ -117,7 +128,6 @@ def learn_weights(parts: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
     cv = held[np.arange(folds), chosen]
     defaults = Weights().as_array()
     default_cv = [_auc(parts[fold == f], y[fold == f], w[fold == f], defaults) for f in range(folds)]
-    whole = np.array([_auc(parts, y, w, g) for g in grid])
-    best = grid[int(np.nanargmax(np.where(np.isfinite(whole), whole, -np.inf)))]
+    best = grid[int(np.argmax(whole))]
     return Weights(*best), {"cv_auc": float(np.nanmean(cv)), "cv_auc_std": float(np.nanstd(cv)),
                             "default_cv_auc": float(np.nanmean(default_cv)), "folds": folds, "step": step}

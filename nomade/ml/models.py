@@ -171,32 +171,35 @@ class AENet(nn.Module):
 
 # ------------------------------------------------------------------ training helpers
 
-def balance(y: np.ndarray, w: np.ndarray | None, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Example loss weights and sampling probabilities for ``ml.class_balance``.
+def balance(y: np.ndarray, w: np.ndarray | None, mode: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Loss weights, sampling probabilities and epoch size for ``ml.class_balance``.
 
-    ``weights``: each class carries half the total weight. ``oversample``: examples
-    are drawn with replacement so each class is half of every epoch (loss weights
-    then 1 × the example weight's share). ``none``: example weights only.
+    Examples are drawn with probability ∝ their weight ``w`` (as-of snapshots carry
+    1/ticks, so every job counts once), ``round(sum(w))`` draws an epoch: one epoch
+    is one pass over the jobs, however many ticks each ran. Then ``weights``: the
+    loss weights each class to half the total; ``oversample``: the draws do (each
+    class is half of every epoch), loss weights 1; ``none``: neither.
     """
     if mode not in BALANCE_MODES:
         raise ValueError(f"class_balance must be one of {BALANCE_MODES}, got {mode!r}")
     y = np.asarray(y, np.float64)
     w = np.ones(len(y)) if w is None else np.asarray(w, np.float64)
-    w = w * len(y) / max(w.sum(), 1e-12)
-    if mode == "none":
-        return w.astype(np.float32), None
+    if len(y) == 0 or not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError("no training examples, or example weights that are not finite, >= 0 and > 0 in sum")
     per_class = np.array([w[y == 0].sum(), w[y == 1].sum()])
-    scale = np.where(per_class > 0, w.sum() / (2 * np.maximum(per_class, 1e-12)), 0.0)
-    balanced = w * scale[y.astype(np.int64)]
+    scale = np.where(per_class > 0, w.sum() / (2 * np.maximum(per_class, 1e-12)), 0.0)[y.astype(np.int64)]
+    size = max(1, int(round(w.sum())))
+    ones = np.ones(len(y), np.float32)
     if mode == "weights":
-        return balanced.astype(np.float32), None
-    return np.ones(len(y), np.float32), balanced / balanced.sum()
+        return scale.astype(np.float32), w / w.sum(), size
+    if mode == "oversample":
+        return ones, w * scale / (w * scale).sum(), size
+    return ones, w / w.sum(), size
 
 
-def _epochs(n: int, batch: int, p: np.ndarray | None, gen: torch.Generator):
-    """Index batches of one epoch: a permutation, or ``n`` weighted draws."""
-    order = (torch.randperm(n, generator=gen) if p is None
-             else torch.multinomial(torch.from_numpy(p), n, replacement=True, generator=gen))
+def _epochs(size: int, batch: int, p: np.ndarray, gen: torch.Generator):
+    """Index batches of one epoch: ``size`` draws with probabilities ``p``."""
+    order = torch.multinomial(torch.from_numpy(p), size, replacement=True, generator=gen)
     return torch.split(order, batch)
 
 
@@ -210,17 +213,17 @@ class _Schedule:
     patience: int
 
 
-def fit_loop(net: nn.Module, n: int, step_loss: Callable[[torch.Tensor], torch.Tensor],
-             validate: Callable[[], float] | None, sched: _Schedule, p: np.ndarray | None,
+def fit_loop(net: nn.Module, size: int, step_loss: Callable[[torch.Tensor], torch.Tensor],
+             validate: Callable[[], float] | None, sched: _Schedule, p: np.ndarray,
              gen: torch.Generator, progress: Progress | None) -> tuple[int, list[float]]:
-    """Adam over batches; after each epoch ``validate()`` (higher is better) and keep
+    """Adam over batches of ``size`` weighted draws; after each epoch ``validate()`` (higher is better) and keep
     the best weights; stop after ``patience`` epochs without improvement. Returns the
     best epoch (1-based) and the validation history."""
     opt = torch.optim.Adam(net.parameters(), lr=sched.learning_rate)
     best, best_epoch, best_state, history = -np.inf, 0, None, []
     for epoch in range(1, sched.epochs + 1):
         net.train()
-        for batch in _epochs(n, sched.batch_size, p, gen):
+        for batch in _epochs(size, sched.batch_size, p, gen):
             opt.zero_grad()
             step_loss(batch).backward()
             opt.step()
@@ -323,7 +326,7 @@ class GNNClassifier(_Estimator):
             self._ref_t = self._ref_tensors(ref)
             idx, wn = nbrs.weights()
             xt, it, wt = _tensor(X), _tensor(idx, torch.int64), _tensor(wn)
-            lw, p = balance(y, w, self.class_balance)
+            lw, p, size = balance(y, w, self.class_balance)
             yt, lwt = _tensor(y), _tensor(lw)
 
             def step(b: torch.Tensor) -> torch.Tensor:
@@ -335,7 +338,7 @@ class GNNClassifier(_Estimator):
                 return _val_score(val[2], self.predict_proba(val[0], val[1]), val[3])
 
 
-            self.best_epoch_, self.history_ = fit_loop(self.net_, len(X), step, None if val is None else validate,
+            self.best_epoch_, self.history_ = fit_loop(self.net_, size, step, None if val is None else validate,
                                                        self._schedule(), p, gen, progress)
         self._cache()
         return self
@@ -431,7 +434,7 @@ class LSTMClassifier(_Estimator):
             self.net_ = LSTMNet(S.shape[2], self.hidden_dim, self.out_dim, self.dropout)
             st = _tensor(front_align(S, lengths))
             lt = torch.as_tensor(np.minimum(lengths, S.shape[1]), dtype=torch.int64)
-            lw, p = balance(y, w, self.class_balance)
+            lw, p, size = balance(y, w, self.class_balance)
             yt, lwt = _tensor(y), _tensor(lw)
 
             def step(b: torch.Tensor) -> torch.Tensor:
@@ -443,7 +446,7 @@ class LSTMClassifier(_Estimator):
                 return _val_score(np.asarray(val[2])[vk], self.predict_proba(val[0][vk], val[1][vk]), vw)
 
             self.best_epoch_, self.history_ = fit_loop(
-                self.net_, len(y), step, None if val is None else validate, self._schedule(), p, gen, progress)
+                self.net_, size, step, None if val is None else validate, self._schedule(), p, gen, progress)
         return self
 
     def predict_proba(self, S: np.ndarray, lengths: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -530,19 +533,19 @@ class AutoencoderScorer(_Estimator):
             gen = torch.Generator().manual_seed(self.seed)
             self.net_ = AENet(X.shape[1])
             xt, mt = self._scaled(X, mask)
-            wt = _tensor(w * len(w) / max(w.sum(), 1e-12))
+            _, p, size = balance(np.zeros(len(X)), w, "none")
             hxt, hmt = self._scaled(hx, hm)
 
             def step(b: torch.Tensor) -> torch.Tensor:
                 e = self._errors(self.net_(xt[b]), xt[b], mt[b])
-                return (e * wt[b]).mean()
+                return e.mean()
 
             def validate() -> float:
                 with torch.inference_mode():
                     return -float(self._errors(self.net_(hxt), hxt, hmt).mean()) if len(hx) else 0.0
 
-            self.best_epoch_, self.history_ = fit_loop(self.net_, len(X), step, validate,
-                                                       self._schedule(), None, gen, progress)
+            self.best_epoch_, self.history_ = fit_loop(self.net_, size, step, validate,
+                                                       self._schedule(), p, gen, progress)
         errs = np.sort(self.errors(hx, hm))
         if len(errs) > self.max_reference_errors:
             errs = np.quantile(errs, np.linspace(0, 1, self.max_reference_errors))

@@ -107,7 +107,8 @@ def read_metadata(models_dir: str | Path) -> dict[str, Any]:
 
 def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mapping[str, Any],
          info: Mapping[str, Mapping[str, Any]], weights: Weights | None = None,
-         summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         summary: Mapping[str, Any] | None = None,
+         reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``models`` (kind → fitted estimator), each with ``normalizer`` and its
     ``info[kind]`` (metrics, data range, ...) recorded in the metadata; models of
     other kinds already in the directory are kept. ``weights`` (learned) replace
@@ -119,7 +120,7 @@ def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mappin
     now = time.time()
     for kind, model in models.items():
         blob = {"format": FORMAT, "kind": kind, "nomade_version": nomade.__version__,
-                "torch_version": torch.__version__, "normalizer": dict(normalizer),
+                "torch_version": str(torch.__version__), "normalizer": dict(normalizer),
                 "model": model.to_state()}
         path = out / FILES[kind]
         with tempfile.TemporaryFile() as f:
@@ -132,10 +133,11 @@ def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mappin
                          "best_epoch": model.best_epoch_, **info.get(kind, {})}
     if weights is not None:
         _atomic_write(out / WEIGHTS_FILE, _json_bytes({**weights.as_dict(), "learned_ts": now}))
-    meta = {"format": FORMAT, "nomade_version": nomade.__version__, "torch_version": torch.__version__,
+    meta = {"format": FORMAT, "nomade_version": nomade.__version__, "torch_version": str(torch.__version__),
             "created_ts": now, "features": list(normalizer.get("features", [])),
             "normalizer": dict(normalizer), "models": entries,
-            "training_data": dict(summary or meta.get("training_data", {}))}
+            "training_data": dict(summary or meta.get("training_data", {})),
+            "reference": dict(reference or meta.get("reference", {}))}
     _atomic_write(out / METADATA_FILE, _json_bytes(clean_json(meta)))
     return meta
 
@@ -184,12 +186,13 @@ def _unpickle(path: Path, data: bytes) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ModelError(f"{path}: corrupt or not a torch file ({type(e).__name__}: {str(e)[:200]}); "
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelError(f"{path}: corrupt or not a plain-tensor torch file ({type(e).__name__}: {first}); "
                          "retrain with `nomade train`") from e
 
 
 def _warn_versions(path: Path, blob: Mapping[str, Any]) -> None:
-    ours = {"nomade": nomade.__version__, "torch": torch.__version__}
+    ours = {"nomade": nomade.__version__, "torch": str(torch.__version__)}
     theirs = {"nomade": blob.get("nomade_version"), "torch": blob.get("torch_version")}
     diff = [f"{k} {theirs[k]} (running {ours[k]})" for k in ours if theirs[k] != ours[k]]
     if diff:

@@ -1,0 +1,204 @@
+"""Live scoring: load the model files once, score a batch of running jobs at once.
+
+``Scorer.load(models_dir)`` then ``scorer.score(X, mask, S, lengths, start_ts)`` with
+raw (unnormalised) ``features.asof_features`` / ``features.sequences`` output. Returns
+:class:`Scores`: risk, level, the per-model parts (NaN where a model is missing or
+cannot score the job: the LSTM before a job's first sample) and explanations.
+
+Explanations are occlusion against "normal": feature f's contribution is
+``risk(x) - risk(x with f set to the median of COMPLETED training jobs of the same
+shape)``, positive where the feature raises the risk, 0 where it is not known yet.
+The GNN neighbourhood is held fixed (which neighbours a job has is not re-searched)
+and the LSTM reads the metric sequence, not the 17 features, so its part is
+unchanged: contributions explain the GNN and autoencoder parts. The per-feature
+``reference`` (median and inter-quartile spread of completed jobs of that shape, in
+the raw feature units) is what advice text compares a value with ("3x normal").
+
+Shape = requested-CPU quartile (of the training jobs) × GPU or not.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nomade import features
+from nomade.ml import graph
+from nomade.ml import persist
+from nomade.ml.ensemble import PARTS, Weights, combine, levels
+from nomade.ml.models import AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours
+
+MIN_GROUP = 50
+"""Completed examples a shape group needs for its own reference; else the overall one."""
+CPU, GPU = features.FEATURES.index("log_req_cpus"), features.FEATURES.index("log_req_gpus")
+
+
+# ------------------------------------------------------------------ reference statistics
+
+def _groups(X: np.ndarray, cpu_edges: list[float]) -> np.ndarray:
+    return np.searchsorted(np.asarray(cpu_edges), X[:, CPU], side="right") * 2 + (X[:, GPU] > 0)
+
+
+def reference_stats(X: np.ndarray, mask: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Median and inter-quartile spread of each raw feature over COMPLETED examples,
+    overall and per shape group; JSON-safe (stored in the metadata)."""
+    ok = np.asarray(y) == 0
+    X, mask = np.asarray(X, np.float64)[ok], np.asarray(mask, bool)[ok]
+    edges = np.quantile(X[:, CPU], [0.25, 0.5, 0.75]).tolist() if len(X) else [0.0, 0.0, 0.0]
+
+    def stats(rows: np.ndarray) -> dict[str, Any]:
+        known = np.where(mask[rows], X[rows], np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": never known
+            q = np.nanpercentile(known, [25, 50, 75], axis=0) if len(rows) else np.full((3, X.shape[1]), np.nan)
+        return {"n": int(len(rows)), "median": np.nan_to_num(q[1]).tolist(),
+                "spread": np.nan_to_num(q[2] - q[0]).tolist()}
+
+    g = _groups(X, edges)
+    groups = {str(k): stats(np.flatnonzero(g == k)) for k in np.unique(g) if (g == k).sum() >= MIN_GROUP}
+    return {"cpu_edges": edges, "all": stats(np.arange(len(X))), "groups": groups}
+
+
+def reference_for(ref: Mapping[str, Any], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-job reference median and spread float32[n, 17] for raw features ``X``."""
+    g = _groups(np.asarray(X, np.float64), ref["cpu_edges"])
+    table = [ref["groups"].get(str(k), ref["all"]) for k in range(8)]
+    med = np.array([t["median"] for t in table], np.float32)
+    spread = np.array([t["spread"] for t in table], np.float32)
+    return med[g], spread[g]
+
+
+# ------------------------------------------------------------------ scores
+
+@dataclass
+class Scores:
+    """Scores of a batch (row i = job i of the input)."""
+
+    risk: np.ndarray
+    level: np.ndarray
+    parts: np.ndarray
+    values: np.ndarray
+    mask: np.ndarray
+    reference_median: np.ndarray
+    reference_spread: np.ndarray
+    contributions: np.ndarray | None
+
+    def parts_of(self, i: int) -> dict[str, float | None]:
+        """``{"gnn": p, "lstm": p, "autoencoder": s}`` of job i, None where unavailable."""
+        return {k: (float(v) if np.isfinite(v) else None) for k, v in zip(PARTS, self.parts[i])}
+
+    def factors(self, i: int, top: int = 3) -> list[dict[str, Any]]:
+        """The ``top`` known features that raise job i's risk most: name, raw value,
+        normal (reference median), spread, contribution (risk points); [] without
+        explanations or when nothing raises it."""
+        if self.contributions is None:
+            return []
+        c = np.where(self.mask[i], self.contributions[i], 0.0)
+        order = [j for j in np.argsort(-c, kind="stable")[:top] if c[j] > 0]
+        return [{"name": features.FEATURES[j], "value": float(self.values[i, j]),
+                 "normal": float(self.reference_median[i, j]), "spread": float(self.reference_spread[i, j]),
+                 "contribution": float(c[j])} for j in order]
+
+
+class Scorer:
+    """The loaded models of one models directory. Build with :meth:`load`."""
+
+    def __init__(self, models: Mapping[str, Any], normalizers: Mapping[str, features.Normalizer],
+                 weights: Weights, metadata: Mapping[str, Any], weights_source: str = "config") -> None:
+        self.models, self.normalizers = dict(models), dict(normalizers)
+        self.weights, self.weights_source, self.metadata = weights, weights_source, dict(metadata)
+        self.reference = self.metadata.get("reference") or reference_stats(
+            np.zeros((0, features.N_FEATURES)), np.zeros((0, features.N_FEATURES), bool), np.zeros(0))
+        graph_cfg = self.metadata.get("models", {}).get("gnn", {}).get("graph", {})
+        self.threshold = float(graph_cfg.get("threshold", 0.7))
+        self.k = int(graph_cfg.get("k", 10))
+
+    @classmethod
+    def load(cls, models_dir: str | Path, default_weights: Weights | None = None) -> Scorer:
+        """Every model in ``models_dir`` (``ModelError`` if there is none, or one is
+        broken); learned weights if stored, else ``default_weights`` ([ml.ensemble])."""
+        meta = persist.read_metadata(models_dir)
+        kinds = [k for k in PARTS if k in meta.get("models", {})]
+        if not kinds:
+            raise persist.ModelError(f"{models_dir}: no trained models; run `nomade train` first")
+        models, norms = {}, {}
+        for kind in kinds:
+            models[kind], norm = persist.load_model(models_dir, kind, meta)
+            try:
+                norms[kind] = features.Normalizer.from_dict(norm)
+            except (ValueError, KeyError, TypeError) as e:
+                raise persist.ModelError(f"{models_dir}: {kind} model: {e}; retrain with `nomade train`") from e
+        weights, source = persist.load_weights(models_dir, default_weights or Weights())
+        return cls(models, norms, weights, meta, source)
+
+    @property
+    def version(self) -> str:
+        """Identifies the loaded model set (its metadata creation time)."""
+        return f"{self.metadata.get('created_ts', 0):.0f}"
+
+    def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
+              lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
+              explain: bool = True) -> Scores:
+        """Score n jobs at once from raw ``X`` float[n,17], ``mask`` bool[n,17], ``S``
+        float[n,T,11] and ``lengths`` int[n] (None: no sequences, no LSTM part) and
+        ``start_ts`` float[n] (needed with a GNN: neighbours must have ended before)."""
+        X, mask = np.asarray(X, np.float32), np.asarray(mask, bool)
+        if X.ndim != 2 or X.shape[1] != features.N_FEATURES or mask.shape != X.shape:
+            raise ValueError(f"X and mask must be [n, {features.N_FEATURES}], got {X.shape}, {mask.shape}")
+        nbrs = self._neighbours(X, mask, start_ts)
+        parts = np.full((len(X), len(PARTS)), np.nan, np.float32)
+        parts[:, 0], parts[:, 2] = self._static_parts([X], mask, nbrs)[0]
+        if "lstm" in self.models and S is not None and lengths is not None:
+            lstm: LSTMClassifier = self.models["lstm"]
+            parts[:, 1] = lstm.predict_proba(self.normalizers["lstm"].transform_sequences(S), lengths)
+        risk = combine(parts, self.weights)
+        med, spread = reference_for(self.reference, X)
+        contrib = self._occlusion(X, mask, nbrs, parts, risk, med) if explain else None
+        return Scores(risk, levels(risk), parts, X, mask, med, spread, contrib)
+
+    def _neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours | None:
+        if "gnn" not in self.models:
+            return None
+        if start_ts is None or len(start_ts) != len(X):
+            raise ValueError("start_ts (one per job) is needed to attach jobs to the graph")
+        gnn: GNNClassifier = self.models["gnn"]
+        xn = self.normalizers["gnn"].transform(X, mask)
+        ref = gnn.reference_
+        return Neighbours(*graph.neighbours(ref.x, ref.end_ts, xn, np.asarray(start_ts, np.float64),
+                                            mask, self.threshold, self.k))
+
+    def _static_parts(self, variants: list[np.ndarray], mask: np.ndarray,
+                      nbrs: Neighbours | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(gnn, autoencoder) parts of each variant of the raw features (NaN if absent)."""
+        nan = np.full(len(mask), np.nan, np.float32)
+        gnn = [nan] * len(variants)
+        if nbrs is not None:
+            norm = self.normalizers["gnn"]
+            gnn = self.models["gnn"].predict_proba_variants([norm.transform(v, mask) for v in variants], nbrs)
+        ae = [nan] * len(variants)
+        if "autoencoder" in self.models:
+            model: AutoencoderScorer = self.models["autoencoder"]
+            norm = self.normalizers["autoencoder"]
+            stacked = np.concatenate([norm.transform(v, mask) for v in variants])
+            ae = np.split(model.score(stacked, np.tile(mask, (len(variants), 1))), len(variants))
+        return list(zip(gnn, ae))
+
+    def _occlusion(self, X: np.ndarray, mask: np.ndarray, nbrs: Neighbours | None,
+                   parts: np.ndarray, risk: np.ndarray, med: np.ndarray) -> np.ndarray:
+        """risk − risk with one feature at a time set to its reference median."""
+        variants = []
+        for f in range(X.shape[1]):
+            v = X.copy()
+            v[:, f] = np.where(mask[:, f], med[:, f], X[:, f])
+            variants.append(v)
+        out = np.zeros(X.shape, np.float32)
+        for f, (g, a) in enumerate(self._static_parts(variants, mask, nbrs)):
+            occluded = parts.copy()
+            occluded[:, 0], occluded[:, 2] = g, a
+            out[:, f] = np.where(mask[:, f], risk - combine(occluded, self.weights), 0.0)
+        return out

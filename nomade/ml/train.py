@@ -1,0 +1,391 @@
+"""Training pipeline: prepare a dataset, fit the models, evaluate, save.
+
+``prepare(jobs, samples, ...)`` turns a :class:`features.JobTable` and
+:class:`features.SampleTable` into a :class:`Prepared` dataset of as-of examples
+(every scoring tick of an ended job, weighted so each job counts once), the reference
+set (ended jobs' final features, what new jobs attach to in the graph), and a split
+by job start time: the earliest 80% of jobs train, the next 10% validate, the last
+10% test. ``fit_and_save(prepared, cfg, ...)`` normalises, builds the graph, trains the
+chosen models with early stopping on validation AUC, evaluates them and the ensemble
+on validation and test, and writes the model files (``persist``).
+
+No leakage by construction: an example's features are as of its tick; its neighbours
+ended before its job started; validation/test jobs start after every training job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nomade import features
+from nomade.config import Config
+from nomade.errors import NomadeError
+from nomade.ml import graph, metrics, persist
+from nomade.ml.baselines import time_split
+from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
+from nomade.ml.inference import reference_stats
+from nomade.ml.models import (AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours,
+                              Progress, Reference)
+
+Reporter = Callable[[str, int, int, float], None]
+"""``reporter(model, epoch, epochs, validation_score)``."""
+SPLITS = ("train", "validation", "test")
+REFERENCE_SIZE = 20000
+"""Most recently ended jobs kept as the GNN's live reference set (scoring cost, file size)."""
+VALIDATION_MAX = 20000
+"""Validation examples (a seeded subsample) scored after each epoch for early stopping."""
+THRESHOLD = 0.5
+"""Score at which precision/recall/F1 count a prediction as "will fail"."""
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset (``.npz``). Examples: ``X``/``mask`` raw as-of features,
+    ``S``/``lengths`` sequences, ``y`` label, ``w`` weight, ``job`` row into the
+    job arrays, ``t`` as-of time, ``start_ts`` of the job, ``split`` 0/1/2. Reference
+    (ended labelled jobs, final features): ``ref_X``, ``ref_mask``, ``ref_start_ts``,
+    ``ref_end_ts``, ``ref_y``. ``summary``: JSON-safe description of the data."""
+
+    X: np.ndarray
+    mask: np.ndarray
+    S: np.ndarray
+    lengths: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    job: np.ndarray
+    t: np.ndarray
+    start_ts: np.ndarray
+    split: np.ndarray
+    ref_X: np.ndarray
+    ref_mask: np.ndarray
+    ref_start_ts: np.ndarray
+    ref_end_ts: np.ndarray
+    ref_y: np.ndarray
+    summary: dict[str, Any]
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically as a compressed ``.npz`` (no pickles)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "summary"}
+        np.savez_compressed(tmp, summary=np.array(json.dumps(persist.clean_json(self.summary))), **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Prepared:
+        """Read a file written by :meth:`save`; ``NomadeError`` if it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {f.name: z[f.name] for f in fields(cls) if f.name != "summary"}
+                summary = json.loads(str(z["summary"]))
+        except FileNotFoundError as e:
+            raise NomadeError(f"{path}: no prepared dataset; run `nomade train --prepare` first") from e
+        except (OSError, ValueError, KeyError) as e:
+            raise NomadeError(f"{path}: not a prepared dataset ({e}); rerun `nomade train --prepare`") from e
+        return cls(**data, summary=summary)
+
+    def rows(self, split: str) -> np.ndarray:
+        """Example rows of one split."""
+        return np.flatnonzero(self.split == SPLITS.index(split))
+
+
+# ------------------------------------------------------------------ prepare
+
+def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: float,
+            sequence_length: int, max_per_job: int = 16, source: str = "") -> Prepared:
+    """As-of examples, reference set and time split of the labelled ended jobs."""
+    rows, t, w = features.snapshots(jobs, samples, interval_s, max_per_job=max_per_job)
+    if len(rows) == 0:
+        raise NomadeError(f"{source or 'the data'}: no ended job with a known final state to learn from")
+    X, mask = features.asof_features(jobs, samples, t, rows)
+    S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
+    ended = np.unique(rows)
+    ref_X, ref_mask = features.asof_features(jobs, samples, jobs.end_ts[ended], ended)
+    train, val, test = time_split(jobs.start_ts[ended])
+    job_split = np.full(len(jobs), -1, np.int8)
+    for code, part in enumerate((train, val, test)):
+        job_split[ended[part]] = code
+    y = jobs.label[rows].astype(np.float32)
+    prepared = Prepared(X, mask, S, lengths, y, w.astype(np.float32), rows, t, jobs.start_ts[rows],
+                        job_split[rows], ref_X, ref_mask, jobs.start_ts[ended], jobs.end_ts[ended],
+                        jobs.label[ended].astype(np.float32), {})
+    prepared.summary = _summary(prepared, jobs, ended, source, interval_s)
+    return prepared
+
+
+def _summary(p: Prepared, jobs: features.JobTable, ended: np.ndarray, source: str,
+             interval_s: float) -> dict[str, Any]:
+    parts = {}
+    for code, name in enumerate(SPLITS):
+        jr = np.unique(p.job[p.split == code])
+        parts[name] = {"jobs": int(len(jr)), "examples": int((p.split == code).sum()),
+                       "failed": int(np.nansum(jobs.label[jr])),
+                       "failure_rate": float(np.nanmean(jobs.label[jr])) if len(jr) else None,
+                       "first_start_ts": float(jobs.start_ts[jr].min()) if len(jr) else None,
+                       "last_start_ts": float(jobs.start_ts[jr].max()) if len(jr) else None}
+    return {"source": source, "jobs": int(len(ended)), "examples": int(len(p.y)),
+            "interval_s": interval_s, "sequence_length": int(p.S.shape[1]),
+            "first_start_ts": float(np.min(jobs.start_ts[ended])),
+            "last_end_ts": float(np.max(jobs.end_ts[ended])),
+            "with_samples": float(np.mean(p.lengths > 0)), "splits": parts}
+
+
+def tables_from_store(db_path: str | Path) -> tuple[features.JobTable, features.SampleTable]:
+    """Every ended job in the store, and their samples."""
+    from dataclasses import asdict
+
+    from nomade.store import JOB_SAMPLE_FIELDS, Store
+    store = Store(db_path, readonly=True)
+    try:
+        jobs = features.JobTable.from_records(asdict(j) for j in store.ended_jobs())
+        samples = features.SampleTable.from_records(
+            jobs, (dict(zip(JOB_SAMPLE_FIELDS, r)) for r in store.job_samples(list(jobs.job_id))))
+    finally:
+        store.close()
+    return jobs, samples
+
+
+def tables_from_swf(path: str | Path) -> tuple[features.JobTable, features.SampleTable]:
+    """Jobs of an SWF trace (start-time features only: a trace has no samples)."""
+    from nomade.traces import read_swf
+    return read_swf(path).jobs, features.SampleTable.empty()
+
+
+# ------------------------------------------------------------------ fit
+
+@dataclass
+class _Data:
+    """Normalised arrays shared by the models."""
+
+    p: Prepared
+    Xn: np.ndarray
+    Sn: np.ndarray
+    ref: Reference
+    nbrs: Neighbours
+
+    def nb(self, rows: np.ndarray) -> Neighbours:
+        return Neighbours(self.nbrs.idx[rows], self.nbrs.sim[rows], self.nbrs.valid[rows])
+
+
+def _build(p: Prepared, norm: features.Normalizer, threshold: float, k: int) -> _Data:
+    Xn = norm.transform(p.X, p.mask)
+    ref_x = norm.transform(p.ref_X, p.ref_mask)
+    own = Neighbours(*graph.neighbours(ref_x, p.ref_end_ts, ref_x, p.ref_start_ts, p.ref_mask, threshold, k))
+    nbrs = Neighbours(*graph.neighbours(ref_x, p.ref_end_ts, Xn, p.start_ts, p.mask, threshold, k))
+    return _Data(p, Xn, norm.transform_sequences(p.S), Reference.build(ref_x, p.ref_y, p.ref_end_ts, own), nbrs)
+
+
+def estimators(cfg: Config) -> dict[str, Any]:
+    """Unfitted estimators with the hyper-parameters of ``[ml]``/``[ml.training]``.
+    The GNN and autoencoder batch is ``max(batch_size, 512)`` (see ``models``)."""
+    t, ml = cfg.ml.training, cfg.ml
+    big = max(t.batch_size, 512)
+    common = {"learning_rate": t.learning_rate, "epochs": t.epochs, "patience": t.patience, "seed": ml.seed}
+    return {"gnn": GNNClassifier(hidden_dim=t.hidden_dim, out_dim=max(1, t.hidden_dim // 2), dropout=t.dropout,
+                                 batch_size=big, class_balance=ml.class_balance, **common),
+            "lstm": LSTMClassifier(hidden_dim=t.hidden_dim, out_dim=max(1, t.hidden_dim // 2), dropout=t.dropout,
+                                   batch_size=t.batch_size, class_balance=ml.class_balance, **common),
+            "autoencoder": AutoencoderScorer(batch_size=big, **common)}
+
+
+def _fit_one(kind: str, model: Any, d: _Data, progress: Progress | None, seed: int) -> Any:
+    p, tr, va = d.p, d.p.rows("train"), d.p.rows("validation")
+    if len(va) > VALIDATION_MAX:
+        va = np.sort(np.random.default_rng(seed).choice(va, VALIDATION_MAX, replace=False))
+    if kind == "gnn":
+        return model.fit(d.ref, d.Xn[tr], d.nb(tr), p.y[tr], p.w[tr],
+                         val=(d.Xn[va], d.nb(va), p.y[va], p.w[va]) if len(va) else None, progress=progress)
+    if kind == "lstm":
+        has_va = len(va) and (p.lengths[va] > 0).any()
+        return model.fit(d.Sn[tr], p.lengths[tr], p.y[tr], p.w[tr],
+                         val=(d.Sn[va], p.lengths[va], p.y[va], p.w[va]) if has_va else None, progress=progress)
+    return model.fit(d.Xn[tr], p.mask[tr], p.y[tr], p.w[tr],
+                     val=(d.Xn[va], p.mask[va], p.y[va]) if len(va) else None, progress=progress)
+
+
+def _predict(kind: str, model: Any, d: _Data, rows: np.ndarray) -> np.ndarray:
+    if kind == "gnn":
+        return model.predict_proba(d.Xn[rows], d.nb(rows))
+    if kind == "lstm":
+        return model.predict_proba(d.Sn[rows], d.p.lengths[rows])
+    return model.score(d.Xn[rows], d.p.mask[rows])
+
+
+def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    ok = np.isfinite(score)
+    out = metrics.summary(y[ok], score[ok], THRESHOLD, w[ok]) if ok.any() else {"n": 0}
+    out["coverage"] = float(ok.mean()) if len(ok) else 0.0
+    return out
+
+
+def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] = PARTS,
+                 learn: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train ``kinds`` on ``p``, evaluate them and the ensemble, save; the report."""
+    if len(p.rows("train")) == 0:
+        raise NomadeError("the training split is empty")
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    tr = p.rows("train")
+    norm = features.Normalizer().fit(p.X[tr], p.mask[tr], p.w[tr])
+    d = _build(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
+    timings["graph_s"] = time.monotonic() - t0
+    fitted, report = {}, {"models": {}, "data": p.summary}
+    for kind in kinds:
+        t1 = time.monotonic()
+        progress = None if reporter is None else (lambda e, n, s, k=kind: reporter(k, e, n, s))
+        try:
+            fitted[kind] = _fit_one(kind, estimators(cfg)[kind], d, progress, cfg.ml.seed)
+        except ValueError as e:
+            raise NomadeError(f"cannot train the {kind} model: {e}") from e
+        timings[f"{kind}_s"] = time.monotonic() - t1
+    scores = {s: np.full((len(p.rows(s)), len(PARTS)), np.nan) for s in SPLITS[1:]}
+    for kind, model in fitted.items():
+        entry = {"best_epoch": model.best_epoch_, "epochs_run": len(model.history_)}
+        for s in SPLITS[1:]:
+            rows = p.rows(s)
+            scores[s][:, PARTS.index(kind)] = _predict(kind, model, d, rows)
+            entry[s] = _evaluate(p.y[rows], p.w[rows], scores[s][:, PARTS.index(kind)])
+        report["models"][kind] = entry
+    weights = Weights(cfg.ml.ensemble.gnn_weight, cfg.ml.ensemble.lstm_weight, cfg.ml.ensemble.autoencoder_weight)
+    learned = None
+    if learn:
+        va = p.rows("validation")
+        try:
+            learned, cv = learn_weights(scores["validation"], p.y[va], p.w[va], seed=cfg.ml.seed)
+        except ValueError as e:
+            raise NomadeError(f"cannot learn ensemble weights: {e}") from e
+        weights, report["weights_cv"] = learned, cv
+    report["weights"] = weights.as_dict()
+    report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
+                          for s in SPLITS[1:]}
+    if "gnn" in fitted:
+        fitted["gnn"].keep_recent(REFERENCE_SIZE)
+    info = {k: {"metrics": {s: report["models"][k][s] for s in SPLITS[1:]}, "data": _range(p)} for k in fitted}
+    if "gnn" in info:
+        info["gnn"]["graph"] = {"threshold": cfg.ml.similarity_threshold, "k": cfg.ml.max_neighbors,
+                                "reference_size": len(fitted["gnn"].reference_.x)}
+    persist.save(models_dir, fitted, norm.to_dict(), info, learned, p.summary,
+                 reference_stats(p.X[tr], p.mask[tr], p.y[tr]))
+    timings["total_s"] = time.monotonic() - t0
+    report["timings"], report["models_dir"] = timings, str(models_dir)
+    return persist.clean_json(report)
+
+
+def _range(p: Prepared) -> dict[str, Any]:
+    return {k: p.summary.get(k) for k in ("source", "jobs", "examples", "first_start_ts", "last_end_ts")}
+
+
+# ------------------------------------------------------------------ report
+
+def format_report(report: dict[str, Any]) -> str:
+    """The summary table: per model and the ensemble, AUC-ROC, AUC-PR, precision,
+    recall, F1 on validation and test."""
+    head = ("model", "split", "AUC-ROC", "AUC-PR", "precision", "recall", "F1", "n")
+    rows = []
+    entries = [(k, v) for k, v in report["models"].items()] + [("ensemble", report["ensemble"])]
+    for name, entry in entries:
+        for s in SPLITS[1:]:
+            m = entry.get(s, {})
+            rows.append((name, s, *(_num(m.get(c)) for c in ("auc_roc", "auc_pr", "precision", "recall", "f1")),
+                         str(m.get("n", 0))))
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    w = report["weights"]
+    tail = [f"ensemble weights: gnn {w['gnn']:.2f}  lstm {w['lstm']:.2f}  autoencoder {w['autoencoder']:.2f}"
+            + ("  (learned)" if "weights_cv" in report else "  (config)"),
+            f"threshold {THRESHOLD}; models written to {report['models_dir']}; "
+            f"took {report['timings']['total_s']:.1f} s (graph {report['timings']['graph_s']:.1f} s)"]
+    return "\n".join([line(head), line("-" * x for x in widths), *map(line, rows), "", *tail])
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def stderr_reporter() -> Reporter:
+    """Progress on stderr: one line per model, redrawn in place each epoch."""
+    state = {"model": None}
+
+    def report(model: str, epoch: int, epochs: int, score: float) -> None:
+        if state["model"] not in (None, model):
+            sys.stderr.write("\n")
+        state["model"] = model
+        filled = int(20 * epoch / epochs)
+        sys.stderr.write(f"\r{model:<12} [{'#' * filled}{'.' * (20 - filled)}] epoch {epoch:>3}/{epochs}"
+                         f"  validation {score:.3f}")
+        sys.stderr.flush()
+    return report
+
+
+# ------------------------------------------------------------------ synthetic data
+
+STATES = np.array(["COMPLETED", "OUT_OF_MEMORY", "TIMEOUT", "FAILED", "CANCELLED"], dtype=object)
+
+
+def synthetic_tables(n_jobs: int, seed: int = 0, samples_per_job: int = 12, span_days: float = 30.0,
+                     t0: float = 1.7e9) -> tuple[features.JobTable, features.SampleTable]:
+    """A cluster history with the structure of a real one, for benchmarks, tests and
+    demos (``nomade train --prepare --synthetic N``): users with their own failure
+    propensity; OOM jobs whose memory climbs to the limit, timeouts that run to the
+    limit with falling CPU use, crashes with heavy NFS writes and I/O pressure,
+    cancellations that look normal; up to ``samples_per_job`` samples per job."""
+    rng = np.random.default_rng(seed)
+    n = int(n_jobs)
+    n_users = max(5, n // 40)
+    user = rng.integers(n_users, size=n)
+    propensity = rng.beta(1.2, 5.0, n_users)[user]
+    cpus = 2.0 ** rng.integers(0, 7, n)
+    gpus = np.where(rng.random(n) < 0.15, rng.integers(1, 5, n), 0).astype(float)
+    mem = cpus * 2.0 ** rng.uniform(30, 33, n)
+    limit = rng.choice([1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0], n)
+    submit = t0 + np.sort(rng.uniform(0, span_days * 86400, n))
+    start = submit + rng.exponential(600, n)
+    kind = np.where(rng.random(n) < propensity, rng.choice([1, 2, 3, 4], n, p=[0.3, 0.25, 0.3, 0.15]), 0)
+    frac = np.select([kind == 2, kind == 3], [np.ones(n), rng.uniform(0.02, 0.5, n)], rng.uniform(0.1, 0.9, n))
+    run = frac * limit
+    end = start + run
+    jobs = features.JobTable(
+        job_id=np.array([str(i + 1) for i in range(n)], dtype=object), user=user.astype(np.int64),
+        req_cpus=cpus, req_mem_bytes=mem, req_gpus=gpus, time_limit_s=limit, submit_ts=submit,
+        start_ts=start, end_ts=end, state=STATES[kind].copy(),
+        label=np.array([features.label_of(s) for s in STATES[kind]]))
+    return jobs, _synthetic_samples(rng, jobs, kind, samples_per_job)
+
+
+def _synthetic_samples(rng: np.random.Generator, jobs: features.JobTable, kind: np.ndarray,
+                       per_job: int) -> features.SampleTable:
+    n = len(jobs)
+    run = jobs.end_ts - jobs.start_ts
+    m = np.clip((run // 30).astype(np.int64), 1, per_job)
+    j = np.repeat(np.arange(n), m)
+    pos = (np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m) + 1) / (np.repeat(m, m) + 1)
+    k, elapsed = kind[j], pos * run[j]
+    eff = np.select([kind == 2, kind == 3], [rng.beta(4, 3, n), rng.beta(2, 5, n)], rng.beta(6, 2, n))[j]
+    eff = eff * np.where(k == 2, 1 - 0.6 * pos, 1.0)
+    m0 = rng.uniform(0.1, 0.6, n)
+    m_end = np.where(kind == 1, 1.0, np.clip(m0 + rng.normal(0, 0.05, n), 0.05, 0.95))
+    mem_frac = m0[j] + (m_end[j] - m0[j]) * pos
+    rate = np.exp(rng.normal(15, 1.5, n))[j]
+    share = np.where(kind == 3, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.3, n))[j]
+    cpu = jobs.req_cpus[j] * eff * elapsed
+    mem = jobs.req_mem_bytes[j]
+    cols = {"alloc_cpus": jobs.req_cpus[j], "cpu_user_s": 0.9 * cpu, "cpu_system_s": 0.1 * cpu,
+            "mem_bytes": mem * mem_frac, "mem_peak_bytes": mem * np.maximum(m0[j], mem_frac),
+            "mem_limit_bytes": mem, "mem_limit_hits": np.where(k == 1, np.floor(np.maximum(pos - 0.7, 0) * 100), 0.0),
+            "oom_kills": np.zeros(len(j)), "page_faults": elapsed * 100.0,
+            "major_faults": np.where(k == 1, pos * 2000.0, pos * rng.uniform(0, 20, len(j))),
+            "swap_bytes": np.zeros(len(j)), "read_bytes": rate * elapsed * 0.5, "write_bytes": rate * elapsed,
+            "nfs_write_bytes": share * rate * elapsed, "nprocs": jobs.req_cpus[j], "nthreads": jobs.req_cpus[j],
+            "io_pressure": np.where(k == 3, rng.uniform(5, 40, len(j)), rng.uniform(0, 5, len(j))),
+            "mem_pressure": np.where(k == 1, pos * 30.0, rng.uniform(0, 1, len(j)))}
+    return features.SampleTable(j, jobs.start_ts[j] + elapsed, cols)
