@@ -1,0 +1,307 @@
+"""Advice text for a job's Comment from its strongest contributing factors (pure, stdlib only).
+
+The scorer (``nomade.ml.inference.Scores.factors``) names the features that raise a job's
+risk most, with the job's raw value and the median of completed jobs of the same shape
+(``normal``). This module turns them into short, printable advice, one rule per feature
+family, for example::
+
+    risk high 0.74 at 14:32: High NFS write ratio (0.89), 3x normal: consider local
+    scratch: export TMPDIR=/scratch/$USER; Low CPU efficiency (23%), normal 78%: request
+    fewer cores
+
+Families: memory (use, peak, growth), CPU efficiency, NFS share, I/O (wait/pressure and
+read/write rates), time limit (elapsed near the limit, progress slow), memory pressure /
+swap, user history, and the request itself. Several features of one family make one
+phrase; families come in the order of their strongest contribution. Values come from the
+model inputs, never from fixed strings; "how far from normal" is the ratio of the value to
+the reference in display units (``3x normal`` at >= 1.5x, ``normal N`` at <= 1/1.5x).
+
+Output is printable ASCII without ``[``, ``]`` or ``|`` (``nomade.comment`` reserves
+them) and is kept within ``max_chars`` by dropping whole factors, never cutting one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Default budget of a segment's text; the whole Comment holds 1024 bytes with the user's.
+MAX_CHARS = 400
+#: Most families named in one segment.
+MAX_FACTORS = 3
+#: A value at least this many times (or at most 1/this) its normal is called out.
+FAR = 1.5
+#: Feature family of each of the 17 features (``nomade.features.FEATURES``).
+FAMILY: dict[str, str] = {
+    "log_req_cpus": "request", "log_req_mem_mb": "request", "log_req_gpus": "request",
+    "log_time_limit_min": "request",
+    "user_fail_rate": "history", "user_last_failed": "history",
+    "elapsed_frac": "time",
+    "cpu_eff": "cpu", "cpu_eff_change": "cpu",
+    "mem_frac": "memory", "mem_peak_frac": "memory", "mem_growth_frac_h": "memory",
+    "log_read_mbps": "io", "log_write_mbps": "io", "io_pressure": "io",
+    "nfs_write_share": "nfs",
+    "mem_pressure": "pressure",
+}
+# Features stored as log1p(x): displayed and compared as x.
+_LOG1P = frozenset({"log_req_cpus", "log_req_mem_mb", "log_req_gpus", "log_time_limit_min",
+                    "log_read_mbps", "log_write_mbps"})
+_SAFE = str.maketrans({"[": "(", "]": ")", "|": "/"})
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One contributing feature of one job: raw ``value`` and reference ``normal`` (the
+    feature's own units, e.g. log1p for ``log_*``; None unknown) and ``contribution``
+    (risk points it adds; factors are ranked by it)."""
+
+    name: str
+    value: float | None
+    normal: float | None = None
+    contribution: float = 0.0
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> Factor:
+        """From a ``Scores.factors`` dict (name, value, normal, contribution; extra keys
+        ignored). ``ValueError`` for an unknown feature name."""
+        name = str(raw["name"])
+        if name not in FAMILY:
+            raise ValueError(f"unknown feature {name!r}; expected one of {sorted(FAMILY)}")
+        return cls(name, _finite(raw.get("value")), _finite(raw.get("normal")),
+                   float(raw.get("contribution") or 0.0))
+
+    @property
+    def shown(self) -> float | None:
+        """The value in display units (log1p features undone)."""
+        return _display(self.name, self.value)
+
+    @property
+    def shown_normal(self) -> float | None:
+        """The reference in display units."""
+        return _display(self.name, self.normal)
+
+    @property
+    def ratio(self) -> float | None:
+        """value / normal in display units; None when either is unknown or normal is 0."""
+        v, n = self.shown, self.shown_normal
+        if v is None or n is None or n == 0:
+            return None
+        return v / n
+
+
+def _finite(x: Any) -> float | None:
+    if x is None:
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+def _display(name: str, x: float | None) -> float | None:
+    if x is None:
+        return None
+    return math.expm1(x) if name in _LOG1P else x
+
+
+# ------------------------------------------------------------------ value formatting
+
+def pct(x: float) -> str:
+    """A fraction as a whole percentage: ``0.234 -> '23%'``."""
+    return f"{x * 100:.0f}%"
+
+
+def num(x: float) -> str:
+    """A compact number: 2 decimals below 1, 1 below 10, else whole (``0.89``, ``2.3``, ``42``)."""
+    a = abs(x)
+    if a < 1:
+        return f"{x:.2f}"
+    if a < 10:
+        return f"{x:.1f}"
+    return f"{x:.0f}"
+
+
+def far(f: Factor, fmt: Callable[[float], str] = num) -> str:
+    """How far ``f`` is from normal: ``', 3x normal'``, ``', normal 78%'`` or ``''``."""
+    r, n = f.ratio, f.shown_normal
+    if r is not None and r >= FAR:
+        return f", {r:.0f}x normal" if r >= 10 else f", {r:.1f}x normal".replace(".0x", "x")
+    if n is not None and f.shown is not None and (r is None or r <= 1 / FAR) and f.shown < n:
+        return f", normal {fmt(n)}"
+    return ""
+
+
+def _duration_min(minutes: float) -> str:
+    if minutes >= 48 * 60:
+        return f"{minutes / 1440:.0f}d"
+    if minutes >= 120:
+        return f"{minutes / 60:.0f}h"
+    return f"{minutes:.0f}min"
+
+
+# ------------------------------------------------------------------ one rule per family
+# Each rule gets the family's factors (strongest first) and every known raw value of the
+# job by feature name, and returns one phrase.
+
+def _memory(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    by = {f.name: f for f in fs}
+    growth = values.get("mem_growth_frac_h")
+    growing = growth is not None and growth > 0.01
+    level = by.get("mem_frac") or by.get("mem_peak_frac")
+    if level is not None and level.shown is not None:
+        what = "Memory" if level.name == "mem_frac" else "Peak memory"
+        trend = f" and growing {pct(growth)}/h" if growing and growth is not None else ""
+        return (f"{what} at {pct(level.shown)} of the request{trend}{far(level, pct)}: "
+                "request more memory (--mem)")
+    g = by["mem_growth_frac_h"]
+    now = values.get("mem_frac")
+    at = f" (now {pct(now)})" if now is not None else ""
+    return (f"Memory growing {pct(g.shown or 0.0)} of the request per hour{at}{far(g, pct)}: "
+            "request more memory or check for a leak")
+
+
+def _cpu(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    f = fs[0]
+    v = f.shown or 0.0
+    if f.name == "cpu_eff_change":
+        eff = values.get("cpu_eff")
+        now = f" to {pct(eff)}" if eff is not None else ""
+        if v < 0:
+            return f"CPU use dropped {-v * 100:.0f} points recently{now}: check the job is not stalled"
+        return f"CPU use rose {v * 100:.0f} points recently{now}: check for oversubscribed threads"
+    normal = f.shown_normal
+    if normal is not None and v > normal:
+        return (f"High CPU efficiency ({pct(v)}){far(f, pct)}: check threads match the cores "
+                "(OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK)")
+    return f"Low CPU efficiency ({pct(v)}){far(f, pct)}: request fewer cores"
+
+
+def _nfs(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    f = fs[0]
+    return (f"High NFS write ratio ({num(f.shown or 0.0)}){far(f)}: consider local scratch: "
+            "export TMPDIR=/scratch/$USER")
+
+
+def _io(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    f = fs[0]
+    v = f.shown or 0.0
+    if f.name == "io_pressure":
+        return (f"High I/O wait ({pct(v)}){far(f, pct)}: read/write less often, "
+                "in larger blocks, or on local scratch")
+    what = "read" if f.name == "log_read_mbps" else "write"
+    return (f"High {what} rate ({num(v)} MB/s){far(f)}: {what} less often or in larger "
+            "blocks, or use local scratch")
+
+
+def _time(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    f = fs[0]
+    eff = values.get("cpu_eff")
+    slow = f", progress slow (CPU {pct(eff)})" if eff is not None and eff < 0.5 else ""
+    return (f"At {pct(f.shown or 0.0)} of the time limit{slow}: request more time (--time) "
+            "or checkpoint")
+
+
+def _pressure(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    f = fs[0]
+    return (f"Memory pressure (faults/swap {num(f.shown or 0.0)}){far(f)}: "
+            "request more memory to stop swapping")
+
+
+def _history(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    by = {f.name: f for f in fs}
+    rate = by.get("user_fail_rate")
+    last = values.get("user_last_failed")
+    if rate is not None and rate.shown is not None:
+        also = ", the last one too" if last is not None and last >= 0.5 else ""
+        return (f"Your recent jobs failed often ({pct(rate.shown)}{also}){far(rate, pct)}: "
+                "check the last failed job's output")
+    return "Your last job failed: check its output before resubmitting"
+
+
+def _request(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    f = fs[0]
+    v = f.shown or 0.0
+    shown = {"log_req_cpus": f"{v:.0f} CPUs", "log_req_mem_mb": f"{num(v / 1024)} GB memory",
+             "log_req_gpus": f"{v:.0f} GPUs", "log_time_limit_min": f"{_duration_min(v)} limit"}
+    return f"Unusual request ({shown[f.name]}){far(f)}: check it fits the job"
+
+
+_RULES: dict[str, Callable[[Sequence[Factor], Mapping[str, float]], str]] = {
+    "memory": _memory, "cpu": _cpu, "nfs": _nfs, "io": _io, "time": _time,
+    "pressure": _pressure, "history": _history, "request": _request,
+}
+
+
+# ------------------------------------------------------------------ public API
+
+def factor_phrases(factors: Iterable[Factor | Mapping[str, Any]],
+                   values: Mapping[str, float] | None = None) -> list[tuple[str, str]]:
+    """(family, phrase) for each family among ``factors``, strongest contribution first.
+
+    ``values`` maps feature names to the job's known raw values (context such as "and
+    growing"); the factors' own values are added to it. Factors whose value is unknown
+    are left out.
+    """
+    fs = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
+    fs = sorted((f for f in fs if f.value is not None), key=lambda f: -f.contribution)
+    known = {k: float(v) for k, v in (values or {}).items() if _finite(v) is not None}
+    known.update({f.name: f.value for f in fs if f.value is not None})
+    families: dict[str, list[Factor]] = {}
+    for f in fs:
+        families.setdefault(FAMILY[f.name], []).append(f)
+    return [(fam, _safe(_RULES[fam](group, known))) for fam, group in families.items()]
+
+
+def wire_factors(factors: Iterable[Factor | Mapping[str, Any]],
+                 values: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """The ``prediction`` message's factors: one ``{name, value, normal, ratio, text}`` per
+    input factor (value and normal in display units, text its family's phrase)."""
+    fs = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
+    phrases = dict(factor_phrases(fs, values))
+    return [{"name": f.name, "value": _short(f.shown), "normal": _short(f.shown_normal),
+             "ratio": _short(f.ratio), "text": phrases.get(FAMILY[f.name], "")} for f in fs]
+
+
+def _short(x: float | None) -> float | None:
+    """``x`` to 6 significant digits (no float noise such as 120.00000000000003)."""
+    return None if x is None else float(f"{x:.6g}")
+
+
+def segment_text(risk: float, level: str, factors: Iterable[Factor | Mapping[str, Any]],
+                 ts: float, values: Mapping[str, float] | None = None, *,
+                 max_factors: int = MAX_FACTORS, max_chars: int = MAX_CHARS) -> str:
+    """NØMADE's Comment segment text: ``risk LEVEL R at HH:MM: phrase; phrase``.
+
+    At most ``max_factors`` families, and whole phrases only while the text stays within
+    ``max_chars`` (the head alone is always returned). ``ts`` is shown in local time.
+    """
+    head = f"risk {level} {risk:.2f} at {clock(ts)}"
+    text = head
+    sep = ": "
+    for _, phrase in factor_phrases(factors, values)[:max_factors]:
+        if len(text) + len(sep) + len(phrase) > max_chars:
+            break
+        text, sep = f"{text}{sep}{phrase}", "; "
+    return text
+
+
+def fell_text(level: str, risk: float, ts: float, was: str) -> str:
+    """The mark left once the risk falls below the alert threshold:
+    ``risk fell to low 0.21 at 14:50 (was high)``."""
+    return f"risk fell to {level} {risk:.2f} at {clock(ts)} (was {was})"
+
+
+def clock(ts: float) -> str:
+    """``HH:MM`` of a POSIX time in local time."""
+    return time.strftime("%H:%M", time.localtime(ts))
+
+
+def _safe(text: str) -> str:
+    """Printable ASCII without the Comment's marker characters, spaces collapsed."""
+    ascii_only = "".join(c if " " <= c <= "~" else " " for c in text.translate(_SAFE))
+    return " ".join(ascii_only.split())
+
+
+__all__ = ["FAMILY", "Factor", "MAX_CHARS", "MAX_FACTORS", "clock", "factor_phrases",
+           "fell_text", "segment_text", "wire_factors"]

@@ -1,0 +1,124 @@
+"""Advice text from contributing factors: families, values, distance from normal, bounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from nomade import advice, comment, wire
+from nomade.features import FEATURES
+
+TS = 1_700_000_000.0
+
+
+def f(name: str, value: float, normal: float | None, contribution: float = 0.1) -> dict:
+    """A factor as ``Scores.factors`` returns it (raw units: log1p for log_* features)."""
+    return {"name": name, "value": value, "normal": normal, "spread": 0.1,
+            "contribution": contribution}
+
+
+def test_nfs_factor_says_value_ratio_and_scratch() -> None:
+    [(fam, text)] = advice.factor_phrases([f("nfs_write_share", 0.89, 0.3)])
+    assert fam == "nfs"
+    assert text == ("High NFS write ratio (0.89), 3x normal: consider local scratch: "
+                    "export TMPDIR=/scratch/$USER")
+
+
+def test_low_cpu_efficiency_gives_percent_and_normal() -> None:
+    [(_, text)] = advice.factor_phrases([f("cpu_eff", 0.23, 0.78)])
+    assert text == "Low CPU efficiency (23%), normal 78%: request fewer cores"
+
+
+def test_memory_near_request_and_growing_uses_growth_from_the_job_values() -> None:
+    [(_, text)] = advice.factor_phrases([f("mem_frac", 0.93, 0.9)],
+                                        values={"mem_growth_frac_h": 0.12})
+    assert text == "Memory at 93% of the request and growing 12%/h: request more memory (--mem)"
+    [(_, steady)] = advice.factor_phrases([f("mem_frac", 0.93, 0.9)],
+                                          values={"mem_growth_frac_h": 0.0})
+    assert "growing" not in steady
+
+
+def test_one_phrase_per_family_ranked_by_contribution() -> None:
+    phrases = advice.factor_phrases([
+        f("mem_growth_frac_h", 0.4, 0.01, 0.05), f("cpu_eff", 0.2, 0.7, 0.02),
+        f("mem_frac", 0.8, 0.3, 0.3), f("elapsed_frac", 0.95, 0.5, 0.1)])
+    assert [fam for fam, _ in phrases] == ["memory", "time", "cpu"]
+    assert phrases[0][1].startswith("Memory at 80% of the request and growing 40%/h, 2.7x normal")
+    # the time rule uses the job's CPU efficiency to say progress is slow
+    assert phrases[1][1].startswith("At 95% of the time limit, progress slow (CPU 20%)")
+
+
+def test_log_features_are_shown_in_their_units() -> None:
+    [(_, io)] = advice.factor_phrases([f("log_write_mbps", math.log1p(120), math.log1p(10))])
+    assert io.startswith("High write rate (120 MB/s), 12x normal:")
+    [(_, req)] = advice.factor_phrases([f("log_time_limit_min", math.log1p(2880),
+                                          math.log1p(60))])
+    assert req.startswith("Unusual request (2d limit), 48x normal:")
+
+
+def test_every_feature_has_a_rule_with_printable_safe_text() -> None:
+    for name in FEATURES:
+        [(fam, text)] = advice.factor_phrases([f(name, 0.5, 0.2)], values={"cpu_eff": 0.3})
+        assert fam == advice.FAMILY[name]
+        assert text and all(" " <= c <= "~" for c in text), text
+        assert not set("[]|") & set(text)
+
+
+def test_unknown_feature_is_refused_and_unknown_value_left_out() -> None:
+    with pytest.raises(ValueError, match="unknown feature 'bogus'"):
+        advice.factor_phrases([f("bogus", 1.0, 1.0)])
+    assert advice.factor_phrases([{"name": "cpu_eff", "value": None, "contribution": 1}]) == []
+
+
+def test_no_distance_when_value_is_near_normal_or_normal_unknown() -> None:
+    [(_, near)] = advice.factor_phrases([f("nfs_write_share", 0.5, 0.45)])
+    [(_, unknown)] = advice.factor_phrases([f("nfs_write_share", 0.5, None)])
+    assert "normal" not in near and "normal" not in unknown
+
+
+def test_segment_text_head_factors_and_clock() -> None:
+    text = advice.segment_text(0.74, "high", [f("nfs_write_share", 0.89, 0.3, 0.2),
+                                              f("cpu_eff", 0.23, 0.78, 0.1)], TS)
+    assert text == (f"risk high 0.74 at {advice.clock(TS)}: High NFS write ratio (0.89), 3x normal: "
+                    "consider local scratch: export TMPDIR=/scratch/$USER; "
+                    "Low CPU efficiency (23%), normal 78%: request fewer cores")
+
+
+def test_segment_is_bounded_by_factor_count_and_chars_dropping_whole_phrases() -> None:
+    many = [f(n, 0.9, 0.1, 1.0 - i / 20) for i, n in enumerate(FEATURES)]
+    three = advice.segment_text(0.9, "critical", many, TS)
+    assert three.count("; ") == 2 and len(three) <= advice.MAX_CHARS
+    short = advice.segment_text(0.9, "critical", many, TS, max_chars=120)
+    assert len(short) <= 120 and not short.endswith(";")
+    head = advice.segment_text(0.9, "critical", many, TS, max_chars=10)
+    assert head == f"risk critical 0.90 at {advice.clock(TS)}"
+
+
+def test_segment_fits_the_comment_next_to_a_long_user_text() -> None:
+    many = [f(n, 0.9, 0.1, 1.0 - i / 20) for i, n in enumerate(FEATURES)]
+    text = advice.segment_text(0.9, "critical", many, TS)
+    user = "u" * 700
+    merged = comment.merge(user, text)
+    assert merged.startswith(user + " ") and len(merged.encode()) <= comment.MAX_BYTES
+    segment = comment.extract(merged)[1]
+    assert segment is not None and segment.startswith("risk critical 0.90 at ")
+    assert segment == text or (segment.endswith("~") and text.startswith(segment[:-1]))
+
+
+def test_wire_factors_make_a_valid_prediction() -> None:
+    raw = [f("log_write_mbps", math.log1p(120), math.log1p(10), 0.2), f("cpu_eff", 0.23, 0.0, 0.1),
+           f("nfs_write_share", 0.9, None, 0.05)]
+    factors = advice.wire_factors(raw)
+    assert factors[0] == {"name": "log_write_mbps", "value": 120.0, "normal": 10.0, "ratio": 12.0,
+                          "text": advice.factor_phrases(raw[:1])[0][1]}
+    assert factors[1]["ratio"] is None and factors[2]["normal"] is None
+    msg = wire.make("prediction", "agent", 1, {
+        "job_id": "42", "risk": 0.8, "level": "critical",
+        "parts": {"gnn": 0.8, "lstm": None, "autoencoder": 0.7}, "factors": factors, "ts": TS})
+    assert wire.decode(wire.encode(msg)).body["factors"] == factors
+
+
+def test_fell_text() -> None:
+    assert advice.fell_text("low", 0.21, TS, "high") == (
+        f"risk fell to low 0.21 at {advice.clock(TS)} (was high)")
