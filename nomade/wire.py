@@ -126,7 +126,7 @@ class _Type:
     desc: str
     expr: str
     convert: Callable[[Any], Any] | None = None
-    to_wire: Callable[[Any], Any] | None = None
+    to_wire: Callable[[Any], Any] | None = None   # also copies lists
 
     @functools.cached_property
     def ok(self) -> Callable[[Any], bool]:
@@ -156,13 +156,19 @@ def _show(v: Any) -> str:
 
 
 def _record_to_wire(value: Any, keys: tuple[str, ...], what: str) -> Any:
-    """A dict record as its wire array (unknown keys refused); other values unchanged."""
-    if not isinstance(value, Mapping):
+    """A dict record as its wire array (missing keys None, unknown keys refused); any other
+    value unchanged, for validation to name."""
+    if type(value) is not dict and not isinstance(value, Mapping):
         return value
-    unknown = set(value) - set(keys)
-    if unknown:
-        raise WireError(f"{what}: unknown keys {sorted(map(str, unknown))}; known: {list(keys)}")
-    return [value.get(k) for k in keys]
+    if not _KEYSETS[keys].issuperset(value):
+        unknown = sorted(map(str, set(value) - set(keys)))
+        raise WireError(f"{what}: unknown keys {unknown}; known: {list(keys)}")
+    return list(map(value.get, keys))
+
+
+def _copy_list(v: Any) -> Any:
+    """A copy of a list or tuple (a message must not share its maker's list)."""
+    return list(v) if type(v) is list or type(v) is tuple else v
 
 
 def _fit(arr: list[Any], n: int) -> list[Any]:
@@ -180,12 +186,24 @@ def _check_record(fields: tuple[_Field, ...], arr: list[Any], prefix: str = "") 
                             f"{' or None' if nullable else ''}, got {_show(v)}{missing}")
 
 
+def _record(fast: Callable[[Any], dict[str, Any] | None], fields: tuple[_Field, ...],
+            arr: Any, path: str = "") -> dict[str, Any]:
+    """The dict of a wire record (a body, or the nested record at ``path``), by its
+    generated check ``fast``; WireError naming the first invalid field."""
+    record = fast(arr)
+    if record is None:
+        if type(arr) is not list:
+            raise WireError(f"{path or 'body'}: expected an array of fields, got {_show(arr)}")
+        arr = _fit(arr, len(fields))
+        record = fast(arr)
+        if record is None:
+            _check_record(fields, arr, f"{path}." if path else "")
+            raise WireError(f"{path or 'body'}: invalid")  # unreachable: one rule, two forms
+    return record
+
+
 def _parts_convert(v: Any) -> dict[str, float | None]:
-    if type(v) is not list:
-        raise WireError(f"field 'parts': expected a list of {len(PARTS)} scores, got {_show(v)}")
-    v = _fit(v, len(PARTS))
-    _check_record(_PART_FIELDS, v, "parts.")
-    return dict(zip(PARTS, v))
+    return _record(_PARTS_FAST, _PART_FIELDS, v, "parts")
 
 
 def _parts_to_wire(v: Any) -> Any:
@@ -196,14 +214,7 @@ def _factors_convert(v: Any) -> list[dict[str, Any]]:
     if type(v) is not list or len(v) > MAX_FACTORS:
         raise WireError(f"field 'factors': expected a list of at most {MAX_FACTORS} factors, "
                         f"got {_show(v)}")
-    out = []
-    for i, f in enumerate(v):
-        if type(f) is not list:
-            raise WireError(f"field 'factors[{i}]': expected a list, got {_show(f)}")
-        f = _fit(f, len(FACTOR_FIELDS))
-        _check_record(_FACTOR_SCHEMA, f, f"factors[{i}].")
-        out.append(dict(zip(FACTOR_FIELDS, f)))
-    return out
+    return [_record(_FACTOR_FAST, _FACTOR_SCHEMA, f, f"factors[{i}]") for i, f in enumerate(v)]
 
 
 def _factors_to_wire(v: Any) -> Any:
@@ -229,7 +240,7 @@ NAME = _Type(f"a printable name without spaces, 1..{MAX_NAME_LEN} characters",
              "and {x}.isprintable() and ' ' not in {x})")
 TEXT = _Type(f"printable text of at most {MAX_TEXT_LEN} characters",
              f"(type({{x}}) is str and len({{x}}) <= {MAX_TEXT_LEN} and {{x}}.isprintable())")
-NAMES = _Type(f"a list of at most {MAX_NODES} names", "_is_names({x})")
+NAMES = _Type(f"a list of at most {MAX_NODES} names", "_is_names({x})", to_wire=_copy_list)
 LEVEL = _Type(f"one of {LEVELS}", "(type({x}) is str and {x} in _levels)")
 SCORES = _Type(f"a list of scores {PARTS}", "True", _parts_convert, _parts_to_wire)
 FACTORS = _Type("a list of factors", "True", _factors_convert, _factors_to_wire)
@@ -237,6 +248,9 @@ FACTORS = _Type("a list of factors", "True", _factors_convert, _factors_to_wire)
 REQ, OPT = False, True
 _Field = tuple[str, _Type, bool]   # (name, type, nullable)
 _PART_FIELDS: tuple[_Field, ...] = tuple((p, FRACTION, OPT) for p in PARTS)
+#: The key set of every record, by its keys in wire order.
+_KEYSETS: dict[tuple[str, ...], frozenset[str]] = {PARTS: frozenset(PARTS),
+                                                    FACTOR_FIELDS: frozenset(FACTOR_FIELDS)}
 _FACTOR_SCHEMA: tuple[_Field, ...] = (
     ("name", NAME, REQ), ("value", REAL, OPT), ("normal", REAL, OPT), ("ratio", REAL, OPT),
     ("text", TEXT, REQ),
@@ -302,21 +316,17 @@ class _Body:
         self.kind = kind
         self.fields = fields
         self.n = len(fields)
+        self.keys = tuple(f[0] for f in fields)
         self.converts = tuple((name, typ.convert) for name, typ, _ in fields if typ.convert)
+        self.to_wires = tuple((i, typ.to_wire) for i, (_, typ, _) in enumerate(fields)
+                              if typ.to_wire)
+        _KEYSETS[self.keys] = frozenset(self.keys)
         self.fast: Callable[[Any], dict[str, Any] | None] = _compile_body(fields)
 
     def decode(self, arr: Any) -> dict[str, Any]:
         """The body dict of wire array ``arr``; WireError if it is invalid."""
-        body = self.fast(arr)
-        if body is None:
-            if type(arr) is not list:
-                raise WireError(f"{self.kind} body: expected an array of fields, got {_show(arr)}")
-            arr = _fit(arr, self.n)
-            body = self.fast(arr)
         try:
-            if body is None:
-                _check_record(self.fields, arr)
-                raise WireError("invalid body")  # unreachable: one rule in two forms
+            body = _record(self.fast, self.fields, arr)
             for name, convert in self.converts:
                 body[name] = convert(body[name])
         except WireError as e:
@@ -325,21 +335,11 @@ class _Body:
 
     def to_wire(self, body: Mapping[str, Any]) -> list[Any]:
         """The wire array of a body dict; unknown keys refused, missing ones None."""
-        if not isinstance(body, Mapping):
+        arr = _record_to_wire(body, self.keys, f"{self.kind} body")
+        if arr is body:
             raise WireError(f"{self.kind} body: expected a dict, got {_show(body)}")
-        names = FIELDS[self.kind]
-        unknown = set(body) - set(names)
-        if unknown:
-            raise WireError(f"{self.kind} body: unknown keys {sorted(map(str, unknown))}; "
-                            f"known: {list(names)}")
-        arr = []
-        for name, typ, _ in self.fields:
-            v = body.get(name)
-            if typ.to_wire is not None:
-                v = typ.to_wire(v)
-            elif type(v) is tuple or type(v) is list:
-                v = list(v)   # a copy: the message must not share the caller's list
-            arr.append(v)
+        for i, to_wire in self.to_wires:
+            arr[i] = to_wire(arr[i])
         return arr
 
 
@@ -367,6 +367,8 @@ def _compile_body(fields: tuple[_Field, ...]) -> Callable[[Any], dict[str, Any] 
     return check
 
 
+_PARTS_FAST = _compile_body(_PART_FIELDS)
+_FACTOR_FAST = _compile_body(_FACTOR_SCHEMA)
 _BODIES: dict[str, _Body] = {k: _Body(k, s) for k, s in SCHEMAS.items()}
 _ITEM_BODIES: dict[str, _Body] = {k: _BODIES[k] for k in ITEM_KINDS}
 # The generated check alone decodes an item whose body has no nested record to convert.
@@ -492,10 +494,15 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     return _parse(env)
 
 
-def encode(msg: Message) -> bytes:
-    """The frame of ``msg``; ``WireError`` if ``msg`` is not valid or the frame too large."""
+def encode(msg: Message, *, validate: bool = True) -> bytes:
+    """The frame of ``msg``; ``WireError`` if ``msg`` is not valid or the frame too large.
+
+    ``validate=False`` skips the second validation of a message that ``make`` or ``decode``
+    returned (it halves the cost: the agent publishes thousands of predictions a tick).
+    """
     wire = _to_wire(msg)
-    _parse(wire)
+    if validate:
+        _parse(wire)
     data: bytes = msgpack.packb(wire, use_bin_type=True)
     if len(data) > MAX_FRAME_BYTES:
         raise WireError(f"frame of {len(data)} bytes is more than MAX_FRAME_BYTES "

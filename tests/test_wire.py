@@ -92,6 +92,11 @@ def test_decode_takes_any_bytes_like_object() -> None:
     assert w.decode(bytearray(data)) == w.decode(memoryview(data)) == w.decode(data)
 
 
+def test_encode_without_validation_gives_the_same_frame() -> None:
+    msg = w.make("prediction", "agent", 3, BODIES["prediction"], ts=TS)
+    assert w.encode(msg, validate=False) == w.encode(msg)
+
+
 def test_make_fills_unknown_fields_with_none_never_zero() -> None:
     msg = w.make("job.sample", "cn042", 1, {"job_id": "7", "node": "cn042", "ts": TS})
     assert set(msg.body) == set(w.FIELDS["job.sample"])
