@@ -315,7 +315,6 @@ class _Body:
     def __init__(self, kind: str, fields: tuple[_Field, ...]) -> None:
         self.kind = kind
         self.fields = fields
-        self.n = len(fields)
         self.keys = tuple(f[0] for f in fields)
         self.converts = tuple((name, typ.convert) for name, typ, _ in fields if typ.convert)
         self.to_wires = tuple((i, typ.to_wire) for i, (_, typ, _) in enumerate(fields)
