@@ -107,6 +107,69 @@ def test_garbage_values_round_trip_byte_for_byte(tmp_path: Path) -> None:
     assert os.fsencode(item.record["SLURM_JOB_COMMENT"]) == b"\xff\xfe\xc3("
 
 
+@pytest.mark.parametrize("locale", [{}, {"LC_ALL": "C.UTF-8"}, {"LANG": "C.UTF-8"}])
+def test_invalid_utf8_and_newlines_survive_any_locale(locale: dict[str, str], tmp_path: Path) -> None:
+    """bash keeps bytes whatever the locale: mapfile, case and printf never re-encode."""
+    garbage = b"\xff\n\xc3(\r\n\xe2\x82 caf\xc3\xa9 \x01\x7f"
+    env = {b"SLURM_JOB_ID": b"42", b"SLURM_JOB_NAME": garbage, b"SLURM_\xff": b"\xfe",
+           b"NOMADE_SPOOL": os.fsencode(tmp_path)}
+    env.update((k.encode(), v.encode()) for k, v in locale.items())
+    result = run_hook("prolog", env)
+    assert (result.returncode, result.stderr) == (0, b"")
+    [path] = events_in(tmp_path)
+    raw = path.read_bytes()
+    assert b"\0SLURM_JOB_NAME=" + garbage + b"\0" in raw and b"\0SLURM_\xff=\xfe\0" in raw
+
+
+def test_older_bash_without_epochrealtime_or_mapfile_writes_the_same_event(tmp_path: Path) -> None:
+    """bash 4.4 (no $EPOCHREALTIME: date) and < 4.4 (no ``mapfile -d``: read loop), simulated."""
+    old = tmp_path / "old-bash-prolog"
+    old.write_text(HOOKS["prolog"].read_text().replace(
+        "\nhook=prolog\n", "\nhook=prolog\nenable -n mapfile; unset -v EPOCHREALTIME\n", 1))
+    old.chmod(0o755)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env = {**SLURM_ENV, "SLURM_JOB_NAME": "a\nb", "NOMADE_SPOOL": str(spool)}
+    result = subprocess.run([str(old)], env=env, capture_output=True, timeout=30)
+    assert (result.returncode, result.stderr) == (0, b"")
+    [path] = events_in(spool)
+    record = decode(path.read_bytes())
+    assert jobenv.to_ts(record.pop("NOMADE_TS")) is not None and record.pop("NOMADE_HOOK") == "prolog"
+    assert record == {k: v for k, v in env.items() if k != "NOMADE_SPOOL"}
+
+
+def test_environment_cannot_inject_code_or_redirect_the_cleanup(tmp_path: Path) -> None:
+    """``bash -p``: no BASH_ENV, no exported functions; the hook's own variables start empty."""
+    marker, victim = tmp_path / "bash_env_ran", tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "bash_env").write_text(f"echo x > {marker}\n")
+    env = {**SLURM_ENV, "NOMADE_SPOOL": str(tmp_path / "spool"), "BASH_ENV": str(tmp_path / "bash_env"),
+           "BASH_FUNC_printf%%": "() { :; }", "tmp": str(victim), "SHELLOPTS": "xtrace"}
+    assert run_hook("epilog", env).returncode == 0  # spool missing: fail() runs
+    assert victim.read_text() == "keep me" and not marker.exists()
+    (tmp_path / "spool").mkdir()
+    result = run_hook("epilog", env)
+    assert (result.returncode, result.stderr) == (0, b"")
+    [path] = events_in(tmp_path / "spool")
+    assert decode(path.read_bytes())["SLURM_JOB_ID"] == "42", "printf is the builtin"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to count the processes")
+@pytest.mark.parametrize("hook", ["prolog", "jobcomp"])
+def test_only_the_fsync_and_the_rename_run_a_program(hook: str, tmp_path: Path) -> None:
+    """Process creation dominates a hook's wall time on a busy node: keep it to sync and mv."""
+    variables = JOBCOMP_ENV if hook == "jobcomp" else SLURM_ENV
+    trace = tmp_path / "trace"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    result = subprocess.run([shutil.which("strace") or "strace", "-f", "-qq", "-e", "trace=execve",
+                             "-o", str(trace), str(HOOKS[hook])],
+                            env={**variables, "NOMADE_SPOOL": str(spool)}, capture_output=True, timeout=30)
+    assert result.returncode == 0 and len(events_in(spool)) == 1
+    programs = [line.split('"')[1] for line in trace.read_text().splitlines() if "execve(" in line]
+    assert programs == [str(HOOKS[hook]), "/usr/bin/sync", "/usr/bin/mv"]
+
+
 @pytest.mark.parametrize("hook", sorted(HOOKS))
 def test_no_job_id_writes_nothing_and_exits_0(hook: str, tmp_path: Path) -> None:
     result = run_hook(hook, {"NOMADE_SPOOL": str(tmp_path)})
