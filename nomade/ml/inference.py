@@ -137,9 +137,9 @@ class Scorer:
         return cls(models, norms, weights, meta, source)
 
     @property
-    def version(self) -> str:
-        """Identifies the loaded model set (its metadata creation time)."""
-        return f"{self.metadata.get('created_ts', 0):.0f}"
+    def version(self) -> str | None:
+        """Identifies the loaded model set (``persist.model_version``)."""
+        return persist.model_version(self.metadata)
 
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from nomade.ml import metrics
 
@@ -136,7 +135,7 @@ def pool(nbr: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class LSTMNet(nn.Module):
-    """LSTM(64) → LSTM(32) → dense 32→16 ReLU → 16→1 (logit), over packed sequences."""
+    """LSTM(64) → LSTM(32) → dense 32→16 ReLU → 16→1 (logit), read at the last step."""
 
     def __init__(self, n_channels: int, hidden: int = 64, out: int = 32, dropout: float = 0.2) -> None:
         super().__init__()
@@ -145,12 +144,10 @@ class LSTMNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc1, self.fc2 = nn.Linear(out, 16), nn.Linear(16, 1)
 
-    def forward(self, seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``seq`` [B,T,C] right-aligned to the front (valid steps first), lengths ≥ 1."""
-        packed = pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
-        out1, _ = self.lstm1(packed)
-        out1 = out1._replace(data=self.drop(out1.data))
-        _, (h, _) = self.lstm2(out1)
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """``seq`` [B,T,C]: left-padded windows ending at the as-of time."""
+        out1, _ = self.lstm1(seq)
+        _, (h, _) = self.lstm2(self.drop(out1))
         return self.fc2(torch.relu(self.fc1(self.drop(h[-1])))).squeeze(-1)
 
 
@@ -396,13 +393,14 @@ class GNNClassifier(_Estimator):
 
 # ------------------------------------------------------------------ LSTM
 
-def front_align(S: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Left-padded sequences (valid steps last, as ``features.sequences`` gives them)
-    moved so the valid steps come first, as packing expects."""
+def with_padding_flag(S: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The LSTM input: ``S`` (left-padded: the valid steps are the last ``lengths``)
+    plus one channel that is 1 on padding steps. Masking by flag rather than packing:
+    the whole window runs through the LSTM, which learns to carry nothing across the
+    flagged steps; this is 2-3x faster to train on CPU than packed sequences."""
     T = S.shape[1]
-    lengths = np.clip(np.asarray(lengths, np.int64), 0, T)
-    pos = (np.arange(T)[None, :] + (T - lengths)[:, None]) % T
-    return np.take_along_axis(S, pos[:, :, None], axis=1)
+    pad = np.arange(T)[None, :] < (T - np.clip(np.asarray(lengths, np.int64), 0, T))[:, None]
+    return np.concatenate([np.where(pad[:, :, None], 0.0, S), pad[:, :, None]], axis=2).astype(np.float32)
 
 
 class LSTMClassifier(_Estimator):
@@ -431,14 +429,13 @@ class LSTMClassifier(_Estimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             gen = torch.Generator().manual_seed(self.seed)
-            self.net_ = LSTMNet(S.shape[2], self.hidden_dim, self.out_dim, self.dropout)
-            st = _tensor(front_align(S, lengths))
-            lt = torch.as_tensor(np.minimum(lengths, S.shape[1]), dtype=torch.int64)
+            self.net_ = LSTMNet(S.shape[2] + 1, self.hidden_dim, self.out_dim, self.dropout)
+            st = _tensor(with_padding_flag(S, lengths))
             lw, p, size = balance(y, w, self.class_balance)
             yt, lwt = _tensor(y), _tensor(lw)
 
             def step(b: torch.Tensor) -> torch.Tensor:
-                return _logit_loss(self.net_(st[b], lt[b]), yt[b], lwt[b])
+                return _logit_loss(self.net_(st[b]), yt[b], lwt[b])
 
             def validate() -> float:
                 vk = np.asarray(val[1]) > 0
@@ -458,8 +455,7 @@ class LSTMClassifier(_Estimator):
         with torch.inference_mode():
             for part in np.array_split(rows, max(1, -(-len(rows) // batch))):
                 if len(part):
-                    st = _tensor(front_align(S[part], lengths[part]))
-                    out[part] = torch.sigmoid(self.net_(st, torch.as_tensor(lengths[part]))).numpy()
+                    out[part] = torch.sigmoid(self.net_(_tensor(with_padding_flag(S[part], lengths[part])))).numpy()
         return out
 
     def to_state(self) -> dict[str, Any]:

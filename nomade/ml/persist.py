@@ -198,3 +198,41 @@ def _warn_versions(path: Path, blob: Mapping[str, Any]) -> None:
     if diff:
         warnings.warn(f"{path} was written by {', '.join(diff)}; retrain if scores look wrong",
                       VersionWarning, stacklevel=3)
+
+
+AGENT_STATE_FILE = "agent_state.json"
+"""Written by a running agent next to its store (``cfg.paths().db_path.parent``)."""
+
+
+def write_agent_state(state_dir: str | Path, models_dir: str | Path, model_version: str | None,
+                      pid: int | None = None) -> None:
+    """Record which model set a running agent has loaded (``model_version`` =
+    ``Scorer.version``, None when it runs without models), atomically."""
+    state = {"pid": os.getpid() if pid is None else pid, "models_dir": str(models_dir),
+             "model_version": model_version, "updated_ts": time.time()}
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    _atomic_write(Path(state_dir) / AGENT_STATE_FILE, _json_bytes(state))
+
+
+def read_agent_state(state_dir: str | Path) -> dict[str, Any] | None:
+    """The agent state with ``running`` (its pid exists on this host), or None if
+    no agent ever wrote one here or the file is unreadable."""
+    try:
+        state = json.loads((Path(state_dir) / AGENT_STATE_FILE).read_text())
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+        running = True
+    except ProcessLookupError:
+        running = False
+    except PermissionError:
+        running = True
+    return {**state, "running": running}
+
+
+def model_version(meta: Mapping[str, Any]) -> str | None:
+    """The identifier of a model set: its metadata's creation time; None if empty."""
+    ts = meta.get("created_ts")
+    return None if ts is None else f"{float(ts):.3f}"

@@ -148,8 +148,8 @@ def tables_from_store(db_path: str | Path) -> tuple[features.JobTable, features.
     store = Store(db_path, readonly=True)
     try:
         jobs = features.JobTable.from_records(asdict(j) for j in store.ended_jobs())
-        samples = features.SampleTable.from_records(
-            jobs, (dict(zip(JOB_SAMPLE_FIELDS, r)) for r in store.job_samples(list(jobs.job_id))))
+        samples = features.SampleTable.from_records(jobs, store.job_samples(list(jobs.job_id)),
+                                                    fields=JOB_SAMPLE_FIELDS)
     finally:
         store.close()
     return jobs, samples

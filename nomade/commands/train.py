@@ -1,0 +1,143 @@
+"""``nomade train``: prepare a dataset, train the models, print how good they are.
+
+Examples::
+
+    nomade train --prepare                   jobs and samples from the store -> dataset
+    nomade train --prepare --swf trace.swf   a Standard Workload Format trace instead
+    nomade train                             train all three models on the dataset
+    nomade train --model gnn --learn-weights retrain one model, learn ensemble weights
+    nomade train --submit                    the same, as a Slurm batch job
+
+It prints a table (validation and test AUC-ROC, AUC-PR, precision, recall, F1 per
+model and for the ensemble) or, with ``--json``, the whole report. Progress goes to
+stderr. The dataset is ``--data`` (default ``$XDG_DATA_HOME/nomade/prepared.npz``,
+beside the models directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from nomade.config import Config
+from nomade.errors import NomadeError
+
+NAME = "train"
+HELP = "prepare training data, train the failure models and report their accuracy"
+MODELS = ("gnn", "lstm", "autoencoder")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``nomade train``."""
+    parser.description = __doc__.split("\n\n", 1)[0]
+    src = parser.add_argument_group("data")
+    src.add_argument("--prepare", action="store_true",
+                     help="only build the dataset (features, labels, 80/10/10 time split) and report it")
+    src.add_argument("--swf", metavar="FILE", help="read jobs from an SWF trace instead of the store")
+    src.add_argument("--db", metavar="PATH", help="store to read jobs from (default: [storage] db_path)")
+    src.add_argument("--synthetic", metavar="N", type=int,
+                     help="a synthetic history of N jobs (demos, benchmarks)")
+    src.add_argument("--data", metavar="FILE", help="prepared dataset (.npz) to write or read")
+    parser.add_argument("--model", action="append", choices=MODELS,
+                        help="train only this model (repeatable; default all three)")
+    parser.add_argument("--learn-weights", action="store_true",
+                        help="learn the ensemble weights by cross-validation on the validation split")
+    parser.add_argument("--models-dir", metavar="DIR", help="where model files go (default: [ml] models_dir)")
+    parser.add_argument("--submit", action="store_true", help="run this training as a Slurm batch job")
+    parser.add_argument("--sbatch-option", action="append", default=[], metavar="OPT",
+                        help="extra sbatch option with --submit, e.g. --sbatch-option=--partition=cpu")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _paths(args: argparse.Namespace, cfg: Config) -> tuple[Path, Path]:
+    paths = cfg.paths()
+    models_dir = Path(args.models_dir).expanduser() if args.models_dir else paths.models_dir
+    data = Path(args.data).expanduser() if args.data else paths.models_dir.parent / "prepared.npz"
+    return models_dir, data
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    """Prepare and/or train; 0 on success."""
+    if args.submit:
+        return _submit(args, cfg)
+    from nomade.ml import train
+    models_dir, data = _paths(args, cfg)
+    sources = [s for s in (args.swf, args.synthetic, args.db) if s is not None]
+    if len(sources) > 1:
+        raise NomadeError("give at most one of --swf, --synthetic, --db")
+    if args.prepare or sources:
+        prepared = _prepare(args, cfg)
+        prepared.save(data)
+        if args.prepare:
+            _print(args, {"dataset": str(data), **prepared.summary}, _prepared_text(str(data), prepared.summary))
+            return 0
+    else:
+        prepared = train.Prepared.load(data)
+    reporter = None if args.quiet else train.stderr_reporter()
+    report = train.fit_and_save(prepared, cfg, models_dir, tuple(args.model or MODELS),
+                                args.learn_weights, reporter)
+    if reporter is not None:
+        sys.stderr.write("\n")
+    _print(args, report, train.format_report(report))
+    return 0
+
+
+def _prepare(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch-free annotation)
+    from nomade.ml import train
+    if args.synthetic is not None:
+        if args.synthetic < 10:
+            raise NomadeError(f"--synthetic needs at least 10 jobs, got {args.synthetic}")
+        jobs, samples = train.synthetic_tables(args.synthetic, seed=cfg.ml.seed)
+        source = f"synthetic:{args.synthetic}"
+    elif args.swf:
+        jobs, samples = train.tables_from_swf(args.swf)
+        source = str(args.swf)
+    else:
+        db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
+        if not db.exists():
+            raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
+        jobs, samples = train.tables_from_store(db)
+        source = str(db)
+    return train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length, source=source)
+
+
+def _prepared_text(path: str, s: dict) -> str:
+    lines = [f"dataset {path}: {s['jobs']} jobs, {s['examples']} as-of examples from {s['source']}",
+             f"{100 * s['with_samples']:.0f}% of examples have samples (LSTM input)",
+             "split      jobs  examples  failed  failure rate"]
+    for name, part in s["splits"].items():
+        rate = "-" if part["failure_rate"] is None else f"{100 * part['failure_rate']:.1f}%"
+        lines.append(f"{name:<10} {part['jobs']:>5} {part['examples']:>9} {part['failed']:>7}  {rate}")
+    return "\n".join(lines)
+
+
+def _print(args: argparse.Namespace, data: dict, text: str) -> None:
+    from nomade.ml.persist import clean_json
+    print(json.dumps(clean_json(data), indent=2) if args.json else text)
+
+
+def _submit(args: argparse.Namespace, cfg: Config) -> int:
+    """sbatch a job that runs the same command without --submit."""
+    from nomade.slurm import Slurm
+    models_dir, data = _paths(args, cfg)
+    argv = [] if cfg.source is None else ["--config", str(Path(cfg.source).resolve())]
+    argv += ["train", "--quiet", f"--models-dir={models_dir.resolve()}", f"--data={data.resolve()}"]
+    flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights, "--json": args.json}
+    argv += [flag for flag, on in flags.items() if on]
+    values = {"--swf": args.swf and str(Path(args.swf).resolve()), "--db": args.db and str(Path(args.db).resolve()),
+              "--synthetic": args.synthetic}
+    argv += [f"{k}={v}" for k, v in values.items() if v is not None]
+    argv += [f"--model={m}" for m in args.model or ()]
+    command = shlex.join([sys.executable, "-m", "nomade", *argv])
+    models_dir.mkdir(parents=True, exist_ok=True)
+    script = f"#!/bin/sh\nexec {command}\n"
+    options = ["--job-name=nomade-train", "--cpus-per-task=2", f"--output={models_dir}/train-%j.log",
+               *args.sbatch_option]
+    job_id = Slurm.from_config(cfg).submit(script, options=options)
+    _print(args, {"job_id": job_id, "command": command, "log": f"{models_dir}/train-{job_id}.log"},
+           f"submitted training as job {job_id}; log: {models_dir}/train-{job_id}.log")
+    return 0
