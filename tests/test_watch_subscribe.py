@@ -218,3 +218,69 @@ def test_subscribe_with_curve_keys(ctx: zmq.Context, tmp_path: Path) -> None:
     finally:
         sock.close(linger=0)
         auth.stop()
+
+
+# ------------------------------------------------------------------ nomade report
+
+def make_store(path: Path) -> None:
+    """Eight jobs: four failed (two alerted in time, one never, one only after its end),
+    three completed (one false alarm), one running; alert threshold 0.7."""
+    from nomade.store import Store
+
+    t0 = 1_700_000_000.0
+    ends = {"1": ("FAILED", 500), "2": ("OUT_OF_MEMORY", 1050), "3": ("TIMEOUT", 700),
+            "4": ("COMPLETED", 600), "5": ("COMPLETED", 600), "6": ("COMPLETED", 300),
+            "7": ("FAILED", 400)}
+    risks = {"1": [(100, 0.3), (200, 0.75)], "2": [(150, 0.9), (300, 0.95)], "3": [(100, 0.2)],
+             "4": [(120, 0.8), (200, 0.5)], "5": [(100, 0.1)], "7": [(300, 0.4), (450, 0.9)],
+             "8": [(100, 0.9)]}
+    msgs = [wire.make("job.start", "ctld", 1, {"job_id": j, "user": "alice", "start_ts": t0,
+                                               "source": "prolog"}, ts=t0) for j in "12345678"]
+    msgs += [wire.make("job.end", "ctld", 1, {"job_id": j, "end_ts": t0 + end, "state": state,
+                                              "source": "jobcomp"}, ts=t0 + end)
+             for j, (state, end) in ends.items()]
+    with Store(path) as store:
+        store.write_messages(msgs)
+        store.add_predictions(
+            {"job_id": j, "ts": t0 + t, "risk": r, "level": wire.level_for(r),
+             "parts": {"gnn": r}, "factors": [], "model_version": "1"}
+            for j, pts in risks.items() for t, r in pts)
+
+
+def test_report_json_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nomade import cli
+
+    make_store(tmp_path / "s.db")
+    assert cli.main(["report", "--db", str(tmp_path / "s.db"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["threshold"] == 0.7
+    assert s["jobs"] == {"total": 8, "running": 1, "ended": 7, "final_state_known": 7}
+    assert (s["failures"]["failed"], s["failures"]["ended"]) == (4, 7)
+    assert s["failures"]["by_state"]["COMPLETED"] == {"jobs": 3, "share": 3 / 7}
+    assert s["predictions"] == {"count": 11, "jobs": 7, "jobs_crossed": 5}
+    al = s["alerts"]
+    assert al["coverage"] == {"caught": 2, "failed": 4, "rate": 0.5}      # job 7 crossed too late
+    assert al["false_alarms"] == {"alerted": 1, "completed": 2, "rate": 0.5}
+    assert al["precision"] == {"failed": 2, "alerted": 3, "rate": 2 / 3}
+    assert al["lead_times_s"] == [300.0, 900.0] and al["lead_time_s"]["median"] == 600.0
+
+
+def test_report_text_and_plot_without_matplotlib(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from nomade import cli
+
+    make_store(tmp_path / "s.db")
+    png = tmp_path / "lead.png"
+    assert cli.main(["report", "--db", str(tmp_path / "s.db"), "--threshold", "0.85",
+                     "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "alert threshold 0.85" in out
+    assert "coverage    1 of 4 failed jobs crossed before they ended (25.0%)" in out
+    assert "false alarms 0 of 2 completed jobs" in out
+    assert "lead time   median 15.0 min" in out     # job 1 never reaches 0.85: job 2 alone
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in out and not png.exists()
+    else:
+        assert f"plot: wrote {png}" in out and png.stat().st_size > 0
