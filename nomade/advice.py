@@ -73,6 +73,15 @@ class Factor:
         return cls(name, _finite(raw.get("value")), _finite(raw.get("normal")),
                    float(raw.get("contribution") or 0.0))
 
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> Factor:
+        """From a ``prediction`` message's factor as :func:`wire_factors` makes it (value
+        and normal in display units), in the order given (contribution unknown)."""
+        name = str(raw["name"])
+        if name not in FAMILY:
+            raise ValueError(f"unknown feature {name!r}; expected one of {sorted(FAMILY)}")
+        return cls(name, _raw(name, _finite(raw.get("value"))), _raw(name, _finite(raw.get("normal"))))
+
     @property
     def shown(self) -> float | None:
         """The value in display units (log1p features undone)."""
@@ -97,6 +106,13 @@ def _finite(x: Any) -> float | None:
         return None
     f = float(x)
     return f if math.isfinite(f) else None
+
+
+def _raw(name: str, x: float | None) -> float | None:
+    """Display units back to the feature's own (log1p where it has it)."""
+    if x is None:
+        return None
+    return math.log1p(x) if name in _LOG1P and x > -1 else x
 
 
 def _display(name: str, x: float | None) -> float | None:

@@ -2,13 +2,15 @@
 
 :class:`CommentPolicy` keeps, per running job, the level it last wrote, and turns each
 scored prediction into a decision (a :class:`CommentUpdate`) or nothing:
+``decide(predictions, running)`` for one tick's ``prediction`` bodies (what
+``nomade.agent.daemon`` calls), ``decide_job`` for one job:
 
 - ``[ml.alerts] alert_on_prediction`` off: never writes.
 - risk >= ``high_risk_threshold``: writes the advice segment when the level differs from
   the one last written (so a rewrite happens only on a level change, never each tick).
 - risk below the threshold after a write: writes a "risk fell to LEVEL" mark, once; a
   later rise above the threshold writes advice again.
-- :meth:`CommentPolicy.retain` forgets jobs that are no longer running.
+- jobs no longer running are forgotten (``running`` of ``decide``, or ``retain``).
 
 After an agent restart :meth:`CommentPolicy.restore` reads the level back from a job's
 current Comment, so a job at the same level is not rewritten.
@@ -40,10 +42,10 @@ _LEVEL_IN_SEGMENT = re.compile(r"risk (fell to )?(" + "|".join(LEVELS) + r") ")
 
 @dataclass(frozen=True)
 class CommentUpdate:
-    """Set job ``job_id``'s NØMADE segment to ``text`` (``reason``: ALERT or FELL)."""
+    """Set job ``job_id``'s NØMADE segment to ``segment`` (``reason``: ALERT or FELL)."""
 
     job_id: str
-    text: str
+    segment: str
     level: str
     reason: str
 
@@ -63,7 +65,23 @@ class CommentPolicy:
         self.enabled = alerts.alert_on_prediction
         self._written: dict[str, str] = {}   # job id -> level written, or _FELL_STATE
 
-    def decide(self, job_id: str, risk: float, level: str, ts: float,
+    def decide(self, predictions: Iterable[Mapping[str, Any]],
+               running: Iterable[str] | None = None) -> list[CommentUpdate]:
+        """The updates one scoring tick calls for. ``predictions`` are ``prediction``
+        bodies (job_id, risk, level, ts, factors as ``nomade.advice.wire_factors`` makes
+        them); with ``running`` (the ids of the running jobs), ended jobs are forgotten."""
+        out = []
+        for p in predictions:
+            factors = [advice.Factor.from_wire(f) for f in p.get("factors") or ()]
+            update = self.decide_job(str(p["job_id"]), float(p["risk"]), str(p["level"]),
+                                     float(p["ts"]), factors)
+            if update is not None:
+                out.append(update)
+        if running is not None:
+            self.retain(running)
+        return out
+
+    def decide_job(self, job_id: str, risk: float, level: str, ts: float,
                factors: Iterable[advice.Factor | Mapping[str, Any]] = (),
                values: Mapping[str, float] | None = None) -> CommentUpdate | None:
         """The update that job ``job_id``'s new prediction calls for, or None.
@@ -117,7 +135,7 @@ def apply(slurm: SlurmComments, update: CommentUpdate) -> bool:
     the Comment was changed, False if it already held exactly that. Slurm errors
     (``SlurmError``: the job ended, is unknown, Slurm is down) propagate to the caller."""
     existing = slurm.get_comment(update.job_id)
-    merged = comment.merge(existing, update.text)
+    merged = comment.merge(existing, update.segment)
     if merged == existing:
         return False
     slurm.set_comment(update.job_id, merged)
