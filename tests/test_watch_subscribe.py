@@ -284,3 +284,32 @@ def test_report_text_and_plot_without_matplotlib(tmp_path: Path,
         assert "matplotlib is not installed" in out and not png.exists()
     else:
         assert f"plot: wrote {png}" in out and png.stat().st_size > 0
+
+
+def test_subscribe_reads_the_agents_own_publisher(pub, config, tmp_path: Path) -> None:
+    """The agent core's Publisher (nomade.agent.publisher) on the PUB socket, subscribe
+    on the other end: the framing and the bodies agree."""
+    publisher_mod = pytest.importorskip("nomade.agent.publisher")
+    from nomade.store import Store
+
+    sock, endpoint = pub
+    with Store(tmp_path / "agent.db") as store:
+        publisher = publisher_mod.Publisher(sock, store, "agent-host")
+        bodies = [{"job_id": j, "user": u, "partition": p, "nodes": ["cn01"], "risk": r,
+                   "level": wire.level_for(r), "parts": {"gnn": r, "lstm": None, "autoencoder": None},
+                   "factors": advice.wire_factors([{"name": "cpu_eff", "value": 0.2, "normal": 0.7}]),
+                   "ts": 1_700_000_000.0, "model_version": "1"} for j, u, p, r in JOBS]
+        proc = subprocess.Popen([sys.executable, "-m", "nomade", "--config", str(config), "subscribe",
+                                 "--endpoint", endpoint, "--min-level", "critical", "--count", "4"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            publisher.publish(bodies)
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == 0 and len(lines) == 4, err
+    assert {d["job_id"] for d in lines} == {"104", "106"} and lines[0]["sender"] == "agent-host"
+    assert lines[0]["factors"][0]["text"].startswith("Low CPU efficiency (20%)")
