@@ -1,0 +1,365 @@
+"""The agent daemon: the thin I/O shell around ingest, state, scoring and publishing.
+
+One thread runs ``Agent.run``: a ZeroMQ poller on the ROUTER (ingest) socket whose
+timeout is the next timer, and timers for the scoring tick (``[agent] interval_s``),
+the hook-spool drain (``[agent] spool_dirs``, every ``spool_interval_s``) and the
+final-state poll of ended jobs (``nomade.finalstate`` with ``nomade.slurm``). The
+decisions live in ``state``, ``ingest``, ``scoring`` and ``finalstate``; this module
+only moves bytes and calls them. A second thread serves the metrics (``metrics``).
+
+Shutdown (``close``, after ``run`` returns because ``should_stop()`` became true):
+stop polling, drain and store what had already arrived and send its acks, drain the
+spools once more, close every socket with a short linger so the acks leave, close the
+store. A
+collector whose last acks were lost resends; the store drops the duplicates. Nothing
+acked is ever lost, because the store commits before the ack.
+
+Comment advice: ``comments`` is the pure policy of ``nomade.agent.comments`` (another
+module) that turns predictions into Comment updates; ``apply_comment_updates`` writes
+them through ``Slurm.set_comment`` and never lets a Slurm error stop the tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from nomade import comment, curve, finalstate, wire
+from nomade.agent import scoring
+from nomade.agent.ingest import Ingest, RateLimitedLog
+from nomade.agent.metrics import Metrics, MetricsServer
+from nomade.agent.publisher import Publisher
+from nomade.agent.state import JobState
+from nomade.config import Config
+from nomade.features import WINDOW_S
+from nomade.spool import Spool
+from nomade.store import JOB_SAMPLE_FIELDS, Store
+
+log = logging.getLogger(__name__)
+
+#: Most frames taken from the socket before they are stored and acked together.
+MAX_FRAMES_PER_ROUND = 256
+#: Linger (ms) at close, so the last acks and predictions can leave.
+CLOSE_LINGER_MS = 1000
+
+
+class CommentUpdate(Protocol):
+    """One decision of the comment policy: set NØMADE's segment of ``job_id``'s
+    Comment to ``segment`` (the user's text is kept by ``nomade.comment.merge``)."""
+
+    job_id: str
+    segment: str
+
+
+class CommentPolicy(Protocol):
+    """What the agent needs of ``nomade.agent.comments.CommentPolicy``."""
+
+    def decide(self, predictions: list[dict[str, Any]]) -> Iterable[CommentUpdate]: ...
+
+
+class CommentSlurm(Protocol):
+    def get_comment(self, job_id: str) -> str: ...
+    def set_comment(self, job_id: str, text: str) -> None: ...
+
+
+def load_comment_policy(cfg: Config) -> CommentPolicy | None:
+    """The comment policy of ``nomade.agent.comments`` (None while that module is absent)."""
+    try:
+        from nomade.agent.comments import CommentPolicy as Policy
+    except ImportError as e:
+        log.info("job Comment advice unavailable (%s): predictions are published only", e)
+        return None
+    policy: CommentPolicy = Policy(cfg.ml.alerts)
+    return policy
+
+
+def apply_comment_updates(updates: Iterable[CommentUpdate], slurm: CommentSlurm,
+                          metrics: Metrics, errors: RateLimitedLog) -> int:
+    """Write each update into its job's Comment, keeping the user's text; how many were
+    written. A Slurm error (the job ended, slurmctld down) is counted and logged, never raised."""
+    written = 0
+    for update in updates:
+        try:
+            existing = slurm.get_comment(update.job_id)
+            new = comment.merge(existing, update.segment)
+            if new != existing:
+                slurm.set_comment(update.job_id, new)
+                written += 1
+        except Exception as e:  # a Slurm failure must not stop the tick: count, log, go on
+            metrics.comment_errors_total += 1
+            errors.warning("job %s: Comment not updated: %s", update.job_id, e)
+    metrics.comment_updates_total += written
+    return written
+
+
+class _StateSink:
+    """Spool drain target: store the events, then feed them to the job state."""
+
+    def __init__(self, store: Store, state: JobState) -> None:
+        self.store, self.state = store, state
+        self.count = 0
+
+    def write_messages(self, messages: Iterable[Any]) -> None:
+        messages = list(messages)
+        self.store.write_messages(messages)
+        self.state.apply(messages)
+        self.count += len(messages)
+
+
+class Agent:
+    """The agent process's sockets, timers and parts; ``run`` then ``close``."""
+
+    def __init__(self, cfg: Config, *, store: Store | None = None, slurm: Any = None,
+                 comments: CommentPolicy | None = None, name: str | None = None,
+                 spool_interval_s: float = 1.0, final_interval_s: float = 2.0) -> None:
+        self.cfg = cfg
+        self.name = name or socket.gethostname().split(".")[0]
+        paths = cfg.paths()
+        self.models_dir = paths.models_dir
+        if store is None:
+            paths.db_path.parent.mkdir(parents=True, exist_ok=True)
+            store = Store(paths.db_path)
+        self.store = store
+        self.slurm = slurm
+        self.comments = comments
+        self.metrics = Metrics()
+        self.interval_s = cfg.agent.interval_s
+        self.spool_interval_s = spool_interval_s
+        self.final_interval_s = final_interval_s
+        horizon = (cfg.ml.sequence_length + 1) * cfg.agent.interval_s + WINDOW_S
+        self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS, horizon_s=horizon)
+        self.ingest = Ingest(store, self.state, self.metrics, self.name)
+        self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s)
+        self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
+        self.model_watch = scoring.ModelWatch()
+        self.scorer: scoring.ScorerLike | None = None
+        self._model_mtime: float | None = None
+        self._comment_log = RateLimitedLog(log, 30.0)
+        self._ctx = zmq.Context()
+        self._auth = curve.start_authenticator(self._ctx, cfg.security)
+        self.router = self._socket(zmq.ROUTER, cfg.agent.ingest_endpoint)
+        self.pub = self._socket(zmq.PUB, cfg.agent.publish_endpoint)
+        self.publisher = Publisher(self.pub, store, self.name)
+        self.ingest_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.metrics_server = self._metrics_server(cfg.agent.metrics_address)
+        self.metrics.running_jobs = len(self.state.running)
+        log.info("agent %s: ingest on %s, predictions on %s, %d running jobs from the store",
+                 self.name, self.ingest_endpoint, self.publish_endpoint, len(self.state.running))
+
+    def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a restarted collector keeps its identity
+        curve.secure_server(sock, self.cfg.security, self._auth)
+        sock.bind(endpoint)
+        return sock
+
+    def _metrics_server(self, address: str) -> MetricsServer | None:
+        if not address:
+            return None
+        host, _, port = address.rpartition(":")
+        server = MetricsServer(self.metrics, host, int(port))
+        log.info("metrics on http://%s:%d/metrics", *server.address)
+        return server
+
+    # -- the loop
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Serve until ``should_stop()`` is true (checked at least every 0.2 s)."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        now = time.monotonic()
+        next_tick, next_spool, next_final = now, now, now + self.final_interval_s
+        while not should_stop():
+            now = time.monotonic()
+            if now >= next_spool:
+                self.drain_spools()
+                next_spool = now + self.spool_interval_s
+            if now >= next_final:
+                self.poll_final_states()
+                next_final = now + self.final_interval_s
+            if now >= next_tick:
+                self.tick()
+                next_tick = now + self.interval_s
+            wait = min(next_tick, next_spool, next_final, now + 0.2) - time.monotonic()
+            try:
+                ready = dict(poller.poll(max(0, int(wait * 1000))))
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EINTR:   # a signal: look at should_stop again
+                    continue
+                raise
+            if self.router in ready:
+                self.receive()
+
+    def receive(self, block_ms: int = 0) -> int:
+        """Take up to ``MAX_FRAMES_PER_ROUND`` waiting messages, store, ack; how many.
+        A failed store write is logged and nothing is acked (the senders resend)."""
+        received = []
+        flags = zmq.NOBLOCK
+        while len(received) < MAX_FRAMES_PER_ROUND:
+            try:
+                received.append(self.router.recv_multipart(flags, copy=True))
+            except zmq.Again:
+                break
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EINTR:
+                    break
+                raise
+        self.metrics.queue_depth = len(received)
+        if not received:
+            return 0
+        try:
+            replies = self.ingest.handle(received)
+        except Exception as e:  # store full or locked: do not ack, do not die; they resend
+            self.metrics.store_errors_total += 1
+            log.error("store write failed, %d frames not acknowledged: %s", len(received), e)
+            return len(received)
+        for reply in replies:
+            try:
+                self.router.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError:   # peer gone (ROUTER drops unroutable): it resends
+                pass
+        self._changes()
+        return len(received)
+
+    def _changes(self) -> None:
+        changes = self.ingest.take_changes()
+        for ended in changes.ended:
+            if ended.state is None:
+                self.tracker.job_ended(ended.job_id, ended.end_ts)
+        self.metrics.running_jobs = len(self.state.running)
+
+    # -- timers
+
+    def drain_spools(self) -> int:
+        """Move the hook events of ``[agent] spool_dirs`` into the store and the state."""
+        from nomade.hooks.drain import drain_spool
+
+        sink = _StateSink(self.store, self.state)
+        for spool in self.spools:
+            try:
+                drain_spool(spool, sink, self.name)
+            except Exception as e:  # unreadable dir or store error: the events stay; retry
+                log.warning("spool %s not drained: %s", spool.dir, e)
+        self.metrics.spool_events_total += sink.count
+        self.metrics.running_jobs = len(self.state.running)
+        return sink.count
+
+    def poll_final_states(self) -> None:
+        """Ask Slurm for the final state of ended jobs that lack one (backed off)."""
+        if self.slurm is None:
+            return
+        try:
+            decisions = finalstate.poll_once(self.tracker, self.store, self.slurm, time.time())
+        except Exception as e:  # store trouble: try again next round
+            log.warning("final-state round failed: %s", e)
+            return
+        for d in decisions:
+            if isinstance(d, finalstate.Final):
+                self.state.final_state(d.job_id, d.state)
+                self.metrics.final_states_total += 1
+
+    def tick(self) -> list[dict[str, Any]]:
+        """Score every running job, publish and store the predictions, apply Comment
+        advice; the predictions (none without a model). Never raises."""
+        t0 = time.perf_counter()
+        now = time.time()
+        predictions: list[dict[str, Any]] = []
+        try:
+            self.state.expire(now)
+            scorer = self._scorer()
+            if scorer is not None:
+                inputs = scoring.tick_inputs(self.state, now, self.cfg.ml.sequence_length,
+                                             self.interval_s)
+                predictions = scoring.score(inputs, scorer)
+                for m in self.publisher.publish(predictions):
+                    self.metrics.predictions_total[m.body["level"]] += 1
+                if self.comments is not None and self.slurm is not None:
+                    # comment advice: the policy decides, the Slurm call is made here
+                    apply_comment_updates(self.comments.decide(predictions), self.slurm,
+                                          self.metrics, self._comment_log)
+        except Exception:  # a bug or a broken model must not stop ingest: log, count, go on
+            self.metrics.tick_errors_total += 1
+            log.exception("scoring tick failed")
+        dt = time.perf_counter() - t0
+        self.metrics.ticks_total += 1
+        self.metrics.last_tick_seconds = dt
+        self.metrics.tick_seconds_sum += dt
+        self.metrics.running_jobs = len(self.state.running)
+        return predictions
+
+    def _scorer(self) -> scoring.ScorerLike | None:
+        """The loaded model, (re)loaded when its files change; None (logged once per
+        change of reason) when there is none."""
+        if not self.cfg.ml.enabled:
+            return self._no_model("[ml] enabled = false")
+        from nomade.ml import persist
+
+        meta = Path(self.models_dir) / persist.METADATA_FILE
+        try:
+            mtime = meta.stat().st_mtime
+        except OSError:
+            return self._no_model(f"no {meta}; run `nomade train`")
+        if self.scorer is None or mtime != self._model_mtime:
+            self._model_mtime = mtime
+            try:
+                self.scorer = self._load_scorer()
+            except Exception as e:  # broken or half-written files: say so, retry on change
+                self.scorer = None
+                return self._no_model(f"{self.models_dir}: {e}")
+        self._log_model(None)
+        return self.scorer
+
+    def _load_scorer(self) -> scoring.ScorerLike:
+        import torch
+
+        from nomade.ml.ensemble import Weights
+        from nomade.ml.inference import Scorer
+
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // 2)))
+        e = self.cfg.ml.ensemble
+        return Scorer.load(self.models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
+
+    def _no_model(self, reason: str) -> None:
+        self.scorer = None
+        self._log_model(reason)
+        return None
+
+    def _log_model(self, reason: str | None) -> None:
+        line = self.model_watch.update(reason)
+        self.metrics.model_loaded = int(reason is None)
+        if line is not None:
+            (log.info if reason is None else log.warning)(line)
+
+    # -- shutdown
+
+    def close(self) -> None:
+        """Stop accepting, store and ack what arrived, close everything (idempotent)."""
+        if self.router.closed:
+            return
+        for _ in range(64):   # what had arrived; a peer that keeps sending cannot hold us
+            if not self.receive():
+                break
+        self.drain_spools()
+        self.router.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        self.pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        self.router.close()
+        self.pub.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.store.close()
+        log.info("agent stopped: %d batches, %d samples stored", self.metrics.batches_total,
+                 self.metrics.samples_total)
