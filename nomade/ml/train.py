@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -85,12 +86,12 @@ class Prepared:
     def load(cls, path: str | Path) -> Prepared:
         """Read a file written by :meth:`save`; ``NomadeError`` if it is not one."""
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 data = {f.name: z[f.name] for f in fields(cls) if f.name != "summary"}
                 summary = json.loads(str(z["summary"]))
         except FileNotFoundError as e:
             raise NomadeError(f"{path}: no prepared dataset; run `nomade train --prepare` first") from e
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
             raise NomadeError(f"{path}: not a prepared dataset ({e}); rerun `nomade train --prepare`") from e
         return cls(**data, summary=summary)
 

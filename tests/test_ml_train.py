@@ -1,0 +1,107 @@
+"""The training pipeline and its commands: time split without leakage, dataset
+round trip, a full train → status → score run through the real ``nomade`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nomade import features
+from nomade.errors import NomadeError
+from nomade.ml import persist, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def prepared() -> train.Prepared:
+    jobs, samples = train.synthetic_tables(400, seed=7)
+    return train.prepare(jobs, samples, 30.0, 8, max_per_job=5, source="synthetic")
+
+
+def test_split_is_by_time_and_each_job_counts_once(prepared: train.Prepared) -> None:
+    p = prepared
+    starts = [p.start_ts[p.rows(s)] for s in train.SPLITS]
+    assert starts[0].max() <= starts[1].min() and starts[1].max() <= starts[2].min()
+    for s in train.SPLITS:  # a job's examples are all in one split
+        assert not set(p.job[p.rows(s)]) & set(p.job[~np.isin(np.arange(len(p.y)), p.rows(s))])
+    per_job = np.bincount(p.job, weights=p.w)
+    assert np.allclose(per_job[np.unique(p.job)], 1.0)
+    assert len(np.unique(p.job)) == p.summary["jobs"] == len(p.ref_y)
+    sizes = [p.summary["splits"][s]["jobs"] for s in train.SPLITS]
+    assert sizes == [320, 40, 40]
+    assert p.X.shape[1] == features.N_FEATURES and p.S.shape[1:] == (8, len(features.CHANNELS))
+    assert (p.t >= p.start_ts).all()
+
+
+def test_every_neighbour_ended_before_its_query_started(prepared: train.Prepared) -> None:
+    p = prepared
+    norm = features.Normalizer().fit(p.X, p.mask)
+    d = train._build(p, norm, 0.7, 5)
+    ended = p.ref_end_ts[d.nbrs.idx]
+    assert (ended[d.nbrs.valid] < np.broadcast_to(p.start_ts[:, None], ended.shape)[d.nbrs.valid]).all()
+    assert d.nbrs.valid.any()
+
+
+def test_prepared_round_trip_and_bad_files(tmp_path: Path, prepared: train.Prepared) -> None:
+    prepared.save(tmp_path / "d.npz")
+    back = train.Prepared.load(tmp_path / "d.npz")
+    assert np.array_equal(back.X, prepared.X) and back.summary == json.loads(json.dumps(prepared.summary))
+    with pytest.raises(NomadeError, match="--prepare"):
+        train.Prepared.load(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 nonsense")
+    with pytest.raises(NomadeError, match="not a prepared dataset"):
+        train.Prepared.load(tmp_path / "bad.npz")
+
+
+def test_prepare_refuses_data_without_labels() -> None:
+    jobs, samples = train.synthetic_tables(20, seed=1)
+    jobs.label[:] = np.nan
+    with pytest.raises(NomadeError, match="no ended job"):
+        train.prepare(jobs, samples, 30.0, 4)
+
+
+def _nomade(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nomade", *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+
+
+def test_cli_prepare_train_status_and_errors(tmp_path: Path) -> None:
+    cfg = tmp_path / "nomade.toml"
+    cfg.write_text('[ml]\nsequence_length = 8\n[ml.training]\nepochs = 2\npatience = 1\n'
+                   f'[storage]\ndb_path = "{tmp_path}/state/nomade.db"\n')
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "OMP_NUM_THREADS": "1"}
+    out = _nomade("train", "--prepare", "--synthetic", "300", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["jobs"] == 300 and Path(summary["dataset"]).is_file()
+    out = _nomade("train", "--learn-weights", "--quiet", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report["models"]) == {"gnn", "lstm", "autoencoder"}
+    assert 0 <= report["ensemble"]["test"]["auc_roc"] <= 1 and "cv_auc" in report["weights_cv"]
+    models_dir = tmp_path / "data" / "nomade" / "models"
+    assert (models_dir / "ensemble_weights.json").is_file()
+    persist.write_agent_state(tmp_path / "state", models_dir, persist.model_version(persist.read_metadata(models_dir)))
+    out = _nomade("ml", "status", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["weights_source"] == "learned" and not status["retrain_due"]
+    assert status["agent"]["uses_this_set"] and status["models"]["lstm"]["validation"]["n"] > 0
+    out = _nomade("ml", "status", env=env)
+    assert "uses this model set" in out.stdout and "not due" in out.stdout
+    out = _nomade("train", "--model", "gnn", env=env)  # table, progress on stderr
+    assert out.returncode == 0 and "ensemble" in out.stdout and "gnn" in out.stderr
+    (models_dir / "gnn_model.pt").write_bytes(b"broken")
+    out = _nomade("predict", env=env)
+    assert out.returncode == 2 and "gnn_model.pt" in out.stderr and "Traceback" not in out.stderr
+    out = _nomade("train", "--data", str(tmp_path / "none.npz"), env=env)
+    assert out.returncode == 2 and "--prepare" in out.stderr
