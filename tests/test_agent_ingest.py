@@ -1,0 +1,243 @@
+"""Agent ingest over real ZeroMQ sockets on 127.0.0.1: acks, duplicates, garbage, CURVE.
+
+The agent runs in a thread (its own store connection, made in that thread) on random
+ports; every client socket is closed with linger 0 and the context terminated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import random
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from nomade import config, curve, wire
+from nomade.agent.daemon import Agent
+from nomade.config import SecurityConfig
+from nomade.store import Store
+
+T0 = 1.7e9
+
+
+class RunningAgent:
+    """An ``Agent`` serving in a thread until ``stop()``; ``agent`` for its counters."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        self._stop = False
+        self._made: queue.Queue[Agent | BaseException] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, args=(cfg,), daemon=True)
+        self._thread.start()
+        made = self._made.get(timeout=60)
+        if isinstance(made, BaseException):
+            raise made
+        self.agent = made
+
+    def _serve(self, cfg: config.Config) -> None:
+        try:
+            agent = Agent(cfg, name="agent0")
+        except BaseException as e:  # hand it to the test thread
+            self._made.put(e)
+            return
+        self._made.put(agent)
+        try:
+            agent.run(lambda: self._stop)
+        finally:
+            agent.close()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive()
+
+
+def agent_config(tmp_path: Path, **security: object) -> config.Config:
+    cfg = config.Config()
+    return dataclasses.replace(
+        cfg,
+        agent=dataclasses.replace(cfg.agent, ingest_endpoint="tcp://127.0.0.1:*",
+                                  publish_endpoint="tcp://127.0.0.1:*", metrics_address="",
+                                  interval_s=3600.0),
+        ml=dataclasses.replace(cfg.ml, models_dir=str(tmp_path / "no-models")),
+        storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db")),
+        security=SecurityConfig(**security))   # type: ignore[arg-type]
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.term()   # hangs if a socket was left open: every test closes its own
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[RunningAgent]:
+    running = RunningAgent(agent_config(tmp_path))
+    yield running
+    running.stop()
+
+
+def batch(sender: str, seq: int, n: int = 50, job0: int = 1) -> bytes:
+    items = [wire.make("job.start", sender, seq, {"job_id": str(job0), "user": "u", "start_ts": T0}, T0)]
+    items += [wire.make("job.sample", sender, seq, {"job_id": str(job0 + k % 5), "node": sender,
+                                                   "ts": T0 + k, "mem_bytes": k}, T0 + k)
+              for k in range(n)]
+    return wire.encode(wire.make_batch(sender, seq, items))
+
+
+def dealer(ctx: zmq.Context, endpoint: str, keys: curve.ClientKeys | None = None) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public, keys.secret, keys.server_public
+    sock.connect(endpoint)
+    return sock
+
+
+def acked(sock: zmq.Socket, timeout_ms: int = 10_000) -> int | None:
+    """The seq of the next ack, or None if none comes in time."""
+    if not sock.poll(timeout_ms):
+        return None
+    msg = wire.decode(sock.recv_multipart()[-1])
+    assert msg.kind == "ack" and msg.sender == "agent0"
+    return int(msg.body["seq"])
+
+
+def samples_in(db: Path) -> int:
+    with Store(db) as store:
+        return store.sample_count()
+
+
+def test_batches_are_stored_then_acked_and_duplicates_not_rewritten(
+        served: RunningAgent, ctx: zmq.Context, tmp_path: Path) -> None:
+    sock = dealer(ctx, served.agent.ingest_endpoint)
+    try:
+        sock.send(batch("n1", 1))
+        assert acked(sock) == 1
+        assert samples_in(tmp_path / "agent.db") == 50   # committed before the ack
+        sock.send(batch("n1", 1))                         # a resend: acked, not re-stored
+        sock.send(batch("n2", 1))                         # same seq, other sender: new
+        assert {acked(sock), acked(sock)} == {1}
+    finally:
+        sock.close()
+    served.stop()
+    m = served.agent.metrics
+    assert (m.batches_total, m.duplicate_batches_total, m.samples_total) == (2, 1, 100)
+    assert samples_in(tmp_path / "agent.db") == 100
+    assert [r.job_id for r in served.agent.state.scorable()] == ["1"]   # 2-5: samples only
+
+
+def test_garbage_at_full_speed_does_not_stop_the_agent(
+        served: RunningAgent, ctx: zmq.Context, tmp_path: Path) -> None:
+    rng = random.Random(6)
+    good = batch("n1", 7)
+    sock = dealer(ctx, served.agent.ingest_endpoint)
+    sent = 0
+    try:
+        deadline = time.monotonic() + 3.0
+        while sent < 20_000 and time.monotonic() < deadline:
+            kind = sent % 4
+            if kind == 0:
+                frame = os.urandom(rng.randrange(0, 300))
+            elif kind == 1:                      # a valid frame with random bytes changed
+                raw = bytearray(good)
+                for _ in range(rng.randrange(1, 8)):
+                    raw[rng.randrange(len(raw))] = rng.randrange(256)
+                frame = bytes(raw)
+            elif kind == 2:                      # valid msgpack, wrong shape or kind
+                frame = rng.choice([b"\x80", b"\x93\x01\x02\x03", wire.encode(wire.make_ack("x", 1)),
+                                    good[: rng.randrange(len(good))]])
+            else:                                # several frames in one message
+                sock.send_multipart([os.urandom(8), b"", os.urandom(rng.randrange(1, 50))])
+                sent += 1
+                continue
+            sock.send(frame)
+            sent += 1
+        sock.send(batch("n9", 3))
+        seqs = set()
+        while (seq := acked(sock)) is not None and seq != 3:
+            seqs.add(seq)   # a mutated copy of `good` may still be a valid batch 7
+        assert seq == 3
+        assert seqs <= {7}
+    finally:
+        sock.close()
+    served.stop()
+    m = served.agent.metrics
+    assert m.frames_total == sent + 1
+    assert m.bad_frames_total >= sent * 0.9
+    assert m.store_errors_total == 0
+
+
+def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, ctx: zmq.Context) -> None:
+    import socket as pysocket
+
+    with pysocket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = agent_config(tmp_path)
+    cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, metrics_address=f"127.0.0.1:{port}"))
+    running = RunningAgent(cfg)
+    sock = dealer(ctx, running.agent.ingest_endpoint)
+    try:
+        sock.send(b"not a frame")
+        sock.send(batch("n1", 1))
+        assert acked(sock) == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    finally:
+        sock.close()
+        running.stop()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert lines["nomade_agent_bad_frames_total"] == "1"
+    assert lines["nomade_agent_samples_total"] == "50"
+    assert lines['nomade_agent_predictions_total{level="high"}'] == "0"
+    assert "nomade_agent_tick_duration_seconds" in lines
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "keys"
+    curve.create_keypair(directory, "server")
+    public, _ = curve.create_keypair(directory, "client")
+    curve.authorize(public, SecurityConfig(curve_enabled=True, keys_dir=str(directory)))
+    curve.create_keypair(directory, "intruder")   # a valid pair that nobody authorized
+    return directory
+
+
+def client(directory: Path, name: str) -> curve.ClientKeys:
+    keys = curve.client_keys(SecurityConfig(
+        curve_enabled=True, keys_dir=str(directory), client_public_key_file=str(directory / f"{name}.key"),
+        client_secret_key_file=str(directory / f"{name}.key_secret")))
+    assert keys is not None
+    return keys
+
+
+def test_curve_refuses_clients_without_an_authorized_key(
+        tmp_path: Path, keys_dir: Path, ctx: zmq.Context) -> None:
+    running = RunningAgent(agent_config(tmp_path, curve_enabled=True, keys_dir=str(keys_dir)))
+    endpoint = running.agent.ingest_endpoint
+    intruder = dealer(ctx, endpoint, client(keys_dir, "intruder"))
+    plain = dealer(ctx, endpoint)
+    good = dealer(ctx, endpoint, client(keys_dir, "client"))
+    try:
+        intruder.send(batch("evil", 1, job0=666))
+        plain.send(batch("plain", 1, job0=777))
+        good.send(batch("n1", 1))
+        assert acked(good) == 1
+        assert acked(intruder, 1500) is None and acked(plain, 500) is None
+    finally:
+        for s in (intruder, plain, good):
+            s.close()
+        running.stop()
+    with Store(tmp_path / "agent.db") as store:
+        assert store.get_job("666") is None and store.get_job("777") is None
+        assert store.sample_count() == 50
+    assert running.agent.metrics.frames_total == 1
