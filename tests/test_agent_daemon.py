@@ -1,0 +1,226 @@
+"""The agent daemon: SIGTERM without loss (a real ``nomade agent`` process), restart from
+the store, and the scoring tick with and without a trained model, on real sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from test_agent_ingest import RunningAgent, acked, agent_config, batch, dealer
+
+from nomade import config, wire
+from nomade.agent.publisher import topics_from
+from nomade.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.term()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_agent(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    conf = tmp_path / "nomade.toml"
+    conf.write_text(f'[agent]\ningest_endpoint = "tcp://127.0.0.1:{port}"\n'
+                    f'publish_endpoint = "tcp://127.0.0.1:{free_port()}"\nmetrics_address = ""\n'
+                    f'[storage]\ndb_path = "{tmp_path / "agent.db"}"\n'
+                    f'[ml]\nmodels_dir = "{tmp_path / "models"}"\n')
+    env = {**os.environ, "NOMADE_CONFIG": str(conf), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nomade", "-v", "agent", "--no-slurm"],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError("agent did not listen")
+
+
+def collect_acks(sock: zmq.Socket, acks: set[int], timeout_ms: int) -> None:
+    while (seq := acked(sock, timeout_ms)) is not None:
+        acks.add(seq)
+
+
+def test_sigterm_flushes_and_a_restart_loses_and_doubles_nothing(tmp_path: Path, ctx: zmq.Context) -> None:
+    port = free_port()
+    n_batches, per_batch = 300, 50
+    frames = {seq: batch("n1", seq, per_batch, job0=1 + seq % 7) for seq in range(1, n_batches + 1)}
+    proc = start_agent(tmp_path, port)
+    acks: set[int] = set()
+    sock = dealer(ctx, f"tcp://127.0.0.1:{port}")
+    try:
+        wait_listening(proc, port)
+        for seq, frame in frames.items():
+            sock.send(frame)
+        proc.send_signal(signal.SIGTERM)   # while batches are still arriving
+        collect_acks(sock, acks, 2000)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        assert b"Traceback" not in err
+        with Store(tmp_path / "agent.db") as store:   # every acked batch is stored
+            stored = store.sample_count()
+        assert stored >= len(acks) * per_batch
+        # the collector resends what was not acked to a restarted agent
+        proc = start_agent(tmp_path, port)
+        wait_listening(proc, port)
+        for seq in sorted(set(frames) - acks):
+            sock.send(frames[seq])
+        deadline = time.monotonic() + 60
+        while len(acks) < n_batches and time.monotonic() < deadline:
+            collect_acks(sock, acks, 2000)
+            for seq in sorted(set(frames) - acks):
+                sock.send(frames[seq])
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert acks == set(frames)
+    with Store(tmp_path / "agent.db") as store:
+        assert store.sample_count() == n_batches * per_batch   # no loss, no duplicate
+
+
+def test_restart_rebuilds_running_jobs_from_the_store(tmp_path: Path) -> None:
+    now = time.time()
+    msgs = [wire.make("job.start", "c", 0, {"job_id": j, "user": "u", "start_ts": now - 100,
+                                            "req_cpus": 2, "nodes": ["n1"]}, now) for j in ("1", "2", "3")]
+    msgs += [wire.make("job.end", "c", 0, {"job_id": "3", "end_ts": now - 10, "state": "FAILED"}, now)]
+    msgs += [wire.make("job.sample", "n1", 0, {"job_id": "1", "node": "n1", "ts": now - 60 + k}, now)
+             for k in range(5)]
+    with Store(tmp_path / "agent.db") as store:
+        store.write_batch("n1", 1, msgs)
+    running = RunningAgent(agent_config(tmp_path))
+    running.stop()
+    state = running.agent.state
+    assert [r.job_id for r in state.scorable()] == ["1", "2"]
+    assert len(state.running["1"].samples) == 5 and state.running["1"].request["req_cpus"] == 2
+    assert state.history["3"].state == "FAILED"
+    assert running.agent.metrics.running_jobs == 2
+
+
+def running_job_batch(seq: int, now: float, n_jobs: int = 3) -> bytes:
+    items = []
+    for j in range(1, n_jobs + 1):
+        items.append(wire.make("job.start", "n1", seq, {
+            "job_id": str(j), "user": f"u{j}", "partition": "cpu", "nodes": ["n1"], "req_cpus": 4,
+            "req_mem_bytes": 4 << 30, "req_gpus": 0, "time_limit_s": 3600.0, "start_ts": now - 600,
+            "submit_ts": now - 700}, now))
+        for k in range(20):
+            ts = now - 600 + 30 * k
+            items.append(wire.make("job.sample", "n1", seq, {
+                "job_id": str(j), "node": "n1", "ts": ts, "alloc_cpus": 4, "cpu_user_s": 30.0 * k * j,
+                "mem_bytes": (k + 1) * (j << 27), "mem_limit_bytes": 4 << 30, "write_bytes": k << 20,
+                "nfs_write_bytes": k << 19}, ts))
+    return wire.encode(wire.make_batch("n1", seq, items))
+
+
+def test_without_a_model_the_tick_publishes_nothing(tmp_path: Path, ctx: zmq.Context,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    cfg = agent_config(tmp_path)
+    running = RunningAgent(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, interval_s=0.2)))
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(running.agent.publish_endpoint)
+    sub.subscribe(b"")
+    sock = dealer(ctx, running.agent.ingest_endpoint)
+    try:
+        sock.send(running_job_batch(1, time.time()))
+        assert acked(sock) == 1
+        time.sleep(1.0)   # several ticks
+        assert not sub.poll(500)
+    finally:
+        sock.close()
+        sub.close()
+        running.stop()
+    m = running.agent.metrics
+    assert m.ticks_total >= 3 and m.tick_errors_total == 0 and m.model_loaded == 0
+    assert sum(m.predictions_total.values()) == 0
+    no_model = [r for r in caplog.records if "no trained model" in r.getMessage()]
+    assert len(no_model) == 1   # said once, not every tick
+    with Store(tmp_path / "agent.db") as store:
+        assert store.counts()["predictions"] == 0
+
+
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small models trained on synthetic data through the ML pipeline."""
+    import torch
+
+    from nomade.ml import train
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("models")
+    cfg = config.Config()
+    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(cfg.ml, training=dataclasses.replace(
+        cfg.ml.training, epochs=2, patience=1, batch_size=256)))
+    jobs, samples = train.synthetic_tables(600, seed=3)
+    train.fit_and_save(train.prepare(jobs, samples, 30.0, cfg.ml.sequence_length), cfg, out)
+    return out
+
+
+@pytest.mark.slow
+def test_with_a_model_every_running_job_is_scored_published_and_stored(
+        tmp_path: Path, ctx: zmq.Context, trained_models: Path) -> None:
+    cfg = agent_config(tmp_path)
+    cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, interval_s=0.5),
+                              ml=dataclasses.replace(cfg.ml, models_dir=str(trained_models)))
+    running = RunningAgent(cfg)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(running.agent.publish_endpoint)
+    for t in topics_from("low"):
+        sub.subscribe(t)
+    sock = dealer(ctx, running.agent.ingest_endpoint)
+    got: dict[str, wire.Message] = {}
+    try:
+        time.sleep(0.3)   # the subscription reaches the publisher
+        sock.send(running_job_batch(1, time.time()))
+        assert acked(sock) == 1
+        deadline = time.monotonic() + 60
+        while len(got) < 3 and time.monotonic() < deadline:
+            if sub.poll(1000):
+                topic, frame = sub.recv_multipart()
+                msg = wire.decode(frame)
+                assert topic == b"prediction." + msg.body["level"].encode()
+                got[msg.body["job_id"]] = msg
+    finally:
+        sock.close()
+        sub.close()
+        running.stop()
+    assert set(got) == {"1", "2", "3"}
+    for job_id, msg in got.items():
+        body = msg.body
+        assert body["user"] == f"u{job_id}" and body["partition"] == "cpu" and body["nodes"] == ["n1"]
+        assert 0.0 <= body["risk"] <= 1.0 and body["level"] == wire.level_for(body["risk"])
+        assert set(body["parts"]) == {"gnn", "lstm", "autoencoder"}
+        assert all(v is not None for v in body["parts"].values())
+        if body["risk"] >= 0.3:
+            assert all(f["text"] for f in body["factors"])
+    assert running.agent.metrics.model_loaded == 1
+    with Store(tmp_path / "agent.db") as store:
+        stored = store.latest_predictions()
+    assert set(stored) == {"1", "2", "3"}
