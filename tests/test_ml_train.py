@@ -105,3 +105,59 @@ def test_cli_prepare_train_status_and_errors(tmp_path: Path) -> None:
     assert out.returncode == 2 and "gnn_model.pt" in out.stderr and "Traceback" not in out.stderr
     out = _nomade("train", "--data", str(tmp_path / "none.npz"), env=env)
     assert out.returncode == 2 and "--prepare" in out.stderr
+
+
+def _store_from_synthetic(db: Path, n: int, now: float) -> int:
+    """A real store holding a synthetic history up to ``now``: ended jobs with their
+    final state, running jobs with the samples taken so far. Returns how many run."""
+    from nomade import wire
+    from nomade.store import Store
+    jobs, samples = train.synthetic_tables(n, seed=5, span_days=1.0, t0=now - 86400)
+    sample_fields = set(wire.FIELDS["job.sample"])
+    msgs, seq = [], 0
+    for i in range(len(jobs)):
+        if jobs.start_ts[i] > now:
+            continue
+        msgs.append(wire.make("job.start", "ctld", seq, {
+            "job_id": jobs.job_id[i], "user": f"u{jobs.user[i]}", "partition": "cpu", "nodes": ["n1"],
+            "num_nodes": 1, "req_cpus": int(jobs.req_cpus[i]), "req_mem_bytes": int(jobs.req_mem_bytes[i]),
+            "req_gpus": int(jobs.req_gpus[i]), "time_limit_s": float(jobs.time_limit_s[i]),
+            "submit_ts": float(jobs.submit_ts[i]), "start_ts": float(jobs.start_ts[i])}, ts=now))
+        if jobs.end_ts[i] <= now:
+            msgs.append(wire.make("job.end", "ctld", seq, {"job_id": jobs.job_id[i], "end_ts": float(jobs.end_ts[i]),
+                                                          "exit_code": 0, "state": jobs.state[i]}, ts=now))
+    for r in np.flatnonzero(samples.ts <= now):
+        body = {c: (float(v[r]) if c.endswith(("_s", "pressure")) else int(v[r]))
+                for c, v in samples.cols.items() if c in sample_fields and np.isfinite(v[r])}
+        msgs.append(wire.make("job.sample", "n1", seq, {**body, "job_id": jobs.job_id[samples.job_index[r]],
+                                                        "node": "n1", "ts": float(samples.ts[r])}, ts=now))
+    store = Store(db)
+    try:
+        store.write_messages(msgs)
+        return len(store.running_jobs())
+    finally:
+        store.close()
+
+
+def test_cli_trains_from_the_store_and_predicts_running_jobs(tmp_path: Path) -> None:
+    import time
+    db = tmp_path / "state" / "nomade.db"
+    running = _store_from_synthetic(db, 200, time.time())
+    assert running > 0
+    cfg = tmp_path / "nomade.toml"
+    cfg.write_text(f'[ml]\nsequence_length = 8\n[ml.training]\nepochs = 2\npatience = 1\n[storage]\ndb_path = "{db}"\n')
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg), "XDG_DATA_HOME": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    out = _nomade("train", "--db", str(db), "--quiet", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["data"]["source"] == str(db)
+    out = _nomade("predict", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    preds = json.loads(out.stdout)
+    assert len(preds) == running
+    assert all(0 <= p["risk"] <= 1 and p["level"] in ("low", "moderate", "high", "critical") for p in preds)
+    assert [p["risk"] for p in preds] == sorted((p["risk"] for p in preds), reverse=True)
+    assert any(p["parts"]["lstm"] is not None for p in preds)
+    one = _nomade("predict", "--job", preds[0]["job_id"], env=env)
+    assert one.returncode == 0 and preds[0]["job_id"] in one.stdout and "risk" in one.stdout
+    out = _nomade("predict", "--job", "no-such-job", env=env)
+    assert out.returncode == 2 and "not running" in out.stderr
