@@ -111,10 +111,11 @@ class JobState:
         is ignored). Other kinds are ignored here.
         """
         changes = Changes()
+        sample = self._sample
         for msg in messages:
             kind = msg.kind
             if kind == "job.sample":
-                self._sample(msg.body)
+                sample(msg.body)
                 changes.samples += 1
             elif kind == "job.start":
                 if self._start(msg.body):
@@ -173,7 +174,7 @@ class JobState:
     def _job(self, job_id: str) -> RunningJob:
         run = self.running.get(job_id)
         if run is None:
-            run = self.running[job_id] = RunningJob(job_id)
+            run = self.running[job_id] = RunningJob(job_id, samples=deque(maxlen=self.max_samples))
         return run
 
     def _start(self, body: Mapping[str, Any]) -> bool:
@@ -193,17 +194,20 @@ class JobState:
         return run.started and not was_started
 
     def _sample(self, body: Mapping[str, Any]) -> None:
-        job_id = str(body["job_id"])
-        if job_id in self.history:
-            return
-        run = self._job(job_id)
+        # the hot path of ingest (one call per job sample): no avoidable lookups
+        job_id = body["job_id"]
+        run = self.running.get(job_id)
+        if run is None:
+            if job_id in self.history:   # an ended job is never in ``running``
+                return
+            run = self._job(job_id)
         ring = run.samples
         ring.append(body)
         ts = body["ts"]
         if ts > run.newest_ts:
             run.newest_ts = ts
         cutoff = run.newest_ts - self.horizon_s
-        while len(ring) > 2 and (ring[0]["ts"] < cutoff or len(ring) > self.max_samples):
+        while len(ring) > 2 and ring[0]["ts"] < cutoff:
             ring.popleft()
 
     def _end(self, body: Mapping[str, Any], ts: float) -> Ended | None:
