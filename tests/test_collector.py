@@ -130,7 +130,7 @@ def stop_collector(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> bytes:
 
 
 def assert_contiguous(batches: dict[int, wire.Message]) -> None:
-    assert sorted(batches) == list(range(1, max(batches) + 1)), "a seq is missing"
+    assert sorted(batches) == list(range(min(batches), max(batches) + 1)), "a seq is missing"
 
 
 def test_batches_arrive_with_job_and_node_samples(site: Path, agent: Agent) -> None:
@@ -238,11 +238,12 @@ def test_spool_events_are_forwarded_with_an_immediate_sample(site: Path, agent: 
 
 def test_outbox_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
     box = Outbox(tmp_path, max_bytes=10_000)
+    first = box.last_seq + 1
     for _ in range(25):
         box.add(lambda seq: bytes([seq % 256]) * 1000)
     assert box.dropped == 15
-    assert box.pending() == list(range(16, 26))
-    assert box.get(16) == bytes([16]) * 1000
+    assert box.pending() == list(range(first + 15, first + 25))
+    assert box.get(first + 15) == bytes([(first + 15) % 256]) * 1000
     assert box.size_bytes() == 10_000
     one_big = Outbox(tmp_path / "big", max_bytes=10)
     seq = one_big.add(lambda s: b"x" * 100)         # the newest batch is never dropped
@@ -251,14 +252,27 @@ def test_outbox_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
 
 def test_outbox_seq_survives_restart_even_when_empty(tmp_path: Path) -> None:
     box = Outbox(tmp_path, max_bytes=1 << 20)
-    for _ in range(3):
-        box.add(lambda seq: b"batch %d" % seq)
-    assert [box.ack(s) for s in (1, 2, 3, 3)] == [True, True, True, False]
+    seqs = [box.add(lambda seq: b"batch %d" % seq) for _ in range(3)]
+    assert [box.ack(s) for s in (*seqs, seqs[-1])] == [True, True, True, False]
     (tmp_path / ".00000000000000000009.batch.tmp").write_bytes(b"half")   # a killed write
     again = Outbox(tmp_path, max_bytes=1 << 20)
-    assert again.pending() == [] and again.last_seq == 3
-    assert again.add(lambda seq: b"x") == 4
+    assert again.pending() == [] and again.last_seq == seqs[-1]
+    assert again.add(lambda seq: b"x") == seqs[-1] + 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_fresh_outbox_never_repeats_an_earlier_lifes_seqs(tmp_path: Path) -> None:
+    """A node reinstalled (outbox wiped) must not reuse (sender, seq) pairs the agent holds."""
+    before_us = time.time_ns() // 1000
+    old = Outbox(tmp_path / "old", max_bytes=1 << 20)
+    old_seqs = [old.add(lambda seq: b"old") for _ in range(50)]
+    assert old_seqs[0] > before_us, "a fresh outbox starts after the clock in microseconds"
+    assert old_seqs == list(range(old_seqs[0], old_seqs[0] + 50)), "then counts on by one"
+    shutil.rmtree(tmp_path / "old")                          # the node is reinstalled
+    new = Outbox(tmp_path / "old", max_bytes=1 << 20)
+    assert new.add(lambda seq: b"new") > old_seqs[-1]
+    (tmp_path / "old" / "seq").write_text("garbage\n")      # an unreadable seq file: the same
+    assert Outbox(tmp_path / "old", max_bytes=1 << 20).last_seq > new.last_seq
 
 
 # ---------------------------------------------------------------- sender

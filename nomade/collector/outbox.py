@@ -3,7 +3,19 @@
 Each batch gets the next per-sender sequence number. The highest number ever handed
 out is persisted (``seq`` file) before the batch file is written, so a restart never
 reuses a number the agent may already hold (it would drop the new batch as a
-duplicate). A batch lives in ``<seq:020d>.batch``, written atomically (temp file,
+duplicate).
+
+Where the sequence starts: a fresh outbox (no ``seq`` file and no batch, e.g. a
+reinstalled node, a wiped ``outbox_dir``) or one whose ``seq`` file is unreadable does
+not start at 1, which would repeat the (sender, seq) pairs the agent stored from the
+node's earlier life: it starts after the wall-clock time in microseconds (``time_ns()
+// 1000``, about 1.7e15, far inside the wire's 2**63 - 1), and counts on by one from
+there, persisted as above. A number so derived cannot repeat an earlier one unless
+the earlier outbox sent more than one batch per microsecond of its life or the clock
+is set back by more than the time since then. A start from an existing ``seq`` file
+continues it and never looks at the clock.
+
+A batch lives in ``<seq:020d>.batch``, written atomically (temp file,
 fsync, rename) before it is sent, and is removed only when its ack arrives. A
 collector killed at any point leaves complete batches only; they are resent with the
 same ``seq`` after restart and the agent drops the copies it already has.
@@ -16,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,21 +54,27 @@ class Outbox:
                 (self.dir / name).unlink(missing_ok=True)
             elif name.endswith(_SUFFIX) and name[:-len(_SUFFIX)].isdigit():
                 self._sizes[int(name[:-len(_SUFFIX)])] = (self.dir / name).stat().st_size
-        self._last_seq = max([self._read_seq_file(), *self._sizes], default=0)
+        persisted = self._read_seq_file()
+        if persisted is None:
+            persisted = time.time_ns() // 1000
+            log.info("outbox %s: no usable seq file; sequence starts after %d (the clock in µs)",
+                     self.dir, persisted)
+        self._last_seq = max(persisted, *self._sizes, 0)
 
-    def _read_seq_file(self) -> int:
+    def _read_seq_file(self) -> int | None:
+        """The persisted highest seq, or None when the file is missing or unreadable."""
         try:
             text = (self.dir / _SEQ_FILE).read_text().strip()
         except FileNotFoundError:
-            return 0
+            return None
         if not text.isdigit():
-            log.warning("outbox %s: seq file holds %r, using the batch files' highest", self.dir, text)
-            return 0
+            log.warning("outbox %s: seq file holds %r, starting after the clock instead", self.dir, text)
+            return None
         return int(text)
 
     @property
     def last_seq(self) -> int:
-        """The highest sequence number handed out so far (0 before the first)."""
+        """The highest sequence number handed out so far (for a fresh outbox: its starting point)."""
         return self._last_seq
 
     def add(self, build: Callable[[int], bytes]) -> int:
