@@ -109,15 +109,6 @@ def test_tick_inputs_equal_the_feature_functions_on_the_same_data() -> None:
     assert got.X[1, features.FEATURES.index("user_last_failed")] == 1.0   # bob's ended job
 
 
-def test_wire_factor_states_value_normal_ratio() -> None:
-    f = scoring.wire_factor({"name": "nfs_write_share", "value": 0.9, "normal": 0.3,
-                             "spread": 0.1, "contribution": 0.2})
-    assert f["ratio"] == pytest.approx(3.0) and "0.9" in f["text"] and "3.0x" in f["text"]
-    assert scoring.wire_factor({"name": "x", "value": 1.0, "normal": 0.0})["ratio"] is None
-    wire.make("prediction", "a", 0, {"job_id": "1", "risk": 0.5, "level": "moderate",
-                                     "parts": {}, "factors": [f], "ts": T0})
-
-
 def test_model_watch_logs_once_per_change() -> None:
     w = scoring.ModelWatch()
     assert w.update("no files") is not None

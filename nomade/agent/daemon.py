@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from nomade import comment, curve, finalstate, wire
+from nomade import curve, finalstate, wire
 from nomade.agent import scoring
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
@@ -61,7 +61,8 @@ class CommentUpdate(Protocol):
 class CommentPolicy(Protocol):
     """What the agent needs of ``nomade.agent.comments.CommentPolicy``."""
 
-    def decide(self, predictions: list[dict[str, Any]]) -> Iterable[CommentUpdate]: ...
+    def decide(self, predictions: list[dict[str, Any]],
+               running: Iterable[str] | None = None) -> Iterable[CommentUpdate]: ...
 
 
 class CommentSlurm(Protocol):
@@ -84,14 +85,12 @@ def apply_comment_updates(updates: Iterable[CommentUpdate], slurm: CommentSlurm,
                           metrics: Metrics, errors: RateLimitedLog) -> int:
     """Write each update into its job's Comment, keeping the user's text; how many were
     written. A Slurm error (the job ended, slurmctld down) is counted and logged, never raised."""
+    from nomade.agent.comments import apply
+
     written = 0
     for update in updates:
         try:
-            existing = slurm.get_comment(update.job_id)
-            new = comment.merge(existing, update.segment)
-            if new != existing:
-                slurm.set_comment(update.job_id, new)
-                written += 1
+            written += apply(slurm, update)   # keeps the user's text (nomade.comment.merge)
         except Exception as e:  # a Slurm failure must not stop the tick: count, log, go on
             metrics.comment_errors_total += 1
             errors.warning("job %s: Comment not updated: %s", update.job_id, e)
@@ -286,7 +285,8 @@ class Agent:
                     self.metrics.predictions_total[m.body["level"]] += 1
                 if self.comments is not None and self.slurm is not None:
                     # comment advice: the policy decides, the Slurm call is made here
-                    apply_comment_updates(self.comments.decide(predictions), self.slurm,
+                    running = [r.job_id for r in self.state.scorable()]
+                    apply_comment_updates(self.comments.decide(predictions, running), self.slurm,
                                           self.metrics, self._comment_log)
         except Exception:  # a bug or a broken model must not stop ingest: log, count, go on
             self.metrics.tick_errors_total += 1

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nomade import features
+from nomade import advice, features
 from nomade.agent.state import JobState, RunningJob
 
 #: Risk from which a prediction carries its top contributing factors.
@@ -133,6 +133,79 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
+              lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
+              explain: bool = True) -> ScoresLike: ...
+
+
+# ---------------------------------------------------------------- tables
+
+def _job_table(run: list[RunningJob], state: JobState) -> features.JobTable:
+    """Running jobs first (rows 0..n-1), then the ended jobs of the history."""
+    users: dict[str, int] = {}
+    hist = list(state.history.values())
+
+    def col(key: str) -> np.ndarray:
+        return np.array([r.request.get(key) for r in run], dtype=np.float64)
+
+    nan = np.full(len(hist), np.nan)
+    user_names = [r.request.get("user") for r in run] + [h.user for h in hist]
+    hstate = np.array([h.state for h in hist], dtype=object)
+    return features.JobTable(
+        job_id=np.array([r.job_id for r in run] + [f"ended-{i}" for i in range(len(hist))], dtype=object),
+        user=np.array([-1 if u is None else users.setdefault(u, len(users)) for u in user_names], np.int64),
+        req_cpus=np.concatenate([col("req_cpus"), nan]),
+        req_mem_bytes=np.concatenate([col("req_mem_bytes"), nan]),
+        req_gpus=np.concatenate([col("req_gpus"), nan]),
+        time_limit_s=np.concatenate([col("time_limit_s"), nan]),
+        submit_ts=np.concatenate([col("submit_ts"), nan]),
+        start_ts=np.concatenate([col("start_ts"), nan]),
+        end_ts=np.concatenate([np.full(len(run), np.nan), [h.end_ts for h in hist]]),
+        state=np.concatenate([np.full(len(run), None, dtype=object), hstate]),
+        label=np.concatenate([np.full(len(run), np.nan), [features.label_of(s) for s in hstate]]))
+
+
+def _sample_table(run: list[RunningJob], jobs: features.JobTable) -> features.SampleTable:
+    """The rings of the running jobs; multi-node jobs summed over nodes by ``features``."""
+    single: list[tuple[Any, ...]] = []
+    index: list[int] = []
+    multi: list[Mapping[str, Any]] = []
+    for i, r in enumerate(run):
+        if len({s["node"] for s in r.samples}) > 1:
+            multi.extend(r.samples)
+            continue
+        single.extend(map(_SAMPLE_GET, r.samples))
+        index.extend([i] * len(r.samples))
+    names = features.SAMPLE_COLUMNS[:-1]
+    arr = np.array(single, dtype=np.float64).reshape(len(single), 1 + len(names))
+    job_index, ts = np.array(index, np.int64), arr[:, 0]
+    cols = {c: arr[:, k + 1] for k, c in enumerate(names)}
+    if multi:
+        combined = features.SampleTable.from_records(jobs, multi)
+        job_index = np.concatenate([job_index, combined.job_index])
+        ts = np.concatenate([ts, combined.ts])
+        cols = {c: np.concatenate([cols[c], combined.cols[c]]) for c in names}
+    return features.SampleTable(job_index, ts, cols)
+
+
+def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: float) -> TickInputs:
+    """The features and sequences of every scorable running job as of ``now``."""
+    run = state.scorable()
+    jobs = _job_table(run, state)
+    samples = _sample_table(run, jobs)
+    rows = np.arange(len(run))
+    t = np.full(len(run), float(now))
+    X, mask = features.asof_features(jobs, samples, t, rows)
+    S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
+    return TickInputs(run, now, X, mask, S, lengths, jobs.start_ts[rows])
+
+
+# ---------------------------------------------------------------- scoring
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
 def wire_factor(f: Mapping[str, Any]) -> dict[str, Any]:
     """A ``Scores.factors`` entry as a wire factor: name, value, normal, ratio (value /
     normal, None where normal is 0), and a short text that states them."""
@@ -163,7 +236,7 @@ def score(inputs: TickInputs, scorer: ScorerLike, *, explain_min_risk: float = E
                                      inputs.lengths[hot], inputs.start_ts[hot], explain=True)
     factors: dict[int, list[dict[str, Any]]] = {}
     if explained is not None:
-        factors = {int(i): [wire_factor(f) for f in explained.factors(k, top)]
+        factors = {int(i): advice.wire_factors(explained.factors(k, top))
                    for k, i in enumerate(hot)}
     out = []
     for i, run in enumerate(inputs.jobs):
