@@ -14,6 +14,7 @@ from nomade import config, features
 from nomade.ml import ensemble, persist, train
 from nomade.ml.ensemble import Weights, combine
 from nomade.ml.inference import Scorer, reference_for, reference_stats
+from nomade.ml.models import LSTMClassifier
 
 torch.set_num_threads(1)
 
@@ -79,6 +80,10 @@ def test_explanations_are_occlusion_against_normal(trained: tuple[Path, train.Pr
     assert top and top[0]["contribution"] == pytest.approx(float(s.contributions[i].max()))
     assert [t["contribution"] for t in top] == sorted((t["contribution"] for t in top), reverse=True)
     assert top[0]["value"] == pytest.approx(float(X[i, features.FEATURES.index(top[0]["name"])]))
+    some = scorer.score(X, mask, S, lengths, start, explain=np.array([i, 3]))
+    assert np.allclose(some.contributions[[i, 3]], s.contributions[[i, 3]], atol=1e-6)
+    assert np.isnan(np.delete(some.contributions, [i, 3], axis=0)).all() and some.factors(i) == top
+    assert some.factors(0 if i != 0 else 1) == []
 
 
 def test_reference_statistics_per_shape() -> None:
@@ -98,6 +103,12 @@ def test_reference_statistics_per_shape() -> None:
 
 def test_load_errors(tmp_path: Path, trained: tuple[Path, train.Prepared]) -> None:
     with pytest.raises(persist.ModelError, match="no trained models"):
+        Scorer.load(tmp_path)
+    rng = np.random.default_rng(0)
+    other = LSTMClassifier(hidden_dim=4, out_dim=4, epochs=1).fit(  # a model for 4 channels, not 11
+        rng.normal(size=(20, 3, 4)).astype(np.float32), np.full(20, 3), (rng.random(20) < 0.5).astype(np.float32))
+    persist.save(tmp_path, {"lstm": other}, persist.read_metadata(trained[0])["normalizer"], {})
+    with pytest.raises(persist.ModelError, match="lstm model reads 4 inputs"):
         Scorer.load(tmp_path)
     scorer = Scorer.load(trained[0])
     X, mask, S, lengths, _ = _batch(trained[1], 5)

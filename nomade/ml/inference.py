@@ -94,15 +94,26 @@ class Scores:
 
     def factors(self, i: int, top: int = 3) -> list[dict[str, Any]]:
         """The ``top`` known features that raise job i's risk most: name, raw value,
-        normal (reference median), spread, contribution (risk points); [] without
-        explanations or when nothing raises it."""
-        if self.contributions is None:
+        normal (reference median), spread, contribution (risk points); [] when job i
+        was not explained or nothing raises its risk."""
+        if self.contributions is None or not np.isfinite(self.contributions[i]).all():
             return []
         c = np.where(self.mask[i], self.contributions[i], 0.0)
         order = [j for j in np.argsort(-c, kind="stable")[:top] if c[j] > 0]
         return [{"name": features.FEATURES[j], "value": float(self.values[i, j]),
                  "normal": float(self.reference_median[i, j]), "spread": float(self.reference_spread[i, j]),
                  "contribution": float(c[j])} for j in order]
+
+
+def _check_inputs(models_dir: str | Path, models: Mapping[str, Any]) -> None:
+    """``ModelError`` unless every model reads the inputs this nomade computes."""
+    widths = {"gnn": lambda m: m.reference_.x.shape[1], "autoencoder": lambda m: len(m.lo_),
+              "lstm": lambda m: m.net_.lstm1.input_size - 1}  # + the padding flag
+    expected = {"gnn": features.N_FEATURES, "autoencoder": features.N_FEATURES, "lstm": len(features.CHANNELS)}
+    for kind, model in models.items():
+        if widths[kind](model) != expected[kind]:
+            raise persist.ModelError(f"{models_dir}: the {kind} model reads {widths[kind](model)} inputs, this "
+                                     f"nomade gives {expected[kind]}; retrain with `nomade train`")
 
 
 class Scorer:
@@ -133,6 +144,7 @@ class Scorer:
                 norms[kind] = features.Normalizer.from_dict(norm)
             except (ValueError, KeyError, TypeError) as e:
                 raise persist.ModelError(f"{models_dir}: {kind} model: {e}; retrain with `nomade train`") from e
+        _check_inputs(models_dir, models)
         weights, source = persist.load_weights(models_dir, default_weights or Weights())
         return cls(models, norms, weights, meta, source)
 
@@ -143,10 +155,15 @@ class Scorer:
 
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
-              explain: bool = True) -> Scores:
+              explain: bool | np.ndarray = True) -> Scores:
         """Score n jobs at once from raw ``X`` float[n,17], ``mask`` bool[n,17], ``S``
         float[n,T,11] and ``lengths`` int[n] (None: no sequences, no LSTM part) and
-        ``start_ts`` float[n] (needed with a GNN: neighbours must have ended before)."""
+        ``start_ts`` float[n] (needed with a GNN: neighbours must have ended before).
+
+        ``explain``: True explains every job, False none, or the row indices (or a
+        bool mask) of the jobs to explain, e.g. those whose level changed; the others'
+        contributions are NaN and their ``factors`` empty. Explaining costs about as
+        much again as scoring, for the GNN and autoencoder parts."""
         X, mask = np.asarray(X, np.float32), np.asarray(mask, bool)
         if X.ndim != 2 or X.shape[1] != features.N_FEATURES or mask.shape != X.shape:
             raise ValueError(f"X and mask must be [n, {features.N_FEATURES}], got {X.shape}, {mask.shape}")
@@ -158,7 +175,12 @@ class Scorer:
             parts[:, 1] = lstm.predict_proba(self.normalizers["lstm"].transform_sequences(S), lengths)
         risk = combine(parts, self.weights)
         med, spread = reference_for(self.reference, X)
-        contrib = self._occlusion(X, mask, nbrs, parts, risk, med) if explain else None
+        contrib = None
+        if explain is not False:
+            rows = np.arange(len(X)) if explain is True else np.arange(len(X))[np.asarray(explain)]
+            contrib = np.full(X.shape, np.nan, np.float32)
+            sub = None if nbrs is None else Neighbours(nbrs.idx[rows], nbrs.sim[rows], nbrs.valid[rows])
+            contrib[rows] = self._occlusion(X[rows], mask[rows], sub, parts[rows], risk[rows], med[rows])
         return Scores(risk, levels(risk), parts, X, mask, med, spread, contrib)
 
     def _neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours | None:

@@ -123,8 +123,13 @@ class GNNNet(nn.Module):
     def forward(self, x: torch.Tensor, agg: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """Logits of queries ``x`` [B,17] with layer-1 input ``agg`` [B,18] and the
         pooled neighbour embeddings ``pooled`` [B,64] (see :func:`pool`)."""
-        h1 = self.layer1(x, agg)
-        h2 = self.drop(torch.relu(self.self2(h1) + self.nbr2(pooled)))
+        return self.from_neighbour_terms(x, self.nbr1(agg), self.nbr2(pooled))
+
+    def from_neighbour_terms(self, x: torch.Tensor, nbr1: torch.Tensor, nbr2: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` given ``nbr1(agg)`` and ``nbr2(pooled)``, which do not
+        depend on ``x`` (reused when scoring variants of the same jobs)."""
+        h1 = self.drop(torch.relu(self.self1(x) + nbr1))
+        h2 = self.drop(torch.relu(self.self2(h1) + nbr2))
         return self.head(h2).squeeze(-1)
 
 
@@ -356,7 +361,8 @@ class GNNClassifier(_Estimator):
         idx, wn = nbrs.weights()
         with torch.inference_mode():
             agg, pooled = self._neighbourhood(_tensor(idx, torch.int64), _tensor(wn), self._h1)
-            return [torch.sigmoid(self.net_(_tensor(X), agg, pooled)).numpy() for X in variants]
+            nbr1, nbr2 = self.net_.nbr1(agg), self.net_.nbr2(pooled)
+            return [torch.sigmoid(self.net_.from_neighbour_terms(_tensor(X), nbr1, nbr2)).numpy() for X in variants]
 
     def keep_recent(self, n: int) -> np.ndarray:
         """Keep only the ``n`` most recently ended reference jobs (live scoring cost
