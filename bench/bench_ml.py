@@ -11,6 +11,7 @@ have the shapes and sizes of a real one. Training uses the config defaults
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 
@@ -34,7 +35,9 @@ def run(quick: bool) -> list[Result]:
         prepared = train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
                                  source="synthetic")
         features_s = time.monotonic() - t0
-        report = train.fit_and_save(prepared, cfg, models_dir)
+        print(f"features of {n_jobs} jobs: {features_s:.0f} s", file=sys.stderr, flush=True)
+        report = train.fit_and_save(prepared, cfg, models_dir, reporter=train.stderr_reporter())
+        print(file=sys.stderr)
         total = features_s + report["timings"]["total_s"]
         t = report["timings"]
         note = (f"{n_jobs} synthetic jobs, {len(prepared.y)} examples: features {features_s:.0f} s, "

@@ -7,7 +7,15 @@ weights; ``to_state``/``from_state`` give plain containers and tensors that
 ``torch.load(..., weights_only=True)`` reads back.
 
 Inputs are already normalised (``features.Normalizer``): ``X`` float32[n, 17] with 0
-where masked, ``S`` float32[n, T, C] left-padded with NaN→0, ``lengths`` int[n].
+where masked, ``S`` float32[n, T, C] left-padded (valid steps last) with NaN→0,
+``lengths`` int[n] valid steps. The LSTM reads the whole window plus a padding-flag
+channel (:func:`with_padding_flag`) instead of packed sequences.
+
+Epochs: examples are drawn with probability ∝ weight (snapshots weigh 1/ticks), and
+one epoch is ``round(Σw)`` draws, i.e. one pass over the jobs however many ticks each
+ran, capped at ``epoch_size`` (20,000) so that validation and early stopping come
+often enough on large histories; ``epochs`` is the maximum, early stopping keeps the
+best validation epoch.
 
 GNN, two layers without keeping the whole graph in memory. Jobs are nodes; a job
 receives messages only from its ≤ k most similar *reference* jobs (jobs that ended
@@ -46,6 +54,9 @@ Progress = Callable[[int, int, float], None]
 """``progress(epoch, epochs, validation_score)`` after each epoch."""
 
 BALANCE_MODES = ("weights", "oversample", "none")
+EPOCH_SIZE = 20000
+"""Most draws per epoch: validation (and early stopping) happens at least this often,
+so a large history does not spend ``patience`` full passes after the best epoch."""
 
 
 class NotFittedError(RuntimeError):
@@ -274,6 +285,10 @@ class _Estimator:
     def _schedule(self) -> _Schedule:
         return _Schedule(self.learning_rate, self.epochs, self.batch_size, self.patience)
 
+    def _epoch(self, size: int) -> int:
+        """Draws per epoch: one pass over the jobs, at most ``epoch_size``."""
+        return size if self.epoch_size is None else max(1, min(size, self.epoch_size))
+
 
 def _tensor(a: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
@@ -285,16 +300,16 @@ class GNNClassifier(_Estimator):
     """Failure probability of a job from itself and its most similar ended jobs."""
 
     _params = ("hidden_dim", "out_dim", "dropout", "learning_rate", "epochs", "batch_size",
-               "patience", "class_balance", "neighbour_labels", "seed")
+               "patience", "class_balance", "neighbour_labels", "epoch_size", "seed")
 
     def __init__(self, hidden_dim: int = 64, out_dim: int = 32, dropout: float = 0.2,
                  learning_rate: float = 1e-3, epochs: int = 100, batch_size: int = 512,
                  patience: int = 10, class_balance: str = "weights", neighbour_labels: bool = True,
-                 seed: int = 0) -> None:
+                 epoch_size: int | None = EPOCH_SIZE, seed: int = 0) -> None:
         self.hidden_dim, self.out_dim, self.dropout = hidden_dim, out_dim, dropout
         self.learning_rate, self.epochs, self.batch_size = learning_rate, epochs, batch_size
         self.patience, self.class_balance = patience, class_balance
-        self.neighbour_labels, self.seed = neighbour_labels, seed
+        self.neighbour_labels, self.epoch_size, self.seed = neighbour_labels, epoch_size, seed
 
     def _ref_tensors(self, ref: Reference) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         agg = ref.agg if self.neighbour_labels else np.concatenate([ref.agg[:, :-1], np.zeros((len(ref.agg), 1), np.float32)], 1)
@@ -340,7 +355,7 @@ class GNNClassifier(_Estimator):
                 return _val_score(val[2], self.predict_proba(val[0], val[1]), val[3])
 
 
-            self.best_epoch_, self.history_ = fit_loop(self.net_, size, step, None if val is None else validate,
+            self.best_epoch_, self.history_ = fit_loop(self.net_, self._epoch(size), step, None if val is None else validate,
                                                        self._schedule(), p, gen, progress)
         self._cache()
         return self
@@ -414,14 +429,15 @@ class LSTMClassifier(_Estimator):
     with no sample yet (length 0) get NaN: no prediction."""
 
     _params = ("hidden_dim", "out_dim", "dropout", "learning_rate", "epochs", "batch_size",
-               "patience", "class_balance", "seed")
+               "patience", "class_balance", "epoch_size", "seed")
 
     def __init__(self, hidden_dim: int = 64, out_dim: int = 32, dropout: float = 0.2,
                  learning_rate: float = 1e-3, epochs: int = 100, batch_size: int = 32,
-                 patience: int = 10, class_balance: str = "weights", seed: int = 0) -> None:
+                 patience: int = 10, class_balance: str = "weights", epoch_size: int | None = EPOCH_SIZE,
+                 seed: int = 0) -> None:
         self.hidden_dim, self.out_dim, self.dropout = hidden_dim, out_dim, dropout
         self.learning_rate, self.epochs, self.batch_size = learning_rate, epochs, batch_size
-        self.patience, self.class_balance, self.seed = patience, class_balance, seed
+        self.patience, self.class_balance, self.epoch_size, self.seed = patience, class_balance, epoch_size, seed
 
     def fit(self, S: np.ndarray, lengths: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
             val: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None = None,
@@ -449,7 +465,7 @@ class LSTMClassifier(_Estimator):
                 return _val_score(np.asarray(val[2])[vk], self.predict_proba(val[0][vk], val[1][vk]), vw)
 
             self.best_epoch_, self.history_ = fit_loop(
-                self.net_, size, step, None if val is None else validate, self._schedule(), p, gen, progress)
+                self.net_, self._epoch(size), step, None if val is None else validate, self._schedule(), p, gen, progress)
         return self
 
     def predict_proba(self, S: np.ndarray, lengths: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -493,12 +509,14 @@ class AutoencoderScorer(_Estimator):
     mean squared error over the features the mask says are known.
     """
 
-    _params = ("learning_rate", "epochs", "batch_size", "patience", "max_reference_errors", "seed")
+    _params = ("learning_rate", "epochs", "batch_size", "patience", "max_reference_errors", "epoch_size", "seed")
 
     def __init__(self, learning_rate: float = 1e-3, epochs: int = 100, batch_size: int = 512,
-                 patience: int = 10, max_reference_errors: int = 5000, seed: int = 0) -> None:
+                 patience: int = 10, max_reference_errors: int = 5000, epoch_size: int | None = EPOCH_SIZE,
+                 seed: int = 0) -> None:
         self.learning_rate, self.epochs, self.batch_size = learning_rate, epochs, batch_size
-        self.patience, self.max_reference_errors, self.seed = patience, max_reference_errors, seed
+        self.patience, self.max_reference_errors = patience, max_reference_errors
+        self.epoch_size, self.seed = epoch_size, seed
 
     def _scaled(self, X: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         z = np.clip((np.asarray(X, np.float32) - self.lo_) / (self.hi_ - self.lo_), 0.0, 1.0)
@@ -546,7 +564,7 @@ class AutoencoderScorer(_Estimator):
                 with torch.inference_mode():
                     return -float(self._errors(self.net_(hxt), hxt, hmt).mean()) if len(hx) else 0.0
 
-            self.best_epoch_, self.history_ = fit_loop(self.net_, size, step, validate,
+            self.best_epoch_, self.history_ = fit_loop(self.net_, self._epoch(size), step, validate,
                                                        self._schedule(), p, gen, progress)
         errs = np.sort(self.errors(hx, hm))
         if len(errs) > self.max_reference_errors:
