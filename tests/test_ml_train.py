@@ -73,6 +73,7 @@ def _nomade(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           env=env, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_cli_prepare_train_status_and_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "nomade.toml"
     cfg.write_text('[ml]\nsequence_length = 8\n[ml.training]\nepochs = 2\npatience = 1\n'
@@ -139,6 +140,7 @@ def _store_from_synthetic(db: Path, n: int, now: float) -> int:
         store.close()
 
 
+@pytest.mark.slow
 def test_cli_trains_from_the_store_and_predicts_running_jobs(tmp_path: Path) -> None:
     import time
     db = tmp_path / "state" / "nomade.db"
