@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--synthetic", metavar="N", type=int,
                      help="a synthetic history of N jobs (demos, benchmarks)")
     src.add_argument("--data", metavar="FILE", help="prepared dataset (.npz) to write or read")
+    src.add_argument("--ticks-per-job", metavar="N", type=int, default=4,
+                     help="as-of examples per job, spread over its run (default 4)")
     parser.add_argument("--model", action="append", choices=MODELS,
                         help="train only this model (repeatable; default all three)")
     parser.add_argument("--learn-weights", action="store_true",
@@ -102,7 +104,10 @@ def _prepare(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch
             raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
         jobs, samples = train.tables_from_store(db)
         source = str(db)
-    return train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length, source=source)
+    if args.ticks_per_job < 1:
+        raise NomadeError(f"--ticks-per-job must be at least 1, got {args.ticks_per_job}")
+    return train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
+                         max_per_job=args.ticks_per_job, source=source)
 
 
 def _prepared_text(path: str, s: dict) -> str:
@@ -129,7 +134,7 @@ def _submit(args: argparse.Namespace, cfg: Config) -> int:
     flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights, "--json": args.json}
     argv += [flag for flag, on in flags.items() if on]
     values = {"--swf": args.swf and str(Path(args.swf).resolve()), "--db": args.db and str(Path(args.db).resolve()),
-              "--synthetic": args.synthetic}
+              "--synthetic": args.synthetic, "--ticks-per-job": args.ticks_per_job}
     argv += [f"{k}={v}" for k, v in values.items() if v is not None]
     argv += [f"--model={m}" for m in args.model or ()]
     command = shlex.join([sys.executable, "-m", "nomade", *argv])

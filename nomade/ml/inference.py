@@ -15,6 +15,13 @@ unchanged: contributions explain the GNN and autoencoder parts. The per-feature
 the raw feature units) is what advice text compares a value with ("3x normal").
 
 Shape = requested-CPU quartile (of the training jobs) × GPU or not.
+
+Graph neighbours are found by the start-time features only (requests and user
+history), as in training: a job's neighbourhood is the same at every tick of its
+run, so training needs one neighbour search per job, not per as-of example (4-16x
+fewer; 100,000 jobs in under a minute), and an agent may keep it for a job's life.
+The runtime features still reach the GNN through the job's own node and the
+neighbours' full feature vectors, and the LSTM reads the runtime sequence.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from nomade.ml.models import AutoencoderScorer, GNNClassifier, LSTMClassifier, N
 MIN_GROUP = 50
 """Completed examples a shape group needs for its own reference; else the overall one."""
 CPU, GPU = features.FEATURES.index("log_req_cpus"), features.FEATURES.index("log_req_gpus")
+START_PART = np.arange(features.N_FEATURES) < features.N_START
+"""The features known at start, by which a job's graph neighbours are found."""
 
 
 # ------------------------------------------------------------------ reference statistics
@@ -189,10 +198,11 @@ class Scorer:
         if start_ts is None or len(start_ts) != len(X):
             raise ValueError("start_ts (one per job) is needed to attach jobs to the graph")
         gnn: GNNClassifier = self.models["gnn"]
-        xn = self.normalizers["gnn"].transform(X, mask)
+        start_mask = mask & START_PART
+        xn = self.normalizers["gnn"].transform(X, start_mask)
         ref = gnn.reference_
         return Neighbours(*graph.neighbours(ref.x, ref.end_ts, xn, np.asarray(start_ts, np.float64),
-                                            mask, self.threshold, self.k))
+                                            start_mask, self.threshold, self.k))
 
     def _static_parts(self, variants: list[np.ndarray], mask: np.ndarray,
                       nbrs: Neighbours | None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -19,7 +19,8 @@ best validation epoch.
 
 GNN, two layers without keeping the whole graph in memory. Jobs are nodes; a job
 receives messages only from its ≤ k most similar *reference* jobs (jobs that ended
-before it started; ``ml.graph.neighbours``). Layer 1 of a reference job j uses j's own
+before it started; ``ml.graph.neighbours``, searched once per job by its start-time
+features, see ``inference``). Layer 1 of a reference job j uses j's own
 features and the similarity-weighted mean of its neighbours' ``[x, label]``
 (``Reference.agg``, computed once when the reference set is built, since those
 inputs never change). So layer 2 is a true two-hop layer, and scoring a new job needs

@@ -33,7 +33,7 @@ from nomade.errors import NomadeError
 from nomade.ml import graph, metrics, persist
 from nomade.ml.baselines import time_split
 from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
-from nomade.ml.inference import reference_stats
+from nomade.ml.inference import START_PART, reference_stats
 from nomade.ml.models import (AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours,
                               Progress, Reference)
 
@@ -54,7 +54,9 @@ class Prepared:
     ``S``/``lengths`` sequences, ``y`` label, ``w`` weight, ``job`` row into the
     job arrays, ``t`` as-of time, ``start_ts`` of the job, ``split`` 0/1/2. Reference
     (ended labelled jobs, final features): ``ref_X``, ``ref_mask``, ``ref_start_ts``,
-    ``ref_end_ts``, ``ref_y``. ``summary``: JSON-safe description of the data."""
+    ``ref_end_ts``, ``ref_y``, ``ref_job`` (job row, sorted), and ``ref_start_X``, the
+    start-time features as of the job's start (what its graph neighbours are found
+    by). ``summary``: JSON-safe description of the data."""
 
     X: np.ndarray
     mask: np.ndarray
@@ -71,6 +73,8 @@ class Prepared:
     ref_start_ts: np.ndarray
     ref_end_ts: np.ndarray
     ref_y: np.ndarray
+    ref_job: np.ndarray
+    ref_start_X: np.ndarray
     summary: dict[str, Any]
 
     def save(self, path: str | Path) -> None:
@@ -103,8 +107,9 @@ class Prepared:
 # ------------------------------------------------------------------ prepare
 
 def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: float,
-            sequence_length: int, max_per_job: int = 16, source: str = "") -> Prepared:
-    """As-of examples, reference set and time split of the labelled ended jobs."""
+            sequence_length: int, max_per_job: int = 4, source: str = "") -> Prepared:
+    """As-of examples (at most ``max_per_job`` ticks per job, spread over its run),
+    reference set and time split of the labelled ended jobs."""
     rows, t, w = features.snapshots(jobs, samples, interval_s, max_per_job=max_per_job)
     if len(rows) == 0:
         raise NomadeError(f"{source or 'the data'}: no ended job with a known final state to learn from")
@@ -112,6 +117,8 @@ def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: 
     S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
     ended = np.unique(rows)
     ref_X, ref_mask = features.asof_features(jobs, samples, jobs.end_ts[ended], ended)
+    start_X, start_mask = features.asof_features(jobs, samples, jobs.start_ts[ended], ended)
+    start_X = np.where(start_mask & START_PART, start_X, 0.0).astype(np.float32)
     train, val, test = time_split(jobs.start_ts[ended])
     job_split = np.full(len(jobs), -1, np.int8)
     for code, part in enumerate((train, val, test)):
@@ -119,7 +126,7 @@ def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: 
     y = jobs.label[rows].astype(np.float32)
     prepared = Prepared(X, mask, S, lengths, y, w.astype(np.float32), rows, t, jobs.start_ts[rows],
                         job_split[rows], ref_X, ref_mask, jobs.start_ts[ended], jobs.end_ts[ended],
-                        jobs.label[ended].astype(np.float32), {})
+                        jobs.label[ended].astype(np.float32), ended, start_X, {})
     prepared.summary = _summary(prepared, jobs, ended, source, interval_s)
     return prepared
 
@@ -179,10 +186,16 @@ class _Data:
 
 
 def _build(p: Prepared, norm: features.Normalizer, threshold: float, k: int) -> _Data:
+    """Normalise, and find each job's graph neighbours once, by its start-time
+    features: every as-of example of a job shares its neighbourhood (see
+    ``inference``), and a reference job's own neighbourhood is the same list."""
     Xn = norm.transform(p.X, p.mask)
     ref_x = norm.transform(p.ref_X, p.ref_mask)
-    own = Neighbours(*graph.neighbours(ref_x, p.ref_end_ts, ref_x, p.ref_start_ts, p.ref_mask, threshold, k))
-    nbrs = Neighbours(*graph.neighbours(ref_x, p.ref_end_ts, Xn, p.start_ts, p.mask, threshold, k))
+    start_mask = np.broadcast_to(START_PART, p.ref_start_X.shape)
+    start_x = norm.transform(p.ref_start_X, start_mask)
+    own = Neighbours(*graph.neighbours(ref_x, p.ref_end_ts, start_x, p.ref_start_ts, start_mask, threshold, k))
+    at = np.searchsorted(p.ref_job, p.job)
+    nbrs = Neighbours(own.idx[at], own.sim[at], own.valid[at])
     return _Data(p, Xn, norm.transform_sequences(p.S), Reference.build(ref_x, p.ref_y, p.ref_end_ts, own), nbrs)
 
 
