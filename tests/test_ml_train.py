@@ -163,3 +163,9 @@ def test_cli_trains_from_the_store_and_predicts_running_jobs(tmp_path: Path) -> 
     assert one.returncode == 0 and preds[0]["job_id"] in one.stdout and "risk" in one.stdout
     out = _nomade("predict", "--job", "no-such-job", env=env)
     assert out.returncode == 2 and "not running" in out.stderr
+
+
+def test_learning_weights_needs_all_three_models(tmp_path: Path, prepared: train.Prepared) -> None:
+    from nomade import config
+    with pytest.raises(NomadeError, match="all three"):
+        train.fit_and_save(prepared, config.load(None), tmp_path, kinds=("gnn",), learn=True)

@@ -244,16 +244,19 @@ def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, floa
 
 def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] = PARTS,
                  learn: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train ``kinds`` on ``p``, evaluate them and the ensemble, save; the report."""
+    """Train ``kinds`` on ``p``, evaluate them and their ensemble (the models of this
+    run only) on validation and test, optionally learn the ensemble weights (needs
+    all three), save; returns the report (JSON-safe)."""
     if len(p.rows("train")) == 0:
         raise NomadeError("the training split is empty")
-    timings: dict[str, float] = {}
+    if learn and set(kinds) != set(PARTS):
+        raise NomadeError("--learn-weights needs all three models trained in the same run")
     t0 = time.monotonic()
     tr = p.rows("train")
     norm = features.Normalizer().fit(p.X[tr], p.mask[tr], p.w[tr])
     d = _build(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
-    timings["graph_s"] = time.monotonic() - t0
-    fitted, report = {}, {"models": {}, "data": p.summary}
+    timings = {"graph_s": time.monotonic() - t0}
+    fitted = {}
     for kind in kinds:
         t1 = time.monotonic()
         progress = None if reporter is None else (lambda e, n, s, k=kind: reporter(k, e, n, s))
@@ -262,7 +265,31 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
         except ValueError as e:
             raise NomadeError(f"cannot train the {kind} model: {e}") from e
         timings[f"{kind}_s"] = time.monotonic() - t1
+    scores, report = _score_splits(fitted, d)
+    e = cfg.ml.ensemble
+    weights, learned = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight), None
+    if learn:
+        va = p.rows("validation")
+        try:
+            learned, report["weights_cv"] = learn_weights(scores["validation"], p.y[va], p.w[va], seed=cfg.ml.seed)
+        except ValueError as err:
+            raise NomadeError(f"cannot learn ensemble weights: {err}") from err
+        weights = learned
+    report["weights"] = weights.as_dict()
+    report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
+                          for s in SPLITS[1:]}
+    report["ensemble_parts"] = list(fitted)
+    _save(models_dir, fitted, norm, report, learned, cfg, p)
+    timings["total_s"] = time.monotonic() - t0
+    report["timings"], report["models_dir"] = timings, str(models_dir)
+    return persist.clean_json(report)
+
+
+def _score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Parts (NaN where absent) of every validation and test example, and metrics."""
+    p = d.p
     scores = {s: np.full((len(p.rows(s)), len(PARTS)), np.nan) for s in SPLITS[1:]}
+    report: dict[str, Any] = {"models": {}, "data": p.summary}
     for kind, model in fitted.items():
         entry = {"best_epoch": model.best_epoch_, "epochs_run": len(model.history_)}
         for s in SPLITS[1:]:
@@ -270,29 +297,20 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
             scores[s][:, PARTS.index(kind)] = _predict(kind, model, d, rows)
             entry[s] = _evaluate(p.y[rows], p.w[rows], scores[s][:, PARTS.index(kind)])
         report["models"][kind] = entry
-    weights = Weights(cfg.ml.ensemble.gnn_weight, cfg.ml.ensemble.lstm_weight, cfg.ml.ensemble.autoencoder_weight)
-    learned = None
-    if learn:
-        va = p.rows("validation")
-        try:
-            learned, cv = learn_weights(scores["validation"], p.y[va], p.w[va], seed=cfg.ml.seed)
-        except ValueError as e:
-            raise NomadeError(f"cannot learn ensemble weights: {e}") from e
-        weights, report["weights_cv"] = learned, cv
-    report["weights"] = weights.as_dict()
-    report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
-                          for s in SPLITS[1:]}
+    return scores, report
+
+
+def _save(models_dir: str | Path, fitted: dict[str, Any], norm: features.Normalizer, report: dict[str, Any],
+          learned: Weights | None, cfg: Config, p: Prepared) -> None:
     if "gnn" in fitted:
         fitted["gnn"].keep_recent(REFERENCE_SIZE)
     info = {k: {"metrics": {s: report["models"][k][s] for s in SPLITS[1:]}, "data": _range(p)} for k in fitted}
     if "gnn" in info:
         info["gnn"]["graph"] = {"threshold": cfg.ml.similarity_threshold, "k": cfg.ml.max_neighbors,
                                 "reference_size": len(fitted["gnn"].reference_.x)}
+    tr = p.rows("train")
     persist.save(models_dir, fitted, norm.to_dict(), info, learned, p.summary,
                  reference_stats(p.X[tr], p.mask[tr], p.y[tr]))
-    timings["total_s"] = time.monotonic() - t0
-    report["timings"], report["models_dir"] = timings, str(models_dir)
-    return persist.clean_json(report)
 
 
 def _range(p: Prepared) -> dict[str, Any]:
@@ -316,7 +334,8 @@ def format_report(report: dict[str, Any]) -> str:
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     w = report["weights"]
     tail = [f"ensemble weights: gnn {w['gnn']:.2f}  lstm {w['lstm']:.2f}  autoencoder {w['autoencoder']:.2f}"
-            + ("  (learned)" if "weights_cv" in report else "  (config)"),
+            + ("  (learned)" if "weights_cv" in report else "  (config)")
+            + f"; ensemble of {', '.join(report['ensemble_parts'])}",
             f"threshold {THRESHOLD}; models written to {report['models_dir']}; "
             f"took {report['timings']['total_s']:.1f} s (graph {report['timings']['graph_s']:.1f} s)"]
     return "\n".join([line(head), line("-" * x for x in widths), *map(line, rows), "", *tail])
