@@ -70,6 +70,11 @@ def _memory(start_mb: int, step_mb: int, steps: int, step_s: float, hold_s: floa
     return f"{PY} -c {shlex.quote(code)}"
 
 
+def leak_script(start_mb: int, step_mb: int, steps: int, step_s: float) -> str:
+    """A batch script that allocates ``start_mb`` then ``step_mb`` more every ``step_s``."""
+    return f"#!/bin/bash\n{_memory(start_mb, step_mb, steps, step_s, 30)}\n"
+
+
 def _io(total_mb: int, seconds: float) -> str:
     """Shell line: write ``total_mb`` to the job's scratch file over ``seconds``, then remove it."""
     code = ("import os,time\n"

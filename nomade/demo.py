@@ -1,0 +1,244 @@
+"""``make demo``: NØMADE live on this machine's real Slurm test cluster.
+
+1. starts the agent and a collector (sampling every few seconds, so the demo is short)
+   with a config of their own under ``$NOMADE_DEMO_DIR`` (default /tmp/nomade-demo);
+2. runs the lab workload (``nomade.lab``): real jobs of several users, some of which
+   leak memory, hang, crash or are cancelled; the agent learns their final states;
+3. trains the three models on that history (``nomade train``) and restarts the agent
+   with them;
+4. submits new jobs, one of them leaking memory toward its ``--mem`` with a comment of
+   its user's own, and shows every few seconds what admins see (``nomade watch``) and
+   what the user sees (``squeue -o "%.10i %.9u %.8T %k"``), until the leaking job ends;
+5. prints the job's stored final state and the predictions a ``nomade subscribe
+   --min-level high`` client received.
+
+Needs root and the test cluster (``make demo`` starts it). ``NOMADE_DEMO_JOBS`` sets the
+size of the lab history (default 36 jobs, about 8 minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nomade import lab
+from nomade.slurm import Slurm
+from nomade.states import is_final
+from nomade.store import Store
+
+CLUSTER = Path(os.environ.get("NOMADE_TEST_CLUSTER", "/tmp/nomade-cluster"))
+LAB_USERS = ("nomadetest", "nomadelab1", "nomadelab2", "nomadelab3")
+SAMPLE_INTERVAL_S = 3.0
+TICK_S = 5.0
+
+
+def _say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(ws: Path) -> Path:
+    """Write the demo's nomade.toml: loopback endpoints, short intervals, own paths."""
+    ingest, pub, metrics = _free_port(), _free_port(), _free_port()
+    text = f"""# written by nomade.demo
+[ml]
+models_dir = "{ws}/models"
+sequence_length = 20
+[ml.training]
+epochs = 60
+[collector]
+agent_endpoint = "tcp://127.0.0.1:{ingest}"
+interval_s = {SAMPLE_INTERVAL_S}
+jitter_s = 0.5
+outbox_dir = "{ws}/outbox"
+spool_dir = "{CLUSTER}/spool/node"
+[agent]
+ingest_endpoint = "tcp://127.0.0.1:{ingest}"
+publish_endpoint = "tcp://127.0.0.1:{pub}"
+metrics_address = "127.0.0.1:{metrics}"
+interval_s = {TICK_S}
+spool_dirs = ["{CLUSTER}/spool/ctld"]
+[storage]
+db_path = "{ws}/nomade.db"
+"""
+    path = ws / "nomade.toml"
+    path.write_text(text)
+    return path
+
+
+class Daemons:
+    """The agent and the collector as child processes, logging to the workspace."""
+
+    def __init__(self, ws: Path, config: Path) -> None:
+        self.ws, self.config = ws, config
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> None:
+        log = open(self.ws / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "nomade", "--config", str(self.config), "-v", name],
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def check(self) -> None:
+        """Stop the demo with the log's tail if a daemon died."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.ws / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"the {name} exited with {proc.returncode}:\n{tail}")
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def _nomade(config: Path, *args: str, check: bool = True, capture: bool = False) -> str:
+    proc = subprocess.run([sys.executable, "-m", "nomade", "--config", str(config), *args],
+                          check=check, text=True, capture_output=capture)
+    return proc.stdout if capture else ""
+
+
+def _ensure_users() -> None:
+    for user in LAB_USERS:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True)
+
+
+def _wait_labelled(db: Path, job_ids: list[str], timeout_s: float = 120.0) -> dict[str, str]:
+    """Wait until the agent has stored a final state for every job; id -> state."""
+    deadline = time.monotonic() + timeout_s
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        with Store(db, readonly=True) as store:
+            for job_id in job_ids:
+                row = store.get_job(job_id)
+                if row is not None and row.state and is_final(row.state):
+                    states[job_id] = row.state
+        if len(states) == len(job_ids):
+            break
+        time.sleep(2)
+    return states
+
+
+def _history(slurm: Slurm, daemons: Daemons, db: Path, n_jobs: int) -> None:
+    _say(f"1/3  history: {n_jobs} lab jobs of {len(LAB_USERS)} users on the real cluster")
+    jobs = lab.plan(n_jobs, list(LAB_USERS), seed=int(time.time()))
+    done = [0]
+
+    def submitted(job: lab.LabJob, job_id: str) -> None:
+        done[0] += 1
+        daemons.check()
+        print(f"  [{done[0]:3d}/{n_jobs}] job {job_id:>6} {job.user:<11} {job.archetype:<8} "
+              f"{' '.join(job.options[:2])}", flush=True)
+
+    ids = lab.run(slurm, jobs, max_running=4, out_dir=str(CLUSTER / "out"), on_submit=submitted)
+    states = _wait_labelled(db, list(ids))
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    print(f"  final states learnt by the agent: {json.dumps(counts)}"
+          f" ({len(ids) - len(states)} still unknown)")
+
+
+def _live(slurm: Slurm, config: Path, ws: Path) -> str:
+    _say("3/3  live: a job leaking memory toward its --mem, beside ordinary jobs")
+    leak_id = slurm.submit(lab.leak_script(start_mb=40, step_mb=12, steps=20, step_s=2.5), options=["--mem=256M", "--time=2", "--job-name=analysis",
+                                                 "--comment=my analysis run, do not cancel",
+                                                 f"--output={CLUSTER}/out/demo-%j.out"],
+                           as_user="nomadetest")
+    others = [slurm.submit(j.script, options=[*j.options, f"--output={CLUSTER}/out/demo-%j.out"],
+                           as_user=j.user)
+              for j in lab.plan(3, list(LAB_USERS[1:]), seed=11) if j.archetype != "cancel"]
+    print(f"  leaking job {leak_id} (user nomadetest, --mem=256M); others: {' '.join(others)}")
+    sub_out = open(ws / "subscribe.jsonl", "w")
+    subscriber = subprocess.Popen(
+        [sys.executable, "-m", "nomade", "--config", str(config), "subscribe", "--min-level", "high"],
+        stdout=sub_out, stderr=subprocess.DEVNULL)
+    squeue = shutil.which("squeue") or "/usr/bin/squeue"
+    try:
+        while True:
+            info = {j.job_id: j for j in slurm.list_jobs(job_ids=[leak_id])}.get(leak_id)
+            print(f"\n--- {time.strftime('%H:%M:%S')}  admins: nomade watch --once", flush=True)
+            _nomade(config, "watch", "--once", "--wait", str(TICK_S + 1), "--no-color", check=False)
+            print("--- users: squeue -o \"%.10i %.9u %.8T %k\"", flush=True)
+            subprocess.run([squeue, "-o", "%.10i %.9u %.8T %k"], check=False)
+            if info is None or is_final(info.state):
+                break
+    finally:
+        subscriber.terminate()
+        subscriber.wait()
+        sub_out.close()
+    return leak_id
+
+
+def _report(db: Path, ws: Path, leak_id: str) -> None:
+    states = _wait_labelled(db, [leak_id], timeout_s=60)
+    print(f"\n  job {leak_id}: stored final state {states.get(leak_id, 'not yet known')}")
+    lines = (ws / "subscribe.jsonl").read_text().splitlines()
+    mine = [json.loads(line) for line in lines if json.loads(line).get("job_id") == leak_id]
+    print(f"  `nomade subscribe --min-level high` received {len(lines)} predictions, "
+          f"{len(mine)} for job {leak_id}")
+    for p in mine[:3]:
+        print(f"    {time.strftime('%H:%M:%S', time.localtime(p['ts']))} risk {p['risk']:.2f} "
+              f"{p['level']}: {'; '.join(f['text'] for f in p.get('factors', [])[:2])}")
+
+
+def main() -> int:
+    """Run the demo; 0 when every phase ran."""
+    if os.geteuid() != 0:
+        print("make demo needs root: it submits jobs as several users and updates Comments",
+              file=sys.stderr)
+        return 2
+    ws = Path(os.environ.get("NOMADE_DEMO_DIR", "/tmp/nomade-demo"))
+    shutil.rmtree(ws, ignore_errors=True)
+    ws.mkdir(parents=True)
+    config = _config(ws)
+    _ensure_users()
+    slurm = Slurm(use_pyslurm="never")
+    daemons = Daemons(ws, config)
+    n_jobs = int(os.environ.get("NOMADE_DEMO_JOBS", "36"))
+    print(f"workspace {ws} (config, store, models, daemon logs)")
+    try:
+        daemons.start("agent")
+        daemons.start("collector")
+        _history(slurm, daemons, ws / "nomade.db", n_jobs)
+        _say("2/3  training the GNN, LSTM and autoencoder on that history")
+        _nomade(config, "train", "--prepare")
+        _nomade(config, "train", "--quiet")
+        daemons.stop("agent")
+        daemons.start("agent")
+        leak_id = _live(slurm, config, ws)
+        _report(ws / "nomade.db", ws, leak_id)
+    finally:
+        daemons.stop_all()
+    print(f"\nlogs: {ws}/agent.log {ws}/collector.log; store: {ws}/nomade.db")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
