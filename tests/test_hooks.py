@@ -8,6 +8,7 @@ nothing leaks into the host even if a test dies; those tests need root.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -71,6 +72,7 @@ def test_each_hook_writes_one_exact_event(hook: str, tmp_path: Path) -> None:
     assert record.pop("NOMADE_HOOK") == hook
     ts = record.pop("NOMADE_TS")
     assert jobenv.to_ts(ts) is not None and path.name.startswith(f"{ts}-{hook}-")
+    assert re.fullmatch(r"\d{10,}\.\d{9}", ts), "the width of Spool.put's names: they sort together"
     skip = NOT_RECORDED["jobcomp" if hook == "jobcomp" else "other"]
     assert record == {k: v for k, v in {**variables, "UNRELATED": "x"}.items() if k not in skip}
     assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temp file left"
@@ -134,7 +136,7 @@ def test_older_bash_without_epochrealtime_or_mapfile_writes_the_same_event(tmp_p
     assert (result.returncode, result.stderr) == (0, b"")
     [path] = events_in(spool)
     record = decode(path.read_bytes())
-    assert jobenv.to_ts(record.pop("NOMADE_TS")) is not None and record.pop("NOMADE_HOOK") == "prolog"
+    assert re.fullmatch(r"\d{10,}\.\d{9}", record.pop("NOMADE_TS")) and record.pop("NOMADE_HOOK") == "prolog"
     assert record == {k: v for k, v in env.items() if k != "NOMADE_SPOOL"}
 
 
