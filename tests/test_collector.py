@@ -7,6 +7,7 @@ tree laid out like a real host (tests/fixtures/cgroupv2), so it always finds two
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,13 @@ import pytest
 import zmq
 import zmq.auth
 
-from nomade import wire
+from nomade import curve, wire
+from nomade.collector.daemon import Collector
 from nomade.collector.nfs import NfsWrites, network_mounts
 from nomade.collector.outbox import Outbox
-from nomade.collector.sender import CurveKeys, Sender
+from nomade.collector.sender import Sender
+from nomade.collector.watch import SpoolWatch
+from nomade.curve import ClientKeys
 from nomade.spool import Spool
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cgroupv2"
@@ -79,6 +83,12 @@ class Agent:
             assert time.monotonic() < deadline, f"only {len(self.batches())} of {n} batches arrived"
             time.sleep(0.05)
 
+    def wait_for_seq(self, seq: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while seq not in self.batches():
+            assert time.monotonic() < deadline, f"batch {seq} did not arrive"
+            time.sleep(0.05)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
@@ -100,7 +110,8 @@ def site(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_config(site: Path, port: int, interval_s: float = 0.3, outbox_max_mb: int = 64) -> Path:
+def write_config(site: Path, port: int, interval_s: float = 0.3, outbox_max_mb: int = 64,
+                 extra: str = "") -> Path:
     cfg = site / "nomade.toml"
     cfg.write_text(f"""
 [collector]
@@ -113,7 +124,7 @@ outbox_dir = "{site / 'outbox'}"
 outbox_max_mb = {outbox_max_mb}
 ack_timeout_s = 0.5
 spool_dir = "{site / 'spool'}"
-""")
+{extra}""")
     return cfg
 
 
@@ -199,7 +210,7 @@ def test_kill_9_and_restart_loses_nothing(site: Path) -> None:
     agent = Agent(port)
     proc = start_collector(cfg)
     try:
-        agent.wait_for(max(pending_before) + 3)
+        agent.wait_for_seq(max(pending_before) + 3)
     finally:
         err = stop_collector(proc)
         agent.close()
@@ -232,6 +243,82 @@ def test_spool_events_are_forwarded_with_an_immediate_sample(site: Path, agent: 
     early = [i for i in items if i.kind == "job.sample" and i.body["job_id"] == "4242"]
     assert early, "a start event must bring a sample of its job at once"
     assert not list((site / "spool").glob("*.ev")), "forwarded events leave the spool"
+
+
+def test_the_loop_sleeps_until_a_hook_event_lands(site: Path, agent: Agent) -> None:
+    """No timer between samples: the spool watch (inotify) wakes the loop for an event."""
+    c = Collector(node="cn01", endpoint=f"tcp://127.0.0.1:{agent.port}", cgroup_root=str(site / "cgroup"),
+                  outbox_dir=str(site / "outbox"), outbox_max_bytes=1 << 20,
+                  spool_dir=str(site / "spool"), interval_s=3600.0, jitter_s=0.0, node_filter="cn01")
+    try:
+        assert c.watch is not None, "inotify is available on Linux"
+        timer = threading.Timer(0.5, Spool(site / "spool").put, args=(
+            {"NOMADE_HOOK": "epilog", "NOMADE_TS": "1.7e9", "SLURM_JOB_ID": "9",
+             "SLURM_JOB_EXIT_CODE": "0", "SLURMD_NODENAME": "cn01"},), kwargs={"tag": "epilog"})
+        timer.start()
+        end = time.monotonic() + 20
+        c.run(lambda: any(i.kind == "job.end" for m in agent.batches().values()
+                          for i in m.body["items"]) or time.monotonic() > end, deadline=end)
+        timer.join()
+    finally:
+        c.close()
+    assert c.ticks == 1, "one sample at start, none since (interval 3600 s)"
+    ends = [i.body for m in agent.batches().values() for i in m.body["items"] if i.kind == "job.end"]
+    assert [e["job_id"] for e in ends] == ["9"]
+
+
+def test_spool_watch_fires_on_rename_into_the_directory_only(tmp_path: Path) -> None:
+    watch = SpoolWatch(tmp_path)
+    try:
+        (tmp_path / ".a.tmp").write_bytes(b"x")          # a writer's temp file: no wake-up
+        assert not select.select([watch.fd], [], [], 0)[0]
+        os.rename(tmp_path / ".a.tmp", tmp_path / "a.ev")
+        assert select.select([watch.fd], [], [], 5)[0]
+        watch.drain()
+        assert not select.select([watch.fd], [], [], 0)[0]
+    finally:
+        watch.close()
+    with pytest.raises(OSError, match="inotify_add_watch"):
+        SpoolWatch(tmp_path / "missing")
+
+
+def test_once_delivers_one_sample_or_says_it_could_not(site: Path, agent: Agent) -> None:
+    env = {**os.environ, "NOMADE_CONFIG": str(write_config(site, agent.port))}
+    done = subprocess.run([sys.executable, "-m", "nomade", "collector", "--once"], cwd=REPO, env=env,
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(agent.batches()) == 1 and not list((site / "outbox").glob("*.batch"))
+    silent = Agent(ack=False)
+    try:
+        env["NOMADE_CONFIG"] = str(write_config(site, silent.port))
+        done = subprocess.run([sys.executable, "-m", "nomade", "collector", "--once"], cwd=REPO,
+                              env=env, capture_output=True, timeout=30)
+    finally:
+        silent.close()
+    assert done.returncode == 1, "not acknowledged within ack_timeout_s"
+    assert len(list((site / "outbox").glob("*.batch"))) == 1, "kept for the next run"
+
+
+def test_curve_keys_from_nomade_curve(site: Path) -> None:
+    keys = site / "keys"
+    curve.create_keypair(keys, "server")
+    curve.create_keypair(keys, "client")
+    server = curve.load_keypair(keys / "server.key", keys / "server.key_secret")
+    secure = Agent(server_secret=server.secret)
+    cfg = write_config(site, secure.port, extra=f'[security]\ncurve_enabled = true\nkeys_dir = "{keys}"\n')
+    proc = start_collector(cfg)
+    try:
+        secure.wait_for(2)
+    finally:
+        err = stop_collector(proc)
+        secure.close()
+    assert proc.returncode == 0, err.decode()
+    (keys / "client.key_secret").unlink()
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg)}
+    done = subprocess.run([sys.executable, "-m", "nomade", "collector", "--once"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "client.key_secret" in done.stderr and "nomade keys generate --client" in done.stderr
 
 
 # ---------------------------------------------------------------- outbox
@@ -288,10 +375,10 @@ def test_sender_survives_garbage_from_the_agent_and_uses_curve(tmp_path: Path) -
     router.curve_secretkey = ssec
     port = router.bind_to_random_port("tcp://127.0.0.1")
     box = Outbox(tmp_path / "outbox", 1 << 20)
-    batch = wire.encode(wire.make_batch("cn01", 1, [], ts=1.7e9))
-    box.add(lambda seq: batch)
+    seq = box.add(lambda seq: wire.encode(wire.make_batch("cn01", seq, [], ts=1.7e9)))
+    batch = box.get(seq)
     sender = Sender(ctx, f"tcp://127.0.0.1:{port}", box, ack_timeout_s=0.2,
-                    curve=CurveKeys(public=cpub, secret=csec, server_public=spub))
+                    curve=ClientKeys(public=cpub, secret=csec, server_public=spub))
     try:
         deadline = time.monotonic() + 10
         while not router.poll(50):
@@ -302,7 +389,7 @@ def test_sender_survives_garbage_from_the_agent_and_uses_curve(tmp_path: Path) -
         assert data == batch
         router.send_multipart([ident, b"\xc1not msgpack"])
         router.send_multipart([ident, wire.encode(wire.make_ack("agent", 99))])   # unknown seq
-        router.send_multipart([ident, wire.encode(wire.make_ack("agent", 1))])
+        router.send_multipart([ident, wire.encode(wire.make_ack("agent", seq))])
         while box.pending():
             assert time.monotonic() < deadline, "ack not handled"
             if sender.socket.poll(50):

@@ -1,34 +1,44 @@
 """The collector's loop: sample on a jittered interval, drain the hook spool, deliver.
 
-One thread, one ``zmq.Poller``. Every ``interval_s`` (± ``jitter_s``/2, and a random
-first delay in [0, ``jitter_s``), so that nodes started together drift apart) it puts
-one batch into the outbox: a ``job.sample`` per job cgroup and a ``node.sample``. Once a
-second it looks at the spool directory (one ``stat``; the files are read only when the
-directory changed) and forwards the hook events as one batch, then confirms them. A
-``job.start`` also asks for a sample of that job at once, retried four times a second
-until its cgroup appears (up to ``early_wait_s``): a job that starts and ends between
-two ticks is still seen. Batches go to the agent through ``Sender``.
+One thread, one ``zmq.Poller``, and no timer between samples: the loop sleeps until
+the next sample is due, an ack or a connection event arrives, an ack deadline passes,
+a hook event lands in the spool (``watch.SpoolWatch``, inotify) or a signal arrives
+(``wakeup_fd``, for ``signal.set_wakeup_fd``). Every ``interval_s`` (± ``jitter_s``/2,
+and a random first delay in [0, ``jitter_s``), so that nodes started together drift
+apart) it puts one batch into the outbox: a ``job.sample`` per job cgroup and a
+``node.sample``. Hook events are forwarded as one batch as soon as they land, then
+confirmed; the spool is also read at start and at every sample (a safety net for a
+lost notification), and once a second where inotify cannot be had. A ``job.start``
+also asks for a sample of that job at once, retried four times a second until its
+cgroup appears (up to ``early_wait_s``): a job that starts and ends between two ticks
+is still seen. Batches go to the agent through ``Sender``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import zmq
 
 from nomade import jobenv, wire
 from nomade.collector.outbox import Outbox
 from nomade.collector.sampler import JobSampler, NodeSampler
-from nomade.collector.sender import CurveKeys, Sender
+from nomade.collector.sender import Sender
+from nomade.collector.watch import SpoolWatch
 from nomade.spool import Spool, SpoolError, SpoolItem
+
+if TYPE_CHECKING:
+    from nomade.curve import ClientKeys
 
 log = logging.getLogger(__name__)
 
-_SPOOL_EVERY_S = 1.0
+_SPOOL_POLL_S = 1.0           # only where inotify cannot be had
 _EARLY_EVERY_S = 0.25
 _BATCH_ITEMS = 1000
 
@@ -39,7 +49,7 @@ class Collector:
     def __init__(self, *, node: str, endpoint: str, cgroup_root: str, outbox_dir: str,
                  outbox_max_bytes: int, spool_dir: str | None, interval_s: float = 30.0,
                  jitter_s: float = 5.0, ack_timeout_s: float = 10.0, node_filter: str | None = None,
-                 curve: CurveKeys | None = None, early_wait_s: float = 30.0) -> None:
+                 curve: ClientKeys | None = None, early_wait_s: float = 30.0) -> None:
         self.node = node
         self.interval_s = interval_s
         self.jitter_s = jitter_s
@@ -48,58 +58,102 @@ class Collector:
         self.jobs = JobSampler(cgroup_root, default_node=node, node_filter=node_filter)
         self.nodes = NodeSampler(node)
         self.spool = Spool(spool_dir) if spool_dir else None
+        self.watch = self._watch_spool()
         self._spool_mtime = -1
         self._early: dict[str, float] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.ctx = zmq.Context(io_threads=1)
         self.sender = Sender(self.ctx, endpoint, self.outbox, ack_timeout_s, curve)
         self.ticks = 0
+        self.next_tick = time.monotonic() + random.uniform(0.0, jitter_s)
 
-    def run(self, should_stop: Callable[[], bool]) -> None:
-        """Loop until ``should_stop()`` is true (checked at least once a second)."""
+    def _watch_spool(self) -> SpoolWatch | None:
+        if self.spool is None:
+            return None
+        try:
+            return SpoolWatch(self.spool.dir)
+        except OSError as e:
+            log.warning("no inotify on the spool (%s): looking at it once a second", e)
+            return None
+
+    @property
+    def wakeup_fd(self) -> int:
+        """A non-blocking descriptor that wakes ``run`` when written to (give it to
+        ``signal.set_wakeup_fd`` so that a stop signal is seen at once)."""
+        return self._wake_w
+
+    def run(self, should_stop: Callable[[], bool], deadline: float | None = None) -> None:
+        """Loop until ``should_stop()`` is true; it is checked after every wake-up, which
+        comes at the latest at ``deadline`` (monotonic) when one is given."""
         poller = zmq.Poller()
-        poller.register(self.sender.socket, zmq.POLLIN)
-        poller.register(self.sender.monitor, zmq.POLLIN)
-        now = time.monotonic()
-        next_tick = now + random.uniform(0.0, self.jitter_s)
-        next_spool = now
+        for fd in (self.sender.socket, self.sender.monitor, self._wake_r):
+            poller.register(fd, zmq.POLLIN)
+        if self.watch is not None:
+            poller.register(self.watch.fd, zmq.POLLIN)
+        next_spool = next_early = time.monotonic()
         while not should_stop():
             now = time.monotonic()
             if now >= next_spool:
-                next_spool = now + _SPOOL_EVERY_S
-                self.drain_spool()
-            if self._early:
+                self.drain_spool(force=self.watch is not None)
+                next_spool = math.inf if self.watch is not None else now + _SPOOL_POLL_S
+            if self._early and now >= next_early:
                 self._sample_early(now)
-            if now >= next_tick:
+                next_early = now + _EARLY_EVERY_S
+            if now >= self.next_tick:
                 self.tick()
-                next_tick += self.interval_s + random.uniform(-self.jitter_s, self.jitter_s) / 2
-                next_tick = max(next_tick, now + self.interval_s / 2)
-            self.sender.pump(time.monotonic())
-            wake = min(next_tick, next_spool, now + _EARLY_EVERY_S if self._early else next_spool)
+            due = self.sender.pump(time.monotonic())
+            wake = min(self.next_tick, next_spool, next_early if self._early else math.inf,
+                       math.inf if due is None else due, math.inf if deadline is None else deadline)
             for sock, _ in poller.poll(max(0.0, wake - time.monotonic()) * 1000):
                 if sock is self.sender.socket:
                     self.sender.on_readable()
-                else:
+                elif sock is self.sender.monitor:
                     self.sender.on_monitor()
+                elif sock == self._wake_r:
+                    _drain_pipe(self._wake_r)
+                elif self.watch is not None and sock == self.watch.fd:
+                    self.watch.drain()
+                    self.drain_spool(force=True)
 
     def tick(self) -> None:
-        """Sample every job and the node now and put the batch into the outbox."""
+        """Sample every job and the node now and put the batch into the outbox; then read
+        the spool whatever its mtime says (a notification may have been lost). The next
+        tick is due one jittered interval after the one this replaces (at least half an
+        interval from now)."""
+        now = time.monotonic()
+        self.next_tick = max(self.next_tick + self.interval_s
+                             + random.uniform(-self.jitter_s, self.jitter_s) / 2,
+                             now + self.interval_s / 2)
         ts = time.time()
         items = [("job.sample", b) for b in self.jobs.sample_all(ts)]
         items.append(("node.sample", self.nodes.sample(ts)))
         self.ticks += 1
         self._enqueue(items, ts)
+        self.drain_spool(force=True)
 
-    def drain_spool(self) -> int:
-        """Forward the hook events waiting in the spool; return how many files were handled."""
-        if self.spool is None or not self._spool_changed():
+    def drain_spool(self, force: bool = False) -> int:
+        """Forward the hook events waiting in the spool, ``_BATCH_ITEMS`` files a batch,
+        until it is empty; return how many files were handled.
+
+        Without ``force`` the directory is read only if its mtime changed since the last look.
+        """
+        if self.spool is None or not (self._spool_changed() or force):
             return 0
-        try:
-            taken = self.spool.take(limit=_BATCH_ITEMS)
-        except SpoolError as e:
-            log.warning("%s", e)
-            return 0
-        if len(taken) == _BATCH_ITEMS:
-            self._spool_mtime = -1               # more are waiting: look again next time
+        handled = 0
+        while True:
+            try:
+                taken = self.spool.take(limit=_BATCH_ITEMS)
+            except SpoolError as e:
+                log.warning("%s", e)
+                return handled
+            self._forward(taken)
+            handled += len(taken)
+            if len(taken) < _BATCH_ITEMS:
+                return handled
+
+    def _forward(self, taken: list[SpoolItem]) -> None:
+        """One batch of these events (and early samples of started jobs), then confirm them."""
+        assert self.spool is not None
         ts = time.time()
         items = [kb for item in taken for kb in self._events(item)]
         for kind, body in items:
@@ -113,7 +167,6 @@ class Collector:
             self._enqueue(items, ts)
         for item in taken:
             self.spool.confirm(item)
-        return len(taken)
 
     def _spool_changed(self) -> bool:
         assert self.spool is not None
@@ -171,7 +224,20 @@ class Collector:
             return wire.encode(wire.make_batch(self.node, seq, valid, ts))
 
     def close(self) -> None:
-        """Close the sockets and the cgroup readers; the outbox keeps what is unacknowledged."""
+        """Close the sockets, descriptors and cgroup readers; the outbox keeps what is
+        unacknowledged."""
         self.sender.close()
         self.jobs.close()
         self.ctx.term()
+        if self.watch is not None:
+            self.watch.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

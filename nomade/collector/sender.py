@@ -10,36 +10,36 @@ acknowledged within ``ack_timeout_s`` is sent again (same bytes, same seq: the a
 drops duplicates). When the connection comes up (again), everything in flight is
 sent again at once rather than after the timeout. With ``IMMEDIATE`` set, nothing is
 queued while no agent is connected, so a batch leaves the outbox only for a live peer.
+
+Timing: ``pump`` returns when it next needs to run (the earliest ack deadline, or a
+retry a second later while no agent is connected), so the caller can sleep until then
+instead of waking on a timer.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 
 from nomade import wire
 from nomade.collector.outbox import Outbox
 
+if TYPE_CHECKING:     # nomade.curve imports zmq's thread authenticator (~7 MB): type only
+    from nomade.curve import ClientKeys
+
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class CurveKeys:
-    """Z85 CURVE keys of this client and the agent's public key."""
-
-    public: bytes
-    secret: bytes
-    server_public: bytes
+_NO_PEER_RETRY_S = 1.0
 
 
 class Sender:
     """Delivers ``outbox`` batches over one DEALER socket; call ``pump`` and ``on_readable``."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, outbox: Outbox, ack_timeout_s: float,
-                 curve: CurveKeys | None = None, window: int = 16) -> None:
+                 curve: ClientKeys | None = None, window: int = 16) -> None:
         self.outbox = outbox
         self.ack_timeout_s = ack_timeout_s
         self.window = window
@@ -59,12 +59,18 @@ class Sender:
         self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self.socket.connect(endpoint)
 
-    def pump(self, now: float) -> None:
-        """Send what is due: unsent batches and those whose ack is overdue, oldest first."""
+    def pump(self, now: float) -> float | None:
+        """Send what is due: unsent batches and those whose ack is overdue, oldest first.
+
+        Returns the monotonic time at which it should run again (the earliest ack
+        deadline of a batch in flight, or ``now`` + 1 s while no agent is connected),
+        None when nothing is in flight. An ack or a (re)connection also calls for it.
+        """
         in_flight = 0
         pending = self.outbox.pending()
         if len(self._sent_at) > len(pending):      # batches dropped by the outbox bound
-            self._sent_at = {s: t for s, t in self._sent_at.items() if s in set(pending)}
+            kept = set(pending)
+            self._sent_at = {s: t for s, t in self._sent_at.items() if s in kept}
         for seq in pending:
             if in_flight >= self.window:
                 break
@@ -78,9 +84,12 @@ class Sender:
             try:
                 self.socket.send(data, zmq.NOBLOCK)
             except zmq.Again:        # no agent connected: keep everything for later
-                return
+                return now + _NO_PEER_RETRY_S
             self._sent_at[seq] = now
             in_flight += 1
+        if not self._sent_at:
+            return None
+        return min(self._sent_at.values()) + self.ack_timeout_s
 
     def on_readable(self) -> None:
         """Handle every ack waiting on the socket; malformed frames are counted and dropped."""

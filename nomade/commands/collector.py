@@ -5,7 +5,9 @@ forwards the hook events of the node's spool, and delivers both to the agent ove
 ZeroMQ, keeping unacknowledged batches on disk (``outbox_dir``). With
 ``[collector] node_name`` set, only that node's cgroup directories are sampled (one
 collector per slurmd); empty, every Slurm job of the host is, named by its node.
-SIGTERM or SIGINT stops it after the current step; a second SIGINT exits at once.
+SIGTERM or SIGINT stops it after the current step (the signal wakes its loop at
+once); a second SIGINT exits at once. With ``[security] curve_enabled`` the socket
+uses the CURVE keys that ``nomade.curve.client_keys`` loads and checks.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from nomade.config import Config
-from nomade.errors import NomadeError
 
 if TYPE_CHECKING:
-    from nomade.collector.sender import CurveKeys
+    from nomade.curve import ClientKeys
 
 NAME = "collector"
 HELP = "run the node collector: sample jobs and node, forward hook events to the agent"
@@ -46,13 +47,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         outbox_dir=str(paths.outbox_dir), outbox_max_bytes=c.outbox_max_mb * 2**20,
         spool_dir=str(paths.collector_spool_dir), interval_s=c.interval_s, jitter_s=c.jitter_s,
         ack_timeout_s=c.ack_timeout_s, node_filter=c.node_name or None, curve=curve_keys(cfg))
-    stop = _StopFlag()
+    stop = _StopFlag(collector.wakeup_fd)
     try:
         if args.once:
             collector.tick()
+            collector.next_tick = float("inf")          # one sample, then only delivery
             deadline = time.monotonic() + c.ack_timeout_s
             collector.run(lambda: stop.set or not collector.outbox.pending()
-                          or time.monotonic() > deadline)
+                          or time.monotonic() >= deadline, deadline=deadline)
             return 0 if not collector.outbox.pending() else 1
         collector.run(lambda: stop.set)
         return 0
@@ -61,23 +63,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         collector.close()
 
 
-def curve_keys(cfg: Config) -> CurveKeys | None:
-    """The client's CURVE keys when ``[security] curve_enabled``, else None."""
+def curve_keys(cfg: Config) -> ClientKeys | None:
+    """The client's CURVE keys when ``[security] curve_enabled``, else None (and then
+    ``nomade.curve``, whose authenticator import costs ~7 MB, is not imported).
+    Raises ``NomadeError`` naming a missing or bad key file."""
     if not cfg.security.curve_enabled:
         return None
-    from zmq.auth import load_certificate
+    from nomade.curve import client_keys
 
-    from nomade.collector.sender import CurveKeys
-
-    files = cfg.paths().keys
-    try:
-        public, secret = load_certificate(files.client_secret_key_file)
-        server_public, _ = load_certificate(files.server_public_key_file)
-    except (OSError, ValueError) as e:
-        raise NomadeError(f"CURVE is enabled but a key cannot be read: {e}") from e
-    if secret is None:
-        raise NomadeError(f"{files.client_secret_key_file} holds no secret key")
-    return CurveKeys(public=public, secret=secret, server_public=server_public)
+    return client_keys(cfg.security)
 
 
 def _raise_fd_limit() -> None:
@@ -88,11 +82,14 @@ def _raise_fd_limit() -> None:
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT set ``set``; a second SIGINT raises KeyboardInterrupt. Never logs."""
+    """SIGTERM/SIGINT set ``set`` and wake the collector through ``wakeup_fd``; a second
+    SIGINT raises KeyboardInterrupt. Never logs; ``restore`` puts the previous handlers
+    and wake-up descriptor back."""
 
-    def __init__(self) -> None:
+    def __init__(self, wakeup_fd: int) -> None:
         self.set = False
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous_fd = signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.set and signum == signal.SIGINT:
@@ -100,7 +97,7 @@ class _StopFlag:
         self.set = True
 
     def restore(self) -> None:
-        """Put the previous handlers back."""
+        """Put the previous handlers and wake-up descriptor back."""
+        signal.set_wakeup_fd(self._previous_fd)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
