@@ -1,20 +1,22 @@
 """The collector on the real Slurm test cluster (cgroup v1), with a test ROUTER as the agent.
 
 Plausibility: a busy job's CPU time grows, a job's memory tracks its allocation, and the
-OOM kill of an over-memory job is seen while the job still runs. Delivery: the agent
-stops for a while and the collector is killed with SIGKILL mid-run; every batch arrives.
+OOM kill of an over-memory job is seen while the job still runs. (Delivery through the
+real agent, gap and kill -9 included: test_collector_agent.py.)
 """
 
 from __future__ import annotations
 
-import subprocess
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from slurmtools import SlurmCluster, submit, wait_state
+from test_collector import Agent, start_collector, stop_collector
 
-from test_collector import Agent, assert_contiguous, start_collector, stop_collector
+from nomade.slurm import JobNotFound
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -23,35 +25,24 @@ HOLD_200MB = "python3 -c 'import time; b=bytearray(200<<20); b[::4096]=b\"x\"*le
 OOM = "python3 -c 'b=bytearray(400<<20); b[::4096]=b\"x\"*len(b[::4096])'; sleep 300"
 
 
-@pytest.fixture
-def cluster(request: pytest.FixtureRequest) -> object:
-    return request.getfixturevalue("slurm_cluster")
-
-
-def sbatch(*args: str) -> str:
-    out = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "-t", "5", *args],
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip().split(";")[0]
-
-
-def state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return out.stdout.strip()
+def state(cluster: SlurmCluster, job_id: str) -> str | None:
+    jobs = cluster.slurm.list_jobs([job_id])
+    return jobs[0].state if jobs else None
 
 
 @pytest.fixture
-def jobs(cluster: object) -> Iterator[dict[str, str]]:
-    ids = {"busy": sbatch("--mem=200M", f"--wrap={BUSY}"),
-           "hold": sbatch("--mem=600M", f"--wrap={HOLD_200MB}"),
-           "oom": sbatch("--mem=100M", f"--wrap={OOM}")}
+def jobs(slurm_cluster: SlurmCluster) -> Iterator[dict[str, str]]:
+    ids: dict[str, str] = {}
     try:
-        deadline = time.monotonic() + 60
-        while any(state(j) != "RUNNING" for j in ids.values()):
-            assert time.monotonic() < deadline, f"jobs not running: {[state(j) for j in ids.values()]}"
-            time.sleep(0.5)
+        for name, mem, wrap in (("busy", "200M", BUSY), ("hold", "600M", HOLD_200MB), ("oom", "100M", OOM)):
+            ids[name] = submit(slurm_cluster, wrap, f"--mem={mem}", "--time=5", name=f"collector-{name}")
+        for job_id in ids.values():
+            wait_state(slurm_cluster.slurm, job_id, ["RUNNING"], timeout=60)
         yield ids
     finally:
-        subprocess.run(["scancel", *ids.values()], check=False)
+        for job_id in ids.values():
+            with contextlib.suppress(JobNotFound):
+                slurm_cluster.slurm.cancel(job_id)
 
 
 def write_config(site: Path, port: int) -> Path:
@@ -76,7 +67,8 @@ def samples(agent: Agent, job_id: str) -> list[dict]:
     return sorted(items, key=lambda b: b["ts"])
 
 
-def test_samples_are_plausible(jobs: dict[str, str], tmp_path: Path) -> None:
+def test_samples_are_plausible(slurm_cluster: SlurmCluster, jobs: dict[str, str],
+                               tmp_path: Path) -> None:
     agent = Agent()
     proc = start_collector(write_config(tmp_path, agent.port))
     try:
@@ -88,7 +80,7 @@ def test_samples_are_plausible(jobs: dict[str, str], tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "samples missing after 60 s"
             time.sleep(0.5)
-        assert state(jobs["oom"]) == "RUNNING", "the OOM kill was seen while the job runs"
+        assert state(slurm_cluster, jobs["oom"]) == "RUNNING", "the OOM kill was seen while the job runs"
     finally:
         err = stop_collector(proc)
         agent.close()
@@ -104,34 +96,3 @@ def test_samples_are_plausible(jobs: dict[str, str], tmp_path: Path) -> None:
     oom = [s for s in samples(agent, jobs["oom"]) if s["oom_kills"]][0]
     assert oom["oom_kills"] >= 1 and oom["mem_limit_hits"] >= 1
     assert oom["mem_limit_bytes"] == 100 << 20
-
-
-def test_agent_gap_and_kill_9_lose_no_sample(jobs: dict[str, str], tmp_path: Path) -> None:
-    agent = Agent()
-    port = agent.port
-    cfg = write_config(tmp_path, port)
-    proc = start_collector(cfg)
-    try:
-        agent.wait_for(3)
-        before = agent.batches()
-        agent.close()                                   # the agent stops while jobs run
-        time.sleep(5)
-        proc.kill()                                     # and the collector dies mid-run
-        proc.wait()
-        proc.stderr.close()
-        last = int((tmp_path / "outbox" / "seq").read_text())
-        agent = Agent(port)
-        proc = start_collector(cfg)
-        deadline = time.monotonic() + 30
-        while not set(range(1, last + 1)) <= set(before) | set(agent.batches()):
-            assert time.monotonic() < deadline, "batches of the gap did not arrive"
-            time.sleep(0.2)
-    finally:
-        err = stop_collector(proc)
-        agent.close()
-    assert proc.returncode == 0, err.decode()
-    after = agent.batches()
-    assert_contiguous({**before, **after})
-    seqs_with_busy = [seq for seq, m in {**before, **after}.items()
-                      if any(i.body.get("job_id") == jobs["busy"] for i in m.body["items"])]
-    assert len(seqs_with_busy) >= 8, "samples taken during the gap arrived"
