@@ -203,3 +203,29 @@ def test_real_jobcomp_capture_with_22_05_time_limit_format() -> None:
     ("x-1", None), ("1:2:3:4", None), ("", None)])
 def test_time_limit_formats(text: str, seconds: float | None) -> None:
     assert jobenv.time_limit_s(text) == seconds
+
+
+# A prolog_slurmctld capture of a lab user's job (demo run, Slurm 22.05.8). The test
+# cluster's ClusterName is "nomadetest", the same word as its test user, so a store showing
+# cluster = 'nomadetest' for user 'nomadetest' is right; this pins that ``cluster`` comes
+# from SLURM_CLUSTER_NAME and never from the user variables.
+REAL_PROLOG_CTLD_LAB = {
+    "NOMADE_HOOK": "prolog_slurmctld", "NOMADE_TS": "1795920663.124760400",
+    "SLURM_JOB_GROUP": "nomadelab3", "SLURM_JOBID": "70", "SLURM_JOB_USER": "nomadelab3",
+    "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_STDOUT": "/tmp/nomade-cluster/out/%j.out",
+    "SLURM_JOB_NAME": "wrap", "SLURM_JOB_CPUS_PER_NODE": "1", "SLURM_JOB_GID": "1004",
+    "SLURM_JOB_WORK_DIR": "/tmp", "SLURM_JOB_ACCOUNT": "(null)",
+    "SLURM_SCRIPT_CONTEXT": "prolog_slurmctld", "SLURM_JOB_RESTART_COUNT": "0",
+    "SLURM_JOB_ID": "70", "SLURM_JOB_NODELIST": "n1", "SLURM_CLUSTER_NAME": "nomadetest",
+    "SLURM_JOB_UID": "1004", "SLURM_JOB_PARTITION": "debug", "SLURM_JOB_STDIN": "/dev/null"}
+
+
+def test_cluster_is_the_cluster_name_never_the_user() -> None:
+    [(_, body)] = jobenv.events(REAL_PROLOG_CTLD_LAB)
+    assert (body["cluster"], body["user"], body["uid"]) == ("nomadetest", "nomadelab3", 1004)
+    renamed = {**REAL_PROLOG_CTLD_LAB, "SLURM_CLUSTER_NAME": "hpc1"}
+    [(_, body)] = jobenv.events(renamed)
+    assert (body["cluster"], body["user"]) == ("hpc1", "nomadelab3")
+    without = {k: v for k, v in REAL_PROLOG_CTLD_LAB.items() if k != "SLURM_CLUSTER_NAME"}
+    [(_, body)] = jobenv.events(without)
+    assert body["cluster"] is None and body["user"] == "nomadelab3"
