@@ -57,6 +57,9 @@ def test_scores_a_batch(trained: tuple[Path, train.Prepared]) -> None:
     assert np.isnan(s2.parts[:, 1]).all() and np.allclose(s2.risk, expect, atol=1e-6)
     assert s2.contributions is None and s2.factors(0) == []
     assert scorer.version == persist.model_version(persist.read_metadata(models_dir))
+    kept = scorer.neighbours(X, mask, start)  # what an agent may keep per job
+    again = scorer.score(X, mask, S, lengths, None, neighbours=kept)
+    assert np.array_equal(again.risk, s.risk) and np.array_equal(again.contributions, s.contributions)
 
 
 def test_explanations_are_occlusion_against_normal(trained: tuple[Path, train.Prepared]) -> None:

@@ -164,7 +164,7 @@ class Scorer:
 
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
-              explain: bool | np.ndarray = True) -> Scores:
+              explain: bool | np.ndarray = True, neighbours: Neighbours | None = None) -> Scores:
         """Score n jobs at once from raw ``X`` float[n,17], ``mask`` bool[n,17], ``S``
         float[n,T,11] and ``lengths`` int[n] (None: no sequences, no LSTM part) and
         ``start_ts`` float[n] (needed with a GNN: neighbours must have ended before).
@@ -172,11 +172,15 @@ class Scorer:
         ``explain``: True explains every job, False none, or the row indices (or a
         bool mask) of the jobs to explain, e.g. those whose level changed; the others'
         contributions are NaN and their ``factors`` empty. Explaining costs about as
-        much again as scoring, for the GNN and autoencoder parts."""
+        much again as scoring, for the GNN and autoencoder parts.
+
+        ``neighbours``: the jobs' graph neighbours from :meth:`neighbours`, if the
+        caller kept them (they depend only on start-time features and the loaded
+        reference set, so an agent can keep them for a job's life); else searched."""
         X, mask = np.asarray(X, np.float32), np.asarray(mask, bool)
         if X.ndim != 2 or X.shape[1] != features.N_FEATURES or mask.shape != X.shape:
             raise ValueError(f"X and mask must be [n, {features.N_FEATURES}], got {X.shape}, {mask.shape}")
-        nbrs = self._neighbours(X, mask, start_ts)
+        nbrs = neighbours if neighbours is not None or "gnn" not in self.models else self.neighbours(X, mask, start_ts)
         parts = np.full((len(X), len(PARTS)), np.nan, np.float32)
         parts[:, 0], parts[:, 2] = self._static_parts([X], mask, nbrs)[0]
         if "lstm" in self.models and S is not None and lengths is not None:
@@ -192,9 +196,11 @@ class Scorer:
             contrib[rows] = self._occlusion(X[rows], mask[rows], sub, parts[rows], risk[rows], med[rows])
         return Scores(risk, levels(risk), parts, X, mask, med, spread, contrib)
 
-    def _neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours | None:
+    def neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours:
+        """Each job's ≤ k most similar reference jobs that ended before it started,
+        by start-time features (raw ``X``, ``mask``); needs a GNN model."""
         if "gnn" not in self.models:
-            return None
+            raise ValueError("no GNN model is loaded, so jobs have no graph neighbours")
         if start_ts is None or len(start_ts) != len(X):
             raise ValueError("start_ts (one per job) is needed to attach jobs to the graph")
         gnn: GNNClassifier = self.models["gnn"]
