@@ -128,6 +128,16 @@ def _spawn(code: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code, *args])
 
 
+def _wait_for_growth(path: Path, timeout_s: float) -> None:
+    """Wait until ``path`` is longer than it was, so each round kills writers mid-stream."""
+    size = path.stat().st_size if path.exists() else 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > size:
+            return
+        time.sleep(0.02)
+
+
 def test_kill_9_writers_and_readers_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     rng = random.Random(7)
     spool_dir, done_log, db = tmp_path / "spool", tmp_path / "done.log", tmp_path / "out.db"
@@ -135,6 +145,7 @@ def test_kill_9_writers_and_readers_loses_and_duplicates_nothing(tmp_path: Path)
     for rnd in range(8):
         procs = [_spawn(WRITER, str(spool_dir), f"r{rnd}w{w}", str(done_log)) for w in range(3)]
         procs += [_spawn(READER, str(spool_dir), str(db), "forever") for _ in range(2)]
+        _wait_for_growth(done_log, timeout_s=30)  # on a loaded machine start-up alone takes long
         time.sleep(rng.uniform(0.15, 0.5))
         rng.shuffle(procs)
         for p in procs:
