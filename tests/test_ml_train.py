@@ -169,3 +169,23 @@ def test_learning_weights_needs_all_three_models(tmp_path: Path, prepared: train
     from nomade import config
     with pytest.raises(NomadeError, match="all three"):
         train.fit_and_save(prepared, config.load(None), tmp_path, kinds=("gnn",), learn=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_train_submit_runs_as_a_slurm_job(tmp_path: Path, slurm_cluster) -> None:
+    from slurmtools import wait_final
+    cfg = tmp_path / "nomade.toml"
+    cfg.write_text("[ml]\nsequence_length = 8\n[ml.training]\nepochs = 2\npatience = 1\n")
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg), "OMP_NUM_THREADS": "1"}
+    models = tmp_path / "models"
+    out = _nomade("train", "--submit", "--synthetic", "150", "--json", "--models-dir", str(models),
+                  "--data", str(tmp_path / "d.npz"), "--sbatch-option=--time=5", env=env)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    final = wait_final(slurm_cluster.slurm, job["job_id"], 240)
+    log = Path(job["log"])
+    assert final.state == "COMPLETED", log.read_text() if log.exists() else final
+    report = json.loads(log.read_text())
+    assert set(report["models"]) == {"gnn", "lstm", "autoencoder"} and report["data"]["jobs"] == 150
+    assert persist.read_metadata(models)["models"].keys() == {"gnn", "lstm", "autoencoder"}
