@@ -2,10 +2,14 @@
 
 One thread runs ``Agent.run``: a ZeroMQ poller on the ROUTER (ingest) socket whose
 timeout is the next timer, and timers for the scoring tick (``[agent] interval_s``),
-the hook-spool drain (``[agent] spool_dirs``, every ``spool_interval_s``) and the
-final-state poll of ended jobs (``nomade.finalstate`` with ``nomade.slurm``). The
-decisions live in ``state``, ``ingest``, ``scoring`` and ``finalstate``; this module
-only moves bytes and calls them. A second thread serves the metrics (``metrics``).
+the hook-spool drain (``[agent] spool_dirs``, every ``spool_interval_s``), and, every
+``final_interval_s``, the Slurm rounds: requests of started jobs that no hook saw
+(memory, GPUs, time limit: ``nomade.agent.requests``) and final states of ended jobs
+(``nomade.finalstate``), each one batched query through ``nomade.slurm``. The
+decisions live in ``state``, ``ingest``, ``scoring``, ``requests`` and ``finalstate``;
+this module only moves bytes and calls them. A request answered by Slurm becomes a
+``job.start`` message (source ``"slurm"``) that is stored and fed to the job state like
+a hook event, so the next scoring tick sees it. A second thread serves the metrics (``metrics``).
 
 Shutdown (``close``, after ``run`` returns because ``should_stop()`` became true):
 stop polling, drain and store what had already arrived and send its acks, drain the
@@ -32,7 +36,7 @@ from typing import Any, Protocol
 import zmq
 
 from nomade import curve, finalstate, wire
-from nomade.agent import scoring
+from nomade.agent import requests, scoring
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
 from nomade.agent.publisher import Publisher
@@ -136,6 +140,7 @@ class Agent:
         self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS, horizon_s=horizon)
         self.ingest = Ingest(store, self.state, self.metrics, self.name)
         self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s)
+        self.requests = requests.RequestTracker()
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
         self.model_watch = scoring.ModelWatch()
         self.scorer: scoring.ScorerLike | None = None
@@ -185,6 +190,7 @@ class Agent:
                 self.drain_spools()
                 next_spool = now + self.spool_interval_s
             if now >= next_final:
+                self.poll_requests()
                 self.poll_final_states()
                 next_final = now + self.final_interval_s
             if now >= next_tick:
@@ -253,6 +259,44 @@ class Agent:
         self.metrics.spool_events_total += sink.count
         self.metrics.running_jobs = len(self.state.running)
         return sink.count
+
+    def poll_requests(self) -> int:
+        """Complete the requests of started jobs that lack memory, GPUs or time limit from
+        one batched Slurm query (``nomade.agent.requests``); how many jobs were completed.
+        A failed query is logged and backed off; a failed store write is retried next round."""
+        if self.slurm is None:
+            return 0
+        now = time.time()
+        self.requests.observe(requests.lacking((r.job_id, r.request) for r in self.state.scorable()),
+                              now)
+        due = self.requests.due(now)
+        if not due:
+            return 0
+        try:
+            listed = {job.job_id: job for job in self.slurm.list_jobs(job_ids=due)}
+        except Exception as e:  # a Slurm outage must not stop the agent: log, back off, go on
+            log.warning("request query for %d jobs failed: %s", len(due), e)
+            decisions: list[requests.Answer | requests.GiveUp] = list(self.requests.query_failed(now, due))
+        else:
+            decisions = self.requests.answered(now, {j: listed.get(j) for j in due})
+        messages = []
+        for d in decisions:
+            if isinstance(d, requests.GiveUp):
+                log.warning("job %s: request left incomplete: %s", d.job_id, d.reason)
+                continue
+            try:
+                messages.append(wire.make("job.start", self.name, 0, d.body, now))
+            except wire.WireError as e:  # Slurm said something the wire refuses: say so, skip
+                log.warning("job %s: Slurm's view of its request refused: %s", d.job_id, e)
+        if not messages:
+            return 0
+        try:
+            _StateSink(self.store, self.state).write_messages(messages)
+        except Exception as e:  # store locked or full: ask again next round
+            log.warning("requests of %d jobs not stored: %s", len(messages), e)
+            self.requests.retry(m.body["job_id"] for m in messages)
+            return 0
+        return len(messages)
 
     def poll_final_states(self) -> None:
         """Ask Slurm for the final state of ended jobs that lack one (backed off)."""
