@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,8 @@ db_path = "{self.db}"
             return subprocess.Popen([sys.executable, "-m", "nomade", *command], cwd=REPO, env=env,
                                     stdout=log, stderr=log)
 
-    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    @staticmethod
+    def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
         """Send ``sig`` and wait; the exit code."""
         if proc.poll() is None:
             proc.send_signal(sig)
@@ -123,9 +124,10 @@ db_path = "{self.db}"
             conn.close()
         return samples, seqs
 
-    def wait(self, what: str, done: object, timeout: float = 60.0) -> None:
+    def wait(self, what: str, done: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Poll ``done`` until true; fail with ``what`` and both logs after ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        while not done():                                        # type: ignore[operator]
+        while not done():
             assert time.monotonic() < deadline, f"{what} after {timeout:g} s\n" \
                 f"collector log:\n{self.log('collector')[-2000:]}\nagent log:\n{self.log('agent')[-2000:]}"
             time.sleep(0.5)
@@ -213,6 +215,8 @@ def test_collector_killed_mid_batch_loses_no_sample_and_doubles_none(busy_jobs: 
         agent_code = site.stop(agent)
     assert (collector_code, agent_code) == (0, 0), site.log("collector") + site.log("agent")
     assert_each_stored_once(site, taken)
-    stored, seqs = site.stored()
-    assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1)), "no batch missing between kills"
-    assert job_rows(site, busy_jobs) >= 2 * len(busy_jobs)
+    # (no claim that seqs are contiguous: a kill between reserving a seq and writing its
+    # batch file leaves that number unused, and those samples were never on disk)
+    newest = max(ts for job, _, ts in site.stored()[0] if job in busy_jobs)
+    assert newest > max((ts for batch in taken.values() for _, _, ts in batch), default=0.0), \
+        "samples taken after the last restart arrive too"

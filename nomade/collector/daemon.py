@@ -104,7 +104,8 @@ class Collector:
             due = self.sender.pump(time.monotonic())
             wake = min(self.next_tick, next_spool, next_early if self._early else math.inf,
                        math.inf if due is None else due, math.inf if deadline is None else deadline)
-            for sock, _ in poller.poll(max(0.0, wake - time.monotonic()) * 1000):
+            timeout_ms = None if wake == math.inf else max(0.0, wake - time.monotonic()) * 1000
+            for sock, _ in poller.poll(timeout_ms):
                 if sock is self.sender.socket:
                     self.sender.on_readable()
                 elif sock is self.sender.monitor:
