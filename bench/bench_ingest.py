@@ -2,15 +2,20 @@
 
 A load-generator process plays many collectors: DEALER sockets on 127.0.0.1, each
 sending pre-encoded batches like real collectors (50-500 job samples plus a node
-sample), keeping a window of unacknowledged batches. The agent side is the real
-``Agent.receive`` path (decode + validate + store + ack + state) in this process on a
-store under /var/tmp; its wall rate and its own CPU seconds per sample are reported.
+sample), keeping a window of unacknowledged batches. Each collector has 50 jobs of its
+own and a batch holds 1-10 intervals of them (50-500 samples: one send, or an outbox
+replayed after an agent restart, the case where 100,000/s matters). The agent side is
+the real ``Agent.receive`` path (decode + validate + store + commit + ack + state) in this
+process on a store under /var/tmp. The budget is judged by the agent's own CPU seconds
+per sample (the budget speaks of one core, and the machine is shared: wall time also
+counts the time the agent waits for a CPU); the wall rate is reported beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import random
 import shutil
 import tempfile
@@ -22,31 +27,52 @@ import zmq
 
 from bench.result import Result
 from nomade import config, wire
-from nomade.store import JOB_SAMPLE_FIELDS
 
 BUDGET = 100_000.0
+#: Running jobs on each node (each sends one sample of each per interval).
+JOBS_PER_NODE = 50
+T0 = 1.7e9
 
 
-def _frames(sender: str, n_batches: int, rng: random.Random) -> list[tuple[int, bytes, int]]:
+def _frames(node: int, n_batches: int, rng: random.Random) -> list[tuple[int, bytes, int]]:
+    """The batches of one collector: ``JOBS_PER_NODE`` jobs of its own, one sample each per
+    interval; a batch holds 1 to 10 intervals (50-500 job samples: one send, or an outbox
+    replayed after an agent restart) and one node sample."""
+    sender = f"cn{node:04d}"
+    first_job = 4_000_000 + node * JOBS_PER_NODE
     out = []
+    interval = 0
     for seq in range(1, n_batches + 1):
-        per = rng.randrange(50, 501)
-        ts = 1.7e9 + seq * 30.0
+        n_intervals = rng.randrange(1, 11)
         items = []
-        for j in range(per):
-            body: dict[str, Any] = {f: 1000 + j for f in JOB_SAMPLE_FIELDS}
-            body.update(job_id=str(j + 1), node=sender, ts=ts, cpu_user_s=ts / 1e6,
-                        io_pressure=1.5, mem_pressure=None)
-            items.append(wire.make("job.sample", sender, seq, body, ts))
+        for _ in range(n_intervals):
+            interval += 1
+            ts = T0 + interval * 30.0
+            for j in range(JOBS_PER_NODE):
+                items.append(wire.make("job.sample", sender, seq, _sample(sender, first_job + j, ts, rng), ts))
         items.append(wire.make("node.sample", sender, seq, {"node": sender, "ts": ts, "cpu_pct": 50.0}, ts))
-        out.append((seq, wire.encode(wire.make_batch(sender, seq, items)), per))
+        out.append((seq, wire.encode(wire.make_batch(sender, seq, items, ts)), len(items) - 1))
     return out
+
+
+def _sample(node: str, job: int, ts: float, rng: random.Random) -> dict[str, Any]:
+    """A job sample with realistic values (byte counters in the gigabytes, CPU seconds as
+    floats, one pressure unknown), as in ``bench_wire``."""
+    return {
+        "job_id": str(job), "node": node, "ts": ts, "alloc_cpus": 16,
+        "cpu_user_s": rng.uniform(0, 1e6), "cpu_system_s": rng.uniform(0, 1e4),
+        "mem_bytes": rng.randrange(2**34), "mem_peak_bytes": rng.randrange(2**34, 2**35),
+        "mem_limit_bytes": 2**36, "mem_limit_hits": rng.randrange(3), "oom_kills": 0,
+        "page_faults": rng.randrange(10**9), "major_faults": rng.randrange(10**4),
+        "swap_bytes": 0, "read_bytes": rng.randrange(2**42), "write_bytes": rng.randrange(2**40),
+        "nfs_write_bytes": rng.randrange(2**38), "nprocs": rng.randrange(1, 64),
+        "nthreads": rng.randrange(1, 512), "io_pressure": rng.uniform(0, 20), "mem_pressure": None}
 
 
 def _generator(endpoint: str, senders: int, batches: int, window: int, ready: Any, go: Any) -> None:
     """Child process: ``senders`` DEALERs send their batches, at most ``window`` unacked each."""
     rng = random.Random(1)
-    work = {f"cn{i:04d}": _frames(f"cn{i:04d}", batches, rng) for i in range(senders)}
+    work = {f"cn{i:04d}": _frames(i, batches, rng) for i in range(senders)}
     ctx = zmq.Context()
     socks = {}
     for name in work:
@@ -120,11 +146,21 @@ def _measure(senders: int, batches: int, window: int) -> tuple[float, float, int
 
 
 def run(quick: bool) -> list[Result]:
+    """The agent's CPU per sample (judged: the budget is one core) and its wall rate."""
     senders, batches = (20, 10) if quick else (100, 20)
     rate, cpu_per_sample, total = _measure(senders, batches, window=4)
-    note = (f"{senders} DEALER senders x {batches} batches of 50-500 job samples ({total} samples) "
-            "over loopback from a separate process; agent: decode+validate+store+ack+state")
-    return [Result("agent ingest", rate, "job samples/s", f">= {BUDGET:,.0f}", rate >= BUDGET, note),
+    cpu_rate = 1.0 / cpu_per_sample
+    load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    note = (f"{senders} collectors x {batches} batches of 1-10 intervals of {JOBS_PER_NODE} jobs "
+            f"({total} samples) over loopback from a separate process; agent: "
+            "decode+validate+store(commit)+ack+state")
+    return [Result("agent ingest, per CPU second", cpu_rate, "job samples/s",
+                   f">= {BUDGET:,.0f} (one core)", cpu_rate >= BUDGET,
+                   note + "; judged by the agent process's own CPU time, which a loaded "
+                   "machine does not inflate the way it does wall time"),
             Result("agent ingest CPU per sample", cpu_per_sample * 1e6, "µs CPU/sample",
                    f"<= {1e6 / BUDGET:.0f} (one core)", cpu_per_sample * BUDGET <= 1.0,
-                   "CPU seconds of the agent process only")]
+                   "CPU seconds of the agent process (all its threads) / samples stored"),
+            Result("agent ingest, wall rate", rate, "job samples/s", "not judged", None,
+                   f"wall clock while the load generator shares the machine ({load} at the "
+                   "end): a floor, not the figure the budget is judged by")]

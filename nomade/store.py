@@ -266,13 +266,19 @@ class _Rows:
     job_events: list[tuple[str, Mapping[str, Any], float]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, messages: Iterable[MessageLike]) -> _Rows:
-        """Group ``messages`` by kind; ``ValueError`` names the first one the store cannot keep."""
+    def of(cls, messages: Iterable[MessageLike],
+           job_sample_rows: list[tuple[Any, ...]] | None = None) -> _Rows:
+        """Group ``messages`` by kind; ``ValueError`` names the first one the store cannot
+        keep. With ``job_sample_rows`` (the job samples' rows, already in column order) the
+        ``job.sample`` messages are skipped."""
         rows = cls()
+        if job_sample_rows is not None:
+            rows.job_samples = job_sample_rows
         for msg in messages:
             kind = msg.kind
             if kind == "job.sample":
-                rows.job_samples.append(_sample_row(msg, JOB_SAMPLE_FIELDS, _GET_JOB_SAMPLE, 2))
+                if job_sample_rows is None:
+                    rows.job_samples.append(_sample_row(msg, JOB_SAMPLE_FIELDS, _GET_JOB_SAMPLE, 2))
             elif kind == "node.sample":
                 rows.node_samples.append(_sample_row(msg, NODE_SAMPLE_FIELDS, _GET_NODE_SAMPLE, 1))
             elif kind in ("job.start", "job.end"):
@@ -521,14 +527,20 @@ class Store:
         """Store one batch in one transaction; False (and nothing written) if already stored."""
         return self.write_batches([(sender, seq, messages)])[0]
 
-    def write_batches(self, batches: Iterable[tuple[str, int, Iterable[MessageLike]]]
-                      ) -> list[bool]:
+    def write_batches(self, batches: Iterable[tuple[str, int, Iterable[MessageLike]]
+                                        | tuple[str, int, Iterable[MessageLike],
+                                                list[tuple[Any, ...]]]]) -> list[bool]:
         """Store several batches in one transaction; per batch, False if it was a duplicate.
 
-        All batches are checked first: a message the store cannot keep raises ``ValueError``
-        and nothing of any batch is written.
+        A batch is ``(sender, seq, messages)``, or ``(sender, seq, messages, job_sample_rows)``
+        where ``job_sample_rows`` are the bodies of the batch's ``job.sample`` messages as
+        tuples in ``JOB_SAMPLE_FIELDS`` order (``nomade.wire.decode_rows`` gives them; every
+        field present, job_id and ts not None): they are inserted as they are and the
+        ``job.sample`` messages are not read again. All batches are checked first: a message
+        the store cannot keep raises ``ValueError`` and nothing of any batch is written.
         """
-        checked = [(sender, seq, _Rows.of(messages)) for sender, seq, messages in batches]
+        checked = [(b[0], b[1], _Rows.of(b[2], b[3] if len(b) > 3 else None))  # type: ignore[misc]
+                   for b in batches]
         now = time.time()
         fresh: list[bool] = []
         with self._transaction() as conn:

@@ -35,6 +35,7 @@ frame in a collector's outbox would be resent forever).
 from __future__ import annotations
 
 import functools
+import operator
 import re
 import reprlib
 import sys
@@ -380,8 +381,9 @@ _message = functools.partial(tuple.__new__, Message)   # skips __new__'s argumen
 
 # ---------------------------------------------------------------- parse (wire -> Message)
 
-def _parse(env: Any) -> Message:
-    """The Message of an unpacked envelope; WireError if anything is invalid."""
+def _parse(env: Any, rows: list[tuple[Any, ...]] | None = None) -> Message:
+    """The Message of an unpacked envelope; WireError if anything is invalid. ``rows``:
+    see ``_parse_items``."""
     if type(env) is not dict:
         raise WireError(f"frame: expected a map (the envelope), got {_show(env)}")
     version, kind, sender, seq, ts, body = map(env.get, _ENVELOPE_KEYS)
@@ -401,42 +403,99 @@ def _parse(env: Any) -> Message:
     if kind == "batch":
         if type(body) is not list or not body:
             raise WireError(f"batch body: expected [items], got {_show(body)}")
-        items, skipped = _parse_items(body[0], version, sender)
+        items, skipped = _parse_items(body[0], version, sender, rows)
         return _message((version, kind, sender, seq, ts, {"items": items, "skipped": skipped}))
     return _message((version, kind, sender, seq, ts, _BODIES[kind].decode(body)))
 
 
-def _parse_items(raw: Any, version: int, sender: str) -> tuple[list[Message], int]:
-    """The items of a batch body and how many were skipped (kinds this side does not know)."""
+def _parse_items(raw: Any, version: int, sender: str,
+                 rows: list[tuple[Any, ...]] | None = None) -> tuple[list[Message], int]:
+    """The items of a batch body and how many were skipped (kinds this side does not know).
+
+    ``rows``, if given, receives the body of every ``job.sample`` item as a tuple in
+    ``FIELDS["job.sample"]`` order, in item order (the store's column order).
+    """
     if type(raw) is not list or len(raw) > MAX_BATCH_ITEMS:
         raise WireError(f"batch items: expected a list of at most {MAX_BATCH_ITEMS} items, "
                         f"got {_show(raw)}")
     out: list[Message] = []
-    append = out.append
-    skipped = 0
-    fast_of = _FAST_ITEMS
-    for i, item in enumerate(raw):
-        try:
-            if type(item) is not list or len(item) < 4:
-                raise WireError(f"expected [kind, seq, ts, body], got {_show(item)}")
-            kind, seq, ts, arr = item if len(item) == 4 else item[:4]
-            fast = fast_of.get(kind) if type(kind) is str else None
-            if fast is None or (body := fast(arr)) is None:
-                spec = _ITEM_BODIES.get(kind) if type(kind) is str else None
-                if spec is None:
-                    if type(kind) is str and kind not in FIELDS:
-                        skipped += 1   # a kind from a newer peer
-                        continue
-                    raise WireError(f"kind {_show(kind)} cannot be a batch item")
-                body = spec.decode(arr)
-            if type(seq) is not int or not 0 <= seq <= MAX_INT:
-                raise WireError(f"'seq': expected {COUNT.desc}, got {_show(seq)}")
-            if not (type(ts) is float or type(ts) is int) or not 0.0 <= ts <= MAX_TS:
-                raise WireError(f"'ts': expected {TS.desc}, got {_show(ts)}")
-            append(_message((version, kind, sender, seq, ts, body)))
-        except WireError as e:
-            raise WireError(f"batch item {i}: {e}") from None
+    skipped = _SAMPLE_ITEMS(raw, version, sender, out, rows, _parse_item)
     return out, skipped
+
+
+def _parse_item(i: int, item: Any, version: int, sender: str) -> Message | None:
+    """Item ``i`` of a batch, any kind (None: a kind from a newer peer, skipped); WireError
+    naming the item. The generated loop calls it for every item it does not take itself."""
+    try:
+        if type(item) is not list or len(item) < 4:
+            raise WireError(f"expected [kind, seq, ts, body], got {_show(item)}")
+        kind, seq, ts, arr = item if len(item) == 4 else item[:4]
+        fast = _FAST_ITEMS.get(kind) if type(kind) is str else None
+        if fast is None or (body := fast(arr)) is None:
+            spec = _ITEM_BODIES.get(kind) if type(kind) is str else None
+            if spec is None:
+                if type(kind) is str and kind not in FIELDS:
+                    return None   # a kind from a newer peer
+                raise WireError(f"kind {_show(kind)} cannot be a batch item")
+            body = spec.decode(arr)
+        if type(seq) is not int or not 0 <= seq <= MAX_INT:
+            raise WireError(f"'seq': expected {COUNT.desc}, got {_show(seq)}")
+        if not (type(ts) is float or type(ts) is int) or not 0.0 <= ts <= MAX_TS:
+            raise WireError(f"'ts': expected {TS.desc}, got {_show(ts)}")
+        return _message((version, kind, sender, seq, ts, body))
+    except WireError as e:
+        raise WireError(f"batch item {i}: {e}") from None
+
+
+def _compile_items(kind: str) -> Callable[..., int]:
+    """``loop(raw, version, sender, out, rows, slow) -> skipped``: appends the Message of
+    every item of ``raw`` to ``out``. An item of ``kind`` that is valid as it stands is
+    checked inline (the same expressions as ``_compile_body``, no call per item); any other
+    item goes through ``slow(i, item, version, sender)`` (every kind, errors naming the
+    item and field). Unless ``rows`` is None, every item of ``kind`` also appends its body
+    to ``rows`` as a tuple in field order."""
+    fields = SCHEMAS[kind]
+    names = [f"f{i}" for i in range(len(fields))]
+    tests = []
+    for var, (_, typ, nullable) in zip(names, fields):
+        if typ.convert is not None:
+            raise ValueError(f"{kind}: a nested field cannot be checked inline")
+        test = typ.expr.format(x=var)
+        tests.append(f"({test} or {var} is None)" if nullable else test)
+    keys = [f[0] for f in fields]
+    source = (
+        "def loop(raw, version, sender, out, rows, slow):\n"
+        "    append = out.append\n"
+        "    row_sink = None if rows is None else rows.append\n"
+        "    skipped = 0\n"
+        "    for i, item in enumerate(raw):\n"
+        f"        if type(item) is list and len(item) == 4 and item[0] == {kind!r}:\n"
+        "            _, seq, ts, arr = item\n"
+        f"            if (type(arr) is list and len(arr) == {len(fields)} and type(seq) is int\n"
+        f"                    and 0 <= seq <= {MAX_INT!r} and (type(ts) is float or type(ts) is int)\n"
+        f"                    and 0.0 <= ts <= {float(MAX_TS)!r}):\n"
+        f"                {', '.join(names)}, = arr\n"
+        f"                if {' and '.join(tests)}:\n"
+        f"                    append(_message((version, {kind!r}, sender, seq, ts, "
+        f"{{{', '.join(f'{k!r}: {v}' for k, v in zip(keys, names))}}})))\n"
+        "                    if row_sink is not None:\n"
+        f"                        row_sink(({', '.join(names)},))\n"
+        "                    continue\n"
+        "        msg = slow(i, item, version, sender)\n"
+        "        if msg is None:\n"
+        "            skipped += 1\n"
+        "            continue\n"
+        "        append(msg)\n"
+        f"        if row_sink is not None and msg.kind == {kind!r}:\n"
+        f"            row_sink(_row(msg.body))\n"
+        "    return skipped\n")
+    namespace = dict(_NAMESPACE, _message=_message, _row=operator.itemgetter(*keys))
+    exec(source, namespace)  # noqa: S102 (text built from this module's constants only)
+    loop: Callable[..., int] = namespace["loop"]
+    return loop
+
+
+_SAMPLE_ITEMS = _compile_items("job.sample")
 
 
 # ---------------------------------------------------------------- Message -> wire
@@ -477,6 +536,21 @@ def _items_to_wire(batch: Message) -> list[list[Any]]:
 
 def decode(data: bytes | bytearray | memoryview) -> Message:
     """The valid Message of one frame; ``WireError`` for anything else, whatever ``data`` is."""
+    return _parse(_unpack(data))
+
+
+def decode_rows(data: bytes | bytearray | memoryview) -> tuple[Message, list[tuple[Any, ...]]]:
+    """``decode(data)``, and the bodies of a batch's ``job.sample`` items as tuples in
+    ``FIELDS["job.sample"]`` order (the store's column order), in item order; ``[]`` for a
+    message of another kind. The same validation and errors as ``decode``: the ingest path,
+    which hands the rows to the store without a per-sample lookup by name.
+    """
+    rows: list[tuple[Any, ...]] = []
+    return _parse(_unpack(data), rows), rows
+
+
+def _unpack(data: bytes | bytearray | memoryview) -> Any:
+    """The unpacked envelope of a frame, within the size and unpack limits; WireError."""
     try:
         size = len(data)
     except TypeError:
@@ -484,13 +558,12 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if size > MAX_FRAME_BYTES:
         raise WireError(f"frame: {size} bytes, more than MAX_FRAME_BYTES ({MAX_FRAME_BYTES})")
     try:
-        env = msgpack.unpackb(data, **_UNPACK_LIMITS)
+        return msgpack.unpackb(data, **_UNPACK_LIMITS)
     except msgpack.StackError:
         raise WireError("frame: nested deeper than msgpack's parse stack (1024)") from None
     except Exception as e:   # msgpack raises ValueError, TypeError and its own for bad bytes
         raise WireError(f"frame: not valid msgpack within the limits: {type(e).__name__}: "
                         f"{_REPR.repr(str(e))}") from None
-    return _parse(env)
 
 
 def encode(msg: Message, *, validate: bool = True) -> bytes:
@@ -549,5 +622,5 @@ def level_for(risk: float) -> str:
 
 __all__ = ["FACTOR_FIELDS", "FIELDS", "ITEM_KINDS", "KINDS", "LEVELS", "LEVEL_THRESHOLDS",
            "MAX_BATCH_ITEMS", "MAX_FRAME_BYTES", "PARTS", "PROTOCOL_VERSION", "SCHEMAS",
-           "Message", "WireError", "decode", "encode", "level_for", "make", "make_ack",
+           "Message", "WireError", "decode", "decode_rows", "encode", "level_for", "make", "make_ack",
            "make_batch"]

@@ -118,6 +118,20 @@ def test_duplicate_batch_is_a_no_op(st_: Store) -> None:
     assert st_.counts()["batches"] == 3
 
 
+def test_batches_with_job_sample_rows_store_the_rows_as_given(st_: Store) -> None:
+    node = msg("node.sample", {"node": "n1", "ts": 5.0, "cpu_pct": 10.0})
+    items = [sample("1", 5.0, mem_bytes=7), node, start("1", start_ts=1.0),
+             sample("2", 5.0, io_pressure=2.5)]
+    frame = wire.encode(wire.make_batch("n1", 4, items))
+    batch, rows = wire.decode_rows(frame)
+    assert st_.write_batches([("n1", 4, batch.body["items"], rows)]) == [True]
+    assert st_.job_samples() == rows   # in JOB_SAMPLE_FIELDS order, nothing lost
+    assert st_.node_samples()[0][:3] == ("n1", 5.0, 10.0)
+    assert st_.get_job("1").start_ts == 1.0
+    assert st_.write_batches([("n1", 4, batch.body["items"], rows)]) == [False]
+    assert st_.sample_count() == 2
+
+
 @pytest.mark.parametrize("bad", [
     wire.make_ack("n1", 3),
     Loose("job.sample", {"node": "n1", "ts": 1.0}),

@@ -87,6 +87,37 @@ def test_ack_names_the_acknowledged_batch() -> None:
     assert (ack.kind, ack.sender, ack.body) == ("ack", "agent", {"seq": 41})
 
 
+def test_decode_rows_gives_job_samples_in_field_order_beside_the_message() -> None:
+    items = [w.make("job.sample", "cn042", 1, SAMPLE, TS),
+             w.make("node.sample", "cn042", 1, BODIES["node.sample"], TS),
+             w.make("job.start", "cn042", 1, BODIES["job.start"], TS),
+             w.make("job.sample", "cn042", 1, {**SAMPLE, "job_id": "9", "mem_pressure": 3.5}, TS)]
+    data = w.encode(w.make_batch("cn042", 3, items, ts=TS))
+    msg, rows = w.decode_rows(data)
+    assert msg == w.decode(data)
+    assert rows == [tuple(SAMPLE[k] for k in w.FIELDS["job.sample"]),
+                    tuple({**SAMPLE, "job_id": "9", "mem_pressure": 3.5}[k]
+                          for k in w.FIELDS["job.sample"])]
+    ack = w.encode(w.make_ack("agent", 3))
+    assert w.decode_rows(ack) == (w.decode(ack), [])
+
+
+def test_decode_rows_takes_items_of_an_older_or_newer_peer_through_the_full_check() -> None:
+    older = ["job.sample", 1, TS, sample_array()[:-2]]         # without the pressures
+    newer = ["job.sample", 2, TS, sample_array() + [7, "x"], "item-extra"]
+    data = frame([[older, newer]], kind="batch")
+    msg, rows = w.decode_rows(data)
+    assert [m.seq for m in msg.body["items"]] == [1, 2]
+    assert rows == [tuple(sample_array()[:-2]) + (None, None), tuple(sample_array())]
+
+
+def test_decode_rows_refuses_what_decode_refuses_naming_the_item_and_field() -> None:
+    good = ["job.sample", 1, TS, sample_array()]
+    bad = ["job.sample", 1, TS, sample_array(mem_bytes=-1)]
+    with pytest.raises(WireError, match=r"batch item 1: job.sample field 'mem_bytes'"):
+        w.decode_rows(frame([[good, bad]], kind="batch"))
+
+
 def test_decode_takes_any_bytes_like_object() -> None:
     data = w.encode(w.make("ack", "agent", 1, {"seq": 1}, ts=TS))
     assert w.decode(bytearray(data)) == w.decode(memoryview(data)) == w.decode(data)
@@ -431,11 +462,16 @@ def _assert_valid(msg: Message, version: int = 1, sender: str | None = None) -> 
 
 
 def _accepts_or_refuses(data: bytes) -> None:
-    """decode gives a valid Message (one that survives a round trip) or a WireError."""
+    """decode gives a valid Message (one that survives a round trip) or a WireError, and
+    decode_rows agrees with it (same Message and rows, or the same error)."""
     try:
         msg = w.decode(data)
-    except WireError:
+    except WireError as e:
+        with pytest.raises(WireError) as again_refused:
+            w.decode_rows(data)
+        assert str(again_refused.value) == str(e)
         return
+    assert w.decode_rows(data) == (msg, _sample_rows(msg))
     _assert_valid(msg)
     again = w.decode(w.encode(msg))
     if msg.kind == "batch":   # items of kinds unknown here were dropped: none on the way back
@@ -443,6 +479,12 @@ def _accepts_or_refuses(data: bytes) -> None:
         assert again[:5] == msg[:5]
     else:
         assert again == msg
+
+
+def _sample_rows(msg: Message) -> list[tuple[Any, ...]]:
+    """What decode_rows should give beside ``msg``: its job samples' bodies as tuples."""
+    items = msg.body["items"] if msg.kind == "batch" else []
+    return [tuple(m.body.values()) for m in items if m.kind == "job.sample"]
 
 
 FAST = settings(max_examples=150, deadline=None,

@@ -4,7 +4,8 @@
 (``[identity, frame]``, or ``[identity, b"", frame]`` from a REQ-style peer) and
 returns the replies to send (``[identity, ack-frame]``). It does, in order:
 
-1. decode and validate every frame with ``nomade.wire`` (the last frame of a message);
+1. decode and validate every frame with ``nomade.wire.decode_rows`` (the last frame of a
+   message; it also gives the job samples as rows in the store's column order);
    a frame that fails, or that is not a ``batch``, is counted and dropped with a
    rate-limited log line: nothing a peer sends can stop the agent;
 2. write all batches of the round in one store transaction (``Store.write_batches``,
@@ -78,16 +79,16 @@ class Ingest:
         failed write (nothing is acked then)."""
         m = self.metrics
         m.frames_total += len(received)
-        batches: list[tuple[bytes, wire.Message]] = []
+        batches: list[tuple[bytes, wire.Message, list[tuple[Any, ...]]]] = []
         for frames in received:
-            msg = self._decode(frames)
-            if msg is not None:
-                batches.append((bytes(frames[0]), msg))
+            decoded = self._decode(frames)
+            if decoded is not None:
+                batches.append((bytes(frames[0]), *decoded))
         if not batches:
             return []
         fresh = self._write(batches)
         replies: list[list[bytes]] = []
-        for (identity, batch), is_fresh in zip(batches, fresh):
+        for (identity, batch, _), is_fresh in zip(batches, fresh):
             replies.append([identity, wire.encode(wire.make_ack(self.agent_name, batch.seq))])
             items = batch.body["items"]
             if is_fresh:
@@ -106,16 +107,19 @@ class Ingest:
         changes, self.changes = self.changes, Changes()
         return changes
 
-    def _decode(self, frames: Sequence[bytes]) -> wire.Message | None:
+    def _decode(self, frames: Sequence[bytes]
+                ) -> tuple[wire.Message, list[tuple[Any, ...]]] | None:
+        """The batch of a received message and its job samples as store rows, or None
+        (counted and logged) for anything else."""
         if len(frames) < 2:
             return self._bad("a message without an identity and a frame", frames)
         try:
-            msg = wire.decode(frames[-1])
+            msg, rows = wire.decode_rows(frames[-1])
         except wire.WireError as e:
             return self._bad(str(e), frames)
         if msg.kind != "batch":
             return self._bad(f"expected a batch, got a {msg.kind}", frames)
-        return msg
+        return msg, rows
 
     def _bad(self, why: str, frames: Sequence[bytes]) -> None:
         self.metrics.bad_frames_total += 1
@@ -124,17 +128,18 @@ class Ingest:
                              peer, why, self.metrics.bad_frames_total)
         return None
 
-    def _write(self, batches: list[tuple[bytes, wire.Message]]) -> list[bool | None]:
+    def _write(self, batches: list[tuple[bytes, wire.Message, list[tuple[Any, ...]]]]
+               ) -> list[bool | None]:
         """Per batch: True stored, False duplicate, None refused by the store (dropped)."""
-        todo = [(b.sender, b.seq, b.body["items"]) for _, b in batches]
+        todo = [(b.sender, b.seq, b.body["items"], rows) for _, b, rows in batches]
         try:
             return list(self.store.write_batches(todo))
         except ValueError:
             pass   # one batch the store cannot keep: store the others one by one
         out: list[bool | None] = []
-        for sender, seq, items in todo:
+        for sender, seq, items, rows in todo:
             try:
-                out.append(self.store.write_batches([(sender, seq, items)])[0])
+                out.append(self.store.write_batches([(sender, seq, items, rows)])[0])
             except ValueError as e:
                 self._bad(f"batch {seq} of {sender} refused by the store: {e}", [b""])
                 out.append(None)
