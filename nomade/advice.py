@@ -9,6 +9,16 @@ family, for example::
     scratch: export TMPDIR=/scratch/$USER; Low CPU efficiency (23%), normal 78%: request
     fewer cores
 
+A factor is cited only when its phrase is true of the job (:func:`cited`): its
+contribution raises the risk (> 0; None means a factor already cited, read back from a
+``prediction``), and the direction its phrase states matches the value against normal.
+A model may well raise a job's risk for a value *below* normal (few failures, little
+memory); "failed often" or "request more memory" would then be false advice, so such a
+factor is left out rather than worded wrongly. Phrases that only state a high value
+(memory, I/O, NFS, time, pressure, history) need value > normal; CPU efficiency and its
+change say "high"/"low", "rose"/"dropped" as the value is; the request is "unusual"
+either way.
+
 Families: memory (use, peak, growth), CPU efficiency, NFS share, I/O (wait/pressure and
 read/write rates), time limit (elapsed near the limit, progress slow), memory pressure /
 swap, user history, and the request itself. Several features of one family make one
@@ -50,18 +60,26 @@ FAMILY: dict[str, str] = {
 _LOG1P = frozenset({"log_req_cpus", "log_req_mem_mb", "log_req_gpus", "log_time_limit_min",
                     "log_read_mbps", "log_write_mbps"})
 _SAFE = str.maketrans({"[": "(", "]": ")", "|": "/"})
+#: Features whose phrase says the value is high: cited only above normal (where known).
+_ABOVE_NORMAL = frozenset({
+    "mem_frac", "mem_peak_frac", "mem_growth_frac_h", "log_read_mbps", "log_write_mbps",
+    "io_pressure", "nfs_write_share", "mem_pressure", "elapsed_frac", "user_fail_rate",
+    "user_last_failed"})
+#: Least value each of these phrases needs to be true ("growing", "failed", "your last job failed").
+_AT_LEAST = {"mem_growth_frac_h": 1e-9, "user_fail_rate": 1e-9, "user_last_failed": 0.5}
 
 
 @dataclass(frozen=True)
 class Factor:
     """One contributing feature of one job: raw ``value`` and reference ``normal`` (the
     feature's own units, e.g. log1p for ``log_*``; None unknown) and ``contribution``
-    (risk points it adds; factors are ranked by it)."""
+    (risk points it adds; factors are ranked by it; None: unknown, for a factor read
+    back from a ``prediction``, which was cited when it was made)."""
 
     name: str
     value: float | None
     normal: float | None = None
-    contribution: float = 0.0
+    contribution: float | None = None
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> Factor:
@@ -71,7 +89,7 @@ class Factor:
         if name not in FAMILY:
             raise ValueError(f"unknown feature {name!r}; expected one of {sorted(FAMILY)}")
         return cls(name, _finite(raw.get("value")), _finite(raw.get("normal")),
-                   float(raw.get("contribution") or 0.0))
+                   _finite(raw.get("contribution")))
 
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> Factor:
@@ -94,11 +112,26 @@ class Factor:
 
     @property
     def ratio(self) -> float | None:
-        """value / normal in display units; None when either is unknown or normal is 0."""
+        """value / normal in display units; None when either is unknown, or the value is
+        negative or normal not positive (a ratio of changes means nothing)."""
         v, n = self.shown, self.shown_normal
-        if v is None or n is None or n == 0:
+        if v is None or n is None or v < 0 or n <= 0:
             return None
         return v / n
+
+
+def cited(f: Factor) -> bool:
+    """Whether ``f`` may be cited as a reason for the risk: its value is known, it raises
+    the risk (contribution > 0, or None for one already cited), and its phrase's
+    direction is true of the value against normal (module doc)."""
+    v, n = f.shown, f.shown_normal
+    if v is None or (f.contribution is not None and not f.contribution > 0):
+        return False
+    if f.name in _ABOVE_NORMAL:
+        return v >= _AT_LEAST.get(f.name, -math.inf) and (n is None or v > n)
+    if f.name == "cpu_eff_change":   # "rose" / "dropped": the change, and more than normal
+        return v != 0 and (n is None or (v > n if v > 0 else v < n))
+    return True
 
 
 def _finite(x: Any) -> float | None:
@@ -253,16 +286,17 @@ _RULES: dict[str, Callable[[Sequence[Factor], Mapping[str, float]], str]] = {
 
 def factor_phrases(factors: Iterable[Factor | Mapping[str, Any]],
                    values: Mapping[str, float] | None = None) -> list[tuple[str, str]]:
-    """(family, phrase) for each family among ``factors``, strongest contribution first.
+    """(family, phrase) for each family among the ``cited`` ``factors``, strongest
+    contribution first (factors of unknown contribution first, in the order given).
 
     ``values`` maps feature names to the job's known raw values (context such as "and
-    growing"); the factors' own values are added to it. Factors whose value is unknown
-    are left out.
+    growing"); the factors' own values are added to it.
     """
-    fs = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
-    fs = sorted((f for f in fs if f.value is not None), key=lambda f: -f.contribution)
+    given = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
     known = {k: float(v) for k, v in (values or {}).items() if _finite(v) is not None}
-    known.update({f.name: f.value for f in fs if f.value is not None})
+    known.update({f.name: f.value for f in given if f.value is not None})
+    fs = sorted(filter(cited, given),
+                key=lambda f: -math.inf if f.contribution is None else -f.contribution)
     families: dict[str, list[Factor]] = {}
     for f in fs:
         families.setdefault(FAMILY[f.name], []).append(f)
@@ -272,8 +306,10 @@ def factor_phrases(factors: Iterable[Factor | Mapping[str, Any]],
 def wire_factors(factors: Iterable[Factor | Mapping[str, Any]],
                  values: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """The ``prediction`` message's factors: one ``{name, value, normal, ratio, text}`` per
-    input factor (value and normal in display units, text its family's phrase)."""
-    fs = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
+    ``cited`` input factor, in the order given (value and normal in display units, text
+    its family's phrase). A factor that raises the risk with a value on the other side
+    of normal than its phrase says is left out."""
+    fs = [f for f in (f if isinstance(f, Factor) else Factor.of(f) for f in factors) if cited(f)]
     phrases = dict(factor_phrases(fs, values))
     return [{"name": f.name, "value": _short(f.shown), "normal": _short(f.shown_normal),
              "ratio": _short(f.ratio), "text": phrases.get(FAMILY[f.name], "")} for f in fs]
@@ -319,5 +355,5 @@ def _safe(text: str) -> str:
     return " ".join(ascii_only.split())
 
 
-__all__ = ["FAMILY", "Factor", "MAX_CHARS", "MAX_FACTORS", "clock", "factor_phrases",
+__all__ = ["FAMILY", "Factor", "MAX_CHARS", "MAX_FACTORS", "cited", "clock", "factor_phrases",
            "fell_text", "segment_text", "wire_factors"]

@@ -122,3 +122,59 @@ def test_wire_factors_make_a_valid_prediction() -> None:
 def test_fell_text() -> None:
     assert advice.fell_text("low", 0.21, TS, "high") == (
         f"risk fell to low 0.21 at {advice.clock(TS)} (was high)")
+
+
+def test_demo_case_a_fail_rate_below_normal_is_not_called_failing_often() -> None:
+    # nomade.demo, job 61: the model's contribution was positive for a 19% fail rate
+    # against a normal 48%; "failed often" would be false, so it is not cited at all.
+    low = f("user_fail_rate", 0.192308, 0.47619, 0.05)
+    assert advice.factor_phrases([low]) == [] and advice.wire_factors([low]) == []
+    [(_, high)] = advice.factor_phrases([f("user_fail_rate", 0.6, 0.3, 0.05)])
+    assert high.startswith("Your recent jobs failed often (60%), 2x normal")
+
+
+def test_only_factors_that_raise_the_risk_are_cited() -> None:
+    for contribution in (0.0, -0.1):
+        assert advice.factor_phrases([f("nfs_write_share", 0.89, 0.3, contribution)]) == []
+    [(_, text)] = advice.factor_phrases([f("nfs_write_share", 0.89, 0.3, 1e-4)])
+    assert text.startswith("High NFS write ratio")
+
+
+@pytest.mark.parametrize("name", ["mem_frac", "mem_peak_frac", "mem_growth_frac_h", "nfs_write_share",
+                                  "io_pressure", "mem_pressure", "elapsed_frac", "log_read_mbps",
+                                  "log_write_mbps", "user_fail_rate", "user_last_failed"])
+def test_a_phrase_that_says_high_needs_a_value_above_normal(name: str) -> None:
+    assert advice.factor_phrases([f(name, 0.6, 0.8)]) == []     # below normal
+    assert advice.factor_phrases([f(name, 0.8, 0.8)]) == []     # at normal
+    assert len(advice.factor_phrases([f(name, 0.8, 0.6)])) == 1
+
+
+def test_memory_at_one_percent_is_no_reason_to_request_more() -> None:
+    # nomade.demo, jobs 63/64: "Memory at 1% of the request: request more memory (--mem)"
+    small = [f("mem_frac", 0.0133972, 0.019104, 0.02), f("mem_peak_frac", 0.0149, 0.0215, 0.01)]
+    assert advice.wire_factors(small) == []
+    shrinking = f("mem_growth_frac_h", -1.0, -2.0, 0.02)   # above a negative normal, not growing
+    assert advice.factor_phrases([shrinking]) == []
+
+
+def test_two_way_phrases_follow_the_value() -> None:
+    [(_, high)] = advice.factor_phrases([f("cpu_eff", 0.95, 0.5)])
+    [(_, low)] = advice.factor_phrases([f("cpu_eff", 0.2, 0.5)])
+    assert high.startswith("High CPU efficiency (95%)") and low.startswith("Low CPU efficiency (20%)")
+    [(_, dropped)] = advice.factor_phrases([f("cpu_eff_change", -0.3, 0.01)], values={"cpu_eff": 0.1})
+    assert dropped.startswith("CPU use dropped 30 points recently to 10%")
+    # a rise smaller than the normal one, or no change, is not "rose"
+    assert advice.factor_phrases([f("cpu_eff_change", 0.0036, 0.006)]) == []
+    assert advice.factor_phrases([f("cpu_eff_change", 0.0, -0.1)]) == []
+    [(_, req)] = advice.factor_phrases([f("log_req_cpus", math.log1p(1), math.log1p(16))])
+    assert req.startswith("Unusual request (1 CPUs), normal 16")
+
+
+def test_wire_factors_read_back_keep_their_text_and_order() -> None:
+    raw = [f("mem_frac", 0.9, 0.3, 0.2), f("user_fail_rate", 0.1, 0.5, 0.3), f("cpu_eff", 0.2, 0.6, 0.1)]
+    wire_fs = advice.wire_factors(raw)
+    assert [w["name"] for w in wire_fs] == ["mem_frac", "cpu_eff"]
+    back = [advice.Factor.from_wire(w) for w in wire_fs]
+    assert all(b.contribution is None and advice.cited(b) for b in back)
+    assert advice.segment_text(0.8, "critical", back, TS) == advice.segment_text(0.8, "critical", raw, TS)
+    assert advice.wire_factors([f("mem_growth_frac_h", 84.0, -0.31)])[0]["ratio"] is None
