@@ -3,6 +3,7 @@ round trip, a full train → status → score run through the real ``nomade`` CL
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -189,3 +190,16 @@ def test_train_submit_runs_as_a_slurm_job(tmp_path: Path, slurm_cluster) -> None
     report = json.loads(log.read_text())
     assert set(report["models"]) == {"gnn", "lstm", "autoencoder"} and report["data"]["jobs"] == 150
     assert persist.read_metadata(models)["models"].keys() == {"gnn", "lstm", "autoencoder"}
+
+
+def test_a_trace_without_samples_trains_without_lstm(tmp_path: Path) -> None:
+    from nomade import config
+    jobs, _ = train.synthetic_tables(300, seed=2)
+    p = train.prepare(jobs, features.SampleTable.empty(), 30.0, 4, max_per_job=2, source="trace")
+    cfg = config.load(None)
+    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(
+        cfg.ml, training=dataclasses.replace(cfg.ml.training, epochs=2, patience=1)))
+    report = train.fit_and_save(p, cfg, tmp_path, learn=True)
+    assert set(report["models"]) == {"gnn", "autoencoder"} and report["weights"]["lstm"] == 0
+    with pytest.raises(NomadeError, match="lstm"):
+        train.fit_and_save(p, cfg, tmp_path, kinds=("lstm",))

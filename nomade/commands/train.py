@@ -32,7 +32,7 @@ MODELS = ("gnn", "lstm", "autoencoder")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nomade train``."""
-    parser.description = __doc__.split("\n\n", 1)[0]
+    parser.description = "Prepare a dataset, train the failure models, and report how good they are."
     src = parser.add_argument_group("data")
     src.add_argument("--prepare", action="store_true",
                      help="only build the dataset (features, labels, 80/10/10 time split) and report it")
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--ticks-per-job", metavar="N", type=int, default=4,
                      help="as-of examples per job, spread over its run (default 4)")
     parser.add_argument("--model", action="append", choices=MODELS,
-                        help="train only this model (repeatable; default all three)")
+                        help="train only this model (repeatable; default all three, or no LSTM "
+                             "when the data has no samples, as in a trace)")
     parser.add_argument("--learn-weights", action="store_true",
                         help="learn the ensemble weights by cross-validation on the validation split")
     parser.add_argument("--models-dir", metavar="DIR", help="where model files go (default: [ml] models_dir)")
@@ -80,8 +81,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     else:
         prepared = train.Prepared.load(data)
     reporter = None if args.quiet else train.stderr_reporter()
-    report = train.fit_and_save(prepared, cfg, models_dir, tuple(args.model or MODELS),
-                                args.learn_weights, reporter)
+    report = train.fit_and_save(prepared, cfg, models_dir, args.model, args.learn_weights, reporter)
     if reporter is not None:
         sys.stderr.write("\n")
     _print(args, report, train.format_report(report))

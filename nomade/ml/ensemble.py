@@ -117,6 +117,8 @@ def learn_weights(parts: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
     if len(np.unique(y)) < 2:
         raise ValueError("learning ensemble weights needs both failed and completed jobs in the validation data")
     grid = _simplex(step)
+    absent = ~np.isfinite(parts).any(axis=0)  # a model not trained: weight 0, not an arbitrary tie
+    grid = grid[(grid[:, absent] == 0).all(axis=1)]
     whole = np.array([_auc(parts, y, w, g) for g in grid])
     if not np.isfinite(whole).any():
         raise ValueError("no weights give every validation example a risk with an AUC")

@@ -41,6 +41,7 @@ steps of a few microseconds of work each and training 100,000 jobs would miss it
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -501,6 +502,17 @@ class LSTMClassifier(_Estimator):
 
 # ------------------------------------------------------------------ autoencoder
 
+def _known_range(X: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1st and 99th percentile of each feature over its known values (0 and 1 for a
+    feature never known, e.g. runtime features of a trace); hi > lo always."""
+    known = np.where(mask, X, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": never known
+        lo, hi = (np.nanpercentile(known, q, axis=0) if len(X) else np.full(X.shape[1], np.nan) for q in (1, 99))
+    lo, hi = np.nan_to_num(lo, nan=0.0), np.nan_to_num(hi, nan=1.0)
+    return lo.astype(np.float32), np.where(hi - lo > 1e-6, hi, lo + 1.0).astype(np.float32)
+
+
 class AutoencoderScorer(_Estimator):
     """Anomaly score in [0, 1]: the share of held-out COMPLETED examples that the
     autoencoder reconstructs better than this one (so ~uniform on normal jobs).
@@ -545,10 +557,7 @@ class AutoencoderScorer(_Estimator):
         else:
             vok = np.asarray(val[2]) == 0
             hx, hm = np.asarray(val[0])[vok], np.asarray(val[1], bool)[vok]
-        known = np.where(mask, X, np.nan)
-        self.lo_ = np.nan_to_num(np.nanpercentile(known, 1, axis=0), nan=0.0).astype(np.float32) if len(X) else np.zeros(X.shape[1], np.float32)
-        hi = np.nan_to_num(np.nanpercentile(known, 99, axis=0), nan=1.0).astype(np.float32) if len(X) else np.ones(X.shape[1], np.float32)
-        self.hi_ = np.where(hi - self.lo_ > 1e-6, hi, self.lo_ + 1.0).astype(np.float32)
+        self.lo_, self.hi_ = _known_range(X, mask)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             gen = torch.Generator().manual_seed(self.seed)

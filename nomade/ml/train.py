@@ -242,15 +242,18 @@ def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, floa
     return out
 
 
-def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] = PARTS,
+def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] | None = None,
                  learn: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train ``kinds`` on ``p``, evaluate them and their ensemble (the models of this
-    run only) on validation and test, optionally learn the ensemble weights (needs
-    all three), save; returns the report (JSON-safe)."""
+    """Train ``kinds`` (default: every model the data supports; no LSTM for data
+    without samples, such as a trace) on ``p``, evaluate them and their ensemble (the
+    models of this run only) on validation and test, optionally learn the ensemble
+    weights (not for a hand-picked subset), save; returns the report (JSON-safe)."""
     if len(p.rows("train")) == 0:
         raise NomadeError("the training split is empty")
-    if learn and set(kinds) != set(PARTS):
+    if learn and kinds is not None and set(kinds) != set(PARTS):
         raise NomadeError("--learn-weights needs all three models trained in the same run")
+    if kinds is None:
+        kinds = PARTS if (p.lengths[p.rows("train")] > 0).any() else tuple(k for k in PARTS if k != "lstm")
     t0 = time.monotonic()
     tr = p.rows("train")
     norm = features.Normalizer().fit(p.X[tr], p.mask[tr], p.w[tr])
