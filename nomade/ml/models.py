@@ -231,7 +231,8 @@ class _Schedule:
 def fit_loop(net: nn.Module, size: int, step_loss: Callable[[torch.Tensor], torch.Tensor],
              validate: Callable[[], float] | None, sched: _Schedule, p: np.ndarray,
              gen: torch.Generator, progress: Progress | None) -> tuple[int, list[float]]:
-    """Adam over batches of ``size`` weighted draws; after each epoch ``validate()`` (higher is better) and keep
+    """Adam over batches of ``size`` weighted draws; after each epoch ``validate()``
+    (higher is better) and keep
     the best weights; stop after ``patience`` epochs without improvement. Returns the
     best epoch (1-based) and the validation history."""
     opt = torch.optim.Adam(net.parameters(), lr=sched.learning_rate)
@@ -314,7 +315,9 @@ class GNNClassifier(_Estimator):
         self.neighbour_labels, self.epoch_size, self.seed = neighbour_labels, epoch_size, seed
 
     def _ref_tensors(self, ref: Reference) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        agg = ref.agg if self.neighbour_labels else np.concatenate([ref.agg[:, :-1], np.zeros((len(ref.agg), 1), np.float32)], 1)
+        agg = ref.agg.copy()
+        if not self.neighbour_labels:
+            agg[:, -1] = 0.0  # the label column of the neighbours' mean message
         msg = messages(ref.x, ref.y if self.neighbour_labels else np.zeros(len(ref.y)))
         return _tensor(ref.x), _tensor(agg), _tensor(msg)
 
@@ -357,8 +360,9 @@ class GNNClassifier(_Estimator):
                 return _val_score(val[2], self.predict_proba(val[0], val[1]), val[3])
 
 
-            self.best_epoch_, self.history_ = fit_loop(self.net_, self._epoch(size), step, None if val is None else validate,
-                                                       self._schedule(), p, gen, progress)
+            self.best_epoch_, self.history_ = fit_loop(
+                self.net_, self._epoch(size), step, None if val is None else validate,
+                self._schedule(), p, gen, progress)
         self._cache()
         return self
 
@@ -467,7 +471,8 @@ class LSTMClassifier(_Estimator):
                 return _val_score(np.asarray(val[2])[vk], self.predict_proba(val[0][vk], val[1][vk]), vw)
 
             self.best_epoch_, self.history_ = fit_loop(
-                self.net_, self._epoch(size), step, None if val is None else validate, self._schedule(), p, gen, progress)
+                self.net_, self._epoch(size), step, None if val is None else validate,
+                self._schedule(), p, gen, progress)
         return self
 
     def predict_proba(self, S: np.ndarray, lengths: np.ndarray, batch: int = 8192) -> np.ndarray:
