@@ -232,9 +232,8 @@ def fit_loop(net: nn.Module, size: int, step_loss: Callable[[torch.Tensor], torc
              validate: Callable[[], float] | None, sched: _Schedule, p: np.ndarray,
              gen: torch.Generator, progress: Progress | None) -> tuple[int, list[float]]:
     """Adam over batches of ``size`` weighted draws; after each epoch ``validate()``
-    (higher is better) and keep
-    the best weights; stop after ``patience`` epochs without improvement. Returns the
-    best epoch (1-based) and the validation history."""
+    (higher is better) and keep the best weights; stop after ``patience`` epochs
+    without improvement. Returns the best epoch (1-based) and the validation history."""
     opt = torch.optim.Adam(net.parameters(), lr=sched.learning_rate)
     best, best_epoch, best_state, history = -np.inf, 0, None, []
     for epoch in range(1, sched.epochs + 1):
