@@ -118,13 +118,11 @@ class NodeSampler:
         now = _Counters(parse_cpu(_read(self.proc + "/stat")),
                         parse_diskstats(_read(self.proc + "/diskstats"), self._is_whole_disk),
                         parse_net_dev(_read(self.proc + "/net/dev")))
-        total, available = mem.get(b"MemTotal:"), mem.get(b"MemAvailable:")
-        swap_total, swap_free = mem.get(b"SwapTotal:"), mem.get(b"SwapFree:")
         body: dict = {
             "node": self.node, "ts": ts, "cpu_pct": None, "iowait_pct": None,
-            "mem_used_bytes": total - available if total is not None and available is not None else None,
-            "mem_total_bytes": total,
-            "swap_used_bytes": swap_total - swap_free if swap_total is not None and swap_free is not None else None,
+            "mem_used_bytes": _minus(mem.get(b"MemTotal:"), mem.get(b"MemAvailable:")),
+            "mem_total_bytes": mem.get(b"MemTotal:"),
+            "swap_used_bytes": _minus(mem.get(b"SwapTotal:"), mem.get(b"SwapFree:")),
             "load1": os.getloadavg()[0],
             "disk_read_Bps": None, "disk_write_Bps": None, "net_rx_Bps": None, "net_tx_Bps": None,
         }
@@ -231,6 +229,10 @@ def parse_net_dev(data: bytes | None) -> tuple[int, int] | None:
             rx += int(f[0])
             tx += int(f[8])
     return rx, tx
+
+
+def _minus(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a - b
 
 
 def _clamp(pct: float) -> float:

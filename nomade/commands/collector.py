@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def curve_keys(cfg: Config) -> ClientKeys | None:
     """The client's CURVE keys when ``[security] curve_enabled``, else None (and then
-    ``nomade.curve``, whose authenticator import costs ~7 MB, is not imported).
+    ``nomade.curve``, whose authenticator import costs ~5 MB of RSS, is not imported).
     Raises ``NomadeError`` naming a missing or bad key file."""
     if not cfg.security.curve_enabled:
         return None
