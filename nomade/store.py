@@ -182,10 +182,22 @@ CREATE INDEX predictions_job_ts ON predictions (job_id, ts);
 CREATE INDEX batches_received ON batches (received_ts);
 """
 
+# v3: job samples indexed by time instead of (job_id, ts). Samples arrive in time order, so
+# the time index only grows at its end; the (job_id, ts) index took an insert in the middle
+# of every job's range, which cost more the more samples a job had (ingest of a store
+# holding 300 samples a job: 8.5 -> 4.9 µs CPU a sample). A job's samples are found from
+# the time of its first one (``job_sample_first``, one row a job) onwards.
+_V3 = """
+CREATE TABLE job_sample_first (job_id TEXT PRIMARY KEY, first_ts REAL NOT NULL) WITHOUT ROWID;
+INSERT INTO job_sample_first SELECT job_id, min(ts) FROM job_samples GROUP BY job_id;
+CREATE INDEX job_samples_ts ON job_samples (ts);
+DROP INDEX job_samples_job_ts;
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 #: ``MIGRATIONS[i]`` takes the schema from version i to i + 1: an SQL script or a function.
-MIGRATIONS: list[Migration] = [_V1, _V2]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3]
 
 
 def schema_version() -> int:
@@ -358,11 +370,18 @@ _UPSERT_JOB = (f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({', '.join('?' * len(JOB
                + ", ".join(f"{f} = excluded.{f}" for f in JOB_FIELDS[1:]))
 _INSERT_JOB_SAMPLE = (f"INSERT INTO job_samples ({', '.join(JOB_SAMPLE_FIELDS)}) "
                       f"VALUES ({', '.join('?' * len(JOB_SAMPLE_FIELDS))})")
+_UPSERT_FIRST = ("INSERT INTO job_sample_first (job_id, first_ts) VALUES (?, ?) "
+                 "ON CONFLICT (job_id) DO UPDATE SET first_ts = min(first_ts, excluded.first_ts)")
+#: Jobs whose first-sample time a writing Store remembers (about 100 bytes each).
+_FIRSTS_CACHED = 200_000
 _INSERT_NODE_SAMPLE = (f"INSERT INTO node_samples ({', '.join(NODE_SAMPLE_FIELDS)}) "
                        f"VALUES ({', '.join('?' * len(NODE_SAMPLE_FIELDS))})")
 _INSERT_PREDICTION = (f"INSERT INTO predictions ({', '.join(_PREDICTION_FIELDS)}) "
                       f"VALUES ({', '.join('?' * len(_PREDICTION_FIELDS))})")
 _IN_JSON = "IN (SELECT value FROM json_each(?))"
+# The earliest sample of the jobs in a JSON array: where their samples start in the ts
+# index (NULL, so no rows, when none of them has a sample).
+_FIRST_OF_JSON = f"(SELECT min(first_ts) FROM job_sample_first WHERE job_id {_IN_JSON})"
 
 
 def _where(*conditions: tuple[str, Any], fixed: str = "") -> tuple[str, list[Any]]:
@@ -394,6 +413,7 @@ class Store:
                  busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self._firsts: dict[str, float] = {}   # job -> first_ts committed to job_sample_first
         self._conn = self._connect(busy_timeout_s)
         try:
             self._prepare()
@@ -551,7 +571,8 @@ class Store:
                 fresh.append(cur.rowcount == 1)
                 if fresh[-1]:
                     todo.extend(rows)
-            self._write_rows(conn, todo, now)
+            firsts = self._write_rows(conn, todo, now)
+        self._first_seen(firsts)
         return fresh
 
     def write_messages(self, messages: Iterable[MessageLike]) -> None:
@@ -561,18 +582,49 @@ class Store:
         """
         rows = _Rows.of(messages)
         with self._transaction() as conn:
-            self._write_rows(conn, rows, time.time())
+            firsts = self._write_rows(conn, rows, time.time())
+        self._first_seen(firsts)
 
-    def _write_rows(self, conn: sqlite3.Connection, rows: _Rows, now: float) -> None:
-        """Insert grouped rows, one ``executemany`` per table, and merge job events."""
+    def _write_rows(self, conn: sqlite3.Connection, rows: _Rows, now: float
+                    ) -> dict[str, float]:
+        """Insert grouped rows, one ``executemany`` per table, and merge job events; the
+        first-sample times written (for ``_first_seen`` once committed)."""
+        firsts: dict[str, float] = {}
         if rows.job_samples:
             conn.executemany(_INSERT_JOB_SAMPLE, rows.job_samples)
+            firsts = self._new_firsts(rows.job_samples)
+            if firsts:
+                conn.executemany(_UPSERT_FIRST, firsts.items())
         if rows.node_samples:
             conn.executemany(_INSERT_NODE_SAMPLE, rows.node_samples)
         if rows.predictions:
             conn.executemany(_INSERT_PREDICTION, rows.predictions)
         if rows.job_events:
             self._merge_jobs(conn, rows.job_events, now)
+        return firsts
+
+    def _new_firsts(self, samples: list[tuple[Any, ...]]) -> dict[str, float]:
+        """Per job, the earliest ts among ``samples`` that is earlier than what
+        ``job_sample_first`` is known to hold (every job this Store has not written yet)."""
+        known = self._firsts
+        new: dict[str, float] = {}
+        for row in samples:
+            job_id, ts = row[0], row[2]
+            first = new.get(job_id)
+            if first is None:
+                first = known.get(job_id)
+                if first is None or ts < first:
+                    new[job_id] = ts
+            elif ts < first:
+                new[job_id] = ts
+        return new
+
+    def _first_seen(self, firsts: dict[str, float]) -> None:
+        """Remember committed first-sample times (a bounded cache: forgetting one only
+        costs an upsert that changes nothing)."""
+        if len(self._firsts) + len(firsts) > _FIRSTS_CACHED:
+            self._firsts.clear()
+        self._firsts.update(firsts)
 
     def _merge_jobs(self, conn: sqlite3.Connection,
                     events: list[tuple[str, Mapping[str, Any], float]], now: float) -> None:
@@ -669,8 +721,9 @@ class Store:
                     since_ts: float | None = None) -> list[tuple[Any, ...]]:
         """Samples (tuples in ``JOB_SAMPLE_FIELDS`` order) of the jobs (None = all) with
         ts >= since_ts, ordered by (job_id, ts, node)."""
-        where, params = _where((f"job_id {_IN_JSON}", _json_ids(job_ids)),
-                               ("ts >= ?", since_ts))
+        ids = _json_ids(job_ids)
+        where, params = _where((f"job_id {_IN_JSON}", ids), ("ts >= ?", since_ts),
+                               (f"ts >= {_FIRST_OF_JSON}", ids))
         with self._snapshot() as conn:
             return conn.execute(f"SELECT {', '.join(JOB_SAMPLE_FIELDS)} FROM job_samples "
                                 f"{where} ORDER BY job_id, ts, node", params).fetchall()
@@ -680,8 +733,10 @@ class Store:
         with self._snapshot() as conn:
             if job_id is None:
                 return int(conn.execute("SELECT count(*) FROM job_samples").fetchone()[0])
-            return int(conn.execute("SELECT count(*) FROM job_samples WHERE job_id = ?",
-                                    (str(job_id),)).fetchone()[0])
+            return int(conn.execute(
+                "SELECT count(*) FROM job_samples WHERE job_id = ?1 AND ts >= "
+                "(SELECT first_ts FROM job_sample_first WHERE job_id = ?1)",
+                (str(job_id),)).fetchone()[0])
 
     def node_samples(self, node: str | None = None,
                      since_ts: float | None = None) -> list[tuple[Any, ...]]:

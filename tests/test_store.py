@@ -132,6 +132,35 @@ def test_batches_with_job_sample_rows_store_the_rows_as_given(st_: Store) -> Non
     assert st_.sample_count() == 2
 
 
+def test_a_job_s_samples_are_found_from_its_earliest_whatever_the_arrival_order(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Store(db) as s:
+        s.write_batch("n1", 1, [sample("1", 50.0), sample("2", 60.0)])
+        s.write_batch("n2", 1, [sample("1", 20.0, node="n2"), sample("3", 5.0)])  # late, earlier
+    monkeypatch.setattr(store_mod, "_FIRSTS_CACHED", 1)   # a writer that forgets at once
+    with Store(db) as s:   # and a fresh writer that knows nothing yet
+        s.write_batches([("n3", 1, [sample("1", 10.0, node="n3"), sample("2", 70.0)]),
+                         ("n3", 2, [sample("1", 5.0, node="n3")])])
+        s.write_messages([sample("2", 1.0)])
+    with Store(db, readonly=True) as r:
+        assert [row[2] for row in r.job_samples(["1"])] == [5.0, 10.0, 20.0, 50.0]
+        assert [row[2] for row in r.job_samples(["2", "3"])] == [1.0, 60.0, 70.0, 5.0]
+        assert [row[2] for row in r.job_samples(["1"], since_ts=15.0)] == [20.0, 50.0]
+        assert r.job_samples(["nope"]) == [] and r.sample_count("nope") == 0
+        assert r.sample_count("1") == 4 and r.sample_count() == 8
+
+
+def test_reading_a_job_s_samples_seeks_the_time_index_not_the_whole_table(st_: Store) -> None:
+    def plan(sql: str, *params: Any) -> str:
+        return " | ".join(r[3] for r in st_._conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    ids = '["1"]'
+    cols = ", ".join(store_mod.JOB_SAMPLE_FIELDS)
+    by_job = (f"SELECT {cols} FROM job_samples WHERE job_id {store_mod._IN_JSON} "
+              f"AND ts >= {store_mod._FIRST_OF_JSON}")
+    assert "SEARCH job_samples USING INDEX job_samples_ts" in plan(by_job, ids, ids)
+    assert "SCAN job_samples" not in plan(by_job, ids, ids)
+
+
 @pytest.mark.parametrize("bad", [
     wire.make_ack("n1", 3),
     Loose("job.sample", {"node": "n1", "ts": 1.0}),
@@ -380,7 +409,7 @@ def test_v1_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
 def test_readonly_never_migrates(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     _make_v1(path)
-    with pytest.raises(SchemaVersionError, match=r"v1\.db.*v1 is older.*\(v2\)"):
+    with pytest.raises(SchemaVersionError, match=rf"v1\.db.*v1 is older.*\(v{schema_version()}\)"):
         Store(path, readonly=True)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -393,7 +422,8 @@ def test_failed_migration_leaves_file_untouched(tmp_path: Path,
     _make_v1(path)
     broken = "CREATE TABLE half_done (x); INSERT INTO no_such_table VALUES (1);"
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
-    with pytest.raises(StoreError, match=r"migration to schema v3 failed, file left at v1"):
+    with pytest.raises(StoreError, match=rf"migration to schema v{schema_version()} failed, "
+                                         "file left at v1"):
         Store(path)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -414,7 +444,7 @@ def test_function_migration_runs_in_the_same_transaction(tmp_path: Path,
 
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, add_column])
     with Store(path) as s:
-        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
 
 
 @pytest.mark.parametrize("readonly", [False, True])
