@@ -195,6 +195,9 @@ class SampleTable:
             raise ValueError(f"unknown sample columns {sorted(unknown)}; known: {SAMPLE_COLUMNS}")
         full = {c: np.asarray(self.cols.get(c, np.full(n, np.nan)), dtype=np.float64)
                 for c in SAMPLE_COLUMNS}
+        if np.isfinite(self.ts).all() and _time_order(self.job_index, self.ts) is None:
+            self.cols = full   # already in order (the agent's tick): no sort, no copy
+            return
         keep = np.flatnonzero(np.isfinite(self.ts))  # a sample without a time is unusable
         order = keep[np.lexsort((self.ts[keep], self.job_index[keep]))]
         self.job_index, self.ts = self.job_index[order], self.ts[order]
@@ -229,15 +232,61 @@ class SampleTable:
         ts = _floats(r.get("ts") for r in rows)
         nodes: dict[str, int] = {}
         node = np.array([_code(nodes, r.get("node")) for r in rows], dtype=np.int64)
-        if len(nodes) > 1:
-            ok = np.isfinite(ts)
-            cols = _combine_nodes(job_index[ok], node[ok], ts[ok], {c: v[ok] for c, v in cols.items()})
-            job_index, ts = job_index[ok], ts[ok]
-        return cls(job_index, ts, cols)
+        by_name = np.argsort(np.argsort(np.array(list(nodes), dtype=object)))
+        node = np.where(node >= 0, by_name[np.maximum(node, 0)] if nodes else node, node)
+        ok = np.isfinite(ts)
+        cols = job_totals(job_index[ok], node[ok], ts[ok], {c: v[ok] for c, v in cols.items()})
+        return cls(job_index[ok], ts[ok], cols)
 
 
 SUMMED = frozenset(SAMPLE_COLUMNS) - {"io_pressure", "mem_pressure", "iowait_pct"}
 """Columns that add up over a job's nodes (counters, memory, limits, CPU and task counts)."""
+
+
+def _time_order(job_index: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
+    """The stable (job, ts) sort order of the rows, or None when they are in it already."""
+    dj = np.diff(job_index)
+    if (dj >= 0).all() and ((dj > 0) | (np.diff(ts) >= 0)).all():
+        return None
+    return np.lexsort((ts, job_index))
+
+
+def job_totals(job_index: np.ndarray, node: np.ndarray, ts: np.ndarray,
+               cols: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-node samples → job totals, in input row order (times must be finite).
+
+    A ``SUMMED`` column at a row becomes the sum over the job's nodes of each node's
+    latest known value at or before the row's time (NaN until some node has reported
+    one); for a job on one node that is its latest known value. Other columns are kept
+    as they are. ``node`` holds integer node codes; the order of a job's codes only
+    breaks ties between its samples of equal time (``from_records`` codes by name).
+    Training (``SampleTable.from_records``) and the agent's tick both go through this.
+    """
+    n = len(ts)
+    summed = [c for c in cols if c in SUMMED]
+    if n == 0:
+        return dict(cols)
+    order = _time_order(job_index, ts)
+    perm = (lambda a: a) if order is None else (lambda a: a[order])
+    job, nd = perm(job_index), perm(np.asarray(node, np.int64))
+    starts = np.concatenate([[True], job[1:] != job[:-1]])
+    seg = np.flatnonzero(starts)
+    multi = np.flatnonzero(np.repeat(np.minimum.reduceat(nd, seg) != np.maximum.reduceat(nd, seg),
+                                     np.diff(np.append(seg, n))))
+    sorted_cols = {c: perm(cols[c]) for c in summed}
+    combined = {} if not len(multi) else _combine_nodes(
+        job[multi], nd[multi], perm(ts)[multi], {c: v[multi] for c, v in sorted_cols.items()})
+    out = dict(cols)
+    for name, v in sorted_cols.items():
+        if order is None and not len(multi) and not np.isnan(v).any():
+            continue   # one node per job, nothing unknown: the column is its own total
+        total = _ffill_within(v, starts)
+        if len(multi):
+            total[multi] = combined[name]
+        if order is not None:
+            total[order] = total.copy()
+        out[name] = total
+    return out
 
 
 def _combine_nodes(job: np.ndarray, node: np.ndarray, ts: np.ndarray,
@@ -304,14 +353,32 @@ def _ranked_keys(group_a: np.ndarray, time_a: np.ndarray,
     return ka, kb, span
 
 
+def _runs(samples: SampleTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each job row's samples: indices ``first`` to ``end`` (exclusive)."""
+    return (np.searchsorted(samples.job_index, rows, side="left"),
+            np.searchsorted(samples.job_index, rows, side="right"))
+
+
+def _search(ts: np.ndarray, t: np.ndarray, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per example, the index of the last ``ts <= t`` among ``ts[first:end]`` (sorted
+    there), -1 where there is none (also where t is NaN). One binary search for all
+    examples at once: exact comparisons, no sort, log2 of the longest run in steps."""
+    lo, n = first.copy(), end - first
+    top = max(len(ts) - 1, 0)
+    for _ in range(int(n.max(initial=0)).bit_length()):
+        half = n >> 1
+        mid = lo + half
+        right = (ts[np.minimum(mid, top)] <= t) & (n > 0)
+        lo = np.where(right, mid + 1, lo)
+        n = np.where(right, n - half - 1, half)
+    return np.where(lo > first, lo - 1, -1)
+
+
 def _last_sample(samples: SampleTable, rows: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each example, the index of the job's last sample with ts <= t and the index
     of its first sample; ``last = -1`` where there is none."""
-    ks, kq, span = _ranked_keys(samples.job_index, samples.ts, rows, t)
-    last = np.searchsorted(ks, kq, side="right") - 1
-    first = np.searchsorted(ks, rows.astype(np.int64) * span, side="left")
-    last = np.where(last >= first, last, -1)
-    return last, first
+    first, end = _runs(samples, rows)
+    return _search(samples.ts, t, first, end), first
 
 
 def _history(jobs: JobTable, rows: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,13 +418,17 @@ def _at(arr: np.ndarray, idx: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 def _running_max(samples: SampleTable, name: str) -> np.ndarray:
     """Per-job running maximum of a column (NaN ignored; NaN until a value is seen),
-    exact: a cumulative max over integer keys ``job * span + rank(value)``."""
-    vals = samples.cols[name]
-    uniq, inv = np.unique(np.where(np.isnan(vals), -np.inf, vals), return_inverse=True)
-    span = len(uniq) + 1
-    best = np.maximum.accumulate(samples.job_index * span + inv) - samples.job_index * span
-    out = uniq[best] if len(vals) else vals.copy()
-    return np.where(np.isinf(out), np.nan, out)
+    exact: a cumulative max over integer keys ``job * span + rank(value)``. Computed
+    once per table and column (features and sequences of one table share it)."""
+    cache = samples.__dict__.setdefault("_running_max", {})
+    if name not in cache:
+        vals = samples.cols[name]
+        uniq, inv = np.unique(np.where(np.isnan(vals), -np.inf, vals), return_inverse=True)
+        span = len(uniq) + 1
+        best = np.maximum.accumulate(samples.job_index * span + inv) - samples.job_index * span
+        out = uniq[best] if len(vals) else vals.copy()
+        cache[name] = np.where(np.isinf(out), np.nan, out)
+    return cache[name]
 
 
 @dataclass
@@ -384,7 +455,7 @@ def _runtime(jobs: JobTable, samples: SampleTable, rows: np.ndarray,
     """The 11 runtime features (NaN unknown) of examples whose latest usable sample
     is ``last`` (-1: none) of job ``rows``; reads samples ``first..last`` only."""
     has = last >= 0
-    before, _ = _last_sample(samples, rows, _at(samples.ts, last, has) - WINDOW_S)
+    before = _search(samples.ts, _at(samples.ts, last, has) - WINDOW_S, first, np.maximum(last + 1, first))
     base = np.clip(before, first, np.maximum(last, first))
     w = _Window(samples, last, base, has, has & (base < last))
     start = jobs.start_ts[rows]
@@ -498,7 +569,8 @@ def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
     grid = (t[:, None] + steps[None, :]).ravel()
     grid_rows = np.repeat(rows, length)
     with np.errstate(divide="ignore", invalid="ignore"):
-        last, first = _last_sample(samples, grid_rows, grid)
+        first, end = (np.repeat(b, length) for b in _runs(samples, rows))
+        last = _search(samples.ts, grid, first, end)
         vals = _runtime(jobs, samples, grid_rows, last, first)
     seq = vals.reshape(len(rows), length, len(CHANNELS)).astype(np.float32)
     lengths = (last >= 0).reshape(len(rows), length).sum(axis=1).astype(np.int64)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nomade import features, wire
+from nomade import advice, config, features, wire
 from nomade.agent import scoring
-from nomade.agent.state import JobState
+from nomade.agent.state import Explained, JobState, RunningJob
 from nomade.store import JOB_SAMPLE_FIELDS, Store
 
 T0 = 1.7e9
@@ -107,6 +109,141 @@ def test_tick_inputs_equal_the_feature_functions_on_the_same_data() -> None:
     np.testing.assert_allclose(got.S, S, rtol=1e-6)
     np.testing.assert_array_equal(got.lengths, lengths)
     assert got.X[1, features.FEATURES.index("user_last_failed")] == 1.0   # bob's ended job
+
+
+def reference_inputs(st: JobState, now: float, length: int) -> tuple[np.ndarray, ...]:
+    """What training's functions make of the state's rings and history (the public
+    record constructors, no agent code), for the scorable jobs in order."""
+    run = st.scorable()
+    records = [{"job_id": r.job_id, **r.request} for r in run]
+    records += [{"job_id": j, "user": h.user, "end_ts": h.end_ts, "state": h.state}
+                for j, h in st.history.items()]
+    jobs = features.JobTable.from_records(records)
+    samples = features.SampleTable.from_records(jobs, [b for r in run for b in r.samples])
+    rows, t = np.arange(len(run)), np.full(len(run), now)
+    return (*features.asof_features(jobs, samples, t, rows),
+            *features.sequences(jobs, samples, t, length, 30.0, rows))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tick_inputs_stay_equal_to_the_feature_functions_tick_after_tick(seed: int) -> None:
+    """Jobs start, end (with a state learnt late), run on one or three nodes, get samples
+    late and out of order, lose old ones to the horizon and the ring bound, and get
+    samples before their start: after every tick the incrementally kept table gives
+    exactly what the feature functions give on the rings' contents."""
+    rng = random.Random(seed)
+    st = JobState(horizon_s=400.0, max_samples=12, orphan_ttl_s=1e6)
+    now, next_id = T0 + 400, 1
+    live: dict[str, tuple[str, ...]] = {}
+    for tick in range(12):
+        msgs: list[wire.Message] = []
+        for _ in range(rng.randint(0, 3)):   # new jobs, one in four with an early sample
+            job = str(next_id)
+            next_id += 1
+            nodes = ("n1", "n2", "n3") if rng.random() < 0.3 else (f"n{rng.randint(1, 9)}",)
+            live[job] = nodes
+            if rng.random() < 0.25:
+                msgs.append(sample(job, now + 1, nodes[0]))
+            msgs.append(start(job, now - rng.uniform(0, 300), user=rng.choice(["a", "b", "c"]),
+                              nodes=nodes))
+        for job, nodes in list(live.items()):
+            for k, node in enumerate(nodes):   # distinct times per node: no exact ties
+                for _ in range(rng.choice([0, 1, 1, 1, 2, 5])):
+                    ts = now + k * 0.25 - rng.choice([0.0, 0.0, 0.0, 45.0])   # some arrive late
+                    msgs.append(sample(job, ts + rng.uniform(0, 20), node, mem=rng.randint(1, 8) << 28))
+            if rng.random() < 0.1:
+                del live[job]
+                msgs.append(end(job, now, rng.choice([None, "FAILED", "COMPLETED"])))
+        rng.shuffle(msgs[-5:])
+        st.apply(msgs)
+        for job in rng.sample(sorted(st.history), min(2, len(st.history))):
+            st.final_state(job, "TIMEOUT")
+        got = scoring.tick_inputs(st, now + 25, sequence_length=6, interval_s=30.0)
+        X, mask, S, lengths = reference_inputs(st, now + 25, 6)
+        assert [r.job_id for r in got.jobs] == [r.job_id for r in st.scorable()]
+        np.testing.assert_array_equal(got.mask, mask)
+        np.testing.assert_allclose(got.X, X, rtol=1e-6, err_msg=f"tick {tick}")
+        np.testing.assert_allclose(got.S, S, rtol=1e-6, err_msg=f"tick {tick}")
+        np.testing.assert_array_equal(got.lengths, lengths)
+        now += 30.0
+
+
+def fake_jobs(levels: list[str | None], ts: list[float]) -> list[RunningJob]:
+    return [RunningJob(str(i), explained=None if lv is None else Explained(lv, t, []))
+            for i, (lv, t) in enumerate(zip(levels, ts))]
+
+
+def test_explanations_go_to_changed_levels_first_then_to_the_oldest() -> None:
+    risk = np.array([0.1, 0.5, 0.9, 0.4, 0.65, 0.35, 0.7])
+    level = np.array(["low", "moderate", "critical", "moderate", "high", "moderate", "high"], object)
+    jobs = fake_jobs([None, "moderate", "high", "moderate", "high", "moderate", None],
+                     [0, 100, 100, 50, 40, 90, 0])
+    # under the cap: every job at moderate or above
+    assert scoring.explain_rows(jobs, risk, level, 200.0, limit=10).tolist() == [1, 2, 3, 4, 5, 6]
+    # over it: changed (2: high -> critical, 6: never) riskiest first, then the oldest (4, 3)
+    assert scoring.explain_rows(jobs, risk, level, 200.0, limit=2).tolist() == [2, 6]
+    assert scoring.explain_rows(jobs, risk, level, 200.0, limit=4).tolist() == [2, 3, 4, 6]
+    assert scoring.explain_rows(jobs, risk, level, 200.0, min_risk=0.6, limit=2).tolist() == [2, 6]
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A real ``Scorer`` of small models trained on synthetic data."""
+    import torch
+
+    from nomade.ml import train
+    from nomade.ml.inference import Scorer
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("models")
+    cfg = config.Config()
+    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(cfg.ml, training=dataclasses.replace(
+        cfg.ml.training, epochs=2, patience=1, batch_size=256)))
+    jobs, samples = train.synthetic_tables(600, seed=3)
+    train.fit_and_save(train.prepare(jobs, samples, 30.0, 8), cfg, out)
+    return Scorer.load(out)
+
+
+def scored_state(n: int) -> tuple[JobState, float]:
+    st = JobState(horizon_s=10_000.0)
+    msgs = []
+    for i in range(n):
+        job = str(i + 1)
+        msgs.append(start(job, user=f"u{i % 3}", req_mem_bytes=(1 + i % 4) << 30))
+        msgs += [sample(job, T0 + 30 * k, mem=((k * (i + 1)) % 8 + 1) << 27) for k in range(1, 1 + i % 9)]
+    st.apply(msgs)
+    return st, T0 + 300
+
+
+def test_the_explanation_pass_without_the_lstm_gives_the_full_explanations(scorer: object) -> None:
+    st, now = scored_state(40)
+    inputs = scoring.tick_inputs(st, now, 8, 30.0)
+    full = scorer.score(inputs.X, inputs.mask, inputs.S, inputs.lengths, inputs.start_ts)
+    preds = scoring.score(inputs, scorer, explain_min_risk=0.0, max_explain=100)
+    assert len(preds) == 40 and any(p["factors"] for p in preds)
+    for i, p in enumerate(preds):
+        assert p["risk"] == pytest.approx(float(full.risk[i]), abs=1e-6) and p["level"] == full.level[i]
+        assert p["factors"] == advice.wire_factors(full.factors(i, scoring.TOP_FACTORS))
+        assert p["parts"] == full.parts_of(i)
+
+
+def test_factors_within_the_cap_are_carried_at_the_same_level_only(scorer: object) -> None:
+    st, now = scored_state(30)
+    first = scoring.score(scoring.tick_inputs(st, now, 8, 30.0), scorer, explain_min_risk=0.0, max_explain=4)
+    explained = {p["job_id"] for p in first if p["factors"]}
+    assert 0 < len(explained) <= 4
+    second = scoring.score(scoring.tick_inputs(st, now + 30, 8, 30.0), scorer, explain_min_risk=0.0,
+                           max_explain=4)
+    by_id = {p["job_id"]: p for p in first}
+    for p in second:
+        job = st.running[p["job_id"]]
+        assert job.explained is not None or not p["factors"]
+        if p["job_id"] in explained and job.explained.ts == now:   # not explained again: carried
+            assert p["factors"] == by_id[p["job_id"]]["factors"] and p["level"] == job.explained.level
+    assert len({p["job_id"] for p in second if p["factors"]}) > len(explained)   # rotation
+    # at a risk below the threshold a job carries nothing and forgets its explanation
+    nothing = scoring.score(scoring.tick_inputs(st, now + 60, 8, 30.0), scorer, explain_min_risk=1.1)
+    assert all(not p["factors"] for p in nothing) and all(r.explained is None for r in st.scorable())
 
 
 def test_model_watch_logs_once_per_change() -> None:

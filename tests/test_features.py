@@ -279,3 +279,46 @@ def test_recent_window_is_measured_in_time():
     eff = 1200 / (4 * 360)
     recent = (1200 - 40 * 27) / (4 * 90)  # the window starts at the sample 90 s back (t=270)
     assert X[0, F["cpu_eff_change"]] == pytest.approx(recent - eff, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_last_sample_matches_a_plain_loop(seed):
+    """The binary search finds the last sample at or before t of the example's own job,
+    with equal times, queries exactly at sample times, before the first and NaN."""
+    from nomade.features import _last_sample
+
+    rng = np.random.default_rng(seed)
+    n_jobs = 30
+    jobs = JobTable.from_records([job(str(i)) for i in range(n_jobs)])
+    recs = [sample(str(rng.integers(0, n_jobs - 3)), float(rng.integers(0, 40)) * 30.0, 1)
+            for _ in range(400)]   # on a coarse grid: many equal times; jobs 27-29 have none
+    samples = SampleTable.from_records(jobs, recs)
+    rows = rng.integers(0, n_jobs, 300)
+    t = np.where(rng.random(300) < 0.5, rng.integers(-1, 41, 300) * 30.0, rng.uniform(-50, 1250, 300))
+    t[:5] = np.nan
+    last, first = _last_sample(samples, rows, t)
+    for e, (r, tt) in enumerate(zip(rows, t)):
+        mine = np.flatnonzero(samples.job_index == r)
+        ok = mine[samples.ts[mine] <= tt]
+        assert last[e] == (ok[-1] if len(ok) else -1)
+        if len(mine):
+            assert first[e] == mine[0]
+
+
+def test_job_totals_fill_gaps_on_one_node_and_do_not_depend_on_row_order():
+    jobs = JobTable.from_records([job("1", start=0.0), job("2", start=0.0)])
+    recs = [dict(job_id="1", node="a", ts=30.0 * i, mem_bytes=None if i == 2 else 10 * i,
+                 read_bytes=5 * i) for i in range(1, 5)]
+    recs += [dict(job_id="2", node=n, ts=30.0 * i + k, mem_bytes=100 * i + k, io_pressure=float(k))
+             for i in range(1, 4) for k, n in enumerate(("b", "c"))]
+    s = SampleTable.from_records(jobs, recs)
+    one = s.job_index == 0
+    # a single-node job in a table of several nodes: an unknown value keeps the last known
+    assert s.mem_bytes[one].tolist() == [10, 10, 30, 40] and s.read_bytes[one].tolist() == [5, 10, 15, 20]
+    assert s.mem_bytes[~one].tolist() == [100, 201, 301, 401, 501, 601]   # b + c, latest of each
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        shuffled = [recs[i] for i in rng.permutation(len(recs))]
+        again = SampleTable.from_records(jobs, shuffled)
+        for c in SampleTable.empty().cols:
+            np.testing.assert_array_equal(again.cols[c], s.cols[c])

@@ -1,35 +1,52 @@
 """The scoring tick: as-of features of every running job at once, the ensemble in one batch.
 
 Pure planning, no I/O: ``tick_inputs(state, now, ...)`` turns the job state into the
-arrays ``nomade.features`` computes (the same as-of functions training uses, so live
-scoring sees what the models were trained on), and ``score(inputs, scorer, ...)`` runs
-``nomade.ml.inference.Scorer`` once for all jobs under ``torch.inference_mode`` and
-returns one ``prediction`` body per job. Without a trained model there is no score:
-``ModelWatch`` says, once per change, that the agent publishes no risk.
+arrays ``nomade.features`` computes (the same as-of functions training uses, on the same
+``SampleTable``/``JobTable`` layout, so live scoring sees what the models were trained
+on), and ``score(inputs, scorer, ...)`` runs ``nomade.ml.inference.Scorer`` once for all
+jobs under ``torch.inference_mode`` and returns one ``prediction`` body per job. Without
+a trained model there is no score: ``ModelWatch`` says, once per change, that the agent
+publishes no risk.
 
-Explanations (occlusion, 17 extra passes) are computed only for jobs whose risk is at
-least ``explain_min_risk`` (moderate and above by default): a low-risk job's message
-carries no factors. This keeps a 10,000-job tick within its budget.
+Cost (budget: 10,000 jobs, all three models, <= 1 s on 2 cores): the sample table comes
+from ``JobState.sample_rows``, which converts only the samples that arrived since the
+last tick; the ended-job history is cached by ``JobState.history_columns``.
+
+Explanations (occlusion, 17 variants of the GNN and autoencoder inputs, then advice
+text) cost about as much per job as the rest of the tick, so they are bounded:
+
+* only jobs with risk >= ``explain_min_risk`` (moderate and above) carry factors;
+* at most ``max_explain`` jobs are explained a tick: first those whose level differs
+  from the level of their last explanation (or that have none), riskiest first, then
+  the others, longest-unexplained first. A job not explained this tick carries the
+  factors of its last explanation at the same level (kept on its ``RunningJob``), or
+  none. Under the cap every candidate is explained every tick; a level change, which
+  is when a Comment is written, is always explained first.
+* the explanation pass leaves out the LSTM: occlusion changes only the GNN and
+  autoencoder inputs, so without the LSTM part each contribution is the same up to one
+  positive factor per job (the weight renormalisation) and the factors, their order
+  and their texts are the same (tests/test_agent_state.py checks this).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Protocol
 
 import numpy as np
 
 from nomade import advice, features
-from nomade.agent.state import JobState, RunningJob
+from nomade.agent.state import ROW_FIELDS, Explained, JobState, RunningJob, SampleRows
+from nomade.ml.ensemble import PARTS
 
 #: Risk from which a prediction carries its top contributing factors.
 EXPLAIN_MIN_RISK = 0.3
+#: Most jobs explained in one tick.
+MAX_EXPLAIN = 300
 #: Factors per prediction.
 TOP_FACTORS = 3
-_SAMPLE_GET = itemgetter("ts", *features.SAMPLE_COLUMNS[:-1])   # iowait_pct is not in job.sample
+_REQUEST = ("req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts")
 
 
 @dataclass
@@ -50,8 +67,8 @@ class ScoresLike(Protocol):
 
     risk: np.ndarray
     level: np.ndarray
+    parts: np.ndarray
 
-    def parts_of(self, i: int) -> dict[str, float | None]: ...
     def factors(self, i: int, top: int = 3) -> list[dict[str, Any]]: ...
 
 
@@ -59,7 +76,7 @@ class ScorerLike(Protocol):
     """What ``score`` needs of ``nomade.ml.inference.Scorer``."""
 
     @property
-    def version(self) -> str: ...
+    def version(self) -> str | None: ...
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
               explain: bool = True) -> ScoresLike: ...
@@ -69,57 +86,43 @@ class ScorerLike(Protocol):
 
 def _job_table(run: list[RunningJob], state: JobState) -> features.JobTable:
     """Running jobs first (rows 0..n-1), then the ended jobs of the history."""
-    users: dict[str, int] = {}
-    hist = list(state.history.values())
-
-    def col(key: str) -> np.ndarray:
-        return np.array([r.request.get(key) for r in run], dtype=np.float64)
-
-    nan = np.full(len(hist), np.nan)
-    user_names = [r.request.get("user") for r in run] + [h.user for h in hist]
-    hstate = np.array([h.state for h in hist], dtype=object)
+    hist = state.history_columns()
+    users = dict(hist.users)
+    req = np.array([[r.request.get(k) for k in _REQUEST] for r in run], dtype=np.float64)
+    req = req.reshape(len(run), len(_REQUEST)).T
+    user = np.array([-1 if (u := r.request.get("user")) is None else users.setdefault(u, len(users))
+                     for r in run], np.int64)
+    nan = np.full(len(hist.end_ts), np.nan)
+    col = dict(zip(_REQUEST, req))
     return features.JobTable(
-        job_id=np.array([r.job_id for r in run] + [f"ended-{i}" for i in range(len(hist))], dtype=object),
-        user=np.array([-1 if u is None else users.setdefault(u, len(users)) for u in user_names], np.int64),
-        req_cpus=np.concatenate([col("req_cpus"), nan]),
-        req_mem_bytes=np.concatenate([col("req_mem_bytes"), nan]),
-        req_gpus=np.concatenate([col("req_gpus"), nan]),
-        time_limit_s=np.concatenate([col("time_limit_s"), nan]),
-        submit_ts=np.concatenate([col("submit_ts"), nan]),
-        start_ts=np.concatenate([col("start_ts"), nan]),
-        end_ts=np.concatenate([np.full(len(run), np.nan), [h.end_ts for h in hist]]),
-        state=np.concatenate([np.full(len(run), None, dtype=object), hstate]),
-        label=np.concatenate([np.full(len(run), np.nan), [features.label_of(s) for s in hstate]]))
+        job_id=np.concatenate([np.array([r.job_id for r in run], dtype=object), hist.job_id]),
+        user=np.concatenate([user, hist.user]),
+        **{k: np.concatenate([col[k], nan]) for k in _REQUEST},
+        end_ts=np.concatenate([np.full(len(run), np.nan), hist.end_ts]),
+        state=np.concatenate([np.full(len(run), None, dtype=object), hist.state]),
+        label=np.concatenate([np.full(len(run), np.nan), hist.label]))
 
 
-def _sample_table(run: list[RunningJob], jobs: features.JobTable) -> features.SampleTable:
-    """The rings of the running jobs; multi-node jobs summed over nodes by ``features``."""
-    single: list[tuple[Any, ...]] = []
-    index: list[int] = []
-    multi: list[Mapping[str, Any]] = []
-    for i, r in enumerate(run):
-        if len({s["node"] for s in r.samples}) > 1:
-            multi.extend(r.samples)
-            continue
-        single.extend(map(_SAMPLE_GET, r.samples))
-        index.extend([i] * len(r.samples))
-    names = features.SAMPLE_COLUMNS[:-1]
-    arr = np.array(single, dtype=np.float64).reshape(len(single), 1 + len(names))
-    job_index, ts = np.array(index, np.int64), arr[:, 0]
-    cols = {c: arr[:, k + 1] for k, c in enumerate(names)}
-    if multi:
-        combined = features.SampleTable.from_records(jobs, multi)
-        job_index = np.concatenate([job_index, combined.job_index])
-        ts = np.concatenate([ts, combined.ts])
-        cols = {c: np.concatenate([cols[c], combined.cols[c]]) for c in names}
-    return features.SampleTable(job_index, ts, cols)
+def _sample_table(rows: SampleRows) -> features.SampleTable:
+    """The rings as a ``SampleTable`` (job i = row i of the job table), multi-node jobs
+    summed over nodes by ``features.job_totals`` as in training."""
+    job_index = np.repeat(np.arange(len(rows.counts)), rows.counts)
+    ts = rows.cols[0]
+    by_name = np.argsort(np.argsort(np.array(rows.node_names, dtype=object)))
+    node = by_name[rows.cols[-1].astype(np.int64)] if len(by_name) else np.zeros(len(ts), np.int64)
+    cols = {c: rows.cols[k] for k, c in enumerate(ROW_FIELDS) if k}
+    ok = np.isfinite(ts)
+    if not ok.all():
+        job_index, ts, node = job_index[ok], ts[ok], node[ok]
+        cols = {c: v[ok] for c, v in cols.items()}
+    return features.SampleTable(job_index, ts, features.job_totals(job_index, node, ts, cols))
 
 
 def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: float) -> TickInputs:
     """The features and sequences of every scorable running job as of ``now``."""
     run = state.scorable()
     jobs = _job_table(run, state)
-    samples = _sample_table(run, jobs)
+    samples = _sample_table(state.sample_rows(run))
     rows = np.arange(len(run))
     t = np.full(len(run), float(now))
     X, mask = features.asof_features(jobs, samples, t, rows)
@@ -127,101 +130,51 @@ def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: f
     return TickInputs(run, now, X, mask, S, lengths, jobs.start_ts[rows])
 
 
-# ---------------------------------------------------------------- scoring
+# ---------------------------------------------------------------- explanations
 
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
-              lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
-              explain: bool = True) -> ScoresLike: ...
-
-
-# ---------------------------------------------------------------- tables
-
-def _job_table(run: list[RunningJob], state: JobState) -> features.JobTable:
-    """Running jobs first (rows 0..n-1), then the ended jobs of the history."""
-    users: dict[str, int] = {}
-    hist = list(state.history.values())
-
-    def col(key: str) -> np.ndarray:
-        return np.array([r.request.get(key) for r in run], dtype=np.float64)
-
-    nan = np.full(len(hist), np.nan)
-    user_names = [r.request.get("user") for r in run] + [h.user for h in hist]
-    hstate = np.array([h.state for h in hist], dtype=object)
-    return features.JobTable(
-        job_id=np.array([r.job_id for r in run] + [f"ended-{i}" for i in range(len(hist))], dtype=object),
-        user=np.array([-1 if u is None else users.setdefault(u, len(users)) for u in user_names], np.int64),
-        req_cpus=np.concatenate([col("req_cpus"), nan]),
-        req_mem_bytes=np.concatenate([col("req_mem_bytes"), nan]),
-        req_gpus=np.concatenate([col("req_gpus"), nan]),
-        time_limit_s=np.concatenate([col("time_limit_s"), nan]),
-        submit_ts=np.concatenate([col("submit_ts"), nan]),
-        start_ts=np.concatenate([col("start_ts"), nan]),
-        end_ts=np.concatenate([np.full(len(run), np.nan), [h.end_ts for h in hist]]),
-        state=np.concatenate([np.full(len(run), None, dtype=object), hstate]),
-        label=np.concatenate([np.full(len(run), np.nan), [features.label_of(s) for s in hstate]]))
+def explain_rows(jobs: list[RunningJob], risk: np.ndarray, level: np.ndarray, now: float,
+                 min_risk: float = EXPLAIN_MIN_RISK, limit: int = MAX_EXPLAIN) -> np.ndarray:
+    """The rows to explain this tick (module doc): risk >= ``min_risk``; a changed or
+    first level first (riskiest first), then the longest unexplained; at most ``limit``."""
+    cand = np.flatnonzero(np.asarray(risk) >= min_risk)
+    if len(cand) <= limit:
+        return cand
+    memo = [jobs[i].explained for i in cand]
+    changed = np.array([m is None or m.level != level[i] for m, i in zip(memo, cand)], bool)
+    age = np.array([math.inf if m is None else now - m.ts for m in memo])
+    order = np.lexsort((np.where(changed, -np.asarray(risk)[cand], -age), ~changed))
+    return np.sort(cand[order[:limit]])
 
 
-def _sample_table(run: list[RunningJob], jobs: features.JobTable) -> features.SampleTable:
-    """The rings of the running jobs; multi-node jobs summed over nodes by ``features``."""
-    single: list[tuple[Any, ...]] = []
-    index: list[int] = []
-    multi: list[Mapping[str, Any]] = []
-    for i, r in enumerate(run):
-        if len({s["node"] for s in r.samples}) > 1:
-            multi.extend(r.samples)
-            continue
-        single.extend(map(_SAMPLE_GET, r.samples))
-        index.extend([i] * len(r.samples))
-    names = features.SAMPLE_COLUMNS[:-1]
-    arr = np.array(single, dtype=np.float64).reshape(len(single), 1 + len(names))
-    job_index, ts = np.array(index, np.int64), arr[:, 0]
-    cols = {c: arr[:, k + 1] for k, c in enumerate(names)}
-    if multi:
-        combined = features.SampleTable.from_records(jobs, multi)
-        job_index = np.concatenate([job_index, combined.job_index])
-        ts = np.concatenate([ts, combined.ts])
-        cols = {c: np.concatenate([cols[c], combined.cols[c]]) for c in names}
-    return features.SampleTable(job_index, ts, cols)
+def _explain(inputs: TickInputs, scorer: ScorerLike, rows: np.ndarray, level: np.ndarray,
+             top: int) -> None:
+    """Explain ``rows`` (GNN and autoencoder parts, see the module doc); the wire factors
+    go to each job's ``explained``."""
+    if not len(rows):
+        return
+    ex = scorer.score(inputs.X[rows], inputs.mask[rows], None, None, inputs.start_ts[rows],
+                      explain=True)
+    for k, i in enumerate(rows):
+        inputs.jobs[i].explained = Explained(str(level[i]), inputs.now,
+                                             advice.wire_factors(ex.factors(k, top)))
 
 
-def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: float) -> TickInputs:
-    """The features and sequences of every scorable running job as of ``now``."""
-    run = state.scorable()
-    jobs = _job_table(run, state)
-    samples = _sample_table(run, jobs)
-    rows = np.arange(len(run))
-    t = np.full(len(run), float(now))
-    X, mask = features.asof_features(jobs, samples, t, rows)
-    S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
-    return TickInputs(run, now, X, mask, S, lengths, jobs.start_ts[rows])
+def _factors(job: RunningJob, level: str, risk: float, min_risk: float) -> list[dict[str, Any]]:
+    """The job's factors this tick: its last explanation if at this level, else none."""
+    memo = job.explained
+    if risk < min_risk:
+        job.explained = None
+        return []
+    return memo.factors if memo is not None and memo.level == level else []
 
 
 # ---------------------------------------------------------------- scoring
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def wire_factor(f: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``Scores.factors`` entry as a wire factor: name, value, normal, ratio (value /
-    normal, None where normal is 0), and a short text that states them."""
-    value, normal = _finite(f.get("value")), _finite(f.get("normal"))
-    ratio = value / normal if value is not None and normal else None
-    text = f"{f['name']} = {value:.3g}" if value is not None else str(f["name"])
-    if normal is not None:
-        text += f" (normal {normal:.3g}" + (f", {ratio:.1f}x)" if ratio is not None else ")")
-    return {"name": str(f["name"]), "value": value, "normal": normal, "ratio": _finite(ratio),
-            "text": text}
-
 
 def score(inputs: TickInputs, scorer: ScorerLike, *, explain_min_risk: float = EXPLAIN_MIN_RISK,
-          top: int = TOP_FACTORS) -> list[dict[str, Any]]:
+          max_explain: int = MAX_EXPLAIN, top: int = TOP_FACTORS) -> list[dict[str, Any]]:
     """One ``prediction`` body per job of ``inputs`` (ts = the tick's time); a job that
-    no loaded model can score (risk NaN) gets none."""
+    no loaded model can score (risk NaN) gets none. Records each explained job's factors
+    on its ``RunningJob.explained`` (see the module doc)."""
     if not inputs.jobs:
         return []
     import torch
@@ -229,25 +182,23 @@ def score(inputs: TickInputs, scorer: ScorerLike, *, explain_min_risk: float = E
     with torch.inference_mode():
         scores = scorer.score(inputs.X, inputs.mask, inputs.S, inputs.lengths, inputs.start_ts,
                               explain=False)
-        hot = np.flatnonzero(np.asarray(scores.risk) >= explain_min_risk)
-        explained = None
-        if len(hot):
-            explained = scorer.score(inputs.X[hot], inputs.mask[hot], inputs.S[hot],
-                                     inputs.lengths[hot], inputs.start_ts[hot], explain=True)
-    factors: dict[int, list[dict[str, Any]]] = {}
-    if explained is not None:
-        factors = {int(i): advice.wire_factors(explained.factors(k, top))
-                   for k, i in enumerate(hot)}
+        risk, level = np.asarray(scores.risk, np.float64), np.asarray(scores.level)
+        _explain(inputs, scorer, explain_rows(inputs.jobs, risk, level, inputs.now,
+                                              explain_min_risk, max_explain), level, top)
+    parts = np.asarray(scores.parts, np.float64)
+    parts_list = np.where(np.isfinite(parts), parts, np.nan).tolist()
+    risks, levels = np.clip(risk, 0.0, 1.0).tolist(), level.tolist()
     out = []
-    for i, run in enumerate(inputs.jobs):
-        if not math.isfinite(scores.risk[i]):   # no model could score it: no placeholder
-            continue
+    version = scorer.version
+    for i in np.flatnonzero(np.isfinite(risk)).tolist():   # the others: no model could score them
+        run, r, lv = inputs.jobs[i], risks[i], str(levels[i])
         out.append({
             "job_id": run.job_id, "user": run.request.get("user"),
             "partition": run.request.get("partition"), "nodes": list(run.nodes),
-            "risk": float(np.clip(scores.risk[i], 0.0, 1.0)), "level": str(scores.level[i]),
-            "parts": scores.parts_of(i), "factors": factors.get(i, []), "ts": inputs.now,
-            "model_version": scorer.version})
+            "risk": r, "level": lv,
+            "parts": {k: (None if v != v else v) for k, v in zip(PARTS, parts_list[i])},
+            "factors": _factors(run, lv, r, explain_min_risk), "ts": inputs.now,
+            "model_version": version})
     return out
 
 

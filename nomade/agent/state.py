@@ -20,19 +20,44 @@ What is kept, and its bounds:
 Counters in a sample are cumulative from the job's start, so dropping old samples
 loses nothing the features need except a peak seen only in a dropped sample (the
 cgroup's own ``mem_peak_bytes`` keeps that).
+
+For the scoring tick, ``JobState.sample_rows(jobs)`` gives the rings of the given jobs
+as one float table. It is kept in step incrementally: each call converts only the
+samples that arrived since the previous call (ingest only appends to the rings and
+counts), so a tick over 10,000 jobs converts about 10,000 samples, not the 200,000 in
+the rings.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from nomade import features
 
 #: ``job.start`` fields merged into a running job's request (first known value wins).
 REQUEST_FIELDS: tuple[str, ...] = (
     "user", "uid", "partition", "account", "num_nodes", "req_cpus", "req_mem_bytes",
     "req_gpus", "time_limit_s", "submit_ts", "start_ts")
+#: Columns of ``JobState.sample_rows``: the sample time, the ``job.sample`` fields among
+#: ``features.SAMPLE_COLUMNS`` (all but the node's ``iowait_pct``), then a node code.
+ROW_FIELDS: tuple[str, ...] = ("ts", *(c for c in features.SAMPLE_COLUMNS if c != "iowait_pct"))
+_ROW = itemgetter(*ROW_FIELDS)
+
+
+@dataclass(frozen=True)
+class Explained:
+    """The scoring tick's last explanation of a job: the level it was at, the tick's
+    time and the prediction's wire factors."""
+
+    level: str
+    ts: float
+    factors: list[dict[str, Any]]
 
 
 @dataclass
@@ -45,6 +70,10 @@ class RunningJob:
     nodes: list[str] = field(default_factory=list)
     samples: deque[Mapping[str, Any]] = field(default_factory=deque)
     newest_ts: float = float("-inf")
+    appended: int = 0
+    """Samples ever put in the ring (``sample_rows`` converts only the ones since its last call)."""
+    explained: Explained | None = None
+    """Written by the scoring tick (``nomade.agent.scoring``)."""
 
     @property
     def started(self) -> bool:
@@ -80,6 +109,104 @@ class Changes:
     samples: int = 0
 
 
+class SampleRows(NamedTuple):
+    """The rings of some jobs as columns: ``cols[k]`` is ``ROW_FIELDS[k]`` (float64, NaN
+    unknown) and ``cols[-1]`` the node code; job i's rows are ``counts[i]`` consecutive
+    rows, in ring order, after those of jobs 0..i-1."""
+
+    cols: np.ndarray
+    counts: np.ndarray
+    node_names: list[str]
+
+
+class HistoryColumns(NamedTuple):
+    """The ended jobs of the history as ``features.JobTable`` columns (``user`` coded by
+    ``users``, -1 unknown; ``label`` from the final state, NaN unknown)."""
+
+    job_id: np.ndarray
+    user: np.ndarray
+    users: dict[str, int]
+    end_ts: np.ndarray
+    state: np.ndarray
+    label: np.ndarray
+
+
+def _history_columns(history: Mapping[str, HistoryEntry]) -> HistoryColumns:
+    users: dict[str, int] = {}
+    labels: dict[str | None, float] = {}
+    entries = list(history.values())
+    states = [h.state for h in entries]
+    return HistoryColumns(
+        job_id=np.array(list(history), dtype=object),
+        user=np.array([-1 if h.user is None else users.setdefault(h.user, len(users)) for h in entries],
+                      np.int64),
+        users=users,
+        end_ts=np.array([h.end_ts for h in entries], np.float64),
+        state=np.array(states, dtype=object),
+        label=np.array([labels[s] if s in labels else labels.setdefault(s, features.label_of(s))
+                        for s in states], np.float64))
+
+
+class _Mirror:
+    """The float table of the last ``sample_rows`` call and where each job's rows are."""
+
+    def __init__(self) -> None:
+        self.cols = np.zeros((len(ROW_FIELDS) + 1, 0))
+        self.where: dict[str, tuple[RunningJob, int, int, int]] = {}  # job -> (run, start, rows, appended)
+        self.nodes: dict[str, int] = {}
+
+    def update(self, jobs: Sequence[RunningJob]) -> SampleRows:
+        """The table for ``jobs``: earlier rows that are still in the rings, then the
+        samples that arrived since the last call (converted here, in one go)."""
+        src: list[int] = []
+        keep: list[int] = []
+        counts: list[int] = []
+        fresh: list[Mapping[str, Any]] = []
+        old, where, start = self.where, {}, 0
+        for run in jobs:   # one pass, no numpy per job: 10,000 jobs take ~10 ms
+            ring, n = run.samples, len(run.samples)
+            prev = old.get(run.job_id)
+            k = 0
+            if prev is not None and prev[0] is run:   # its rows from the last call, minus what popped
+                k = min(max(n - (run.appended - prev[3]), 0), prev[2])
+            src.append(prev[1] + prev[2] - k if k else 0)
+            keep.append(k)
+            if k == 0:
+                fresh.extend(ring)
+            elif k == n - 1:
+                fresh.append(ring[-1])
+            elif k < n:
+                fresh.extend([ring[j] for j in range(k, n)])
+            counts.append(n)
+            where[run.job_id] = (run, start, n, run.appended)
+            start += n
+        counts_arr = np.array(counts, np.int64)
+        self.cols = self._gather(np.array(src, np.int64), np.array(keep, np.int64), counts_arr, fresh)
+        self.where = where
+        return SampleRows(self.cols, counts_arr, list(self.nodes))
+
+    def _gather(self, src: np.ndarray, keep: np.ndarray, counts: np.ndarray,
+                fresh: list[Mapping[str, Any]]) -> np.ndarray:
+        """Kept rows of the old table and the fresh samples, each job's rows together
+        (one gather from the old table with the fresh rows appended)."""
+        codes = self.nodes
+        new = np.array([(*_ROW(b), codes.setdefault(b["node"], len(codes))) for b in fresh],
+                       dtype=np.float64).reshape(len(fresh), len(ROW_FIELDS) + 1)
+        width = self.cols.shape[1]
+        both = np.concatenate([self.cols, new.T], axis=1) if len(fresh) else self.cols
+        # per job: its kept rows (from ``src``), then its fresh ones (in ``new`` order)
+        fresh_starts = width + np.cumsum(counts - keep) - (counts - keep)
+        starts = np.stack([src, fresh_starts], axis=1).ravel()
+        lengths = np.stack([keep, counts - keep], axis=1).ravel()
+        return np.take(both, _ranges(starts, lengths), axis=1)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concat(arange(s, s + n) for s, n in zip(starts, lengths))``, vectorised."""
+    ends = np.cumsum(lengths)
+    return np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lengths - starts, lengths)
+
+
 class _StoreReader(Protocol):
     def running_jobs(self) -> list[Any]: ...
     def ended_jobs(self, since_ts: float | None = None, until_ts: float | None = None) -> list[Any]: ...
@@ -100,6 +227,8 @@ class JobState:
         self.orphan_ttl_s = orphan_ttl_s
         self.running: dict[str, RunningJob] = {}
         self.history: dict[str, HistoryEntry] = {}
+        self._mirror = _Mirror()
+        self._history_cols: HistoryColumns | None = None   # None: history changed since
 
     # -- stimuli
 
@@ -131,6 +260,7 @@ class JobState:
         entry = self.history.get(job_id)
         if entry is not None:
             self.history[job_id] = HistoryEntry(entry.user, entry.end_ts, state)
+            self._history_cols = None
 
     def expire(self, now: float) -> int:
         """Forget orphan samples and history older than their bounds; how many jobs."""
@@ -141,6 +271,8 @@ class JobState:
             del self.running[j]
         for j in stale:
             del self.history[j]
+        if stale:
+            self._history_cols = None
         return len(old) + len(stale)
 
     # -- reading
@@ -148,6 +280,17 @@ class JobState:
     def scorable(self) -> list[RunningJob]:
         """Running jobs with a known start, in job-id order (stable output)."""
         return [r for _, r in sorted(self.running.items()) if r.started]
+
+    def history_columns(self) -> HistoryColumns:
+        """``history`` as columns; cached until the history changes (through this class)."""
+        if self._history_cols is None:
+            self._history_cols = _history_columns(self.history)
+        return self._history_cols
+
+    def sample_rows(self, jobs: Sequence[RunningJob]) -> SampleRows:
+        """The rings of ``jobs`` (running jobs of this state) as one float table, in the
+        order given; converts only the samples that arrived since the last call."""
+        return self._mirror.update(jobs)
 
     # -- rebuild
 
@@ -159,11 +302,12 @@ class JobState:
         ``fields`` names the columns of the store's sample tuples."""
         state = cls(**kwargs)
         for job in store.running_jobs():
-            run = state.running[job.job_id] = RunningJob(job.job_id)
+            run = state._job(job.job_id)
             run.request = {k: v for k in REQUEST_FIELDS if (v := getattr(job, k, None)) is not None}
             run.nodes = list(job.nodes)
         for job in store.ended_jobs(since_ts=now - state.history_s):
             state.history[job.job_id] = HistoryEntry(job.user, job.end_ts, job.state)
+        state._history_cols = None
         if state.running:
             for row in store.job_samples(list(state.running), since_ts=now - state.horizon_s):
                 state._sample(dict(zip(fields, row)))
@@ -203,6 +347,7 @@ class JobState:
             run = self._job(job_id)
         ring = run.samples
         ring.append(body)
+        run.appended += 1
         ts = body["ts"]
         if ts > run.newest_ts:
             run.newest_ts = ts
@@ -219,8 +364,10 @@ class JobState:
         if known is not None:
             if state is not None and known.state is None:
                 self.history[job_id] = HistoryEntry(known.user, known.end_ts, state)
+                self._history_cols = None
             return None
         run = self.running.pop(job_id, None)
         user = run.request.get("user") if run is not None else None
         self.history[job_id] = HistoryEntry(user, end_ts, state)
+        self._history_cols = None
         return Ended(job_id, end_ts, state)
