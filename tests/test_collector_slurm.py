@@ -36,8 +36,8 @@ def jobs(slurm_cluster: SlurmCluster) -> Iterator[dict[str, str]]:
     try:
         for name, mem, wrap in (("busy", "200M", BUSY), ("hold", "600M", HOLD_200MB), ("oom", "100M", OOM)):
             ids[name] = submit(slurm_cluster, wrap, f"--mem={mem}", "--time=5", name=f"collector-{name}")
-        for job_id in ids.values():
-            wait_state(slurm_cluster.slurm, job_id, ["RUNNING"], timeout=60)
+        for job_id in ids.values():   # other tests' jobs may hold the nodes for a while
+            wait_state(slurm_cluster.slurm, job_id, ["RUNNING"], timeout=300)
         yield ids
     finally:
         for job_id in ids.values():
