@@ -249,6 +249,7 @@ def test_spool_events_are_forwarded_with_an_immediate_sample(site: Path, agent: 
 
 def test_the_loop_sleeps_until_a_hook_event_lands(site: Path, agent: Agent) -> None:
     """No timer between samples: the spool watch (inotify) wakes the loop for an event."""
+    (site / "spool").rmdir()                                  # the collector makes it for the hooks
     c = Collector(node="cn01", endpoint=f"tcp://127.0.0.1:{agent.port}", cgroup_root=str(site / "cgroup"),
                   outbox_dir=str(site / "outbox"), outbox_max_bytes=1 << 20,
                   spool_dir=str(site / "spool"), interval_s=3600.0, jitter_s=0.0, node_filter="cn01")

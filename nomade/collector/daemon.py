@@ -68,9 +68,11 @@ class Collector:
         self.next_tick = time.monotonic() + random.uniform(0.0, jitter_s)
 
     def _watch_spool(self) -> SpoolWatch | None:
+        """Watch the spool, making it first if it is missing (the hooks need it to exist)."""
         if self.spool is None:
             return None
         try:
+            self.spool.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             return SpoolWatch(self.spool.dir)
         except OSError as e:
             log.warning("no inotify on the spool (%s): looking at it once a second", e)
