@@ -381,9 +381,10 @@ _message = functools.partial(tuple.__new__, Message)   # skips __new__'s argumen
 
 # ---------------------------------------------------------------- parse (wire -> Message)
 
-def _parse(env: Any, rows: list[tuple[Any, ...]] | None = None) -> Message:
-    """The Message of an unpacked envelope; WireError if anything is invalid. ``rows``:
-    see ``_parse_items``."""
+def _parse(env: Any, rows: list[tuple[Any, ...]] | None = None,
+           sample_items: bool = True) -> Message:
+    """The Message of an unpacked envelope; WireError if anything is invalid. ``rows`` and
+    ``sample_items``: see ``_parse_items``."""
     if type(env) is not dict:
         raise WireError(f"frame: expected a map (the envelope), got {_show(env)}")
     version, kind, sender, seq, ts, body = map(env.get, _ENVELOPE_KEYS)
@@ -403,23 +404,30 @@ def _parse(env: Any, rows: list[tuple[Any, ...]] | None = None) -> Message:
     if kind == "batch":
         if type(body) is not list or not body:
             raise WireError(f"batch body: expected [items], got {_show(body)}")
-        items, skipped = _parse_items(body[0], version, sender, rows)
+        items, skipped = _parse_items(body[0], version, sender, rows, sample_items)
         return _message((version, kind, sender, seq, ts, {"items": items, "skipped": skipped}))
     return _message((version, kind, sender, seq, ts, _BODIES[kind].decode(body)))
 
 
 def _parse_items(raw: Any, version: int, sender: str,
-                 rows: list[tuple[Any, ...]] | None = None) -> tuple[list[Message], int]:
+                 rows: list[tuple[Any, ...]] | None = None,
+                 sample_items: bool = True) -> tuple[list[Message], int]:
     """The items of a batch body and how many were skipped (kinds this side does not know).
 
     ``rows``, if given, receives the body of every ``job.sample`` item as a tuple in
-    ``FIELDS["job.sample"]`` order, in item order (the store's column order).
+    ``FIELDS["job.sample"]`` order, in item order (the store's column order); with
+    ``sample_items`` False the ``job.sample`` items are only there, not among the items.
     """
     if type(raw) is not list or len(raw) > MAX_BATCH_ITEMS:
         raise WireError(f"batch items: expected a list of at most {MAX_BATCH_ITEMS} items, "
                         f"got {_show(raw)}")
     out: list[Message] = []
-    skipped = _SAMPLE_ITEMS(raw, version, sender, out, rows, _parse_item)
+    if rows is None:
+        skipped = _SAMPLE_ITEMS(raw, version, sender, out, [], _parse_item)
+    elif sample_items:
+        skipped = _SAMPLE_ITEMS_AND_ROWS(raw, version, sender, out, rows, _parse_item)
+    else:
+        skipped = _SAMPLE_ROWS(raw, version, sender, out, rows, _parse_item)
     return out, skipped
 
 
@@ -447,13 +455,15 @@ def _parse_item(i: int, item: Any, version: int, sender: str) -> Message | None:
         raise WireError(f"batch item {i}: {e}") from None
 
 
-def _compile_items(kind: str) -> Callable[..., int]:
-    """``loop(raw, version, sender, out, rows, slow) -> skipped``: appends the Message of
-    every item of ``raw`` to ``out``. An item of ``kind`` that is valid as it stands is
-    checked inline (the same expressions as ``_compile_body``, no call per item); any other
-    item goes through ``slow(i, item, version, sender)`` (every kind, errors naming the
-    item and field). Unless ``rows`` is None, every item of ``kind`` also appends its body
-    to ``rows`` as a tuple in field order."""
+def _compile_items(kind: str, messages: bool, rows: bool) -> Callable[..., int]:
+    """``loop(raw, version, sender, out, rows, slow) -> skipped`` for the items of a batch.
+
+    An item of ``kind`` that is valid as it stands is checked inline (the same expressions
+    as ``_compile_body``, no call per item); any other item goes through ``slow(i, item,
+    version, sender)`` (every kind, errors naming the item and field). The Message of every
+    item goes to ``out``, except those of ``kind`` when ``messages`` is False; with ``rows``
+    the body of every item of ``kind`` also goes to ``rows`` as a tuple in field order.
+    """
     fields = SCHEMAS[kind]
     names = [f"f{i}" for i in range(len(fields))]
     tests = []
@@ -463,39 +473,43 @@ def _compile_items(kind: str) -> Callable[..., int]:
         test = typ.expr.format(x=var)
         tests.append(f"({test} or {var} is None)" if nullable else test)
     keys = [f[0] for f in fields]
-    source = (
-        "def loop(raw, version, sender, out, rows, slow):\n"
-        "    append = out.append\n"
-        "    row_sink = None if rows is None else rows.append\n"
-        "    skipped = 0\n"
-        "    for i, item in enumerate(raw):\n"
-        f"        if type(item) is list and len(item) == 4 and item[0] == {kind!r}:\n"
-        "            _, seq, ts, arr = item\n"
-        f"            if (type(arr) is list and len(arr) == {len(fields)} and type(seq) is int\n"
-        f"                    and 0 <= seq <= {MAX_INT!r} and (type(ts) is float or type(ts) is int)\n"
-        f"                    and 0.0 <= ts <= {float(MAX_TS)!r}):\n"
-        f"                {', '.join(names)}, = arr\n"
-        f"                if {' and '.join(tests)}:\n"
-        f"                    append(_message((version, {kind!r}, sender, seq, ts, "
-        f"{{{', '.join(f'{k!r}: {v}' for k, v in zip(keys, names))}}})))\n"
-        "                    if row_sink is not None:\n"
-        f"                        row_sink(({', '.join(names)},))\n"
-        "                    continue\n"
-        "        msg = slow(i, item, version, sender)\n"
-        "        if msg is None:\n"
-        "            skipped += 1\n"
-        "            continue\n"
-        "        append(msg)\n"
-        f"        if row_sink is not None and msg.kind == {kind!r}:\n"
-        f"            row_sink(_row(msg.body))\n"
-        "    return skipped\n")
+    made = (f"append(_message((version, {kind!r}, sender, seq, ts, "
+            f"{{{', '.join(f'{k!r}: {v}' for k, v in zip(keys, names))}}})))")
+    taken = [made] * messages + [f"row_sink(({', '.join(names)},))"] * rows
+    slow_taken = ["append(msg)"] * messages + ["row_sink(_row(msg.body))"] * rows
+    source = "\n".join([
+        "def loop(raw, version, sender, out, rows, slow):",
+        "    append = out.append",
+        "    row_sink = rows.append",
+        "    skipped = 0",
+        "    for i, item in enumerate(raw):",
+        f"        if type(item) is list and len(item) == 4 and item[0] == {kind!r}:",
+        "            _, seq, ts, arr = item",
+        f"            if (type(arr) is list and len(arr) == {len(fields)} and type(seq) is int",
+        f"                    and 0 <= seq <= {MAX_INT!r} and (type(ts) is float or type(ts) is int)",
+        f"                    and 0.0 <= ts <= {float(MAX_TS)!r}):",
+        f"                {', '.join(names)}, = arr",
+        f"                if {' and '.join(tests)}:",
+        *(f"                    {line}" for line in taken),
+        "                    continue",
+        "        msg = slow(i, item, version, sender)",
+        "        if msg is None:",
+        "            skipped += 1",
+        f"        elif msg.kind == {kind!r}:",
+        *(f"            {line}" for line in slow_taken or ["pass"]),
+        "        else:",
+        "            append(msg)",
+        "    return skipped",
+        ""])
     namespace = dict(_NAMESPACE, _message=_message, _row=operator.itemgetter(*keys))
     exec(source, namespace)  # noqa: S102 (text built from this module's constants only)
     loop: Callable[..., int] = namespace["loop"]
     return loop
 
 
-_SAMPLE_ITEMS = _compile_items("job.sample")
+_SAMPLE_ITEMS = _compile_items("job.sample", messages=True, rows=False)
+_SAMPLE_ITEMS_AND_ROWS = _compile_items("job.sample", messages=True, rows=True)
+_SAMPLE_ROWS = _compile_items("job.sample", messages=False, rows=True)
 
 
 # ---------------------------------------------------------------- Message -> wire
@@ -539,14 +553,18 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     return _parse(_unpack(data))
 
 
-def decode_rows(data: bytes | bytearray | memoryview) -> tuple[Message, list[tuple[Any, ...]]]:
+def decode_rows(data: bytes | bytearray | memoryview, *, sample_items: bool = True
+                ) -> tuple[Message, list[tuple[Any, ...]]]:
     """``decode(data)``, and the bodies of a batch's ``job.sample`` items as tuples in
     ``FIELDS["job.sample"]`` order (the store's column order), in item order; ``[]`` for a
     message of another kind. The same validation and errors as ``decode``: the ingest path,
     which hands the rows to the store without a per-sample lookup by name.
+
+    ``sample_items=False`` leaves the ``job.sample`` items out of the batch's ``items``
+    (they are only rows then: no dict and no Message a sample, about 1 µs a sample less).
     """
     rows: list[tuple[Any, ...]] = []
-    return _parse(_unpack(data), rows), rows
+    return _parse(_unpack(data), rows, sample_items), rows
 
 
 def _unpack(data: bytes | bytearray | memoryview) -> Any:

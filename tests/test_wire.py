@@ -98,6 +98,8 @@ def test_decode_rows_gives_job_samples_in_field_order_beside_the_message() -> No
     assert rows == [tuple(SAMPLE[k] for k in w.FIELDS["job.sample"]),
                     tuple({**SAMPLE, "job_id": "9", "mem_pressure": 3.5}[k]
                           for k in w.FIELDS["job.sample"])]
+    assert w.decode_rows(data, sample_items=False) == (
+        msg._replace(body={"items": items[1:3], "skipped": 0}), rows)
     ack = w.encode(w.make_ack("agent", 3))
     assert w.decode_rows(ack) == (w.decode(ack), [])
 
@@ -109,6 +111,7 @@ def test_decode_rows_takes_items_of_an_older_or_newer_peer_through_the_full_chec
     msg, rows = w.decode_rows(data)
     assert [m.seq for m in msg.body["items"]] == [1, 2]
     assert rows == [tuple(sample_array()[:-2]) + (None, None), tuple(sample_array())]
+    assert w.decode_rows(data, sample_items=False)[1] == rows
 
 
 def test_decode_rows_refuses_what_decode_refuses_naming_the_item_and_field() -> None:
@@ -195,6 +198,36 @@ def test_a_bad_field_is_refused_and_named(field: str, value: Any, expected: str)
     refused(frame(sample_array(**{field: value})), match=expected)
     with pytest.raises(WireError, match=expected):
         w.make("job.sample", "cn042", 1, {**SAMPLE, field: value})
+
+
+_BAD_BY_TYPE: dict[str, list[Any]] = {
+    "COUNT": [-1, 2**63, True, 1.5, "7", [1]],
+    "SECONDS": [-0.5, 1e16, math.nan, math.inf, False, "1"],
+    "PERCENT": [-0.1, 100.5, math.nan, True, "1"],
+    "TS": [-1.0, 1e11, math.nan, True],
+    "JOB_ID": ["abc", "", "12 3", 123, None],
+    "NAME": ["cn 1", "", "x" * 256, "cn\x1b", 5, None],
+}
+_SAMPLE_BAD = [(name, bad) for name, typ, nullable in w.SCHEMAS["job.sample"]
+               for tname, values in _BAD_BY_TYPE.items() if getattr(w, tname) is typ
+               for bad in values + ([] if nullable else [None])]
+
+
+def test_every_job_sample_field_has_bad_values_here() -> None:
+    assert {name for name, _ in _SAMPLE_BAD} == set(w.FIELDS["job.sample"])
+
+
+@pytest.mark.parametrize(("field", "value"), _SAMPLE_BAD)
+def test_a_bad_field_of_a_batched_sample_refuses_the_batch_by_every_decoder(
+        field: str, value: Any) -> None:
+    good = ["job.sample", 1, TS, sample_array()]
+    bad = ["job.sample", 1, TS, sample_array(**{field: value})]
+    data = frame([[good, bad]], kind="batch")
+    expected = rf"batch item 1: job.sample field '{field}'"
+    refused(data, match=expected)
+    for sample_items in (True, False):
+        with pytest.raises(WireError, match=expected):
+            w.decode_rows(data, sample_items=sample_items)
 
 
 @pytest.mark.parametrize("job_id", ["1", "123_4", "123+0", "123_4+1"])
@@ -467,11 +500,13 @@ def _accepts_or_refuses(data: bytes) -> None:
     try:
         msg = w.decode(data)
     except WireError as e:
-        with pytest.raises(WireError) as again_refused:
-            w.decode_rows(data)
-        assert str(again_refused.value) == str(e)
+        for sample_items in (True, False):
+            with pytest.raises(WireError) as again_refused:
+                w.decode_rows(data, sample_items=sample_items)
+            assert str(again_refused.value) == str(e)
         return
     assert w.decode_rows(data) == (msg, _sample_rows(msg))
+    assert w.decode_rows(data, sample_items=False) == (_without_samples(msg), _sample_rows(msg))
     _assert_valid(msg)
     again = w.decode(w.encode(msg))
     if msg.kind == "batch":   # items of kinds unknown here were dropped: none on the way back
@@ -485,6 +520,14 @@ def _sample_rows(msg: Message) -> list[tuple[Any, ...]]:
     """What decode_rows should give beside ``msg``: its job samples' bodies as tuples."""
     items = msg.body["items"] if msg.kind == "batch" else []
     return [tuple(m.body.values()) for m in items if m.kind == "job.sample"]
+
+
+def _without_samples(msg: Message) -> Message:
+    """``msg`` as decode_rows(sample_items=False) gives it: a batch without its job samples."""
+    if msg.kind != "batch":
+        return msg
+    items = [m for m in msg.body["items"] if m.kind != "job.sample"]
+    return msg._replace(body={**msg.body, "items": items})
 
 
 FAST = settings(max_examples=150, deadline=None,
