@@ -122,3 +122,41 @@ def test_time_limit_reaches_the_store_as_timeout(cluster: Path, tmp_path: Path) 
         wait_drained(Spool(cluster / "spool/ctld"), {job_id}, {"jobcomp"}, 1, db)
         job = db.get_job(job_id)
     assert job is not None and (job.state, job.label) == ("TIMEOUT", 1)
+
+
+def drained_nodes() -> list[str]:
+    """Nodes sinfo shows as drained, draining or down (a failed hook drains its node)."""
+    out = subprocess.run(["/usr/bin/sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True,
+                         text=True, check=True).stdout
+    return [line for line in out.splitlines()
+            if any(s in line.split()[-1] for s in ("drain", "drng", "down"))]
+
+
+@pytest.mark.parametrize("broken", ["missing", "not a directory"])
+def test_a_broken_node_spool_neither_fails_the_job_nor_drains_the_node(
+        cluster: Path, broken: str) -> None:
+    """The node spool missing, or a plain file where the directory should be (root writes
+    through any mode bits, so chmod would not stop the root-run Prolog), for a few seconds:
+    the hooks still exit 0, the job completes, no node drains. The spool is always put
+    back; events other tests' jobs wrote meanwhile are moved back into it."""
+    spool = cluster / "spool/node"
+    aside = spool.with_name(f"node.aside-{os.getpid()}")
+    assert not drained_nodes()
+    spool.rename(aside)
+    try:
+        if broken == "not a directory":
+            spool.write_text("not a spool\n")
+        job_id = sbatch([], "true")
+        wait_gone([job_id], 60)
+    finally:
+        if spool.is_dir():   # a hook (re)made it: keep what was written there
+            for item in spool.iterdir():
+                item.rename(aside / item.name)
+            spool.rmdir()
+        elif spool.exists():
+            spool.unlink()
+        aside.rename(spool)
+    state = subprocess.run(["/usr/bin/squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
+                           capture_output=True, text=True).stdout.strip()
+    assert state == "COMPLETED"
+    assert not drained_nodes()
