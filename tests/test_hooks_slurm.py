@@ -160,3 +160,53 @@ def test_a_broken_node_spool_neither_fails_the_job_nor_drains_the_node(
                            capture_output=True, text=True).stdout.strip()
     assert state == "COMPLETED"
     assert not drained_nodes()
+
+
+@pytest.mark.slow
+def test_an_agent_killed_while_jobs_start_and_end_loses_and_doubles_no_event(
+        cluster: Path, tmp_path: Path) -> None:
+    """``nomade agent`` drains the controller spool; it is killed (SIGKILL, no clean
+    shutdown) while this test's jobs start and end, and restarted: every job ends up in
+    the store once, with its start, end and jobcomp state, and none of its events is left
+    in the spool. (The agent drains the shared spool: other tests' events land in its
+    store too, which is harmless.)"""
+    import sys
+
+    config = tmp_path / "nomade.toml"
+    config.write_text(f'[agent]\ningest_endpoint = "tcp://127.0.0.1:*"\n'
+                      f'publish_endpoint = "tcp://127.0.0.1:*"\nmetrics_address = ""\n'
+                      f'spool_dirs = ["{cluster / "spool/ctld"}"]\n'
+                      f'[storage]\ndb_path = "{tmp_path / "agent.db"}"\n')
+
+    def agent() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "nomade", "--config", str(config),
+                                 "agent", "--no-slurm"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    proc = agent()
+    ids = [sbatch([], f"sleep {1 + k % 3}") for k in range(6)]
+    try:
+        time.sleep(2.5)
+        proc.kill()
+        proc.wait()
+        ids += [sbatch([], "sleep 1") for _ in range(2)]
+        time.sleep(1.5)
+        proc = agent()
+        wait_gone(ids, 120)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with Store(tmp_path / "agent.db", readonly=True) as db:
+                jobs = {j: db.get_job(j) for j in ids}
+            if all(job is not None and job.state for job in jobs.values()):
+                break
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    for job_id, job in jobs.items():
+        assert job is not None and job.state == "COMPLETED" and job.label == 0, (job_id, job)
+        assert job.start_ts is not None and job.end_ts is not None and job.end_ts >= job.start_ts
+        assert job.state_source == "jobcomp"
+    left = [item for item in Spool(cluster / "spool/ctld").take(100_000)
+            if jobenv.job_id(item.record) in set(ids)]
+    assert left == []
