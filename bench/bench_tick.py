@@ -124,14 +124,19 @@ def run(quick: bool) -> list[Result]:
             last: dict[str, Any] = {}
 
             def tick(t: float) -> None:
+                c0 = time.perf_counter()
                 preds = scoring.score(scoring.tick_inputs(state, t, 20, INTERVAL_S), scorer)
+                c1 = time.perf_counter()
                 last.update(n=len(publisher.publish(preds)), explained=len(
                     [p for p in preds if p["factors"]]))
+                last.setdefault("scoring", []).append(c1 - c0)
+                last.setdefault("publish", []).append(time.perf_counter() - c1)
 
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 _ticks(state, now, tick, 1)   # warm-up
                 now += INTERVAL_S
+                last.clear()
                 times = _ticks(state, now, tick, 5)
                 now += 5 * INTERVAL_S
                 results.append(_result(n_jobs, threads, times, last, quick))
@@ -153,5 +158,6 @@ def _result(n_jobs: int, threads: int, times: list[tuple[float, float]], last: d
         f"features + gnn/lstm/autoencoder + explanations + publish and store {last.get('n')} "
         f"predictions ({last.get('explained')} with factors, at most {scoring.MAX_EXPLAIN} "
         f"explained a tick); median of {len(walls)} ticks (best {best:.3f} s, worst "
-        f"{max(walls):.3f} s); CPU {statistics.median(c for _, c in times):.3f} s a tick; "
-        f"load average {load:.1f} on {os.cpu_count()} CPUs")
+        f"{max(walls):.3f} s): scoring {statistics.median(last['scoring']):.3f} s + publish and "
+        f"store {statistics.median(last['publish']):.3f} s; CPU {statistics.median(c for _, c in times):.3f} s "
+        f"a tick; load average {load:.1f} on {os.cpu_count()} CPUs")

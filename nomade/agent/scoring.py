@@ -20,8 +20,9 @@ text) cost about as much per job as the rest of the tick, so they are bounded:
   from the level of their last explanation (or that have none), riskiest first, then
   the others, longest-unexplained first. A job not explained this tick carries the
   factors of its last explanation at the same level (kept on its ``RunningJob``), or
-  none. Under the cap every candidate is explained every tick; a level change, which
-  is when a Comment is written, is always explained first.
+  none. Under the cap every candidate is explained every tick; a level change (when
+  a Comment is written) comes first, so only more than ``max_explain`` changes in one
+  tick (e.g. the first tick after a restart) leave some without factors for a tick.
 * the explanation pass leaves out the LSTM: occlusion changes only the GNN and
   autoencoder inputs, so without the LSTM part each contribution is the same up to one
   positive factor per job (the weight renormalisation) and the factors, their order
