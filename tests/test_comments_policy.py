@@ -127,7 +127,7 @@ def test_decide_takes_a_ticks_prediction_bodies_and_forgets_ended_jobs() -> None
 
 def factors_raw() -> list[dict]:
     return FACTORS + [{"name": "log_write_mbps", "value": 4.795790545596741,
-                       "normal": 2.3978952727983707, "contribution": 0.0}]
+                       "normal": 2.3978952727983707, "contribution": 0.05}]
 
 
 @pytest.mark.slurm
