@@ -384,6 +384,17 @@ class Agent:
         self.metrics.model_loaded = int(reason is None)
         if line is not None:
             (log.info if reason is None else log.warning)(line)
+            self._write_agent_state()
+
+    def _write_agent_state(self) -> None:
+        """Tell `nomade ml status` (agent_state.json beside the store) which models are in use."""
+        from nomade.ml import persist
+
+        version = self.scorer.version if self.scorer is not None else None
+        try:
+            persist.write_agent_state(Path(self.store.path).parent, self.models_dir, version)
+        except OSError as e:
+            log.warning("cannot record the agent state beside the store: %s", e)
 
     # -- shutdown
 
