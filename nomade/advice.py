@@ -351,8 +351,10 @@ def clock(ts: float) -> str:
 
 def _safe(text: str) -> str:
     """Printable ASCII without the Comment's marker characters, spaces collapsed."""
-    ascii_only = "".join(c if " " <= c <= "~" else " " for c in text.translate(_SAFE))
-    return " ".join(ascii_only.split())
+    text = text.translate(_SAFE)
+    if not (text.isascii() and text.isprintable()):  # printable ASCII: " " to "~" only
+        text = "".join(c if " " <= c <= "~" else " " for c in text)
+    return " ".join(text.split())
 
 
 __all__ = ["FAMILY", "Factor", "MAX_CHARS", "MAX_FACTORS", "cited", "clock", "factor_phrases",

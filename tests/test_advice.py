@@ -65,6 +65,17 @@ def test_every_feature_has_a_rule_with_printable_safe_text() -> None:
         assert not set("[]|") & set(text)
 
 
+@pytest.mark.parametrize(("raw", "safe"), [
+    ("plain text", "plain text"),
+    ("a [b] | c", "a (b) / c"),
+    ("tab\tnew\nline  x", "tab new line x"),
+    ("caf\u00e9 \u00d8MADE\x7f end", "caf MADE end"),
+])
+def test_safe_text_is_printable_ascii_without_markers(raw: str, safe: str) -> None:
+    # the fast path (already printable ASCII) and the slow one give the same text
+    assert advice._safe(raw) == safe
+
+
 def test_unknown_feature_is_refused_and_unknown_value_left_out() -> None:
     with pytest.raises(ValueError, match="unknown feature 'bogus'"):
         advice.factor_phrases([f("bogus", 1.0, 1.0)])
