@@ -1,0 +1,140 @@
+"""``nomade evaluate``: thresholds from validation only, one identical split for every
+model and baseline, a table with every row, on a real slice of the KTH SP2 trace."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nomade import config
+from nomade.errors import NomadeError
+from nomade.ml import evaluate, train
+
+torch.set_num_threads(1)
+pytest.importorskip("sklearn", reason="the baselines need scikit-learn (the eval extra)")
+
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "KTH-SP2-1996-2.1-cln.swf.gz"
+JOBS = 1200
+ROWS = ("GNN", "autoencoder", "ensemble", "logistic regression", "gradient boosting")
+
+
+@pytest.fixture(scope="module")
+def swf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The header and first JOBS jobs of the KTH trace, as a plain SWF file."""
+    if not TRACE.is_file():
+        pytest.skip(f"{TRACE}: public trace not here")
+    out = tmp_path_factory.mktemp("trace") / "kth-slice.swf"
+    lines, jobs = [], 0
+    with gzip.open(TRACE, "rt") as fh:
+        for line in fh:
+            jobs += not line.startswith(";")
+            if jobs > JOBS:
+                break
+            lines.append(line)
+    out.write_text("".join(lines))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfg_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "nomade.toml"
+    path.write_text("[ml.training]\nepochs = 3\npatience = 1\n")
+    return path
+
+
+def _prepare(swf: Path, cfg: config.Config) -> train.Prepared:
+    """The slice as `nomade train --swf FILE --ticks-per-job 1` prepares it."""
+    jobs, samples = train.tables_from_swf(swf)
+    return train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
+                         max_per_job=1, source=str(swf))
+
+
+def test_best_threshold_maximises_f1_by_hand() -> None:
+    y = np.array([1, 1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.1])
+    # >=0.9: F1 2/4; >=0.8: 4/5; >=0.7: 4/6; >=0.6: 6/7 (best); >=0.3: 6/8; >=0.1: 6/9
+    assert evaluate.best_threshold(y, s) == 0.6
+    # weights count: the negative at 0.7 weighing 10 makes "only the top two" best
+    assert evaluate.best_threshold(y, s, np.array([1, 1, 10, 1, 1, 1.0])) == 0.8
+    assert evaluate.best_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 0.5
+    assert evaluate.best_threshold(y, np.array([np.nan, 0.8, 0.7, 0.6, 0.3, 0.1])) == 0.6
+
+
+def test_split_digest_sees_a_moved_example(swf: Path) -> None:
+    p = _prepare(swf, config.load(None))
+    rows = {s: p.rows(s) for s in train.SPLITS}
+    same = evaluate.split_digest(p, {s: r.copy() for s, r in rows.items()})
+    assert same == evaluate.split_digest(p, rows)
+    moved = {**rows, "test": rows["test"][1:], "validation": np.r_[rows["validation"], rows["test"][:1]]}
+    assert evaluate.split_digest(p, moved) != same
+
+
+def test_test_labels_touch_no_threshold_or_training(swf: Path, cfg_file: Path) -> None:
+    cfg = config.load(cfg_file)
+    p = _prepare(swf, cfg)
+    first = evaluate.compare(p, cfg)
+    te = p.rows("test")
+    flipped = dataclasses.replace(p, y=p.y.copy())
+    flipped.y[te] = 1 - flipped.y[te]
+    second = evaluate.compare(flipped, cfg)
+    for name, m in first["models"].items():
+        assert second["models"][name]["threshold"] == m["threshold"], name
+        assert second["models"][name]["validation"] == m["validation"], name
+        # scored on the flipped test labels, and only there: the test AUC mirrors
+        assert second["models"][name]["test"]["auc_roc"] == pytest.approx(1 - m["test"]["auc_roc"]), name
+
+
+def test_empty_split_is_a_clear_error(swf: Path) -> None:
+    p = _prepare(swf, config.load(None))
+    p.split[p.split == 2] = 1
+    with pytest.raises(NomadeError, match="test 0"):
+        evaluate.compare(p, config.load(None))
+
+
+def _nomade(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nomade", *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+
+
+def test_cli_table_has_every_row_and_one_split(tmp_path: Path, swf: Path, cfg_file: Path) -> None:
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg_file), "OMP_NUM_THREADS": "1",
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+    # the split `nomade train --prepare` makes is the one every model is judged on
+    out = _nomade("train", "--prepare", "--swf", str(swf), "--ticks-per-job", "1",
+                  "--data", str(tmp_path / "d.npz"), env=env)
+    assert out.returncode == 0, out.stderr
+    trained = train.Prepared.load(tmp_path / "d.npz")
+    expected = evaluate.split_digest(trained, {s: trained.rows(s) for s in train.SPLITS})
+
+    out = _nomade("evaluate", "--swf", str(swf), "--ticks-per-job", "1", "--json", "--quiet",
+                  "--models-dir", str(tmp_path / "models"), env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["split_sha256"] == expected
+    assert set(report["models"]) == {"gnn", "autoencoder", "ensemble", "logistic_regression", "gradient_boosting"}
+    for name, m in report["models"].items():
+        assert m["split_sha256"] == expected, name
+        assert m["test"]["n"] == len(trained.rows("test")), name
+        assert 0.0 <= m["test"]["auc_roc"] <= 1.0 and 0.0 < m["threshold"] <= 1.0, name
+    assert "lstm" in report["absent"]
+    assert (tmp_path / "models" / "metadata.json").is_file() and (tmp_path / "models" / "gnn_model.pt").is_file()
+
+    out = _nomade("evaluate", "--data", str(tmp_path / "d.npz"), env=env)  # table; progress on stderr
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for row in (*ROWS, "LSTM"):
+        assert any(line.startswith(row) for line in lines), (row, out.stdout)
+    assert any(line.startswith("LSTM") and "absent" in line for line in lines)
+    assert expected[:16] in out.stdout and "nomade evaluate:" in out.stderr
+
+    out = _nomade("evaluate", "--swf", str(swf), "--data", str(tmp_path / "d.npz"), env=env)
+    assert out.returncode == 2 and "at most one" in out.stderr
