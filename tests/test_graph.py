@@ -112,3 +112,13 @@ def test_bad_arguments_are_refused(kwargs, message):
         neighbours(X, np.zeros(3), X, np.ones(3), **kwargs)
     with pytest.raises(ValueError, match="one time per row"):
         neighbours(X, np.zeros(2), X, np.ones(3))
+
+
+@pytest.mark.parametrize("width", [1, 17, 70])
+def test_mask_patterns_are_the_distinct_rows(width):
+    rng = np.random.default_rng(width)
+    mask = rng.random((500, width)) < 0.3
+    mask[::7] = mask[0]   # repeated rows
+    patterns, which = graph._mask_patterns(mask)
+    np.testing.assert_array_equal(patterns[which], mask)
+    assert len(patterns) == len(np.unique(mask, axis=0))
