@@ -148,6 +148,8 @@ def test_lstm_learns_a_sequence_signal_and_skips_jobs_without_samples() -> None:
     again = LSTMClassifier(hidden_dim=16, out_dim=8, epochs=12, patience=4, batch_size=64, seed=0).fit(
         S[tr], lengths[tr], y[tr], val=(S[va], lengths[va], y[va], None))
     assert np.array_equal(np.nan_to_num(p), np.nan_to_num(again.predict_proba(S, lengths)))
+    # the forward batch size changes the cost, not the scores (nor their rows)
+    np.testing.assert_allclose(model.predict_proba(S, lengths, batch=97), p, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no example has a sample"):
         LSTMClassifier(epochs=1).fit(S[:3], np.zeros(3, int), y[:3])
 

@@ -474,8 +474,10 @@ class LSTMClassifier(_Estimator):
                 self._schedule(), p, gen, progress)
         return self
 
-    def predict_proba(self, S: np.ndarray, lengths: np.ndarray, batch: int = 8192) -> np.ndarray:
-        """P(failure) float32[n]; NaN where ``lengths == 0``."""
+    def predict_proba(self, S: np.ndarray, lengths: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """P(failure) float32[n]; NaN where ``lengths == 0``. ``batch``: rows a forward
+        pass (1,024 keeps each step's activations in cache: 10,000 jobs cost ~0.38 s of
+        CPU against ~0.45-0.54 s with 8,192)."""
         self._check_fitted()
         lengths = np.minimum(np.asarray(lengths, np.int64), S.shape[1])
         out = np.full(len(lengths), np.nan, np.float32)
