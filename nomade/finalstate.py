@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nomade import states
+from nomade.backoff import Backoff, Watch
 
 log = logging.getLogger(__name__)
 
@@ -47,93 +48,62 @@ class GiveUp:
     reason: str
 
 
-@dataclass
-class _Watch:
-    ended_ts: float
-    next_ts: float
-    delay_s: float
-    attempts: int = 0
-    last_seen: str | None = None
-
-
 class FinalStateTracker:
     """Which ended jobs to ask about now, and what their answers mean.
 
     A job is first asked ``first_delay_s`` after its end, then after doubling delays
-    (capped at ``max_delay_s``), and given up ``give_up_after_s`` after its end. Only a
-    final state (``states.is_final``) settles a job; COMPLETING, RUNNING (requeued) or
-    "unknown to Slurm" keep it waiting.
+    (capped at ``max_delay_s``), and given up ``give_up_after_s`` after its end
+    (``nomade.backoff``). Only a final state (``states.is_final``) settles a job;
+    COMPLETING, RUNNING (requeued) or "unknown to Slurm" keep it waiting.
     """
 
     def __init__(self, *, first_delay_s: float = 2.0, max_delay_s: float = 60.0,
                  give_up_after_s: float = 300.0, max_batch: int = 1000) -> None:
-        self.first_delay_s = first_delay_s
-        self.max_delay_s = max_delay_s
-        self.give_up_after_s = give_up_after_s
-        self.max_batch = max_batch
-        self._watch: dict[str, _Watch] = {}
-        self._done: set[str] = set()
+        self._backoff = Backoff(first_delay_s=first_delay_s, max_delay_s=max_delay_s,
+                                give_up_after_s=give_up_after_s, max_batch=max_batch)
 
     def job_ended(self, job_id: str, ended_ts: float) -> None:
         """Stimulus: ``job_id`` ended at ``ended_ts`` with no final state known (idempotent)."""
-        if job_id not in self._watch and job_id not in self._done:
-            self._watch[job_id] = _Watch(ended_ts, ended_ts + self.first_delay_s,
-                                         self.first_delay_s)
+        self._backoff.add(job_id, ended_ts, wait_first=True)
 
     def watching(self) -> list[str]:
         """Jobs still waiting for a final state."""
-        return list(self._watch)
+        return self._backoff.watching()
 
     def due(self, now: float) -> list[str]:
         """The jobs to ask about in one batched query now (earliest-due first)."""
-        ready = sorted((w.next_ts, j) for j, w in self._watch.items() if w.next_ts <= now)
-        return [j for _, j in ready[:self.max_batch]]
+        return self._backoff.due(now)
 
     def next_due_ts(self) -> float | None:
         """When ``due`` will next return something (None: nothing to watch)."""
-        return min((w.next_ts for w in self._watch.values()), default=None)
+        return self._backoff.next_due_ts()
 
     def answered(self, now: float,
                  answers: Mapping[str, tuple[str, int | None] | None]) -> list[Final | GiveUp]:
         """Stimulus: Slurm's answers to a query of ``due`` jobs; returns the settled ones."""
         out: list[Final | GiveUp] = []
         for job_id, answer in answers.items():
-            watch = self._watch.get(job_id)
-            if watch is None:
+            if self._backoff.get(job_id) is None:
                 continue
-            watch.attempts += 1
             state = states.normalise(answer[0]) if answer else None
             label = states.label_for(state)
             if state is not None and label is not None:
                 out.append(Final(job_id, state, answer[1] if answer else None, label))
-                self._settle(job_id)
+                self._backoff.settle(job_id)
                 continue
-            watch.last_seen = state or "not final or unknown to Slurm"
-            out += self._backoff(job_id, now)
+            seen = state or "not final or unknown to Slurm"
+            gone = self._backoff.retry_later(job_id, now, seen, answered=True)
+            out += [] if gone is None else [_give_up(job_id, now, gone)]
         return out
 
     def query_failed(self, now: float, job_ids: Iterable[str]) -> list[GiveUp]:
         """Stimulus: the batched query failed; back off those jobs (some may give up)."""
-        out: list[GiveUp] = []
-        for job_id in job_ids:
-            if job_id in self._watch:
-                self._watch[job_id].last_seen = "query failed"
-                out += self._backoff(job_id, now)
-        return out
+        return [_give_up(j, now, w) for j, w in self._backoff.query_failed(now, job_ids)]
 
-    def _backoff(self, job_id: str, now: float) -> list[GiveUp]:
-        watch = self._watch[job_id]
-        if now - watch.ended_ts >= self.give_up_after_s:
-            self._settle(job_id)
-            return [GiveUp(job_id, f"no final state {now - watch.ended_ts:.0f} s after the end "
-                                   f"({watch.attempts} answers, last: {watch.last_seen})")]
-        watch.delay_s = min(watch.delay_s * 2, self.max_delay_s)
-        watch.next_ts = min(now + watch.delay_s, watch.ended_ts + self.give_up_after_s)
-        return []
 
-    def _settle(self, job_id: str) -> None:
-        del self._watch[job_id]
-        self._done.add(job_id)
+def _give_up(job_id: str, now: float, watch: Watch) -> GiveUp:
+    return GiveUp(job_id, f"no final state {now - watch.origin_ts:.0f} s after the end "
+                           f"({watch.attempts} answers, last: {watch.last_seen})")
 
 
 class _Store(Protocol):

@@ -24,31 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from nomade.backoff import Backoff, Watch
+from nomade.slurm import Job
 
 #: Where a request completed from Slurm comes from (``job.start`` source).
 SOURCE = "slurm"
 #: Request fields the node and controller hooks do not give at start: a running job
 #: missing any of them is asked about.
 NEEDED: tuple[str, ...] = ("req_mem_bytes", "req_gpus", "time_limit_s")
-
-
-class SlurmJob(Protocol):
-    """What ``start_body`` reads of ``nomade.slurm.Job``."""
-
-    job_id: str
-    user: str | None
-    uid: int | None
-    account: str | None
-    partition: str | None
-    nodes: list[str]
-    num_nodes: int | None
-    req_cpus: int | None
-    req_mem_bytes: int | None
-    req_gpus: int
-    time_limit_s: float | None
-    submit_ts: float | None
-    start_ts: float | None
 
 
 @dataclass(frozen=True)
@@ -67,21 +52,12 @@ class GiveUp:
     reason: str
 
 
-@dataclass
-class _Watch:
-    first_ts: float
-    next_ts: float
-    delay_s: float
-    attempts: int = 0
-    last_seen: str = ""
-
-
 def lacking(requests: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
     """Ids of the (job id, request) pairs whose request misses one of ``NEEDED``."""
     return [job_id for job_id, req in requests if any(req.get(k) is None for k in NEEDED)]
 
 
-def start_body(job: SlurmJob) -> dict[str, Any]:
+def start_body(job: Job) -> dict[str, Any]:
     """A ``job.start`` body (``nomade.wire`` fields, source ``"slurm"``) from Slurm's view."""
     return {
         "job_id": job.job_id, "user": job.user, "uid": job.uid, "partition": job.partition,
@@ -107,74 +83,51 @@ class RequestTracker:
         if first_delay_s <= 0 or max_delay_s < first_delay_s or max_batch < 1:
             raise ValueError("need 0 < first_delay_s <= max_delay_s and max_batch >= 1, got "
                              f"{first_delay_s}, {max_delay_s}, {max_batch}")
-        self.first_delay_s = first_delay_s
-        self.max_delay_s = max_delay_s
-        self.give_up_after_s = give_up_after_s
-        self.max_batch = max_batch
-        self._watch: dict[str, _Watch] = {}
-        self._done: set[str] = set()
+        self._backoff = Backoff(first_delay_s=first_delay_s, max_delay_s=max_delay_s,
+                                give_up_after_s=give_up_after_s, max_batch=max_batch)
 
     def observe(self, job_ids: Iterable[str], now: float) -> None:
         """Stimulus: these running jobs lack request fields now (the whole list, each round)."""
         current = set(job_ids)
-        for job_id in current - self._done - self._watch.keys():
-            self._watch[job_id] = _Watch(now, now, self.first_delay_s)
-        for job_id in [j for j in self._watch if j not in current]:
-            del self._watch[job_id]
-        self._done &= current
+        for job_id in current:
+            self._backoff.add(job_id, now)
+        self._backoff.keep_only(current)
 
     def watching(self) -> list[str]:
         """Jobs still waiting for Slurm's answer."""
-        return list(self._watch)
+        return self._backoff.watching()
 
     def due(self, now: float) -> list[str]:
         """The jobs to ask about in one batched query now (earliest due first)."""
-        ready = sorted((w.next_ts, j) for j, w in self._watch.items() if w.next_ts <= now)
-        return [j for _, j in ready[:self.max_batch]]
+        return self._backoff.due(now)
 
-    def answered(self, now: float, jobs: Mapping[str, SlurmJob | None]) -> list[Answer | GiveUp]:
+    def answered(self, now: float, jobs: Mapping[str, Job | None]) -> list[Answer | GiveUp]:
         """Stimulus: Slurm's answer to a query of ``due`` jobs (None: not listed)."""
         out: list[Answer | GiveUp] = []
         for job_id, job in jobs.items():
-            watch = self._watch.get(job_id)
-            if watch is None:
+            if self._backoff.get(job_id) is None:
                 continue
-            watch.attempts += 1
             if job is not None:
                 out.append(Answer(job_id, start_body(job)))
-                self._settle(job_id)
+                self._backoff.settle(job_id)
                 continue
-            watch.last_seen = "not listed by Slurm"
-            out += self._backoff(job_id, now)
+            gone = self._backoff.retry_later(job_id, now, "not listed by Slurm", answered=True)
+            out += [] if gone is None else [_give_up(job_id, now, gone)]
         return out
 
     def query_failed(self, now: float, job_ids: Iterable[str]) -> list[GiveUp]:
         """Stimulus: the batched query failed; back off those jobs (some may give up)."""
-        out: list[GiveUp] = []
-        for job_id in job_ids:
-            if job_id in self._watch:
-                self._watch[job_id].last_seen = "query failed"
-                out += self._backoff(job_id, now)
-        return out
+        return [_give_up(j, now, w) for j, w in self._backoff.query_failed(now, job_ids)]
 
     def retry(self, job_ids: Iterable[str]) -> None:
         """Stimulus: what was answered for these jobs could not be kept; ask again when
         ``observe`` next lists them."""
-        self._done.difference_update(job_ids)
+        self._backoff.reopen(job_ids)
 
-    def _backoff(self, job_id: str, now: float) -> list[GiveUp]:
-        watch = self._watch[job_id]
-        if now - watch.first_ts >= self.give_up_after_s:
-            self._settle(job_id)
-            return [GiveUp(job_id, f"no answer {now - watch.first_ts:.0f} s after it was first "
-                                   f"asked ({watch.attempts} tries, last: {watch.last_seen})")]
-        watch.next_ts = min(now + watch.delay_s, watch.first_ts + self.give_up_after_s)
-        watch.delay_s = min(watch.delay_s * 2, self.max_delay_s)
-        return []
 
-    def _settle(self, job_id: str) -> None:
-        del self._watch[job_id]
-        self._done.add(job_id)
+def _give_up(job_id: str, now: float, watch: Watch) -> GiveUp:
+    return GiveUp(job_id, f"no answer {now - watch.origin_ts:.0f} s after it was first "
+                           f"asked ({watch.attempts} tries, last: {watch.last_seen})")
 
 
 __all__ = ["Answer", "GiveUp", "NEEDED", "RequestTracker", "SOURCE", "lacking", "start_body"]
