@@ -215,7 +215,7 @@ def scored_state(n: int) -> tuple[JobState, float]:
     return st, T0 + 300
 
 
-def test_the_explanation_pass_without_the_lstm_gives_the_full_explanations(scorer: object) -> None:
+def test_the_explanation_pass_gives_the_full_explanations(scorer: object) -> None:
     st, now = scored_state(40)
     inputs = scoring.tick_inputs(st, now, 8, 30.0)
     full = scorer.score(inputs.X, inputs.mask, inputs.S, inputs.lengths, inputs.start_ts)

@@ -56,6 +56,13 @@ def test_scores_a_batch(trained: tuple[Path, train.Prepared]) -> None:
     expect = (w.gnn * s.parts[:, 0] + w.autoencoder * s.parts[:, 2]) / (w.gnn + w.autoencoder)
     assert np.isnan(s2.parts[:, 1]).all() and np.allclose(s2.risk, expect, atol=1e-6)
     assert s2.contributions is None and s2.factors(0) == []
+    # explaining chosen rows of an existing score == scoring them again with explain=rows
+    plain = scorer.score(X, mask, S, lengths, start, explain=False)
+    later = scorer.explain(plain, np.array([3, 0]))
+    again = scorer.score(X, mask, S, lengths, start, explain=np.array([3, 0]))
+    assert plain.contributions is None and later.risk is plain.risk
+    np.testing.assert_array_equal(later.contributions, again.contributions)
+    assert later.factors(3) == again.factors(3) == s.factors(3) and later.factors(1) == []
     assert scorer.version == persist.model_version(persist.read_metadata(models_dir))
     kept = scorer.neighbours(X, mask, start)  # what an agent may keep per job
     again = scorer.score(X, mask, S, lengths, None, neighbours=kept)

@@ -23,10 +23,10 @@ text) cost about as much per job as the rest of the tick, so they are bounded:
   none. Under the cap every candidate is explained every tick; a level change (when
   a Comment is written) comes first, so only more than ``max_explain`` changes in one
   tick (e.g. the first tick after a restart) leave some without factors for a tick.
-* the explanation pass leaves out the LSTM: occlusion changes only the GNN and
-  autoencoder inputs, so without the LSTM part each contribution is the same up to one
-  positive factor per job (the weight renormalisation) and the factors, their order
-  and their texts are the same (tests/test_agent_state.py checks this).
+* the explanation pass (``Scorer.explain``) reuses the tick's score: its parts, the
+  LSTM's included (occlusion changes only the GNN and autoencoder inputs), and its
+  graph neighbours, so it costs the occlusion only, and the factors are exactly those
+  of scoring with ``explain=rows`` (tests/test_agent_state.py checks this).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class ScorerLike(Protocol):
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
               explain: bool = True) -> ScoresLike: ...
+    # ``scores``: what this scorer's ``score`` returned (its own type, hence Any here)
+    def explain(self, scores: Any, rows: np.ndarray | None = None) -> ScoresLike: ...
 
 
 # ---------------------------------------------------------------- tables
@@ -147,17 +149,16 @@ def explain_rows(jobs: list[RunningJob], risk: np.ndarray, level: np.ndarray, no
     return np.sort(cand[order[:limit]])
 
 
-def _explain(inputs: TickInputs, scorer: ScorerLike, rows: np.ndarray, level: np.ndarray,
-             top: int) -> None:
-    """Explain ``rows`` (GNN and autoencoder parts, see the module doc); the wire factors
+def _explain(inputs: TickInputs, scorer: ScorerLike, scores: ScoresLike, rows: np.ndarray,
+             level: np.ndarray, top: int) -> None:
+    """Explain ``rows`` of this tick's ``scores`` (see the module doc); the wire factors
     go to each job's ``explained``."""
     if not len(rows):
         return
-    ex = scorer.score(inputs.X[rows], inputs.mask[rows], None, None, inputs.start_ts[rows],
-                      explain=True)
-    for k, i in enumerate(rows):
+    ex = scorer.explain(scores, rows)
+    for i in rows.tolist():
         inputs.jobs[i].explained = Explained(str(level[i]), inputs.now,
-                                             advice.wire_factors(ex.factors(k, top)))
+                                             advice.wire_factors(ex.factors(i, top)))
 
 
 def _factors(job: RunningJob, level: str, risk: float, min_risk: float) -> list[dict[str, Any]]:
@@ -184,8 +185,8 @@ def score(inputs: TickInputs, scorer: ScorerLike, *, explain_min_risk: float = E
         scores = scorer.score(inputs.X, inputs.mask, inputs.S, inputs.lengths, inputs.start_ts,
                               explain=False)
         risk, level = np.asarray(scores.risk, np.float64), np.asarray(scores.level)
-        _explain(inputs, scorer, explain_rows(inputs.jobs, risk, level, inputs.now,
-                                              explain_min_risk, max_explain), level, top)
+        _explain(inputs, scorer, scores, explain_rows(inputs.jobs, risk, level, inputs.now,
+                                                      explain_min_risk, max_explain), level, top)
     parts = np.asarray(scores.parts, np.float64)
     parts_list = np.where(np.isfinite(parts), parts, np.nan).tolist()
     risks, levels = np.clip(risk, 0.0, 1.0).tolist(), level.tolist()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,9 @@ class Scores:
     reference_median: np.ndarray
     reference_spread: np.ndarray
     contributions: np.ndarray | None
+    neighbours: Neighbours | None = None
+    """The graph neighbours the GNN part used (None without a GNN): what
+    :meth:`Scorer.explain` holds fixed."""
 
     def parts_of(self, i: int) -> dict[str, float | None]:
         """``{"gnn": p, "lstm": p, "autoencoder": s}`` of job i, None where unavailable."""
@@ -188,13 +191,23 @@ class Scorer:
             parts[:, 1] = lstm.predict_proba(self.normalizers["lstm"].transform_sequences(S), lengths)
         risk = combine(parts, self.weights)
         med, spread = reference_for(self.reference, X)
-        contrib = None
-        if explain is not False:
-            rows = np.arange(len(X)) if explain is True else np.arange(len(X))[np.asarray(explain)]
-            contrib = np.full(X.shape, np.nan, np.float32)
-            sub = None if nbrs is None else Neighbours(nbrs.idx[rows], nbrs.sim[rows], nbrs.valid[rows])
-            contrib[rows] = self._occlusion(X[rows], mask[rows], sub, parts[rows], risk[rows], med[rows])
-        return Scores(risk, levels(risk), parts, X, mask, med, spread, contrib)
+        scores = Scores(risk, levels(risk), parts, X, mask, med, spread, None, nbrs)
+        return scores if explain is False else self.explain(scores, None if explain is True else explain)
+
+    def explain(self, scores: Scores, rows: np.ndarray | None = None) -> Scores:
+        """``scores`` (from :meth:`score` of this scorer) with the contributions of
+        ``rows`` (indices or a bool mask; None: every job), NaN for the others: the
+        same as scoring again with ``explain=rows``, at the cost of the occlusion only:
+        the parts (the LSTM's included), risk, reference and graph neighbours of
+        ``scores`` are reused, not computed again."""
+        n = len(scores.values)
+        rows = np.arange(n) if rows is None else np.arange(n)[np.asarray(rows)]
+        contrib = np.full(scores.values.shape, np.nan, np.float32)
+        nbrs = scores.neighbours
+        sub = None if nbrs is None else Neighbours(nbrs.idx[rows], nbrs.sim[rows], nbrs.valid[rows])
+        contrib[rows] = self._occlusion(scores.values[rows], scores.mask[rows], sub, scores.parts[rows],
+                                        scores.risk[rows], scores.reference_median[rows])
+        return replace(scores, contributions=contrib)
 
     def neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours:
         """Each job's ≤ k most similar reference jobs that ended before it started,
