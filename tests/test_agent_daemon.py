@@ -224,3 +224,34 @@ def test_with_a_model_every_running_job_is_scored_published_and_stored(
     with Store(tmp_path / "agent.db") as store:
         stored = store.latest_predictions()
     assert set(stored) == {"1", "2", "3"}
+
+
+class _Cycle:
+    """A reference cycle: only the cyclic GC reclaims it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_tick_freezes_the_heap_and_reclaims_frozen_cycles_every_full_gc_period(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import weakref
+
+    from nomade.agent import daemon
+
+    monkeypatch.setattr(daemon, "FULL_GC_EVERY", 2)
+    agent = daemon.Agent(agent_config(tmp_path), name="agent0")
+    try:
+        assert gc.get_freeze_count() > 0   # the rebuilt state: no full pass walks it
+        dead = _Cycle()
+        gone = weakref.ref(dead)
+        gc.freeze()   # as if it had survived a tick
+        del dead
+        agent.tick()   # tick 1: frozen again, the frozen cycle stays
+        assert gc.get_freeze_count() > 0 and gone() is not None
+        agent.tick()   # tick 2: the unfrozen full collection reclaims it
+        assert gone() is None and gc.get_freeze_count() > 0
+    finally:
+        agent.close()
+        gc.unfreeze()
