@@ -8,6 +8,8 @@ beside 20,000 ended jobs of history. Before each tick every job gets one new sam
 ``Agent.tick`` does: ``scoring.tick_inputs`` + ``scoring.score`` (explanations within
 their per-tick cap) + ``Publisher.publish`` (every prediction sent on a real PUB socket
 on 127.0.0.1 and stored in a real store), measured with 1 and with 2 torch threads.
+As the agent does, the heap is frozen (``gc.freeze``) once the state is built and after
+each tick, untimed: full GC passes do not walk the job state inside the tick.
 Wall time depends on what else runs on the machine: the note gives the load average
 and the tick's CPU seconds.
 """
@@ -15,6 +17,7 @@ and the tick's CPU seconds.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import shutil
 import statistics
@@ -91,6 +94,7 @@ def _ticks(state: JobState, now: float, tick: Callable[[float], Any], n: int) ->
         w0, c0 = time.perf_counter(), time.process_time()
         tick(now)
         out.append((time.perf_counter() - w0, time.process_time() - c0))
+        gc.freeze()   # as Agent.tick does after each tick
     return out
 
 
@@ -119,6 +123,7 @@ def run(quick: bool) -> list[Result]:
         train.fit_and_save(train.prepare(jobs, samples, 30.0, cfg.ml.sequence_length), cfg, tmp / "models")
         scorer = Scorer.load(tmp / "models")
         state, now = _state(n_jobs, 20, 2000 if quick else 20_000)
+        gc.freeze()   # as Agent does after rebuilding its state
         with Store(tmp / "agent.db") as store:
             publisher = Publisher(pub, store, "bench")
             last: dict[str, Any] = {}
@@ -141,6 +146,7 @@ def run(quick: bool) -> list[Result]:
                 now += 5 * INTERVAL_S
                 results.append(_result(n_jobs, threads, times, last, quick))
     finally:
+        gc.unfreeze()
         pub.close()
         ctx.term()
         shutil.rmtree(tmp, ignore_errors=True)
