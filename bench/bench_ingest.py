@@ -52,8 +52,10 @@ def _frames(node: int, n_batches: int, rng: random.Random) -> list[tuple[int, by
             interval += 1
             ts = T0 + interval * 30.0
             for j in range(JOBS_PER_NODE):
-                items.append(wire.make("job.sample", sender, seq, _sample(sender, first_job + j, ts, rng), ts))
-        items.append(wire.make("node.sample", sender, seq, {"node": sender, "ts": ts, "cpu_pct": 50.0}, ts))
+                body = _sample(sender, first_job + j, ts, rng)
+                items.append(wire.make("job.sample", sender, seq, body, ts))
+        node_body = {"node": sender, "ts": ts, "cpu_pct": 50.0}
+        items.append(wire.make("node.sample", sender, seq, node_body, ts))
         out.append((seq, wire.encode(wire.make_batch(sender, seq, items, ts)), len(items) - 1))
     return out
 

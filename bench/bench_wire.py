@@ -70,6 +70,8 @@ def run(quick: bool) -> list[Result]:
             raise RuntimeError("bench_wire: the batch does not round-trip")
         number = max(1, samples_per_round // size)
         dec = _best_seconds(lambda: wire.decode(frame), repeat, number)
+        with_rows = _best_seconds(lambda: wire.decode_rows(frame), repeat, number)
+        only = _best_seconds(lambda: wire.decode_rows(frame, sample_items=False), repeat, number)
         enc = _best_seconds(lambda: wire.encode(batch), repeat, number)
         per_sample = len(frame) / size
         rows += [
@@ -77,6 +79,13 @@ def run(quick: bool) -> list[Result]:
                    note=f"{dec / size * 1e6:.2f} µs/sample of the {1e6 / INGEST_BUDGET:.0f} µs "
                         f"that ingest (decode+validate+store+ack) has at 100,000/s; "
                         f"{per_sample:.0f} B/sample on the wire"),
+            Result(f"wire decode_rows (ingest), batch of {size}", size / with_rows,
+                   "samples/s", note=f"{with_rows / size * 1e6:.2f} µs/sample: decode, and the "
+                                     "samples as store rows too"),
+            Result(f"wire decode_rows, samples only as rows, batch of {size}", size / only,
+                   "samples/s",
+                   note=f"{only / size * 1e6:.2f} µs/sample: no dict and no Message a sample "
+                        "(for a job state that keeps rows)"),
             Result(f"wire encode, batch of {size}", size / enc, "samples/s",
                    note=f"{enc / size * 1e6:.2f} µs/sample (validates again: collector side)"),
         ]

@@ -486,7 +486,8 @@ def _compile_items(kind: str, messages: bool, rows: bool) -> Callable[..., int]:
         f"        if type(item) is list and len(item) == 4 and item[0] == {kind!r}:",
         "            _, seq, ts, arr = item",
         f"            if (type(arr) is list and len(arr) == {len(fields)} and type(seq) is int",
-        f"                    and 0 <= seq <= {MAX_INT!r} and (type(ts) is float or type(ts) is int)",
+        f"                    and 0 <= seq <= {MAX_INT!r}",
+        "                    and (type(ts) is float or type(ts) is int)",
         f"                    and 0.0 <= ts <= {float(MAX_TS)!r}):",
         f"                {', '.join(names)}, = arr",
         f"                if {' and '.join(tests)}:",
@@ -640,5 +641,5 @@ def level_for(risk: float) -> str:
 
 __all__ = ["FACTOR_FIELDS", "FIELDS", "ITEM_KINDS", "KINDS", "LEVELS", "LEVEL_THRESHOLDS",
            "MAX_BATCH_ITEMS", "MAX_FRAME_BYTES", "PARTS", "PROTOCOL_VERSION", "SCHEMAS",
-           "Message", "WireError", "decode", "decode_rows", "encode", "level_for", "make", "make_ack",
-           "make_batch"]
+           "Message", "WireError", "decode", "decode_rows", "encode", "level_for", "make",
+           "make_ack", "make_batch"]
