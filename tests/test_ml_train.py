@@ -45,7 +45,7 @@ def test_split_is_by_time_and_each_job_counts_once(prepared: train.Prepared) -> 
 def test_every_neighbour_ended_before_its_query_started(prepared: train.Prepared) -> None:
     p = prepared
     norm = features.Normalizer().fit(p.X, p.mask)
-    d = train._build(p, norm, 0.7, 5)
+    d = train.build_data(p, norm, 0.7, 5)
     ended = p.ref_end_ts[d.nbrs.idx]
     assert (ended[d.nbrs.valid] < np.broadcast_to(p.start_ts[:, None], ended.shape)[d.nbrs.valid]).all()
     assert d.nbrs.valid.any()

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     """Prepare (or load), train, compare, print; 0 on success."""
-    from nomade.commands.train import _prepare
+    from nomade.commands.train import prepare_from_args
     from nomade.ml import evaluate, train
     sources = [s for s in (args.swf, args.synthetic, args.db, args.data) if s is not None]
     if len(sources) > 1:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         prepared = train.Prepared.load(Path(args.data).expanduser())
     else:
         say("preparing the data as `nomade train` does")
-        prepared = _prepare(args, cfg)
+        prepared = prepare_from_args(args, cfg)
     reporter = None if args.quiet else train.stderr_reporter()
     models_dir = None if args.models_dir is None else str(Path(args.models_dir).expanduser())
     report = evaluate.compare(prepared, cfg, models_dir, args.learn_weights, reporter, say)

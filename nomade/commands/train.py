@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if len(sources) > 1:
         raise NomadeError("give at most one of --swf, --synthetic, --db")
     if args.prepare or sources:
-        prepared = _prepare(args, cfg)
+        prepared = prepare_from_args(args, cfg)
         prepared.save(data)
         if args.prepare:
             _print(args, {"dataset": str(data), **prepared.summary}, _prepared_text(str(data), prepared.summary))
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _prepare(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch-free annotation)
+def prepare_from_args(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch-free annotation)
     from nomade.ml import train
     if args.synthetic is not None:
         if args.synthetic < 10:

@@ -30,7 +30,7 @@ from nomade.errors import NomadeError
 from nomade.ml import metrics, persist
 from nomade.ml.baselines import BASELINES
 from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
-from nomade.ml.train import SPLITS, Prepared, Reporter, _build, _fit_one, _save, _score_splits, estimators
+from nomade.ml.train import SPLITS, Prepared, Reporter, build_data, estimators, fit_one, save_models, score_splits
 
 Say = Callable[[str], None]
 """``say(line)``: one progress line (stderr in the command)."""
@@ -123,16 +123,16 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool
     tr = rows["train"]
     norm = features.Normalizer().fit(p.X[tr], p.mask[tr], p.w[tr])
     say(f"building the similarity graph over {len(p.ref_y)} jobs")
-    d = _build(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
+    d = build_data(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
     fitted = {}
     for kind in kinds:
         say(f"training the {LABELS[kind]} on {len(tr)} training examples")
         progress = None if reporter is None else (lambda e, n, s, k=kind: reporter(k, e, n, s))
         try:
-            fitted[kind] = _fit_one(kind, estimators(cfg)[kind], d, progress, cfg.ml.seed)
+            fitted[kind] = fit_one(kind, estimators(cfg)[kind], d, progress, cfg.ml.seed)
         except ValueError as e:
             raise NomadeError(f"cannot train the {kind} model: {e}") from e
-    scores, train_report = _score_splits(fitted, d)
+    scores, train_report = score_splits(fitted, d)
     weights = _weights(cfg, scores["validation"], p, rows["validation"], learn)
     report: dict[str, Any] = {"data": p.summary, "models": {}, "weights": weights.as_dict(),
                               "weights_source": "learned on validation" if learn else "config",
@@ -147,7 +147,7 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool
     report["models"].update(_baselines(p, d.Xn, rows, cfg.ml.seed, say))
     if models_dir is not None:
         say(f"writing the trained models to {models_dir}")
-        _save(models_dir, fitted, norm, train_report, weights if learn else None, cfg, p)
+        save_models(models_dir, fitted, norm, train_report, weights if learn else None, cfg, p)
         report["models_dir"] = str(models_dir)
     report["took_s"] = time.monotonic() - t0
     return persist.clean_json(report)

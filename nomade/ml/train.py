@@ -184,7 +184,7 @@ class _Data:
         return Neighbours(self.nbrs.idx[rows], self.nbrs.sim[rows], self.nbrs.valid[rows])
 
 
-def _build(p: Prepared, norm: features.Normalizer, threshold: float, k: int) -> _Data:
+def build_data(p: Prepared, norm: features.Normalizer, threshold: float, k: int) -> _Data:
     """Normalise, and find each job's graph neighbours once, by its start-time
     features: every as-of example of a job shares its neighbourhood (see
     ``inference``), and a reference job's own neighbourhood is the same list."""
@@ -211,7 +211,7 @@ def estimators(cfg: Config) -> dict[str, Any]:
             "autoencoder": AutoencoderScorer(batch_size=big, **common)}
 
 
-def _fit_one(kind: str, model: Any, d: _Data, progress: Progress | None, seed: int) -> Any:
+def fit_one(kind: str, model: Any, d: _Data, progress: Progress | None, seed: int) -> Any:
     p, tr, va = d.p, d.p.rows("train"), d.p.rows("validation")
     if len(va) > VALIDATION_MAX:
         va = np.sort(np.random.default_rng(seed).choice(va, VALIDATION_MAX, replace=False))
@@ -256,18 +256,18 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
     t0 = time.monotonic()
     tr = p.rows("train")
     norm = features.Normalizer().fit(p.X[tr], p.mask[tr], p.w[tr])
-    d = _build(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
+    d = build_data(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
     timings = {"graph_s": time.monotonic() - t0}
     fitted = {}
     for kind in kinds:
         t1 = time.monotonic()
         progress = None if reporter is None else (lambda e, n, s, k=kind: reporter(k, e, n, s))
         try:
-            fitted[kind] = _fit_one(kind, estimators(cfg)[kind], d, progress, cfg.ml.seed)
+            fitted[kind] = fit_one(kind, estimators(cfg)[kind], d, progress, cfg.ml.seed)
         except ValueError as e:
             raise NomadeError(f"cannot train the {kind} model: {e}") from e
         timings[f"{kind}_s"] = time.monotonic() - t1
-    scores, report = _score_splits(fitted, d)
+    scores, report = score_splits(fitted, d)
     e = cfg.ml.ensemble
     weights, learned = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight), None
     if learn:
@@ -281,13 +281,13 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
     report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
                           for s in SPLITS[1:]}
     report["ensemble_parts"] = list(fitted)
-    _save(models_dir, fitted, norm, report, learned, cfg, p)
+    save_models(models_dir, fitted, norm, report, learned, cfg, p)
     timings["total_s"] = time.monotonic() - t0
     report["timings"], report["models_dir"] = timings, str(models_dir)
     return persist.clean_json(report)
 
 
-def _score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parts (NaN where absent) of every validation and test example, and metrics."""
     p = d.p
     scores = {s: np.full((len(p.rows(s)), len(PARTS)), np.nan) for s in SPLITS[1:]}
@@ -302,7 +302,7 @@ def _score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarra
     return scores, report
 
 
-def _save(models_dir: str | Path, fitted: dict[str, Any], norm: features.Normalizer, report: dict[str, Any],
+def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.Normalizer, report: dict[str, Any],
           learned: Weights | None, cfg: Config, p: Prepared) -> None:
     if "gnn" in fitted:
         fitted["gnn"].keep_recent(REFERENCE_SIZE)
