@@ -194,10 +194,27 @@ CREATE INDEX job_samples_ts ON job_samples (ts);
 DROP INDEX job_samples_job_ts;
 """
 
+# v4: no index on job samples at all (the time index still cost ingest 1.5 µs a sample).
+# Rows are never deleted and their rowids only grow, in the order they were stored, so:
+# a job's samples are the rows from its first one on (``job_sample_start``: its rowid), and
+# samples since a time t are in the rows from the first span whose newest sample is >= t
+# (``job_sample_spans``: consecutive rowid ranges of about SPAN_ROWS rows, each with the
+# newest ts in it). Both are exact lower bounds of a rowid range scan.
+_V4 = """
+CREATE TABLE job_sample_start (job_id TEXT PRIMARY KEY, first_rowid INTEGER NOT NULL)
+    WITHOUT ROWID;
+INSERT INTO job_sample_start SELECT job_id, min(rowid) FROM job_samples GROUP BY job_id;
+CREATE TABLE job_sample_spans (first_rowid INTEGER PRIMARY KEY, max_ts REAL NOT NULL);
+INSERT INTO job_sample_spans SELECT min(rowid), max(ts) FROM job_samples GROUP BY rowid / 4096;
+CREATE INDEX job_sample_spans_ts ON job_sample_spans (max_ts);
+DROP TABLE job_sample_first;
+DROP INDEX job_samples_ts;
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 #: ``MIGRATIONS[i]`` takes the schema from version i to i + 1: an SQL script or a function.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4]
 
 
 def schema_version() -> int:
@@ -237,6 +254,7 @@ def _min(a: float | None, b: float | None) -> float | None:
 
 
 _GET_JOB_SAMPLE = itemgetter(*JOB_SAMPLE_FIELDS)
+_GET_JOB_ID, _GET_TS = itemgetter(0), itemgetter(2)
 _GET_NODE_SAMPLE = itemgetter(*NODE_SAMPLE_FIELDS)
 
 
@@ -370,10 +388,11 @@ _UPSERT_JOB = (f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({', '.join('?' * len(JOB
                + ", ".join(f"{f} = excluded.{f}" for f in JOB_FIELDS[1:]))
 _INSERT_JOB_SAMPLE = (f"INSERT INTO job_samples ({', '.join(JOB_SAMPLE_FIELDS)}) "
                       f"VALUES ({', '.join('?' * len(JOB_SAMPLE_FIELDS))})")
-_UPSERT_FIRST = ("INSERT INTO job_sample_first (job_id, first_ts) VALUES (?, ?) "
-                 "ON CONFLICT (job_id) DO UPDATE SET first_ts = min(first_ts, excluded.first_ts)")
-#: Jobs whose first-sample time a writing Store remembers (about 100 bytes each).
-_FIRSTS_CACHED = 200_000
+#: Rows of job samples in one span of ``job_sample_spans`` (a read since a time scans at
+#: most about this many rows before the first one it needs).
+SPAN_ROWS = 4096
+#: Jobs a writing Store remembers having recorded in ``job_sample_start`` (~100 B each).
+_STARTS_CACHED = 200_000
 _INSERT_NODE_SAMPLE = (f"INSERT INTO node_samples ({', '.join(NODE_SAMPLE_FIELDS)}) "
                        f"VALUES ({', '.join('?' * len(NODE_SAMPLE_FIELDS))})")
 _INSERT_PREDICTION = (f"INSERT INTO predictions ({', '.join(_PREDICTION_FIELDS)}) "
@@ -381,7 +400,9 @@ _INSERT_PREDICTION = (f"INSERT INTO predictions ({', '.join(_PREDICTION_FIELDS)}
 _IN_JSON = "IN (SELECT value FROM json_each(?))"
 # The earliest sample of the jobs in a JSON array: where their samples start in the ts
 # index (NULL, so no rows, when none of them has a sample).
-_FIRST_OF_JSON = f"(SELECT min(first_ts) FROM job_sample_first WHERE job_id {_IN_JSON})"
+_START_OF_JSON = f"(SELECT min(first_rowid) FROM job_sample_start WHERE job_id {_IN_JSON})"
+# The first row that may hold a sample with ts >= ?: NULL (no rows) when none does.
+_START_SINCE = "(SELECT min(first_rowid) FROM job_sample_spans WHERE max_ts >= ?)"
 
 
 def _where(*conditions: tuple[str, Any], fixed: str = "") -> tuple[str, list[Any]]:
@@ -413,7 +434,7 @@ class Store:
                  busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        self._firsts: dict[str, float] = {}   # job -> first_ts committed to job_sample_first
+        self._started: set[str] = set()   # jobs committed to job_sample_start
         self._conn = self._connect(busy_timeout_s)
         try:
             self._prepare()
@@ -571,8 +592,8 @@ class Store:
                 fresh.append(cur.rowcount == 1)
                 if fresh[-1]:
                     todo.extend(rows)
-            firsts = self._write_rows(conn, todo, now)
-        self._first_seen(firsts)
+            started = self._write_rows(conn, todo, now)
+        self._started_seen(started)
         return fresh
 
     def write_messages(self, messages: Iterable[MessageLike]) -> None:
@@ -582,49 +603,51 @@ class Store:
         """
         rows = _Rows.of(messages)
         with self._transaction() as conn:
-            firsts = self._write_rows(conn, rows, time.time())
-        self._first_seen(firsts)
+            started = self._write_rows(conn, rows, time.time())
+        self._started_seen(started)
 
-    def _write_rows(self, conn: sqlite3.Connection, rows: _Rows, now: float
-                    ) -> dict[str, float]:
+    def _write_rows(self, conn: sqlite3.Connection, rows: _Rows, now: float) -> set[str]:
         """Insert grouped rows, one ``executemany`` per table, and merge job events; the
-        first-sample times written (for ``_first_seen`` once committed)."""
-        firsts: dict[str, float] = {}
+        jobs recorded in ``job_sample_start`` (for ``_started_seen`` once committed)."""
+        started: set[str] = set()
         if rows.job_samples:
-            conn.executemany(_INSERT_JOB_SAMPLE, rows.job_samples)
-            firsts = self._new_firsts(rows.job_samples)
-            if firsts:
-                conn.executemany(_UPSERT_FIRST, firsts.items())
+            started = self._write_samples(conn, rows.job_samples)
         if rows.node_samples:
             conn.executemany(_INSERT_NODE_SAMPLE, rows.node_samples)
         if rows.predictions:
             conn.executemany(_INSERT_PREDICTION, rows.predictions)
         if rows.job_events:
             self._merge_jobs(conn, rows.job_events, now)
-        return firsts
+        return started
 
-    def _new_firsts(self, samples: list[tuple[Any, ...]]) -> dict[str, float]:
-        """Per job, the earliest ts among ``samples`` that is earlier than what
-        ``job_sample_first`` is known to hold (every job this Store has not written yet)."""
-        known = self._firsts
-        new: dict[str, float] = {}
-        for row in samples:
-            job_id, ts = row[0], row[2]
-            first = new.get(job_id)
-            if first is None:
-                first = known.get(job_id)
-                if first is None or ts < first:
-                    new[job_id] = ts
-            elif ts < first:
-                new[job_id] = ts
+    def _write_samples(self, conn: sqlite3.Connection, samples: list[tuple[Any, ...]]
+                       ) -> set[str]:
+        """Append job samples (rowids ``first`` on, in order) and keep ``job_sample_start``
+        and ``job_sample_spans`` in step; the jobs whose start was recorded."""
+        first = conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM job_samples").fetchone()[0]
+        conn.executemany(_INSERT_JOB_SAMPLE, samples)
+        newest = max(map(_GET_TS, samples))
+        span = conn.execute("SELECT first_rowid FROM job_sample_spans "
+                            "ORDER BY first_rowid DESC LIMIT 1").fetchone()
+        if span is not None and first - span[0] < SPAN_ROWS:
+            conn.execute("UPDATE job_sample_spans SET max_ts = max(max_ts, ?) "
+                         "WHERE first_rowid = ?", (newest, span[0]))
+        else:
+            conn.execute("INSERT INTO job_sample_spans VALUES (?, ?)", (first, newest))
+        ids = list(map(_GET_JOB_ID, samples))
+        new = set(ids).difference(self._started)
+        if new:   # a job's first row here: its first occurrence (the dict keeps the last)
+            rowid_of = dict(zip(reversed(ids), range(first + len(ids) - 1, first - 1, -1)))
+            conn.executemany("INSERT OR IGNORE INTO job_sample_start VALUES (?, ?)",
+                             [(j, rowid_of[j]) for j in new])
         return new
 
-    def _first_seen(self, firsts: dict[str, float]) -> None:
-        """Remember committed first-sample times (a bounded cache: forgetting one only
-        costs an upsert that changes nothing)."""
-        if len(self._firsts) + len(firsts) > _FIRSTS_CACHED:
-            self._firsts.clear()
-        self._firsts.update(firsts)
+    def _started_seen(self, started: set[str]) -> None:
+        """Remember jobs committed to ``job_sample_start`` (a bounded cache: forgetting one
+        only costs an insert that changes nothing)."""
+        if len(self._started) + len(started) > _STARTS_CACHED:
+            self._started.clear()
+        self._started.update(started)
 
     def _merge_jobs(self, conn: sqlite3.Connection,
                     events: list[tuple[str, Mapping[str, Any], float]], now: float) -> None:
@@ -722,8 +745,14 @@ class Store:
         """Samples (tuples in ``JOB_SAMPLE_FIELDS`` order) of the jobs (None = all) with
         ts >= since_ts, ordered by (job_id, ts, node)."""
         ids = _json_ids(job_ids)
-        where, params = _where((f"job_id {_IN_JSON}", ids), ("ts >= ?", since_ts),
-                               (f"ts >= {_FIRST_OF_JSON}", ids))
+        starts = [(start, value) for start, value in ((_START_OF_JSON, ids),
+                                                      (_START_SINCE, since_ts))
+                  if value is not None]
+        where, params = _where((f"job_id {_IN_JSON}", ids), ("ts >= ?", since_ts))
+        if starts:   # scan rowids from where the first wanted sample may be
+            bound = starts[0][0] if len(starts) == 1 else f"max({starts[0][0]}, {starts[1][0]})"
+            where = f"{where} AND rowid >= {bound}"
+            params += [value for _, value in starts]
         with self._snapshot() as conn:
             return conn.execute(f"SELECT {', '.join(JOB_SAMPLE_FIELDS)} FROM job_samples "
                                 f"{where} ORDER BY job_id, ts, node", params).fetchall()
@@ -734,8 +763,8 @@ class Store:
             if job_id is None:
                 return int(conn.execute("SELECT count(*) FROM job_samples").fetchone()[0])
             return int(conn.execute(
-                "SELECT count(*) FROM job_samples WHERE job_id = ?1 AND ts >= "
-                "(SELECT first_ts FROM job_sample_first WHERE job_id = ?1)",
+                "SELECT count(*) FROM job_samples WHERE job_id = ?1 AND rowid >= "
+                "(SELECT first_rowid FROM job_sample_start WHERE job_id = ?1)",
                 (str(job_id),)).fetchone()[0])
 
     def node_samples(self, node: str | None = None,

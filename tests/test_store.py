@@ -137,7 +137,8 @@ def test_a_job_s_samples_are_found_from_its_earliest_whatever_the_arrival_order(
     with Store(db) as s:
         s.write_batch("n1", 1, [sample("1", 50.0), sample("2", 60.0)])
         s.write_batch("n2", 1, [sample("1", 20.0, node="n2"), sample("3", 5.0)])  # late, earlier
-    monkeypatch.setattr(store_mod, "_FIRSTS_CACHED", 1)   # a writer that forgets at once
+    monkeypatch.setattr(store_mod, "_STARTS_CACHED", 1)   # a writer that forgets at once
+    monkeypatch.setattr(store_mod, "SPAN_ROWS", 2)        # and many spans
     with Store(db) as s:   # and a fresh writer that knows nothing yet
         s.write_batches([("n3", 1, [sample("1", 10.0, node="n3"), sample("2", 70.0)]),
                          ("n3", 2, [sample("1", 5.0, node="n3")])])
@@ -150,15 +151,31 @@ def test_a_job_s_samples_are_found_from_its_earliest_whatever_the_arrival_order(
         assert r.sample_count("1") == 4 and r.sample_count() == 8
 
 
-def test_reading_a_job_s_samples_seeks_the_time_index_not_the_whole_table(st_: Store) -> None:
+def test_samples_since_a_time_are_all_found_when_old_ones_arrive_late(
+        st_: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "SPAN_ROWS", 3)
+    stored: list[float] = []
+    for seq, times in enumerate([[10.0, 11.0], [12.0, 13.0], [1.0, 2.0], [14.0], [3.0, 50.0],
+                                 [15.0, 16.0, 17.0, 18.0], [4.0]]):
+        st_.write_batch("n1", seq, [sample(str(int(t) % 3), t) for t in times])
+        stored += times
+    for since in [0.0, 2.0, 3.5, 12.0, 16.5, 50.0, 51.0]:
+        got = sorted(row[2] for row in st_.job_samples(since_ts=since))
+        assert got == sorted(t for t in stored if t >= since), since
+        for job in "012":
+            assert [r[2] for r in st_.job_samples([job], since_ts=since)] == sorted(
+                t for t in stored if t >= since and str(int(t) % 3) == job), (since, job)
+
+
+def test_reading_samples_scans_rowids_from_a_bound_not_the_whole_table(st_: Store) -> None:
     def plan(sql: str, *params: Any) -> str:
         return " | ".join(r[3] for r in st_._conn.execute("EXPLAIN QUERY PLAN " + sql, params))
     ids = '["1"]'
     cols = ", ".join(store_mod.JOB_SAMPLE_FIELDS)
-    by_job = (f"SELECT {cols} FROM job_samples WHERE job_id {store_mod._IN_JSON} "
-              f"AND ts >= {store_mod._FIRST_OF_JSON}")
-    assert "SEARCH job_samples USING INDEX job_samples_ts" in plan(by_job, ids, ids)
-    assert "SCAN job_samples" not in plan(by_job, ids, ids)
+    for bound, params in [(store_mod._START_OF_JSON, (ids,)), (store_mod._START_SINCE, (5.0,))]:
+        sql = f"SELECT {cols} FROM job_samples WHERE ts >= 0 AND rowid >= {bound}"
+        assert "SEARCH job_samples USING INTEGER PRIMARY KEY (rowid>?)" in plan(sql, *params)
+    assert "job_samples_ts" not in _indexes(st_.path)   # nothing to update a sample
 
 
 @pytest.mark.parametrize("bad", [
