@@ -199,7 +199,8 @@ DROP INDEX job_samples_job_ts;
 # a job's samples are the rows from its first one on (``job_sample_start``: its rowid), and
 # samples since a time t are in the rows from the first span whose newest sample is >= t
 # (``job_sample_spans``: consecutive rowid ranges of about SPAN_ROWS rows, each with the
-# newest ts in it). Both are exact lower bounds of a rowid range scan.
+# newest ts in it). Both are exact lower bounds of a rowid range scan. (Deleting sample rows
+# would break them; VACUUM does not: rowids without gaps renumber to themselves.)
 _V4 = """
 CREATE TABLE job_sample_start (job_id TEXT PRIMARY KEY, first_rowid INTEGER NOT NULL)
     WITHOUT ROWID;
