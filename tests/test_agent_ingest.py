@@ -132,6 +132,9 @@ def test_batches_are_stored_then_acked_and_duplicates_not_rewritten(
     assert (m.batches_total, m.duplicate_batches_total, m.samples_total) == (2, 1, 100)
     assert samples_in(tmp_path / "agent.db") == 100
     assert [r.job_id for r in served.agent.state.scorable()] == ["1"]   # 2-5: samples only
+    rings = served.agent.state.running
+    assert sum(len(r.samples) for r in rings.values()) == sum(r.appended for r in rings.values()) == 100
+    assert all(s[0] == r.job_id for r in rings.values() for s in r.samples)   # rows, by job
 
 
 def test_garbage_at_full_speed_does_not_stop_the_agent(

@@ -53,11 +53,11 @@ def test_start_samples_end_and_changes() -> None:
 def test_ring_keeps_the_horizon_and_the_bound() -> None:
     st = JobState(horizon_s=100.0, max_samples=5)
     st.apply([start("1")] + [sample("1", T0 + 10 * k) for k in range(30)])
-    ts = [s["ts"] for s in st.running["1"].samples]
+    ts = [s[2] for s in st.running["1"].samples]
     assert len(ts) == 5 and ts[-1] == T0 + 290
     st = JobState(horizon_s=45.0, max_samples=100)
     st.apply([start("1")] + [sample("1", T0 + 10 * k) for k in range(30)])
-    assert [s["ts"] - T0 for s in st.running["1"].samples] == [250, 260, 270, 280, 290]
+    assert [s[2] - T0 for s in st.running["1"].samples] == [250, 260, 270, 280, 290]
 
 
 def test_samples_before_start_join_the_job_and_orphans_expire() -> None:
@@ -72,6 +72,33 @@ def test_samples_before_start_join_the_job_and_orphans_expire() -> None:
     assert st.expire(T0 + 200) == 1 and set(st.running) == {"2"}
 
 
+def rows_of(msgs: list[wire.Message]) -> list[tuple[object, ...]]:
+    """The job samples of ``msgs`` as the wire's ``decode_rows`` gives them."""
+    items = [m._replace(sender="n1") for m in msgs if m.kind == "job.sample"]
+    batch = wire.make("batch", "n1", 1, {"items": items}, T0)
+    return wire.decode_rows(wire.encode(batch), sample_items=False)[1]
+
+
+def test_apply_rows_is_apply_of_the_sample_messages() -> None:
+    """Rows and messages fill the same rings: orphans held and joined, the horizon and
+    the bound kept, samples of an ended job ignored (but counted as taken)."""
+    msgs = [sample("1", T0 + 10 * k) for k in range(30)] + [sample("2", T0 + 5), sample("3", T0)]
+    by_msgs = JobState(horizon_s=100.0, max_samples=5)
+    by_rows = JobState(horizon_s=100.0, max_samples=5)
+    for st in (by_msgs, by_rows):
+        st.apply([start("1"), start("3"), end("3", T0 + 1)])
+    assert by_msgs.apply(msgs).samples == by_rows.apply_rows(rows_of(msgs)) == 32
+    assert set(by_rows.running) == {"1", "2"} and by_rows.scorable() == [by_rows.running["1"]]
+    for job in ("1", "2"):
+        assert list(by_rows.running[job].samples) == list(by_msgs.running[job].samples)
+        assert by_rows.running[job].appended == by_msgs.running[job].appended
+    assert [s[2] - T0 for s in by_rows.running["1"].samples] == [250, 260, 270, 280, 290]
+    assert by_rows.running["1"].samples[-1][:3] == ("1", "n1", T0 + 290)
+    by_rows.apply([start("2")])
+    assert [r.job_id for r in by_rows.scorable()] == ["1", "2"]
+    assert len(by_rows.running["2"].samples) == 1
+
+
 def test_rebuild_from_the_store_matches_the_live_state(tmp_path: Path) -> None:
     msgs = [start("1"), start("2", user="bob"), end("2", T0 + 50, "FAILED")]
     msgs += [sample("1", T0 + 30 * k) for k in range(1, 6)]
@@ -82,7 +109,7 @@ def test_rebuild_from_the_store_matches_the_live_state(tmp_path: Path) -> None:
         rebuilt = JobState.rebuild(store, T0 + 200, JOB_SAMPLE_FIELDS, horizon_s=1000.0)
     assert set(rebuilt.running) == set(live.running) == {"1"}
     assert rebuilt.running["1"].request == {k: v for k, v in live.running["1"].request.items()}
-    assert [s["ts"] for s in rebuilt.running["1"].samples] == [s["ts"] for s in live.running["1"].samples]
+    assert list(rebuilt.running["1"].samples) == list(live.running["1"].samples)
     assert rebuilt.history["2"].state == "FAILED" and rebuilt.history["2"].user == "bob"
 
 
@@ -119,7 +146,8 @@ def reference_inputs(st: JobState, now: float, length: int) -> tuple[np.ndarray,
     records += [{"job_id": j, "user": h.user, "end_ts": h.end_ts, "state": h.state}
                 for j, h in st.history.items()]
     jobs = features.JobTable.from_records(records)
-    samples = features.SampleTable.from_records(jobs, [b for r in run for b in r.samples])
+    samples = features.SampleTable.from_records(jobs, [dict(zip(JOB_SAMPLE_FIELDS, b))
+                                                         for r in run for b in r.samples])
     rows, t = np.arange(len(run)), np.full(len(run), now)
     return (*features.asof_features(jobs, samples, t, rows),
             *features.sequences(jobs, samples, t, length, 30.0, rows))
@@ -130,7 +158,8 @@ def test_tick_inputs_stay_equal_to_the_feature_functions_tick_after_tick(seed: i
     """Jobs start, end (with a state learnt late), run on one or three nodes, get samples
     late and out of order, lose old ones to the horizon and the ring bound, and get
     samples before their start: after every tick the incrementally kept table gives
-    exactly what the feature functions give on the rings' contents."""
+    exactly what the feature functions give on the rings' contents, whether the samples
+    came as messages or as rows."""
     rng = random.Random(seed)
     st = JobState(horizon_s=400.0, max_samples=12, orphan_ttl_s=1e6)
     now, next_id = T0 + 400, 1
@@ -155,7 +184,11 @@ def test_tick_inputs_stay_equal_to_the_feature_functions_tick_after_tick(seed: i
                 del live[job]
                 msgs.append(end(job, now, rng.choice([None, "FAILED", "COMPLETED"])))
         rng.shuffle(msgs[-5:])
-        st.apply(msgs)
+        if tick % 2:   # as ingest feeds it: the other items, then the samples as rows
+            st.apply([m for m in msgs if m.kind != "job.sample"])
+            st.apply_rows(rows_of(msgs))
+        else:
+            st.apply(msgs)
         for job in rng.sample(sorted(st.history), min(2, len(st.history))):
             st.final_state(job, "TIMEOUT")
         got = scoring.tick_inputs(st, now + 25, sequence_length=6, interval_s=30.0)

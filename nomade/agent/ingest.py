@@ -5,13 +5,15 @@
 returns the replies to send (``[identity, ack-frame]``). It does, in order:
 
 1. decode and validate every frame with ``nomade.wire.decode_rows`` (the last frame of a
-   message; it also gives the job samples as rows in the store's column order);
+   message; the job samples come only as rows in the store's column order, not among
+   the batch's items);
    a frame that fails, or that is not a ``batch``, is counted and dropped with a
    rate-limited log line: nothing a peer sends can stop the agent;
 2. write all batches of the round in one store transaction (``Store.write_batches``,
    idempotent by (sender, seq): a duplicate is not written again);
 3. acknowledge every stored batch, duplicates included (the sender lost our ack);
-4. feed the messages of the fresh batches to the job state.
+4. feed the fresh batches to the job state: their other items (``JobState.apply``),
+   then their sample rows (``JobState.apply_rows``).
 
 If the store write fails, nothing of the round is acked: the collectors keep the
 batches in their outboxes and resend them. A batch the store refuses as such
@@ -88,14 +90,14 @@ class Ingest:
             return []
         fresh = self._write(batches)
         replies: list[list[bytes]] = []
-        for (identity, batch, _), is_fresh in zip(batches, fresh):
+        for (identity, batch, rows), is_fresh in zip(batches, fresh):
             replies.append([identity, wire.encode(wire.make_ack(self.agent_name, batch.seq))])
             items = batch.body["items"]
             if is_fresh:
                 m.batches_total += 1
-                m.messages_total += len(items)
+                m.messages_total += len(items) + len(rows)
                 changes = self.state.apply(items)
-                m.samples_total += changes.samples
+                m.samples_total += changes.samples + self.state.apply_rows(rows)
                 self.changes.started += changes.started
                 self.changes.ended += changes.ended
             elif is_fresh is False:
@@ -114,7 +116,7 @@ class Ingest:
         if len(frames) < 2:
             return self._bad("a message without an identity and a frame", frames)
         try:
-            msg, rows = wire.decode_rows(frames[-1])
+            msg, rows = wire.decode_rows(frames[-1], sample_items=False)
         except wire.WireError as e:
             return self._bad(str(e), frames)
         if msg.kind != "batch":

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from nomade import features
+from nomade.store import JOB_SAMPLE_FIELDS
 
 #: ``job.start`` fields merged into a running job's request (first known value wins).
 REQUEST_FIELDS: tuple[str, ...] = (
@@ -47,7 +48,8 @@ REQUEST_FIELDS: tuple[str, ...] = (
 #: Columns of ``JobState.sample_rows``: the sample time, the ``job.sample`` fields among
 #: ``features.SAMPLE_COLUMNS`` (all but the node's ``iowait_pct``), then a node code.
 ROW_FIELDS: tuple[str, ...] = ("ts", *(c for c in features.SAMPLE_COLUMNS if c != "iowait_pct"))
-_ROW = itemgetter(*ROW_FIELDS)
+#: The ``ROW_FIELDS`` of a ring's sample (a tuple in ``JOB_SAMPLE_FIELDS`` order).
+_ROW = itemgetter(*(JOB_SAMPLE_FIELDS.index(f) for f in ROW_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,13 @@ class Explained:
 @dataclass
 class RunningJob:
     """One job the agent scores: its request (``job.start`` fields, None unknown), its
-    nodes, and its recent ``job.sample`` bodies (oldest first, read-only dicts)."""
+    nodes, and its recent ``job.sample`` bodies (oldest first, as tuples in
+    ``nomade.store.JOB_SAMPLE_FIELDS`` order, the wire's ``FIELDS["job.sample"]``)."""
 
     job_id: str
     request: dict[str, Any] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
-    samples: deque[Mapping[str, Any]] = field(default_factory=deque)
+    samples: deque[tuple[Any, ...]] = field(default_factory=deque)
     newest_ts: float = float("-inf")
     appended: int = 0
     """Samples ever put in the ring (``sample_rows`` converts only the ones since its last call)."""
@@ -161,7 +164,7 @@ class _Mirror:
         src: list[int] = []
         keep: list[int] = []
         counts: list[int] = []
-        fresh: list[Mapping[str, Any]] = []
+        fresh: list[tuple[Any, ...]] = []
         old, where, start = self.where, {}, 0
         for run in jobs:   # one pass, no numpy per job: 10,000 jobs take ~10 ms
             ring, n = run.samples, len(run.samples)
@@ -186,11 +189,11 @@ class _Mirror:
         return SampleRows(self.cols, counts_arr, list(self.nodes))
 
     def _gather(self, src: np.ndarray, keep: np.ndarray, counts: np.ndarray,
-                fresh: list[Mapping[str, Any]]) -> np.ndarray:
+                fresh: list[tuple[Any, ...]]) -> np.ndarray:
         """Kept rows of the old table and the fresh samples, each job's rows together
         (one gather from the old table with the fresh rows appended)."""
         codes = self.nodes
-        new = np.array([(*_ROW(b), codes.setdefault(b["node"], len(codes))) for b in fresh],
+        new = np.array([(*_ROW(b), codes.setdefault(b[1], len(codes))) for b in fresh],
                        dtype=np.float64).reshape(len(fresh), len(ROW_FIELDS) + 1)
         width = self.cols.shape[1]
         both = np.concatenate([self.cols, new.T], axis=1) if len(fresh) else self.cols
@@ -240,11 +243,10 @@ class JobState:
         is ignored). Other kinds are ignored here.
         """
         changes = Changes()
-        sample = self._sample
         for msg in messages:
             kind = msg.kind
             if kind == "job.sample":
-                sample(msg.body)
+                self.apply_rows((tuple(map(msg.body.get, JOB_SAMPLE_FIELDS)),))
                 changes.samples += 1
             elif kind == "job.start":
                 if self._start(msg.body):
@@ -254,6 +256,32 @@ class JobState:
                 if ended is not None:
                     changes.ended.append(ended)
         return changes
+
+    def apply_rows(self, rows: Iterable[tuple[Any, ...]]) -> int:
+        """Take job samples as tuples in ``JOB_SAMPLE_FIELDS`` order (``row[0]`` the job
+        id, ``row[1]`` the node, ``row[2]`` the time), as ``apply`` takes ``job.sample``
+        messages: into the job's ring (held until its start arrives if it has none yet;
+        ignored if it ended). How many rows it took (ignored ones included)."""
+        # the hot path of ingest (one pass per job sample): no avoidable lookups
+        running, history, horizon, n = self.running, self.history, self.horizon_s, 0
+        for row in rows:
+            n += 1
+            job_id = row[0]
+            run = running.get(job_id)
+            if run is None:
+                if job_id in history:   # an ended job is never in ``running``
+                    continue
+                run = self._job(job_id)
+            ring = run.samples
+            ring.append(row)
+            run.appended += 1
+            ts = row[2]
+            if ts > run.newest_ts:
+                run.newest_ts = ts
+            cutoff = run.newest_ts - horizon
+            while len(ring) > 2 and ring[0][2] < cutoff:
+                ring.popleft()
+        return n
 
     def final_state(self, job_id: str, state: str) -> None:
         """Stimulus: the final state of an ended job became known."""
@@ -299,7 +327,8 @@ class JobState:
                 **kwargs: Any) -> JobState:
         """The state as the store knows it at ``now`` (after a restart): running jobs,
         their samples of the last ``horizon_s``, ended jobs of the last ``history_s``.
-        ``fields`` names the columns of the store's sample tuples."""
+        ``fields`` names the columns of the store's sample tuples (``JOB_SAMPLE_FIELDS``
+        is taken as is; another order is rearranged, missing fields None)."""
         state = cls(**kwargs)
         for job in store.running_jobs():
             run = state._job(job.job_id)
@@ -309,8 +338,10 @@ class JobState:
             state.history[job.job_id] = HistoryEntry(job.user, job.end_ts, job.state)
         state._history_cols = None
         if state.running:
-            for row in store.job_samples(list(state.running), since_ts=now - state.horizon_s):
-                state._sample(dict(zip(fields, row)))
+            rows = store.job_samples(list(state.running), since_ts=now - state.horizon_s)
+            if tuple(fields) != JOB_SAMPLE_FIELDS:
+                rows = [tuple(map(dict(zip(fields, row)).get, JOB_SAMPLE_FIELDS)) for row in rows]
+            state.apply_rows(rows)
         return state
 
     # -- internals
@@ -336,24 +367,6 @@ class JobState:
                 run.request[key] = value
         run.nodes.extend(n for n in body.get("nodes") or () if n not in run.nodes)
         return run.started and not was_started
-
-    def _sample(self, body: Mapping[str, Any]) -> None:
-        # the hot path of ingest (one call per job sample): no avoidable lookups
-        job_id = body["job_id"]
-        run = self.running.get(job_id)
-        if run is None:
-            if job_id in self.history:   # an ended job is never in ``running``
-                return
-            run = self._job(job_id)
-        ring = run.samples
-        ring.append(body)
-        run.appended += 1
-        ts = body["ts"]
-        if ts > run.newest_ts:
-            run.newest_ts = ts
-        cutoff = run.newest_ts - self.horizon_s
-        while len(ring) > 2 and ring[0]["ts"] < cutoff:
-            ring.popleft()
 
     def _end(self, body: Mapping[str, Any], ts: float) -> Ended | None:
         job_id = str(body["job_id"])
