@@ -33,6 +33,7 @@ from bench.result import Result
 from nomade import config, features, wire
 from nomade.agent import scoring
 from nomade.agent.state import JobState
+from nomade.store import JOB_SAMPLE_FIELDS
 
 BUDGET_S = 1.0
 INTERVAL_S = 30.0
@@ -76,7 +77,7 @@ def _next_samples(state: JobState, ts: float) -> None:
     """One more sample for every running job, ``INTERVAL_S`` after the last tick."""
     msgs = []
     for run in state.running.values():
-        last = dict(run.samples[-1])
+        last = dict(zip(JOB_SAMPLE_FIELDS, run.samples[-1]))
         cpus = last.get("alloc_cpus") or 1
         last.update(ts=ts, cpu_user_s=(last.get("cpu_user_s") or 0.0) + 0.7 * cpus * INTERVAL_S,
                     read_bytes=(last.get("read_bytes") or 0) + 10**6,
