@@ -205,9 +205,27 @@ class SlurmConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """``[storage]``: the agent's SQLite database."""
+    """``[storage]``: the agent's SQLite database and how long it keeps what.
+
+    Job samples are most of the file: 10,000 running jobs sampled every 30 s store
+    28.8 M rows a day at ~150 bytes a row on disk (``python -m bench prune`` measures it),
+    ~4.3 GB a day. Ended jobs younger than ``full_samples_days`` keep every sample; older
+    ones keep at most ``thin_samples_to`` per node, evenly spaced in time, always the
+    first and the last (240 covers a 2-hour job at 30 s in full and is 12 windows of the
+    LSTM's default ``sequence_length`` of 20); after ``sample_retention_days`` a job's
+    samples go and its row (requests, times, final state, label) stays for good. With the
+    defaults the samples of the last 14 days dominate: ~60 GB at that site, plus 240 rows
+    per ended job a year. Running jobs are never touched. ``prune_interval_s`` is how often
+    the agent prunes (0: never; ``nomade db prune`` then does it by hand).
+    """
 
     db_path: str = _opt("")
+    full_samples_days: float = _opt(14.0, gt=0.0)
+    thin_samples_to: int = _opt(240, ge=2)
+    sample_retention_days: float = _opt(365.0, gt=0.0)
+    node_sample_retention_days: float = _opt(30.0, gt=0.0)
+    prediction_retention_days: float = _opt(180.0, gt=0.0)
+    prune_interval_s: float = _opt(3600.0, ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -325,6 +343,7 @@ def _parse(path: Path, data: dict[str, Any]) -> Config:
     problems: list[Problem] = []
     config = _build(Config, data, "", problems)
     _check_weights(config.ml.ensemble, problems)
+    _check_retention(config.storage, problems)
     if problems:
         raise ConfigError(path, problems)
     return dataclasses.replace(config, source=path)
@@ -433,6 +452,13 @@ def _unknown_key(dotted: str, raw: Any, prefix: str, valid: list[str]) -> Proble
 def _check_weights(ensemble: EnsembleConfig, problems: list[Problem]) -> None:
     if ensemble.gnn_weight + ensemble.lstm_weight + ensemble.autoencoder_weight <= 0:
         problems.append(Problem("ml.ensemble", "ml.ensemble: all three weights are 0: expected at least one > 0"))
+
+
+def _check_retention(storage: StorageConfig, problems: list[Problem]) -> None:
+    if storage.full_samples_days > storage.sample_retention_days:
+        problems.append(Problem("storage.full_samples_days", (
+            f"storage.full_samples_days = {_num(storage.full_samples_days)}: expected at most "
+            f"storage.sample_retention_days ({_num(storage.sample_retention_days)})")))
 
 
 def _show(value: Any) -> str:
