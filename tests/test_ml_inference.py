@@ -62,7 +62,9 @@ def test_scores_a_batch(trained: tuple[Path, train.Prepared]) -> None:
     again = scorer.score(X, mask, S, lengths, start, explain=np.array([3, 0]))
     assert plain.contributions is None and later.risk is plain.risk
     np.testing.assert_array_equal(later.contributions, again.contributions)
-    assert later.factors(3) == again.factors(3) == s.factors(3) and later.factors(1) == []
+    assert later.factors(3) == again.factors(3) and later.factors(1) == []
+    # the whole batch's explanation agrees up to float32 arithmetic (batch-size dependent sums)
+    assert same_factors(later.factors(3), s.factors(3))
     assert scorer.version == persist.model_version(persist.read_metadata(models_dir))
     kept = scorer.neighbours(X, mask, start)  # what an agent may keep per job
     again = scorer.score(X, mask, S, lengths, None, neighbours=kept)
@@ -149,3 +151,11 @@ def test_learned_weights_favour_the_informative_part_and_score_every_job() -> No
     assert cv["cv_auc"] > cv["default_cv_auc"]
     with pytest.raises(ValueError, match="both"):
         ensemble.learn_weights(parts, np.zeros(3000))
+
+
+def same_factors(a: list[dict], b: list[dict]) -> bool:
+    """Equal factor lists, numbers equal to float32 precision."""
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(x[k] == y[k] if isinstance(x[k], str) else
+                                     np.isclose(x[k], y[k], rtol=1e-5, atol=1e-6) for k in x)
+        for x, y in zip(a, b))

@@ -59,6 +59,11 @@ BALANCE_MODES = ("weights", "oversample", "none")
 EPOCH_SIZE = 20000
 """Most draws per epoch: validation (and early stopping) happens at least this often,
 so a large history does not spend ``patience`` full passes after the best epoch."""
+MIN_EPOCH_DRAWS = 1024
+"""Fewest draws per epoch. An epoch is one pass over the *jobs*; a site's first
+history of a few dozen jobs would otherwise get one or two optimiser steps an epoch
+(40 epochs of 5 jobs: 40 steps at lr 1e-3) and every model would stay near its prior,
+rating a job leaking to its limit and a steady one alike around 0.5."""
 
 
 class NotFittedError(RuntimeError):
@@ -288,7 +293,9 @@ class _Estimator:
         return _Schedule(self.learning_rate, self.epochs, self.batch_size, self.patience)
 
     def _epoch(self, size: int) -> int:
-        """Draws per epoch: one pass over the jobs, at most ``epoch_size``."""
+        """Draws per epoch: one pass over the jobs, at least ``MIN_EPOCH_DRAWS`` and at
+        most ``epoch_size``."""
+        size = max(size, MIN_EPOCH_DRAWS)
         return size if self.epoch_size is None else max(1, min(size, self.epoch_size))
 
 
