@@ -55,8 +55,7 @@ def status(cfg: Config, models_dir: Path, now: float | None = None) -> dict[str,
     default = Weights(cfg.ml.ensemble.gnn_weight, cfg.ml.ensemble.lstm_weight,
                               cfg.ml.ensemble.autoencoder_weight)
     weights, source = persist.load_weights(models_dir, default)
-    oldest = min((m["trained_ts"] for m in models.values() if m["trained_ts"]), default=None)
-    due = oldest is None or now - oldest > cfg.ml.retrain_interval_days * 86400
+    due = persist.retrain_due(meta, cfg.ml.retrain_interval_days, now)
     version = persist.model_version(meta)
     agent = persist.read_agent_state(cfg.paths().db_path.parent)
     if agent is not None:

@@ -7,6 +7,8 @@ Examples::
     nomade train                             train all three models on the dataset
     nomade train --model gnn --learn-weights retrain one model, learn ensemble weights
     nomade train --submit                    the same, as a Slurm batch job
+    nomade train --if-due                    retrain from the store only when the models are
+                                             older than [ml] retrain_interval_days (a timer's job)
 
 It prints a table (validation and test AUC-ROC, AUC-PR, precision, recall, F1 per
 model and for the ensemble) or, with ``--json``, the whole report. Progress goes to
@@ -50,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learn the ensemble weights by cross-validation on the validation split")
     parser.add_argument("--models-dir", metavar="DIR", help="where model files go (default: [ml] models_dir)")
     parser.add_argument("--submit", action="store_true", help="run this training as a Slurm batch job")
+    parser.add_argument("--if-due", action="store_true",
+                        help="do nothing (exit 0) unless the models are missing or older than [ml] "
+                             "retrain_interval_days; then prepare from the store (or the given source) "
+                             "and train: what agent/nomade-train.timer runs daily")
     parser.add_argument("--sbatch-option", action="append", default=[], metavar="OPT",
                         help="extra sbatch option with --submit, e.g. --sbatch-option=--partition=cpu")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -72,7 +78,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     sources = [s for s in (args.swf, args.synthetic, args.db) if s is not None]
     if len(sources) > 1:
         raise NomadeError("give at most one of --swf, --synthetic, --db")
-    if args.prepare or sources:
+    if args.if_due and not _due(cfg, models_dir):
+        return 0
+    # --if-due retrains on the history as it is now, never on an old dataset
+    if args.prepare or sources or args.if_due:
         prepared = prepare_from_args(args, cfg)
         prepared.save(data)
         if args.prepare:
@@ -86,6 +95,21 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         sys.stderr.write("\n")
     _print(args, report, train.format_report(report))
     return 0
+
+
+def _due(cfg: Config, models_dir: Path) -> bool:
+    """Whether ``--if-due`` should train now; says why not on stderr (also with --quiet:
+    a timer's log should say why nothing happened)."""
+    import time
+
+    from nomade.ml import persist
+    meta = persist.read_metadata(models_dir)
+    if persist.retrain_due(meta, cfg.ml.retrain_interval_days, time.time()):
+        return True
+    age = persist.trained_age_days(meta, time.time())
+    print(f"models in {models_dir} were trained {age:.1f} days ago; retraining is not due "
+          f"([ml] retrain_interval_days = {cfg.ml.retrain_interval_days:g})", file=sys.stderr)
+    return False
 
 
 def prepare_from_args(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch-free annotation)
@@ -131,7 +155,8 @@ def _submit(args: argparse.Namespace, cfg: Config) -> int:
     models_dir, data = _paths(args, cfg)
     argv = [] if cfg.source is None else ["--config", str(Path(cfg.source).resolve())]
     argv += ["train", "--quiet", f"--models-dir={models_dir.resolve()}", f"--data={data.resolve()}"]
-    flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights, "--json": args.json}
+    flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights, "--json": args.json,
+             "--if-due": args.if_due}
     argv += [flag for flag, on in flags.items() if on]
     values = {"--swf": args.swf and str(Path(args.swf).resolve()), "--db": args.db and str(Path(args.db).resolve()),
               "--synthetic": args.synthetic, "--ticks-per-job": args.ticks_per_job}

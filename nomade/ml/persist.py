@@ -232,6 +232,20 @@ def read_agent_state(state_dir: str | Path) -> dict[str, Any] | None:
     return {**state, "running": running}
 
 
+def trained_age_days(meta: Mapping[str, Any], now: float) -> float | None:
+    """Days since the OLDEST model in ``meta`` was trained (None: no model, or no
+    training time recorded): the set is as stale as its stalest part."""
+    times = [e.get("trained_ts") for e in meta.get("models", {}).values()]
+    known = [float(t) for t in times if isinstance(t, (int, float))]
+    return (now - min(known)) / 86400 if known else None
+
+
+def retrain_due(meta: Mapping[str, Any], interval_days: float, now: float) -> bool:
+    """True when there is no trained model or the oldest is older than ``interval_days``."""
+    age = trained_age_days(meta, now)
+    return age is None or age > interval_days
+
+
 def model_version(meta: Mapping[str, Any]) -> str | None:
     """The identifier of a model set: its metadata's creation time; None if empty."""
     ts = meta.get("created_ts")
