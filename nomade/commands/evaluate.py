@@ -5,6 +5,7 @@ Examples::
     nomade evaluate --swf trace.swf.gz --ticks-per-job 1   a public trace
     nomade evaluate                                         jobs of the store
     nomade evaluate --data prepared.npz --json              a dataset from `nomade train --prepare`
+    nomade evaluate --synthetic 2000 --plot plots/          also roc.svg and lead_times.svg
 
 The data is prepared exactly as ``nomade train`` prepares it (same options, same
 80/10/10 split by start time). The GNN, autoencoder (and LSTM where the data has
@@ -12,6 +13,13 @@ samples), their ensemble, logistic regression and gradient boosting are all trai
 on the same training split and features; each gets the threshold with the best F1 on
 validation; the table shows test AUC-ROC, AUC-PR, precision, recall and F1. Progress
 goes to stderr. ``--models-dir`` also writes the trained models there.
+
+Then (unless ``--no-replay``) the test jobs are replayed tick by tick through the live
+scorer (``nomade.ml.replay``): a second table gives coverage, false-alarm rate,
+precision and lead times at ``[ml.alerts] high_risk_threshold`` and at each level,
+and per final state. The replay needs the job tables, so it is skipped for
+``--data``. ``--plot DIR`` writes ``roc.svg`` (test ROC curve of every model) and
+``lead_times.svg`` (ECDF of the replay's lead times) there.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from typing import Any
 
 from nomade.config import Config
 from nomade.errors import NomadeError
@@ -42,31 +52,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learn-weights", action="store_true",
                         help="learn the ensemble weights on the validation split (default: [ml.ensemble])")
     parser.add_argument("--models-dir", metavar="DIR", help="also write the trained models here")
+    rep = parser.add_argument_group("replay of the test jobs through the live scorer")
+    rep.add_argument("--no-replay", action="store_true", help="skip the replay (AUC table only)")
+    rep.add_argument("--replay-step", metavar="S", type=float,
+                     help="seconds between replayed ticks (default: [agent] interval_s)")
+    rep.add_argument("--replay-max-ticks", metavar="N", type=int, default=64,
+                     help="most ticks replayed per job, spread over its run (default 64)")
+    parser.add_argument("--plot", metavar="DIR", help="write roc.svg and lead_times.svg into DIR")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    """Prepare (or load), train, compare, print; 0 on success."""
-    from nomade.commands.train import prepare_from_args
+    """Prepare (or load), train, compare, replay, plot, print; 0 on success."""
     from nomade.ml import evaluate, train
     sources = [s for s in (args.swf, args.synthetic, args.db, args.data) if s is not None]
     if len(sources) > 1:
         raise NomadeError("give at most one of --swf, --synthetic, --db, --data")
+    step = cfg.agent.interval_s if args.replay_step is None else args.replay_step
+    if not step > 0 or args.replay_max_ticks < 1:
+        raise NomadeError(f"--replay-step must be > 0 and --replay-max-ticks >= 1, got {step:g}, "
+                          f"{args.replay_max_ticks}")
     say = (lambda line: None) if args.quiet else _say
+    source = None
     if args.data:
         prepared = train.Prepared.load(Path(args.data).expanduser())
     else:
         say("preparing the data as `nomade train` does")
-        prepared = prepare_from_args(args, cfg)
+        jobs, samples, name = _tables(args, cfg)
+        prepared = train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
+                                 max_per_job=args.ticks_per_job, source=name)
+        if not args.no_replay:
+            source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks)
     reporter = None if args.quiet else train.stderr_reporter()
     models_dir = None if args.models_dir is None else str(Path(args.models_dir).expanduser())
-    report = evaluate.compare(prepared, cfg, models_dir, args.learn_weights, reporter, say)
+    report = evaluate.compare(prepared, cfg, models_dir, args.learn_weights, reporter, say, source)
+    if args.data and not args.no_replay:
+        report["replay"] = {"skipped": "a prepared dataset holds no job tables; use --swf, --db or --synthetic"}
+    if args.plot:
+        report["plots"] = _plots(report, Path(args.plot).expanduser())
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(evaluate.format_table(report))
+        for line in report.get("plots", []):
+            print(f"plot: {line}")
     return 0
+
+
+def _tables(args: argparse.Namespace, cfg: Config) -> tuple[Any, Any, str]:
+    """(jobs, samples, source name) from the data options, checked as `nomade train`
+    checks them (see ``nomade.commands.train.prepare_from_args``)."""
+    from nomade.ml import train
+    if args.ticks_per_job < 1:
+        raise NomadeError(f"--ticks-per-job must be at least 1, got {args.ticks_per_job}")
+    if args.synthetic is not None:
+        if args.synthetic < 10:
+            raise NomadeError(f"--synthetic needs at least 10 jobs, got {args.synthetic}")
+        return (*train.synthetic_tables(args.synthetic, seed=cfg.ml.seed), f"synthetic:{args.synthetic}")
+    if args.swf:
+        return (*train.tables_from_swf(args.swf), str(args.swf))
+    db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
+    if not db.exists():
+        raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
+    return (*train.tables_from_store(db), str(db))
+
+
+def _plots(report: dict[str, Any], out: Path) -> list[str]:
+    """Write roc.svg and, with replay lead times, lead_times.svg into ``out``; one
+    line per file saying what was written or why not."""
+    from nomade import plot
+    from nomade.ml.evaluate import LABELS
+    curves = {LABELS.get(k, k): (c["fpr"], c["tpr"]) for k, c in report["roc"].items() if c["fpr"]}
+    lines = [f"wrote {plot.roc_svg(curves, out / 'roc.svg')}"]
+    rep = report.get("replay") or {}
+    leads = rep.get("lead_times_s") or []
+    if not leads:
+        why = rep.get("skipped") or ("--no-replay" if not rep else "no failed test job crossed the threshold")
+        return lines + [f"{out / 'lead_times.svg'} not written: no lead times ({why})"]
+    series: dict[str, list[float]] = {"all failed": [v / 60 for v in leads]}
+    for v, state in zip(leads, rep["lead_states"]):
+        series.setdefault(state, []).append(v / 60)
+    title = f"Alert lead time (risk >= {rep['threshold']:.2f}), test jobs replayed"
+    return lines + [f"wrote {plot.lead_time_svg(series, out / 'lead_times.svg', title)}"]
 
 
 def _say(line: str) -> None:

@@ -12,14 +12,22 @@ Honesty by construction: the split is the ``Prepared`` one (80/10/10 by job star
 time); test examples touch neither training, early stopping, ensemble weights nor
 thresholds. Each entry of the report carries the SHA-256 of the example rows it was
 trained, validated and tested on, so a reader (and the tests) can check that every
-model saw the same split.
+model saw the same split. ``roc`` holds each model's test ROC curve (thinned), for plots.
+
+Given the job tables the data was prepared from (:class:`ReplaySource`), ``compare``
+also replays the test jobs tick by tick through the live scorer (``replay``): the
+trained models are written to ``models_dir`` (or a temporary directory), loaded with
+``Scorer.load`` as the agent loads them, and every test job is scored at its scoring
+ticks; the report's ``replay`` holds coverage, false-alarm rate and lead times.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,15 +35,18 @@ import numpy as np
 from nomade import features
 from nomade.config import Config
 from nomade.errors import NomadeError
-from nomade.ml import metrics, persist
+from nomade.ml import metrics, persist, replay
 from nomade.ml.baselines import BASELINES
 from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
+from nomade.ml.inference import Scorer
 from nomade.ml.train import SPLITS, Prepared, Reporter, build_data, estimators, fit_one, save_models, score_splits
 
 Say = Callable[[str], None]
 """``say(line)``: one progress line (stderr in the command)."""
 ORDER = ("gnn", "lstm", "autoencoder", "ensemble", "logistic_regression", "gradient_boosting")
 """Rows of the table, in print order."""
+ROC_POINTS = 200
+"""Most points kept of each ROC curve in the report."""
 LABELS = {"gnn": "GNN", "lstm": "LSTM", "autoencoder": "autoencoder", "ensemble": "ensemble",
           "logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
 
@@ -71,6 +82,29 @@ def split_digest(p: Prepared, rows: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def roc_curve(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None,
+              max_points: int = ROC_POINTS) -> tuple[list[float], list[float]]:
+    """Weighted ROC curve ``(fpr, tpr)`` from (0, 0) to (1, 1), one point per distinct
+    score (NaN scores left out), thinned evenly to at most ``max_points`` (ends kept);
+    ([], []) when either class is missing."""
+    y, score = np.asarray(y, np.float64), np.asarray(score, np.float64)
+    w = np.ones_like(y) if w is None else np.asarray(w, np.float64)
+    ok = np.isfinite(score)
+    y, score, w = y[ok], score[ok], w[ok]
+    pos, neg = (w * y).sum(), (w * (1 - y)).sum()
+    if pos <= 0 or neg <= 0:
+        return [], []
+    order = np.argsort(-score, kind="mergesort")
+    s = score[order]
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+    tpr = np.r_[0.0, np.cumsum((w * y)[order])[ends] / pos]
+    fpr = np.r_[0.0, np.cumsum((w * (1 - y))[order])[ends] / neg]
+    if len(fpr) > max_points:
+        keep = np.unique(np.round(np.linspace(0, len(fpr) - 1, max_points)).astype(np.int64))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return fpr.tolist(), tpr.tolist()
+
+
 def _judge(p: Prepared, rows: dict[str, np.ndarray], val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     """Threshold from validation scores ``val``, metrics on validation and test."""
     va, te = rows["validation"], rows["test"]
@@ -85,11 +119,12 @@ def _judge(p: Prepared, rows: dict[str, np.ndarray], val: np.ndarray, test: np.n
 
 
 def _baselines(p: Prepared, Xn: np.ndarray, rows: dict[str, np.ndarray], seed: int, say: Say
-               ) -> dict[str, dict[str, Any]]:
-    """Each baseline fitted on the training rows of the same normalised features."""
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Each baseline fitted on the training rows of the same normalised features:
+    its report entry, and its test scores."""
     Z = np.concatenate([Xn, p.mask.astype(np.float32)], axis=1)
     tr = rows["train"]
-    out = {}
+    out, test = {}, {}
     for name, cls in BASELINES.items():
         say(f"fitting {LABELS[name]} on {len(tr)} training examples")
         t0 = time.monotonic()
@@ -99,18 +134,32 @@ def _baselines(p: Prepared, Xn: np.ndarray, rows: dict[str, np.ndarray], seed: i
             raise NomadeError(f"cannot fit {LABELS[name]}: {e}") from e
         except ImportError as e:
             raise NomadeError(f"the baselines need scikit-learn (pip install 'nomade[eval]'): {e}") from e
-        out[name] = _judge(p, rows, model.predict_proba(Z[rows["validation"]]),
-                           model.predict_proba(Z[rows["test"]]))
+        test[name] = model.predict_proba(Z[rows["test"]])
+        out[name] = _judge(p, rows, model.predict_proba(Z[rows["validation"]]), test[name])
         out[name]["fit_s"] = time.monotonic() - t0
-    return out
+    return out, test
+
+
+@dataclass
+class ReplaySource:
+    """The job tables a ``Prepared`` dataset was built from, and how to replay its test
+    jobs: ``step_s`` between ticks, at most ``max_ticks`` a job (``replay``)."""
+
+    jobs: features.JobTable
+    samples: features.SampleTable
+    step_s: float
+    max_ticks: int = replay.DEFAULT_MAX_TICKS
 
 
 def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool = False,
-            reporter: Reporter | None = None, say: Say | None = None) -> dict[str, Any]:
+            reporter: Reporter | None = None, say: Say | None = None,
+            source: ReplaySource | None = None) -> dict[str, Any]:
     """Train the models, the ensemble and the baselines on ``p``'s split and judge them
     all on its test split (see the module docstring). ``models_dir``: also write the
     trained models there (as ``nomade train`` would). ``learn``: ensemble weights
-    learned on validation, else ``[ml.ensemble]``. Returns a JSON-safe report."""
+    learned on validation, else ``[ml.ensemble]``. ``source``: the tables ``p`` was
+    prepared from; then the test jobs are also replayed through the live scorer
+    (report key ``replay``). Returns a JSON-safe report."""
     say = say or (lambda line: None)
     rows = {s: p.rows(s) for s in SPLITS}
     if len(rows["train"]) == 0 or len(rows["validation"]) == 0 or len(rows["test"]) == 0:
@@ -139,18 +188,55 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool
                               "ensemble_parts": list(fitted), "split_sha256": split_digest(p, rows),
                               "absent": {} if with_samples else {
                                   "lstm": "no per-job samples in the data (an SWF trace has none)"}}
+    test = {kind: scores["test"][:, PARTS.index(kind)] for kind in fitted}
+    test["ensemble"] = combine(scores["test"], weights)
     for kind in fitted:
-        col = PARTS.index(kind)
-        report["models"][kind] = _judge(p, rows, scores["validation"][:, col], scores["test"][:, col])
-    report["models"]["ensemble"] = _judge(p, rows, combine(scores["validation"], weights),
-                                          combine(scores["test"], weights))
-    report["models"].update(_baselines(p, d.Xn, rows, cfg.ml.seed, say))
-    if models_dir is not None:
-        say(f"writing the trained models to {models_dir}")
-        save_models(models_dir, fitted, norm, train_report, weights if learn else None, cfg, p)
-        report["models_dir"] = str(models_dir)
+        report["models"][kind] = _judge(p, rows, scores["validation"][:, PARTS.index(kind)], test[kind])
+    report["models"]["ensemble"] = _judge(p, rows, combine(scores["validation"], weights), test["ensemble"])
+    baselines, baseline_test = _baselines(p, d.Xn, rows, cfg.ml.seed, say)
+    report["models"].update(baselines)
+    te = rows["test"]
+    report["roc"] = {name: dict(zip(("fpr", "tpr"), roc_curve(p.y[te], sc, p.w[te])))
+                     for name, sc in {**test, **baseline_test}.items()}
+    if models_dir is not None or source is not None:
+        saved = (fitted, norm, train_report, weights, learn)
+        report.update(_save_and_replay(p, cfg, saved, models_dir, source, say))
     report["took_s"] = time.monotonic() - t0
     return persist.clean_json(report)
+
+
+def _save_and_replay(p: Prepared, cfg: Config, saved: tuple[Any, ...], models_dir: str | None,
+                     source: ReplaySource | None, say: Say) -> dict[str, Any]:
+    """Write the models (to ``models_dir``, else a temporary directory) and, with a
+    ``source``, load them as the agent does and replay the test jobs through them."""
+    fitted, norm, train_report, weights, learn = saved
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="nomade-evaluate-") as tmp:
+        target = tmp if models_dir is None else models_dir
+        say(f"writing the trained models to {target}")
+        save_models(target, fitted, norm, train_report, weights if learn else None, cfg, p)
+        if models_dir is not None:
+            out["models_dir"] = str(models_dir)
+        if source is not None:
+            out["replay"] = _replay(p, cfg, Scorer.load(target, weights), source, say)
+    return out
+
+
+def _replay(p: Prepared, cfg: Config, scorer: Scorer, source: ReplaySource, say: Say) -> dict[str, Any]:
+    """The test jobs of ``p`` replayed tick by tick through ``scorer`` (``replay``)."""
+    jobs = source.jobs
+    if len(jobs) <= int(p.job.max()) or not np.array_equal(jobs.start_ts[p.job], p.start_ts):
+        raise NomadeError("cannot replay: the job tables are not the ones the dataset was prepared from")
+    test_jobs = np.unique(p.job[p.rows("test")])
+    say(f"replaying {len(test_jobs)} test jobs through the live scorer "
+        f"(a tick every {source.step_s:g} s, at most {source.max_ticks} a job)")
+    try:
+        return replay.replay(jobs, source.samples, test_jobs, scorer,
+                             threshold=cfg.ml.alerts.high_risk_threshold, step_s=source.step_s,
+                             interval_s=cfg.agent.interval_s, sequence_length=cfg.ml.sequence_length,
+                             max_ticks=source.max_ticks)
+    except ValueError as e:
+        raise NomadeError(f"cannot replay the test jobs: {e}") from e
 
 
 def _weights(cfg: Config, val_parts: np.ndarray, p: Prepared, va: np.ndarray, learn: bool) -> Weights:
@@ -166,7 +252,16 @@ def _weights(cfg: Config, val_parts: np.ndarray, p: Prepared, va: np.ndarray, le
 # ------------------------------------------------------------------ table
 
 def format_table(report: dict[str, Any]) -> str:
-    """One row per model on the test split, thresholds chosen on validation."""
+    """One row per model on the test split, thresholds chosen on validation; then the
+    replay's operational figures (or why there are none), when the report has them."""
+    text = _auc_table(report)
+    rep = report.get("replay")
+    if rep is None:
+        return text
+    return text + "\n\n" + (f"replay: skipped ({rep['skipped']})" if "skipped" in rep else replay.format_table(rep))
+
+
+def _auc_table(report: dict[str, Any]) -> str:
     head = ("model", "AUC-ROC", "AUC-PR", "precision", "recall", "F1", "threshold", "test n")
     rows = []
     for name in ORDER:
