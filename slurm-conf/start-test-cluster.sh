@@ -18,7 +18,7 @@
 # state/ log/ run/ out/ (job output, mode 1777), hooks/ (wrappers + copies of the
 # project's hook scripts), spool/node (Prolog/Epilog events, written as root) and
 # spool/ctld (PrologSlurmctld/EpilogSlurmctld/jobcomp events, written as user slurm).
-# A (re)start empties state/ and the spools (job ids begin again at 1); --if-down keeps all.
+# A (re)start empties state/, out/ and the spools (job ids begin again at 1); --if-down keeps all.
 #
 # The project's hook scripts are COPIED into $RUN/hooks/bin: user slurm may not be able
 # to traverse the checkout, and a wrapper pointing into a checkout that moves would fail
@@ -125,7 +125,10 @@ ts "munged OK (pid $(cat /run/munge/munged.pid))"
 # ---------------------------------------------------------------- 3. directories, user
 # A fresh start restarts job ids at 1: events left in the spools from the previous
 # cluster would carry the same ids, so they go too.
-rm -rf "$RUN/state" "$RUN/etc" "$RUN/spool"
+# out/ goes too: job ids begin again at 1, and a reused id's old output file, owned by
+# another user in this sticky directory, makes the new job fail at once ("Could not open
+# stdout file: Permission denied"), a FAILED label that is not the job's doing.
+rm -rf "$RUN/state" "$RUN/etc" "$RUN/spool" "$RUN/out"
 mkdir -p "$RUN"/{etc,state/ctld,state/slurmd,log,run,out,spool/node,spool/ctld}
 chmod 0755 "$RUN" "$RUN"/{etc,state,log,run,spool}
 chown slurm:slurm "$RUN/state/ctld" "$RUN/log" "$RUN/run" "$RUN/spool/ctld"
