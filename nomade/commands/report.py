@@ -19,9 +19,8 @@ Example::
 
 Lead time: from the first prediction at or above ``[ml.alerts] high_risk_threshold``
 to the job's end. ``--json`` prints the same figures as one JSON object.
-``--plot FILE`` draws the lead-time histogram with matplotlib when it is installed
-(it is not a dependency of nomade); without it, nothing is written and the report
-says so.
+``--plot FILE.svg`` also draws the distribution (ECDF) of those lead times as an SVG
+file (``nomade.plot``, standard library only; opens in a browser).
 """
 
 from __future__ import annotations
@@ -47,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=_fraction, metavar="R",
                         help="alert threshold (default: [ml.alerts] high_risk_threshold)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    parser.add_argument("--plot", type=Path, metavar="FILE",
-                        help="write a lead-time histogram (PNG, needs matplotlib)")
+    parser.add_argument("--plot", type=_svg_path, metavar="FILE.svg",
+                        help="write the lead-time distribution as an SVG chart")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     summary = summarize(jobs, crossed, predicted, n_predictions, threshold)
     summary["store"] = str(db)
     if args.plot is not None:
-        summary["plot"] = plot_lead_times(summary["alerts"]["lead_times_s"], args.plot)
+        summary["plot"] = plot_lead_times(summary["alerts"]["lead_times_s"], args.plot, threshold)
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0
 
@@ -184,26 +183,23 @@ def _pct(rate: float | None) -> str:
     return "n/a" if rate is None else f"{rate * 100:.1f}%"
 
 
-def plot_lead_times(leads_s: Sequence[float], path: Path) -> str:
-    """Write a lead-time histogram to ``path`` if matplotlib is installed; a line saying
-    what happened (nothing is written without matplotlib or without lead times)."""
-    try:
-        import matplotlib
-    except ImportError:
-        return f"plot: matplotlib is not installed; {path} not written (pip install matplotlib)"
+def plot_lead_times(leads_s: Sequence[float], path: Path, threshold: float | None = None) -> str:
+    """Write the ECDF of the lead times (seconds, shown in minutes) to ``path`` as SVG;
+    a line saying what happened (nothing is written without lead times)."""
+    from nomade import plot
+
     if not leads_s:
         return f"plot: no lead times yet; {path} not written"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist([x / 60 for x in leads_s], bins=min(30, max(5, len(leads_s) // 5)))
-    ax.set_xlabel("lead time before the end (min)")
-    ax.set_ylabel("failed jobs")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    title = "Alert lead time before the job ended" + ("" if threshold is None else f" (risk >= {threshold:.2f})")
+    plot.lead_time_svg({"failed jobs": [x / 60 for x in leads_s]}, path, title)
     return f"plot: wrote {path}"
+
+
+def _svg_path(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.suffix.lower() != ".svg":
+        raise argparse.ArgumentTypeError(f"--plot writes an SVG file; name it *.svg, got {text}")
+    return path
 
 
 def _fraction(text: str) -> float:
