@@ -246,3 +246,60 @@ def test_policy_and_arguments_are_checked(store: Store) -> None:
     with pytest.raises(ValueError, match="batch_rows"):
         store.prune(NOW, POLICY, batch_rows=0)
     assert isinstance(store.prune(NOW, POLICY, max_rows=0), PruneCounts)
+
+
+def test_the_agent_prunes_every_prune_interval_and_counts_it(tmp_path: Path) -> None:
+    """The real agent loop (sockets on 127.0.0.1, no Slurm) prunes a store it serves."""
+    import dataclasses
+    import time
+
+    from nomade import config
+    from nomade.agent.daemon import Agent
+
+    now = time.time()
+    with Store(tmp_path / "agent.db") as s:
+        s.write_messages([_msg("job.start", {"job_id": "1", "source": "prolog",
+                                             "start_ts": now - 401 * DAY_S}, now),
+                          _msg("job.end", {"job_id": "1", "source": "epilog", "state": "COMPLETED",
+                                           "end_ts": now - 400 * DAY_S}, now),
+                          _msg("job.start", {"job_id": "2", "source": "prolog",
+                                             "start_ts": now - 60}, now)])
+        s.write_batch("n1", 1, [_msg("job.sample", {"job_id": "1", "node": "n1", "ts": ts}, ts)
+                                for ts in (now - 401 * DAY_S + k for k in range(4096))])
+        s.write_batch("n1", 2, [_msg("job.sample", {"job_id": "2", "node": "n1", "ts": now}, now)])
+    cfg = config.Config()
+    cfg = dataclasses.replace(
+        cfg, agent=dataclasses.replace(cfg.agent, ingest_endpoint="tcp://127.0.0.1:*",
+                                       publish_endpoint="tcp://127.0.0.1:*", metrics_address="",
+                                       interval_s=3600.0),
+        ml=dataclasses.replace(cfg.ml, models_dir=str(tmp_path / "no-models")),
+        storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db"),
+                                    prune_interval_s=0.05))
+    made: list[Agent] = []
+    stop, ready = threading.Event(), threading.Event()
+
+    def serve() -> None:   # the agent's store connection belongs to its own thread
+        made.append(Agent(cfg, name="agent0"))
+        ready.set()
+        try:
+            made[0].run(stop.is_set)
+        finally:
+            made[0].close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert ready.wait(60)
+        agent, deadline = made[0], time.monotonic() + 60
+        while agent.metrics.pruned_rows_total["job_samples", "drop"] == 0:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert agent.metrics.pruned_rows_total["job_samples", "drop"] == 4096
+    assert 'nomade_agent_pruned_rows_total{table="job_samples",step="drop"} 4096' in (
+        agent.metrics.render())
+    with Store(tmp_path / "agent.db", readonly=True) as r:
+        assert r.sample_count("1") == 0 and r.sample_count("2") == 1
+        assert r.get_job("1") is not None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import socket
 import time
@@ -45,7 +46,7 @@ from nomade.agent.state import JobState
 from nomade.config import Config
 from nomade.features import WINDOW_S
 from nomade.spool import Spool
-from nomade.store import JOB_SAMPLE_FIELDS, Store
+from nomade.store import JOB_SAMPLE_FIELDS, RetentionPolicy, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ MAX_FRAMES_PER_ROUND = 256
 CLOSE_LINGER_MS = 1000
 #: Ticks between two unfrozen full garbage collections (``Agent._gc_after_tick``): an hour at 30 s.
 FULL_GC_EVERY = 120
+#: Rows one periodic prune looks at (~0.5 s of the agent's thread), and the seconds to the
+#: next one while a backlog is left (a first prune of a year-old store takes many).
+PRUNE_MAX_ROWS = 200_000
+PRUNE_AGAIN_S = 5.0
 
 
 class CommentUpdate(Protocol):
@@ -188,6 +193,8 @@ class Agent:
         poller.register(self.router, zmq.POLLIN)
         now = time.monotonic()
         next_tick, next_spool, next_final = now, now, now + self.final_interval_s
+        every = self.cfg.storage.prune_interval_s
+        next_prune = now + every if every else math.inf
         while not should_stop():
             now = time.monotonic()
             if now >= next_spool:
@@ -200,6 +207,9 @@ class Agent:
             if now >= next_tick:
                 self.tick()
                 next_tick = now + self.interval_s
+            elif now >= next_prune:   # between ticks; sooner again while a backlog is left
+                done = self.prune(time.time())
+                next_prune = now + (every if done else PRUNE_AGAIN_S)
             wait = min(next_tick, next_spool, next_final, now + 0.2) - time.monotonic()
             try:
                 ready = dict(poller.poll(max(0, int(wait * 1000))))
@@ -315,6 +325,26 @@ class Agent:
             if isinstance(d, finalstate.Final):
                 self.state.final_state(d.job_id, d.state)
                 self.metrics.final_states_total += 1
+
+    def prune(self, now: float) -> bool:
+        """Apply the ``[storage]`` retention policy for at most ``PRUNE_MAX_ROWS`` rows,
+        log and count what went; whether it is done. Never raises."""
+        try:
+            counts = self.store.prune(now, RetentionPolicy.from_config(self.cfg.storage),
+                                      max_rows=PRUNE_MAX_ROWS)
+        except Exception as e:  # a locked or full store must not stop the agent
+            log.error("prune failed: %s", e)
+            return True
+        removed = self.metrics.pruned_rows_total
+        removed["job_samples", "thin"] += counts.job_samples_thinned
+        removed["job_samples", "drop"] += counts.job_samples_dropped
+        removed["node_samples", "drop"] += counts.node_samples
+        removed["predictions", "drop"] += counts.predictions
+        if counts.total():
+            log.info("pruned %d job samples (thinned), %d (dropped), %d node samples, "
+                     "%d predictions%s", counts.job_samples_thinned, counts.job_samples_dropped,
+                     counts.node_samples, counts.predictions, "" if counts.done else "; more to do")
+        return counts.done
 
     def tick(self) -> list[dict[str, Any]]:
         """Score every running job, publish and store the predictions, apply Comment

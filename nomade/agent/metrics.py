@@ -44,6 +44,10 @@ class Metrics:
     queue_depth: int = 0
     running_jobs: int = 0
     model_loaded: int = 0
+    #: Rows removed by retention, by (table, step): ("job_samples", "thin"), (…, "drop").
+    pruned_rows_total: dict[tuple[str, str], int] = field(default_factory=lambda: dict.fromkeys(
+        (("job_samples", "thin"), ("job_samples", "drop"), ("node_samples", "drop"),
+         ("predictions", "drop")), 0))
 
     def ingest_rate(self, now: float | None = None) -> float:
         """Job samples per second since the agent started."""
@@ -86,6 +90,9 @@ class Metrics:
         series("comment_updates_total", "counter", "Job Comments written.", self.comment_updates_total)
         series("comment_errors_total", "counter", "Job Comment writes that failed.", self.comment_errors_total)
         series("final_states_total", "counter", "Final states recorded from Slurm.", self.final_states_total)
+        for (table, step), n in self.pruned_rows_total.items():
+            series("pruned_rows_total", "counter", "Store rows removed by retention.", n,
+                   f'{{table="{table}",step="{step}"}}')
         return "\n".join(out) + "\n"
 
 
