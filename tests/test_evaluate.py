@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest
@@ -127,6 +128,12 @@ def test_cli_table_has_every_row_and_one_split(tmp_path: Path, swf: Path, cfg_fi
         assert 0.0 <= m["test"]["auc_roc"] <= 1.0 and 0.0 < m["threshold"] <= 1.0, name
     assert "lstm" in report["absent"]
     assert (tmp_path / "models" / "metadata.json").is_file() and (tmp_path / "models" / "gnn_model.pt").is_file()
+    # the test jobs replayed through the saved models (a trace: start-time features only)
+    rep = report["replay"]
+    assert rep["jobs"] == len(np.unique(trained.job[trained.rows("test")])) and rep["unscored"] == 0
+    assert rep["coverage"]["failed"] + rep["false_alarms"]["completed"] == rep["jobs"]
+    assert set(report["roc"]) == set(report["models"])
+    assert all(c["fpr"][0] == 0.0 and c["tpr"][-1] == 1.0 for c in report["roc"].values())
 
     out = _nomade("evaluate", "--data", str(tmp_path / "d.npz"), env=env)  # table; progress on stderr
     assert out.returncode == 0, out.stderr
@@ -135,6 +142,32 @@ def test_cli_table_has_every_row_and_one_split(tmp_path: Path, swf: Path, cfg_fi
         assert any(line.startswith(row) for line in lines), (row, out.stdout)
     assert any(line.startswith("LSTM") and "absent" in line for line in lines)
     assert expected[:16] in out.stdout and "nomade evaluate:" in out.stderr
+    assert "replay: skipped (a prepared dataset holds no job tables" in out.stdout
 
     out = _nomade("evaluate", "--swf", str(swf), "--data", str(tmp_path / "d.npz"), env=env)
     assert out.returncode == 2 and "at most one" in out.stderr
+
+
+def test_cli_replay_table_and_plots(tmp_path: Path, cfg_file: Path) -> None:
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg_file), "OMP_NUM_THREADS": "1",
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+    out = _nomade("evaluate", "--synthetic", "400", "--replay-step", "120", "--replay-max-ticks", "4",
+                  "--plot", str(tmp_path / "plots"), env=env)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "replay of 40 test jobs through the live scorer" in text and "every 120 s (at most 4 a job)" in text
+    assert any(line.startswith("risk >= 0.70") for line in text.splitlines())
+    assert any(line.startswith("COMPLETED") and "false alarms" in line for line in text.splitlines())
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    roc = ET.parse(tmp_path / "plots" / "roc.svg").getroot()
+    names = [ln.get("data-name") for ln in roc.findall("s:polyline[@class='series']", ns)]
+    assert names == ["GNN", "LSTM", "autoencoder", "ensemble", "logistic regression", "gradient boosting"]
+    lead = ET.parse(tmp_path / "plots" / "lead_times.svg").getroot()
+    first = lead.find("s:polyline[@class='series']", ns).get("data-name")
+    assert first.startswith("all failed (n=") and f"plot: wrote {tmp_path / 'plots' / 'lead_times.svg'}" in text
+
+    out = _nomade("evaluate", "--synthetic", "400", "--no-replay", "--json", "--quiet", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "replay" not in json.loads(out.stdout)
+    out = _nomade("evaluate", "--synthetic", "400", "--replay-step", "0", env=env)
+    assert out.returncode == 2 and "--replay-step must be > 0" in out.stderr
