@@ -1052,6 +1052,28 @@ class Store:
             counts.predictions += n
             counts.transactions += 1
 
+    def storage_stats(self) -> dict[str, Any]:
+        """For ``nomade db stats``: ``counts()``, ``bytes`` per table with its indexes
+        (None where SQLite lacks ``dbstat``), ``file_bytes``, ``free_bytes`` (pages that
+        new rows reuse), and the oldest/newest job sample ts (None when empty). Reads
+        the whole file."""
+        counts = self.counts()
+        with self._snapshot() as conn:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            pages, free = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                           for p in ("page_count", "freelist_count"))
+            oldest = conn.execute("SELECT ts FROM job_samples ORDER BY rowid LIMIT 1").fetchone()
+            newest = conn.execute("SELECT max(max_ts) FROM job_sample_spans").fetchone()
+            try:
+                sizes: dict[str, int] | None = dict(conn.execute(
+                    "SELECT m.tbl_name, sum(d.pgsize) FROM dbstat d JOIN sqlite_master m "
+                    "ON m.name = d.name GROUP BY m.tbl_name").fetchall())
+            except sqlite3.OperationalError:
+                sizes = None
+        return {"counts": counts, "bytes": sizes, "file_bytes": page * pages,
+                "free_bytes": page * free, "oldest_sample_ts": oldest and oldest[0],
+                "newest_sample_ts": newest[0] if counts["job_samples"] else None}
+
     # -- reading
 
     def _jobs(self, where: str, params: Sequence[Any] = (), order: str = "job_id") -> list[Job]:
