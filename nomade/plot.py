@@ -131,6 +131,7 @@ def _write(root: ET.Element, path: str | os.PathLike[str]) -> Path:
     ET.indent(root)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)   # a chart to open and share, not a secret (mkstemp makes 0600)
         with os.fdopen(fd, "wb") as fh:
             ET.ElementTree(root).write(fh, encoding="utf-8", xml_declaration=True)
         os.replace(tmp, path)

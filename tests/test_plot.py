@@ -63,6 +63,7 @@ def test_roc_svg_polylines_are_the_curves(tmp_path: Path) -> None:
     assert [t.text for t in root.findall("s:text[@class='xtick']", NS)] == ["0", "0.2", "0.4", "0.6", "0.8", "1"]
     assert root.find("s:text[@class='xlabel']", NS).text == "false positive rate"
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["roc.svg"]   # no temp file left
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_ecdf_by_hand() -> None:
