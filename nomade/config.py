@@ -208,13 +208,13 @@ class StorageConfig:
     """``[storage]``: the agent's SQLite database and how long it keeps what.
 
     Job samples are most of the file: 10,000 running jobs sampled every 30 s store
-    28.8 M rows a day at ~150 bytes a row on disk (``python -m bench prune`` measures it),
-    ~4.3 GB a day. Ended jobs younger than ``full_samples_days`` keep every sample; older
+    28.8 M rows a day; a row takes ~70 bytes on disk with small counter values
+    (``python -m bench prune`` measures it) and up to ~150 with large ones: 2-4 GB a day. Ended jobs younger than ``full_samples_days`` keep every sample; older
     ones keep at most ``thin_samples_to`` per node, evenly spaced in time, always the
     first and the last (240 covers a 2-hour job at 30 s in full and is 12 windows of the
     LSTM's default ``sequence_length`` of 20); after ``sample_retention_days`` a job's
     samples go and its row (requests, times, final state, label) stays for good. With the
-    defaults the samples of the last 14 days dominate: ~60 GB at that site, plus 240 rows
+    defaults the samples of the last 14 days dominate: 30-60 GB at that site, plus 240 rows
     per ended job a year. Running jobs are never touched. ``prune_interval_s`` is how often
     the agent prunes (0: never; ``nomade db prune`` then does it by hand).
     """

@@ -20,8 +20,8 @@ NAME = "db"
 HELP = "store statistics and retention (stats, prune)"
 
 _DESCRIPTION = """\
-The agent's SQLite store ([storage] db_path) grows by about 150 bytes per job sample
-(10,000 running jobs at 30 s: ~4 GB a day) until retention removes what the
+The agent's SQLite store ([storage] db_path) grows by 70-150 bytes per job sample
+(10,000 running jobs at 30 s: 2-4 GB a day) until retention removes what the
 [storage] policy no longer keeps. Example:
 
   $ nomade db stats
