@@ -85,6 +85,9 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
 )
 """Float columns of :class:`SampleTable`: the ``job.sample`` body fields, plus
 ``iowait_pct`` (the node's iowait at that time, from ``node.sample``; NaN unknown)."""
+IOWAIT_MAX_AGE_S = 60.0
+"""Oldest ``node.sample`` (2 collector intervals of 30 s) whose iowait a job sample takes
+(:func:`node_asof`); an older one says nothing about the job's moment."""
 
 
 def label_of(state: Any) -> float:
@@ -337,6 +340,31 @@ def _cumsum_within(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
     c = np.cumsum(v)
     seg = np.maximum.accumulate(np.where(starts, np.arange(len(v)), 0)) if len(v) else v.astype(np.int64)
     return c - (c[seg] - v[seg])
+
+
+def node_asof(node: np.ndarray, ts: np.ndarray, ref_node: np.ndarray, ref_ts: np.ndarray,
+              ref_value: np.ndarray, max_age_s: float = IOWAIT_MAX_AGE_S) -> np.ndarray:
+    """As-of join of node readings onto samples: for each sample ``(node[i], ts[i])`` the
+    ``ref_value`` of the latest reading of the same node with ``ref_ts <= ts[i]`` and
+    ``ts[i] - ref_ts <= max_age_s``; NaN where there is none (never a later reading).
+
+    Node codes are integers (any, negative included) shared by both sides. Readings with
+    an unknown (NaN) value or time are ignored, so a known older one within the bound
+    still counts; of readings of one node at the same time the largest value is taken
+    (the result never depends on the input order). Vectorised: one sort of the readings
+    and one binary search per sample, over its node's readings only.
+    """
+    node, ts = np.asarray(node, np.int64), np.asarray(ts, np.float64)
+    ref_value, ref_ts = np.asarray(ref_value, np.float64), np.asarray(ref_ts, np.float64)
+    ok = np.isfinite(ref_value) & np.isfinite(ref_ts)
+    r_node, r_ts, r_val = np.asarray(ref_node, np.int64)[ok], ref_ts[ok], ref_value[ok]
+    order = np.lexsort((r_val, r_ts, r_node))
+    r_node, r_ts, r_val = r_node[order], r_ts[order], r_val[order]
+    first = np.searchsorted(r_node, node, side="left")
+    last = _search(r_ts, ts, first, np.searchsorted(r_node, node, side="right"))
+    found = last >= 0
+    age = ts - _at(r_ts, last, found)
+    return np.where(found & (age <= max_age_s), _at(r_val, last, found), np.nan)
 
 
 # ---------------------------------------------------------------- look-ups

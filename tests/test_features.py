@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from nomade.features import (CHANNELS, FEATURES, N_START, PRIOR_STRENGTH, JobTable, Normalizer,
-                             SampleTable, asof_features, label_of, sequences, snapshots)
+from nomade.features import (CHANNELS, FEATURES, IOWAIT_MAX_AGE_S, N_START, PRIOR_STRENGTH, JobTable,
+                             Normalizer, SampleTable, asof_features, label_of, node_asof, sequences,
+                             snapshots)
 
 F = {name: i for i, name in enumerate(FEATURES)}
 GB = 2**30
@@ -160,6 +161,16 @@ def test_the_future_does_not_change_a_feature(seed):
         if future:  # a spike right after t, and the samples of the later job
             srecs = [dict(s, mem_bytes=4 * GB, major_faults=1e6) if t < s["ts"] < t + 60 else s for s in srecs]
             srecs += [sample("later", 200 + 30 * i, i) for i in range(1, 50)]
+        # feature 16 from the node's iowait (no job PSI, as on cgroup v1): node samples
+        # 20 s before each job sample, and in the future world one with a huge iowait
+        # just after t (nearer to the last sample than the past one, most seeds)
+        nodes = [(1000.0 + 30 * i - 20, float(rng.uniform(0, 10))) for i in range(1, 40)]
+        nodes = [n for n in nodes if n[0] <= t or future]
+        nodes += [(t + 1e-3, 100.0)] if future else []
+        srecs = [dict(s, io_pressure=None) for s in srecs]
+        iowait = node_asof(np.zeros(len(srecs)), np.array([s["ts"] for s in srecs]),
+                           np.zeros(len(nodes)), *np.array(nodes).T)
+        srecs = [dict(s, iowait_pct=w) for s, w in zip(srecs, iowait)]
         return jobs, SampleTable.from_records(jobs, srecs)
     base_rng = rng.bit_generator.state
     jobs_a, samp_a = world(False)
@@ -169,10 +180,49 @@ def test_the_future_does_not_change_a_feature(seed):
     b = asof_features(jobs_b, samp_b, np.array([t]), rows=np.array([1]))
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+    assert a[1][0, F["io_pressure"]] and 0 < a[0][0, F["io_pressure"]] <= 0.1   # the node's past iowait
     sa = sequences(jobs_a, samp_a, np.array([t]), 8, 30.0, rows=np.array([1]))
     sb = sequences(jobs_b, samp_b, np.array([t]), 8, 30.0, rows=np.array([1]))
     np.testing.assert_array_equal(sa[0], sb[0])
     assert sa[1][0] == sb[1][0]
+
+
+def brute_node_asof(node, ts, ref_node, ref_ts, ref_value, max_age_s):
+    out = []
+    for n, t in zip(node, ts):
+        cand = [(rt, v) for rn, rt, v in zip(ref_node, ref_ts, ref_value)
+                if rn == n and rt <= t and np.isfinite(v) and np.isfinite(rt)]
+        best = max(cand, default=None)   # latest time, then the largest value
+        out.append(best[1] if best is not None and t - best[0] <= max_age_s else np.nan)
+    return np.array(out)
+
+
+def test_node_asof_by_hand():
+    """The latest known reading of the sample's own node at or before it, within the
+    bound; never a later one, never another node's."""
+    ref_node = np.array([7, 7, 7, 7, 3, 7])
+    ref_ts = np.array([100.0, 130.0, 160.0, 165.0, 150.0, np.nan])
+    ref_val = np.array([1.0, 2.0, 3.0, np.nan, 9.0, 5.0])
+    node = np.array([7, 7, 7, 7, 7, 3, 5, 7])
+    ts = np.array([99.0, 100.0, 159.9, 170.0, 220.0 + 1e-9, 150.0, 150.0, np.nan])
+    got = node_asof(node, ts, ref_node, ref_ts, ref_val, max_age_s=60.0)
+    np.testing.assert_array_equal(got, [np.nan, 1.0, 2.0, 3.0, np.nan, 9.0, np.nan, np.nan])
+    assert IOWAIT_MAX_AGE_S == 60.0
+    assert np.isnan(node_asof(np.array([1]), np.array([5.0]), np.zeros(0), np.zeros(0), np.zeros(0))).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_node_asof_matches_a_plain_loop(seed):
+    rng = np.random.default_rng(seed)
+    ref_node = rng.integers(-1, 6, 400)
+    ref_ts = np.round(rng.uniform(0, 3000, 400), -1)          # rounded: ties within a node
+    ref_val = np.where(rng.random(400) < 0.1, np.nan, rng.uniform(0, 100, 400))
+    node, ts = rng.integers(-1, 7, 600), np.round(rng.uniform(-50, 3100, 600), -1)
+    got = node_asof(node, ts, ref_node, ref_ts, ref_val, max_age_s=45.0)
+    np.testing.assert_array_equal(got, brute_node_asof(node, ts, ref_node, ref_ts, ref_val, 45.0))
+    perm = rng.permutation(400)   # the input order of the readings does not matter
+    np.testing.assert_array_equal(got, node_asof(node, ts, ref_node[perm], ref_ts[perm],
+                                                 ref_val[perm], max_age_s=45.0))
 
 
 def test_sequences_are_left_padded_and_end_at_the_asof_features():
