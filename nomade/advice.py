@@ -65,8 +65,12 @@ _ABOVE_NORMAL = frozenset({
     "mem_frac", "mem_peak_frac", "mem_growth_frac_h", "log_read_mbps", "log_write_mbps",
     "io_pressure", "nfs_write_share", "mem_pressure", "elapsed_frac", "user_fail_rate",
     "user_last_failed"})
-#: Least value each of these phrases needs to be true ("growing", "failed", "your last job failed").
-_AT_LEAST = {"mem_growth_frac_h": 1e-9, "user_fail_rate": 1e-9, "user_last_failed": 0.5}
+#: Least value (display units) each of these phrases needs to be true: "growing", "failed",
+#: "your last job failed", and "high" rates. Above a normal of 0, any trickle is "above
+#: normal": a job reading 0.004 MB/s beside completed jobs that read nothing was told
+#: "High read rate (0.00 MB/s)" (nomade.demo).
+_AT_LEAST = {"mem_growth_frac_h": 1e-9, "user_fail_rate": 1e-9, "user_last_failed": 0.5,
+             "log_read_mbps": 1.0, "log_write_mbps": 1.0, "io_pressure": 0.05, "nfs_write_share": 0.1}
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def test_log_features_are_shown_in_their_units() -> None:
 
 def test_every_feature_has_a_rule_with_printable_safe_text() -> None:
     for name in FEATURES:
-        [(fam, text)] = advice.factor_phrases([f(name, 0.5, 0.2)], values={"cpu_eff": 0.3})
+        [(fam, text)] = advice.factor_phrases([f(name, 0.9, 0.2)], values={"cpu_eff": 0.3})
         assert fam == advice.FAMILY[name]
         assert text and all(" " <= c <= "~" for c in text), text
         assert not set("[]|") & set(text)
@@ -158,6 +158,18 @@ def test_a_phrase_that_says_high_needs_a_value_above_normal(name: str) -> None:
     assert advice.factor_phrases([f(name, 0.6, 0.8)]) == []     # below normal
     assert advice.factor_phrases([f(name, 0.8, 0.8)]) == []     # at normal
     assert len(advice.factor_phrases([f(name, 0.8, 0.6)])) == 1
+
+
+@pytest.mark.parametrize(("name", "trickle", "high"), [
+    ("log_read_mbps", math.log1p(0.004), math.log1p(5.0)),
+    ("log_write_mbps", math.log1p(0.5), math.log1p(40.0)),
+    ("io_pressure", 0.01, 0.3),
+    ("nfs_write_share", 0.02, 0.9)])
+def test_a_trickle_above_a_normal_of_zero_is_not_high(name: str, trickle: float, high: float) -> None:
+    # nomade.demo: "High read rate (0.00 MB/s): read less often ..." next to completed jobs reading 0
+    assert advice.factor_phrases([f(name, trickle, 0.0)]) == []
+    [(_, text)] = advice.factor_phrases([f(name, high, 0.0)])
+    assert text.startswith("High ")
 
 
 def test_memory_at_one_percent_is_no_reason_to_request_more() -> None:
