@@ -173,7 +173,8 @@ def _live(slurm: Slurm, config: Path, ws: Path) -> str:
                            as_user="nomadetest")
     others = [slurm.submit(j.script, options=[*j.options, f"--output={CLUSTER}/out/demo-%j.out"],
                            as_user=j.user)
-              for j in lab.plan(3, list(LAB_USERS[1:]), seed=11) if j.archetype != "cancel"]
+              for j in [j for j in lab.plan(12, list(LAB_USERS[1:]), seed=11)
+                        if j.expected_state == "COMPLETED"][:3]]
     print(f"  leaking job {leak_id} (user nomadetest, --mem=256M); others: {' '.join(others)}")
     sub_out = open(ws / "subscribe.jsonl", "w")
     subscriber = subprocess.Popen(
@@ -228,7 +229,7 @@ def main() -> int:
         daemons.start("collector")
         _history(slurm, daemons, ws / "nomade.db", n_jobs)
         _say("2/3  training the GNN, LSTM and autoencoder on that history")
-        _nomade(config, "train", "--prepare")
+        _nomade(config, "train", "--prepare", "--ticks-per-job", "16")
         _nomade(config, "train", "--quiet")
         daemons.stop("agent")
         daemons.start("agent")

@@ -109,20 +109,33 @@ def _body(archetype: str, rng: random.Random, mem_mb: int) -> tuple[str, float |
     raise ValueError(f"unknown archetype {archetype!r}")
 
 
+def archetype_counts(n_jobs: int) -> dict[str, int]:
+    """How many jobs of each archetype ``n_jobs`` holds: the weights of ``ARCHETYPES``
+    apportioned exactly (largest remainder), so a small history is not left with one
+    or two examples of a failure by the luck of a draw."""
+    total = sum(w for _, w in ARCHETYPES.values())
+    quotas = {a: n_jobs * w / total for a, (_, w) in ARCHETYPES.items()}
+    counts = {a: int(q) for a, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda a: counts[a] - quotas[a])
+    for a in by_remainder[:n_jobs - sum(counts.values())]:
+        counts[a] += 1
+    return counts
+
+
 def plan(n_jobs: int, users: list[str], seed: int = 0) -> list[LabJob]:
-    """Draw ``n_jobs`` lab jobs; each user gets its own mix of archetypes.
+    """``n_jobs`` lab jobs in a shuffled order, ``archetype_counts(n_jobs)`` of each
+    archetype; each user has its own leaning towards some archetypes.
 
     The request (CPUs, memory, time limit) is drawn the same way for every archetype,
     so only runtime behaviour and user history can tell the outcomes apart.
     """
     rng = random.Random(seed)
-    names = list(ARCHETYPES)
-    base = [ARCHETYPES[a][1] for a in names]
-    tilt = {u: [w * rng.uniform(0.5, 1.5) for w in base] for u in users}
+    lean = {u: {a: rng.uniform(0.5, 1.5) for a in ARCHETYPES} for u in users}
+    archetypes = [a for a, n in archetype_counts(n_jobs).items() for _ in range(n)]
+    rng.shuffle(archetypes)
     jobs = []
-    for _ in range(n_jobs):
-        user = rng.choice(users)
-        archetype = rng.choices(names, weights=tilt[user])[0]
+    for archetype in archetypes:
+        user = rng.choices(users, weights=[lean[u][archetype] for u in users])[0]
         mem_mb = rng.choice([128, 192, 256])
         minutes = rng.choice([1, 1, 2])
         body, cancel_after = _body(archetype, rng, mem_mb)
