@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     """Prepare (or load), train, compare, replay, plot, print; 0 on success."""
+    from nomade.commands.train import tables_from_args
     from nomade.ml import evaluate, train
     sources = [s for s in (args.swf, args.synthetic, args.db, args.data) if s is not None]
     if len(sources) > 1:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         prepared = train.Prepared.load(Path(args.data).expanduser())
     else:
         say("preparing the data as `nomade train` does")
-        jobs, samples, name = _tables(args, cfg)
+        jobs, samples, name = tables_from_args(args, cfg)
         prepared = train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
                                  max_per_job=args.ticks_per_job, source=name)
         if not args.no_replay:
@@ -98,24 +99,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         for line in report.get("plots", []):
             print(f"plot: {line}")
     return 0
-
-
-def _tables(args: argparse.Namespace, cfg: Config) -> tuple[Any, Any, str]:
-    """(jobs, samples, source name) from the data options, checked as `nomade train`
-    checks them (see ``nomade.commands.train.prepare_from_args``)."""
-    from nomade.ml import train
-    if args.ticks_per_job < 1:
-        raise NomadeError(f"--ticks-per-job must be at least 1, got {args.ticks_per_job}")
-    if args.synthetic is not None:
-        if args.synthetic < 10:
-            raise NomadeError(f"--synthetic needs at least 10 jobs, got {args.synthetic}")
-        return (*train.synthetic_tables(args.synthetic, seed=cfg.ml.seed), f"synthetic:{args.synthetic}")
-    if args.swf:
-        return (*train.tables_from_swf(args.swf), str(args.swf))
-    db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
-    if not db.exists():
-        raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
-    return (*train.tables_from_store(db), str(db))
 
 
 def _plots(report: dict[str, Any], out: Path) -> list[str]:

@@ -23,6 +23,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from nomade.config import Config
 from nomade.errors import NomadeError
@@ -112,24 +113,29 @@ def _due(cfg: Config, models_dir: Path) -> bool:
     return False
 
 
-def prepare_from_args(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch-free annotation)
+def tables_from_args(args: argparse.Namespace, cfg: Config) -> tuple[Any, Any, str]:
+    """(jobs, samples, source name) from the data options ``--synthetic``, ``--swf`` or
+    the store (``--db``, default ``[storage] db_path``), checked; shared with ``nomade
+    evaluate``, which replays the tables as well as preparing them."""
     from nomade.ml import train
+    if args.ticks_per_job < 1:
+        raise NomadeError(f"--ticks-per-job must be at least 1, got {args.ticks_per_job}")
     if args.synthetic is not None:
         if args.synthetic < 10:
             raise NomadeError(f"--synthetic needs at least 10 jobs, got {args.synthetic}")
-        jobs, samples = train.synthetic_tables(args.synthetic, seed=cfg.ml.seed)
-        source = f"synthetic:{args.synthetic}"
-    elif args.swf:
-        jobs, samples = train.tables_from_swf(args.swf)
-        source = str(args.swf)
-    else:
-        db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
-        if not db.exists():
-            raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
-        jobs, samples = train.tables_from_store(db)
-        source = str(db)
-    if args.ticks_per_job < 1:
-        raise NomadeError(f"--ticks-per-job must be at least 1, got {args.ticks_per_job}")
+        return (*train.synthetic_tables(args.synthetic, seed=cfg.ml.seed), f"synthetic:{args.synthetic}")
+    if args.swf:
+        return (*train.tables_from_swf(args.swf), str(args.swf))
+    db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
+    if not db.exists():
+        raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
+    return (*train.tables_from_store(db), str(db))
+
+
+def prepare_from_args(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch-free annotation)
+    """The dataset ``nomade train --prepare`` makes of the data options."""
+    from nomade.ml import train
+    jobs, samples, source = tables_from_args(args, cfg)
     return train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
                          max_per_job=args.ticks_per_job, source=source)
 
