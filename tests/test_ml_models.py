@@ -190,3 +190,17 @@ def test_autoencoder_scores_unusual_jobs_higher_and_uses_completed_jobs_only() -
     assert np.array_equal(model.errors(X2, m2), model.errors(X_all, m2))
     with pytest.raises(ValueError, match="COMPLETED"):
         AutoencoderScorer(epochs=1).fit(X[:5], mask[:5], np.ones(5))
+
+
+def test_training_runs_on_one_thread_and_restores_the_callers_setting() -> None:
+    rng = np.random.default_rng(6)
+    S, y = rng.normal(size=(64, 4, 2)).astype(np.float32), (rng.random(64) < 0.5).astype(np.float32)
+    seen: list[int] = []
+    torch.set_num_threads(2)
+    try:
+        LSTMClassifier(hidden_dim=4, out_dim=4, epochs=2, batch_size=16).fit(
+            S, np.full(64, 4), y, val=(S, np.full(64, 4), y, None),
+            progress=lambda e, n, s: seen.append(torch.get_num_threads()))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

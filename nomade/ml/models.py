@@ -40,9 +40,10 @@ steps of a few microseconds of work each and training 100,000 jobs would miss it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,14 @@ MIN_EPOCH_DRAWS = 1024
 history of a few dozen jobs would otherwise get one or two optimiser steps an epoch
 (40 epochs of 5 jobs: 40 steps at lr 1e-3) and every model would stay near its prior,
 rating a job leaking to its limit and a steady one alike around 0.5."""
+FIT_THREADS = 1
+"""Intra-op threads while a model trains (restored afterwards). The steps are small
+(an LSTM batch of 32 × 20 steps, a 512-row GNN/autoencoder batch), so a second thread
+only adds a barrier to every op: with 2 threads on 2 cores a 100,000-job fit took
+190 s (LSTM), 64 s (GNN) and 34 s (autoencoder) on a quiet machine and ~2.5x that
+beside one busy process (each op waits for a descheduled thread: 8 → 420 ms an LSTM
+step); with 1 thread 108 s, 37 s and 8 s of CPU. Parallelism across models, each on
+its own core, is ``train.fit_models``' business."""
 
 
 class NotFittedError(RuntimeError):
@@ -238,7 +247,26 @@ def fit_loop(net: nn.Module, size: int, step_loss: Callable[[torch.Tensor], torc
              gen: torch.Generator, progress: Progress | None) -> tuple[int, list[float]]:
     """Adam over batches of ``size`` weighted draws; after each epoch ``validate()``
     (higher is better) and keep the best weights; stop after ``patience`` epochs
-    without improvement. Returns the best epoch (1-based) and the validation history."""
+    without improvement. Returns the best epoch (1-based) and the validation history.
+    Runs with :data:`FIT_THREADS` intra-op threads."""
+    with _threads(FIT_THREADS):
+        return _fit_epochs(net, size, step_loss, validate, sched, p, gen, progress)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_epochs(net: nn.Module, size: int, step_loss: Callable[[torch.Tensor], torch.Tensor],
+                validate: Callable[[], float] | None, sched: _Schedule, p: np.ndarray,
+                gen: torch.Generator, progress: Progress | None) -> tuple[int, list[float]]:
     opt = torch.optim.Adam(net.parameters(), lr=sched.learning_rate)
     best, best_epoch, best_state, history = -np.inf, 0, None, []
     for epoch in range(1, sched.epochs + 1):
