@@ -360,11 +360,27 @@ def node_asof(node: np.ndarray, ts: np.ndarray, ref_node: np.ndarray, ref_ts: np
     r_node, r_ts, r_val = np.asarray(ref_node, np.int64)[ok], ref_ts[ok], ref_value[ok]
     order = np.lexsort((r_val, r_ts, r_node))
     r_node, r_ts, r_val = r_node[order], r_ts[order], r_val[order]
-    first = np.searchsorted(r_node, node, side="left")
-    last = _search(r_ts, ts, first, np.searchsorted(r_node, node, side="right"))
+    first, end = _code_runs(r_node, node)
+    last = _search(r_ts, ts, first, end)
     found = last >= 0
     age = ts - _at(r_ts, last, found)
     return np.where(found & (age <= max_age_s), _at(r_val, last, found), np.nan)
+
+
+def _code_runs(sorted_codes: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``codes`` runs in ``sorted_codes``: ``first``, ``end`` (exclusive;
+    equal where absent). Dense codes (node codes are) go through a table, one gather
+    each, instead of a binary search per code."""
+    if not len(sorted_codes):
+        return np.zeros(len(codes), np.int64), np.zeros(len(codes), np.int64)
+    lo, hi = int(sorted_codes[0]), int(sorted_codes[-1])
+    if hi - lo > 4 * len(sorted_codes) + 4096:
+        return (np.searchsorted(sorted_codes, codes, side="left"),
+                np.searchsorted(sorted_codes, codes, side="right"))
+    bounds = np.searchsorted(sorted_codes, np.arange(lo, hi + 2))
+    inside = (codes >= lo) & (codes <= hi)
+    k = np.where(inside, codes - lo, 0)
+    return np.where(inside, bounds[k], 0), np.where(inside, bounds[k + 1], 0)
 
 
 # ---------------------------------------------------------------- look-ups

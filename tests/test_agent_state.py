@@ -31,6 +31,10 @@ def sample(job: str, ts: float, node: str = "n1", mem: int = 1 << 30) -> wire.Me
         "mem_bytes": mem, "mem_limit_bytes": 8 << 30, "write_bytes": 1000, "nfs_write_bytes": 10}, ts)
 
 
+def node_sample(name: str, ts: float, iowait: float | None) -> wire.Message:
+    return wire.make("node.sample", name, 0, {"node": name, "ts": ts, "iowait_pct": iowait}, ts)
+
+
 def end(job: str, ts: float, state: str | None = None) -> wire.Message:
     return wire.make("job.end", "ctld", 0, {"job_id": job, "end_ts": ts, "exit_code": 0,
                                             "state": state}, ts)
@@ -102,6 +106,8 @@ def test_apply_rows_is_apply_of_the_sample_messages() -> None:
 def test_rebuild_from_the_store_matches_the_live_state(tmp_path: Path) -> None:
     msgs = [start("1"), start("2", user="bob"), end("2", T0 + 50, "FAILED")]
     msgs += [sample("1", T0 + 30 * k) for k in range(1, 6)]
+    msgs += [node_sample("n1", T0 + 30 * k - 1, float(k + 40)) for k in range(-30, 7)]
+    msgs.append(node_sample("n2", T0, 5.0))
     live = JobState(horizon_s=1000.0)
     live.apply(msgs)
     with Store(tmp_path / "s.db") as store:
@@ -111,6 +117,38 @@ def test_rebuild_from_the_store_matches_the_live_state(tmp_path: Path) -> None:
     assert rebuilt.running["1"].request == {k: v for k, v in live.running["1"].request.items()}
     assert list(rebuilt.running["1"].samples) == list(live.running["1"].samples)
     assert rebuilt.history["2"].state == "FAILED" and rebuilt.history["2"].user == "bob"
+    got = rebuilt.sample_rows(rebuilt.scorable()).iowait
+    assert got is not None and got.tolist() == [41.0, 42.0, 43.0, 44.0, 45.0]
+    np.testing.assert_array_equal(got, live.sample_rows(live.scorable()).iowait)
+    # only what the rings or the horizon can need was read: n1 from 200 - 1000 - 60 s
+    # on (not its first readings), nothing of n2 (no ring row on it)
+    assert set(rebuilt.iowait) == {"n1"}
+    assert min(r[0] for r in rebuilt.iowait["n1"]) - T0 == 30 * -28 - 1
+
+
+def test_node_readings_join_each_row_as_of_its_time_and_are_trimmed() -> None:
+    """A row takes its own node's latest known reading at or before it (at most
+    ``iowait_max_age_s`` older); a reading that arrives after the rows it belongs to is
+    taken at the next call; readings no row or horizon needs are forgotten."""
+    st = JobState(horizon_s=100.0, iowait_max_age_s=60.0)
+    st.apply([start("1"), start("2", nodes=("n2",)), node_sample("n1", T0 + 10, 4.0),
+              node_sample("n1", T0 + 20, None), sample("1", T0 + 30), sample("1", T0 + 71),
+              sample("2", T0 + 30, "n2"), node_sample("n2", T0 + 31, 9.0)])
+    rows = st.sample_rows(st.scorable())
+    assert rows.iowait is not None
+    np.testing.assert_array_equal(rows.iowait, [4.0, np.nan, np.nan])   # n2's one is later
+    st.apply([node_sample("n1", T0 + 60, 6.0), node_sample("n2", T0 + 29, 8.0)])     # late arrivals
+    assert st.sample_rows(st.scorable()).iowait.tolist() == [4.0, 6.0, 8.0]
+    st.apply([sample("1", T0 + 300 + 30 * k) for k in range(5)] + [node_sample("n1", T0 + 400, 1.0)])
+    st.apply([sample("2", T0 + 500, "n2"), node_sample("n2", T0 + 500, 2.0)])
+    rows = st.sample_rows(st.scorable())
+    assert rows.iowait is not None and rows.iowait[-2:].tolist() == [8.0, 2.0]
+    # n1: its rows now start at 330 (the ring's horizon): 10 and 60 go; n2 still has a
+    # row at 30 (the ring keeps two), so 29 and 31 stay though far beyond the horizon
+    assert [r[0] - T0 for r in st.iowait["n1"]] == [400.0]
+    assert [r[0] - T0 for r in st.iowait["n2"]] == [31.0, 29.0, 500.0]
+    with pytest.raises(ValueError, match="iowait_max_age_s"):
+        JobState(iowait_max_age_s=-1.0)
 
 
 def test_tick_inputs_equal_the_feature_functions_on_the_same_data() -> None:
@@ -138,16 +176,26 @@ def test_tick_inputs_equal_the_feature_functions_on_the_same_data() -> None:
     assert got.X[1, features.FEATURES.index("user_last_failed")] == 1.0   # bob's ended job
 
 
-def reference_inputs(st: JobState, now: float, length: int) -> tuple[np.ndarray, ...]:
+def reference_inputs(st: JobState, now: float, length: int,
+                     readings: list[wire.Message]) -> tuple[np.ndarray, ...]:
     """What training's functions make of the state's rings and history (the public
-    record constructors, no agent code), for the scorable jobs in order."""
+    record constructors, no agent code), for the scorable jobs in order; each sample
+    joined to every node sample sent so far, as ``train.tables_from_store`` joins the
+    store's (same helper, same bound)."""
     run = st.scorable()
     records = [{"job_id": r.job_id, **r.request} for r in run]
     records += [{"job_id": j, "user": h.user, "end_ts": h.end_ts, "state": h.state}
                 for j, h in st.history.items()]
     jobs = features.JobTable.from_records(records)
-    samples = features.SampleTable.from_records(jobs, [dict(zip(JOB_SAMPLE_FIELDS, b))
-                                                         for r in run for b in r.samples])
+    srecs = [dict(zip(JOB_SAMPLE_FIELDS, b)) for r in run for b in r.samples]
+    code = {f"n{k}": k for k in range(10)}
+    iowait = features.node_asof(
+        np.array([code[s["node"]] for s in srecs]), np.array([s["ts"] for s in srecs]),
+        np.array([code[m.body["node"]] for m in readings]),
+        np.array([m.body["ts"] for m in readings]),
+        np.array([m.body["iowait_pct"] for m in readings], dtype=np.float64))
+    samples = features.SampleTable.from_records(jobs, [dict(s, iowait_pct=w)
+                                                       for s, w in zip(srecs, iowait)])
     rows, t = np.arange(len(run)), np.full(len(run), now)
     return (*features.asof_features(jobs, samples, t, rows),
             *features.sequences(jobs, samples, t, length, 30.0, rows))
@@ -157,15 +205,23 @@ def reference_inputs(st: JobState, now: float, length: int) -> tuple[np.ndarray,
 def test_tick_inputs_stay_equal_to_the_feature_functions_tick_after_tick(seed: int) -> None:
     """Jobs start, end (with a state learnt late), run on one or three nodes, get samples
     late and out of order, lose old ones to the horizon and the ring bound, and get
-    samples before their start: after every tick the incrementally kept table gives
-    exactly what the feature functions give on the rings' contents, whether the samples
-    came as messages or as rows."""
+    samples before their start; nodes send iowait readings (some unknown, some late,
+    some missing for a while): after every tick the incrementally kept table gives
+    exactly what the feature functions give on the rings' contents joined to all node
+    samples sent so far, whether the samples came as messages or as rows."""
     rng = random.Random(seed)
     st = JobState(horizon_s=400.0, max_samples=12, orphan_ttl_s=1e6)
     now, next_id = T0 + 400, 1
     live: dict[str, tuple[str, ...]] = {}
+    readings: list[wire.Message] = []
+    known_io = 0
     for tick in range(12):
         msgs: list[wire.Message] = []
+        for k in range(1, 10):   # most nodes report each tick, a few late or unknown
+            for _ in range(rng.choice([0, 1, 1, 1, 2])):
+                ts = now + rng.uniform(-10, 20) - rng.choice([0.0, 0.0, 0.0, 45.0, 200.0])
+                readings.append(node_sample(f"n{k}", ts, None if rng.random() < 0.1 else rng.uniform(0, 60)))
+                msgs.append(readings[-1])
         for _ in range(rng.randint(0, 3)):   # new jobs, one in four with an early sample
             job = str(next_id)
             next_id += 1
@@ -192,13 +248,15 @@ def test_tick_inputs_stay_equal_to_the_feature_functions_tick_after_tick(seed: i
         for job in rng.sample(sorted(st.history), min(2, len(st.history))):
             st.final_state(job, "TIMEOUT")
         got = scoring.tick_inputs(st, now + 25, sequence_length=6, interval_s=30.0)
-        X, mask, S, lengths = reference_inputs(st, now + 25, 6)
+        X, mask, S, lengths = reference_inputs(st, now + 25, 6, readings)
+        known_io += int(mask[:, features.FEATURES.index("io_pressure")].sum())
         assert [r.job_id for r in got.jobs] == [r.job_id for r in st.scorable()]
         np.testing.assert_array_equal(got.mask, mask)
         np.testing.assert_allclose(got.X, X, rtol=1e-6, err_msg=f"tick {tick}")
         np.testing.assert_allclose(got.S, S, rtol=1e-6, err_msg=f"tick {tick}")
         np.testing.assert_array_equal(got.lengths, lengths)
         now += 30.0
+    assert known_io > 10   # feature 16 came from the nodes' iowait (no job PSI here)
 
 
 def fake_jobs(levels: list[str | None], ts: list[float]) -> list[RunningJob]:

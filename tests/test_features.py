@@ -223,6 +223,9 @@ def test_node_asof_matches_a_plain_loop(seed):
     perm = rng.permutation(400)   # the input order of the readings does not matter
     np.testing.assert_array_equal(got, node_asof(node, ts, ref_node[perm], ref_ts[perm],
                                                  ref_val[perm], max_age_s=45.0))
+    sparse = 10**9   # codes far apart: looked up by binary search, not through a table
+    np.testing.assert_array_equal(got, node_asof(node * sparse, ts, ref_node * sparse, ref_ts,
+                                                 ref_val, max_age_s=45.0))
 
 
 def test_sequences_are_left_padded_and_end_at_the_asof_features():

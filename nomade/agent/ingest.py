@@ -12,8 +12,10 @@ returns the replies to send (``[identity, ack-frame]``). It does, in order:
 2. write all batches of the round in one store transaction (``Store.write_batches``,
    idempotent by (sender, seq): a duplicate is not written again);
 3. acknowledge every stored batch, duplicates included (the sender lost our ack);
-4. feed the fresh batches to the job state: their other items (``JobState.apply``),
-   then their sample rows (``JobState.apply_rows``).
+4. feed the fresh batches to the job state: their other items (``JobState.apply``:
+   job starts and ends, and ``node.sample`` iowait readings, which the scoring tick
+   joins onto the job samples of that node), then their sample rows
+   (``JobState.apply_rows``).
 
 If the store write fails, nothing of the round is acked: the collectors keep the
 batches in their outboxes and resend them. A batch the store refuses as such

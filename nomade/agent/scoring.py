@@ -108,12 +108,15 @@ def _job_table(run: list[RunningJob], state: JobState) -> features.JobTable:
 
 def _sample_table(rows: SampleRows) -> features.SampleTable:
     """The rings as a ``SampleTable`` (job i = row i of the job table), multi-node jobs
-    summed over nodes by ``features.job_totals`` as in training."""
+    summed over nodes by ``features.job_totals`` as in training; each row keeps its own
+    node's iowait (``iowait_pct``, joined as training joins it)."""
     job_index = np.repeat(np.arange(len(rows.counts)), rows.counts)
     ts = rows.cols[0]
     by_name = np.argsort(np.argsort(np.array(rows.node_names, dtype=object)))
     node = by_name[rows.cols[-1].astype(np.int64)] if len(by_name) else np.zeros(len(ts), np.int64)
     cols = {c: rows.cols[k] for k, c in enumerate(ROW_FIELDS) if k}
+    if rows.iowait is not None:
+        cols["iowait_pct"] = rows.iowait
     ok = np.isfinite(ts)
     if not ok.all():
         job_index, ts, node = job_index[ok], ts[ok], node[ok]

@@ -16,6 +16,10 @@ What is kept, and its bounds:
   ``orphan_ttl_s`` after their newest sample.
 * ``history``: ended jobs (user, end time, final state once known) from the last
   ``history_s``, for the as-of user-history features.
+* ``iowait``: each node's recent ``node.sample`` iowait readings (time, %; unknown ones
+  are not kept), in arrival order, at most ``max_readings`` a node. Each tick keeps
+  those that a ring's sample on that node may still join (see below), and those within
+  ``horizon_s`` of the node's newest, back to ``iowait_max_age_s`` before either.
 
 Counters in a sample are cumulative from the job's start, so dropping old samples
 loses nothing the features need except a peak seen only in a dropped sample (the
@@ -25,7 +29,13 @@ For the scoring tick, ``JobState.sample_rows(jobs)`` gives the rings of the give
 as one float table. It is kept in step incrementally: each call converts only the
 samples that arrived since the previous call (ingest only appends to the rings and
 counts), so a tick over 10,000 jobs converts about 10,000 samples, not the 200,000 in
-the rings.
+the rings. Beside it comes each row's ``iowait_pct``: the iowait of the node that sent
+the sample as of the sample's time, joined by ``features.node_asof`` over the kept
+readings, exactly as training joins the store's ``node.sample`` rows
+(``nomade.ml.train.tables_from_store``). It is kept in step the same way: joined for
+the new rows, and again for a node's rows from the time of a reading that arrived
+since (a node sample later than the job samples it belongs to: another batch, a
+replayed outbox), so it is always what a join over all rows would give.
 """
 
 from __future__ import annotations
@@ -33,13 +43,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from nomade import features
-from nomade.store import JOB_SAMPLE_FIELDS
+from nomade.store import JOB_SAMPLE_FIELDS, NODE_SAMPLE_FIELDS
 
 #: ``job.start`` fields merged into a running job's request (first known value wins).
 REQUEST_FIELDS: tuple[str, ...] = (
@@ -115,11 +126,13 @@ class Changes:
 class SampleRows(NamedTuple):
     """The rings of some jobs as columns: ``cols[k]`` is ``ROW_FIELDS[k]`` (float64, NaN
     unknown) and ``cols[-1]`` the node code; job i's rows are ``counts[i]`` consecutive
-    rows, in ring order, after those of jobs 0..i-1."""
+    rows, in ring order, after those of jobs 0..i-1. ``iowait[r]`` is row r's node iowait
+    (``features.node_asof``; NaN unknown; None where not joined)."""
 
     cols: np.ndarray
     counts: np.ndarray
     node_names: list[str]
+    iowait: np.ndarray | None = None
 
 
 class HistoryColumns(NamedTuple):
@@ -151,10 +164,14 @@ def _history_columns(history: Mapping[str, HistoryEntry]) -> HistoryColumns:
 
 
 class _Mirror:
-    """The float table of the last ``sample_rows`` call and where each job's rows are."""
+    """The float table of the last ``sample_rows`` call and where each job's rows are;
+    beside it each row's joined iowait (NaN for the rows new in the last call, which
+    ``fresh`` marks: ``JobState`` joins them)."""
 
     def __init__(self) -> None:
         self.cols = np.zeros((len(ROW_FIELDS) + 1, 0))
+        self.iowait = np.zeros(0)
+        self.fresh = np.zeros(0, bool)
         self.where: dict[str, tuple[RunningJob, int, int, int]] = {}  # job -> (run, start, rows, appended)
         self.nodes: dict[str, int] = {}
 
@@ -201,7 +218,10 @@ class _Mirror:
         fresh_starts = width + np.cumsum(counts - keep) - (counts - keep)
         starts = np.stack([src, fresh_starts], axis=1).ravel()
         lengths = np.stack([keep, counts - keep], axis=1).ravel()
-        return np.take(both, _ranges(starts, lengths), axis=1)
+        idx = _ranges(starts, lengths)
+        self.fresh = idx >= width
+        self.iowait = np.concatenate([self.iowait, np.full(len(fresh), np.nan)])[idx]
+        return np.take(both, idx, axis=1)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -215,21 +235,32 @@ class _StoreReader(Protocol):
     def ended_jobs(self, since_ts: float | None = None, until_ts: float | None = None) -> list[Any]: ...
     def job_samples(self, job_ids: Iterable[str] | None = None,
                     since_ts: float | None = None) -> list[tuple[Any, ...]]: ...
+    def node_samples(self, node: str | None = None,
+                     since_ts: float | None = None) -> list[tuple[Any, ...]]: ...
 
 
 class JobState:
     """Running jobs and recent history, fed by wire messages (see the module doc)."""
 
     def __init__(self, *, horizon_s: float = 720.0, max_samples: int = 256,
-                 history_s: float = 90 * 86400.0, orphan_ttl_s: float = 3600.0) -> None:
-        if horizon_s <= 0 or max_samples < 2:
-            raise ValueError(f"horizon_s must be > 0 and max_samples >= 2, got {horizon_s}, {max_samples}")
+                 history_s: float = 90 * 86400.0, orphan_ttl_s: float = 3600.0,
+                 iowait_max_age_s: float = features.IOWAIT_MAX_AGE_S,
+                 max_readings: int = 256) -> None:
+        if horizon_s <= 0 or max_samples < 2 or iowait_max_age_s < 0 or max_readings < 1:
+            raise ValueError("horizon_s must be > 0, max_samples >= 2, iowait_max_age_s >= 0 and "
+                             f"max_readings >= 1, got {horizon_s}, {max_samples}, "
+                             f"{iowait_max_age_s}, {max_readings}")
         self.horizon_s = horizon_s
         self.max_samples = max_samples
         self.history_s = history_s
         self.orphan_ttl_s = orphan_ttl_s
+        self.iowait_max_age_s = iowait_max_age_s
+        self.max_readings = max_readings
         self.running: dict[str, RunningJob] = {}
         self.history: dict[str, HistoryEntry] = {}
+        self.iowait: dict[str, deque[tuple[float, float]]] = {}
+        self._iowait_newest: dict[str, float] = {}
+        self._changed_from: dict[str, float] = {}   # node -> oldest reading since the last join
         self._mirror = _Mirror()
         self._history_cols: HistoryColumns | None = None   # None: history changed since
 
@@ -240,7 +271,8 @@ class JobState:
 
         ``job.start`` adds or completes a running job; ``job.sample`` goes into the job's
         ring; ``job.end`` moves it to the history (a late start or sample of an ended job
-        is ignored). Other kinds are ignored here.
+        is ignored); a ``node.sample`` with a known iowait goes to its node's readings.
+        Other kinds are ignored here.
         """
         changes = Changes()
         for msg in messages:
@@ -255,6 +287,9 @@ class JobState:
                 ended = self._end(msg.body, msg.ts)
                 if ended is not None:
                     changes.ended.append(ended)
+            elif kind == "node.sample":
+                body = msg.body
+                self._reading(body["node"], body["ts"], body.get("iowait_pct"))
         return changes
 
     def apply_rows(self, rows: Iterable[tuple[Any, ...]]) -> int:
@@ -317,8 +352,49 @@ class JobState:
 
     def sample_rows(self, jobs: Sequence[RunningJob]) -> SampleRows:
         """The rings of ``jobs`` (running jobs of this state) as one float table, in the
-        order given; converts only the samples that arrived since the last call."""
-        return self._mirror.update(jobs)
+        order given, with each row's node iowait (module doc); converts only the samples
+        that arrived since the last call, and forgets the readings no row needs."""
+        rows = self._mirror.update(jobs)
+        return rows._replace(iowait=self._join_iowait(rows))
+
+    def _join_iowait(self, rows: SampleRows) -> np.ndarray:
+        """Each row's node iowait as of its time (``features.node_asof``): joined for
+        the rows new in this call and for those that a reading arrived since the last
+        call may change (its node's rows from the reading's time on); kept otherwise."""
+        mirror = self._mirror
+        codes, iowait = mirror.nodes, mirror.iowait
+        ts, node = rows.cols[0], rows.cols[-1].astype(np.int64)
+        oldest = np.full(len(codes), np.inf)
+        np.fmin.at(oldest, node, ts)
+        self._trim_readings({name: oldest[code] for name, code in codes.items()})
+        redo = mirror.fresh
+        if self._changed_from:
+            since = np.full(len(codes), np.inf)
+            for name, t in self._changed_from.items():
+                if name in codes:
+                    since[codes[name]] = t
+            redo = redo | (ts >= since[node])
+            self._changed_from.clear()
+        if redo.any():
+            names = [n for n in self.iowait if n in codes]
+            series = [self.iowait[n] for n in names]
+            counts = [len(s) for s in series]
+            ref = np.fromiter(chain.from_iterable(chain.from_iterable(series)), np.float64,
+                              2 * sum(counts)).reshape(-1, 2)
+            ref_node = np.repeat(np.array([codes[n] for n in names], np.int64), counts)
+            iowait[redo] = features.node_asof(node[redo], ts[redo], ref_node, ref[:, 0], ref[:, 1],
+                                              self.iowait_max_age_s)
+        return iowait
+
+    def _trim_readings(self, oldest_row: Mapping[str, float]) -> None:
+        """Drop each node's readings (from the front: oldest arrived first) older than
+        ``iowait_max_age_s`` before both its oldest ring row and ``horizon_s`` before its
+        newest reading: no row can join them."""
+        for name, series in self.iowait.items():
+            keep = min(self._iowait_newest[name] - self.horizon_s,
+                       oldest_row.get(name, np.inf)) - self.iowait_max_age_s
+            while series and series[0][0] < keep:
+                series.popleft()
 
     # -- rebuild
 
@@ -342,9 +418,38 @@ class JobState:
             if tuple(fields) != JOB_SAMPLE_FIELDS:
                 rows = [tuple(map(dict(zip(fields, row)).get, JOB_SAMPLE_FIELDS)) for row in rows]
             state.apply_rows(rows)
+        state._rebuild_readings(store, now)
         return state
 
+    def _rebuild_readings(self, store: _StoreReader, now: float) -> None:
+        """The node readings that the rebuilt rings' samples may join, from the store
+        (one indexed query per node of those samples)."""
+        per_node: dict[str, float] = {}
+        for run in self.running.values():
+            for row in run.samples:
+                if row[2] is not None and row[2] < per_node.get(row[1], np.inf):
+                    per_node[row[1]] = row[2]
+        node_k, ts_k, io_k = (NODE_SAMPLE_FIELDS.index(f) for f in ("node", "ts", "iowait_pct"))
+        for name, oldest in sorted(per_node.items()):
+            since = min(oldest, now - self.horizon_s) - self.iowait_max_age_s
+            for r in store.node_samples(name, since_ts=since):
+                self._reading(r[node_k], r[ts_k], r[io_k])
+
     # -- internals
+
+    def _reading(self, node: str, ts: float | None, iowait: float | None) -> None:
+        """A node's iowait reading (ignored when its time or value is unknown)."""
+        if ts is None or iowait is None:
+            return
+        series = self.iowait.get(node)
+        if series is None:
+            series = self.iowait[node] = deque(maxlen=self.max_readings)
+            self._iowait_newest[node] = ts
+        series.append((ts, iowait))
+        if ts > self._iowait_newest[node]:
+            self._iowait_newest[node] = ts
+        if ts < self._changed_from.get(node, np.inf):
+            self._changed_from[node] = ts
 
     def _job(self, job_id: str) -> RunningJob:
         run = self.running.get(job_id)
