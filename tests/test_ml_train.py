@@ -203,3 +203,33 @@ def test_a_trace_without_samples_trains_without_lstm(tmp_path: Path) -> None:
     assert set(report["models"]) == {"gnn", "autoencoder"} and report["weights"]["lstm"] == 0
     with pytest.raises(NomadeError, match="lstm"):
         train.fit_and_save(p, cfg, tmp_path, kinds=("lstm",))
+
+
+def _quick_config(epochs: int = 3):
+    from nomade import config
+    cfg = config.load(None)
+    return dataclasses.replace(cfg, ml=dataclasses.replace(
+        cfg.ml, training=dataclasses.replace(cfg.ml.training, epochs=epochs, patience=2)))
+
+
+def test_the_lstm_trained_in_its_own_process_is_the_one_trained_here(prepared: train.Prepared) -> None:
+    p, cfg = prepared, _quick_config()
+    d = train.build_data(p, features.Normalizer().fit(p.X, p.mask), 0.7, 5)
+    seen: list[tuple[str, int]] = []
+    apart, seconds = train.fit_models(train.PARTS, cfg, d, lambda k, e, n, s: seen.append((k, e)), parallel=True)
+    here, _ = train.fit_models(train.PARTS, cfg, d, parallel=False)
+    assert list(apart) == list(train.PARTS) and set(seconds) == set(train.PARTS)
+    va = p.rows("validation")
+    for kind in train.PARTS:
+        assert apart[kind].history_ == here[kind].history_
+    got, want = (m["lstm"].predict_proba(d.Sn[va], p.lengths[va]) for m in (apart, here))
+    assert np.isfinite(got).any() and np.array_equal(got, want, equal_nan=True)
+    assert [e for k, e in seen if k == "lstm"] == list(range(1, len(here["lstm"].history_) + 1))
+
+
+def test_an_lstm_that_cannot_train_in_its_process_is_a_clear_error() -> None:
+    jobs, _ = train.synthetic_tables(200, seed=3)
+    p = train.prepare(jobs, features.SampleTable.empty(), 30.0, 4, max_per_job=2, source="trace")
+    d = train.build_data(p, features.Normalizer().fit(p.X, p.mask), 0.7, 5)
+    with pytest.raises(NomadeError, match="cannot train the lstm model: no example has a sample"):
+        train.fit_models(("gnn", "lstm"), _quick_config(1), d, parallel=True)

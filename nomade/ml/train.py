@@ -15,16 +15,21 @@ ended before its job started; validation/test jobs start after every training jo
 
 from __future__ import annotations
 
+import io
 import json
+import multiprocessing
+import os
 import sys
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nomade import features
 from nomade.config import Config
@@ -43,6 +48,9 @@ REFERENCE_SIZE = 20000
 """Most recently ended jobs kept as the GNN's live reference set (scoring cost, file size)."""
 VALIDATION_MAX = 20000
 """Validation examples (a seeded subsample) scored after each epoch for early stopping."""
+PARALLEL_MIN_EXAMPLES = 20000
+"""LSTM training examples (with samples) from which :func:`fit_models` trains the LSTM
+in its own process by default: below, starting it (~2-3 s) saves little."""
 THRESHOLD = 0.5
 """Score at which precision/recall/F1 count a prediction as "will fail"."""
 
@@ -234,18 +242,126 @@ def estimators(cfg: Config) -> dict[str, Any]:
 
 
 def fit_one(kind: str, model: Any, d: _Data, progress: Progress | None, seed: int) -> Any:
+    """Fit one estimator of :func:`estimators` on the training split of ``d``, early
+    stopping on (at most ``VALIDATION_MAX`` seeded) validation examples."""
+    args, kwargs = _fit_args(kind, d, seed)
+    return model.fit(*args, progress=progress, **kwargs)
+
+
+def _fit_args(kind: str, d: _Data, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of ``kind``'s ``fit`` (all but ``progress``)."""
     p, tr, va = d.p, d.p.rows("train"), d.p.rows("validation")
     if len(va) > VALIDATION_MAX:
         va = np.sort(np.random.default_rng(seed).choice(va, VALIDATION_MAX, replace=False))
     if kind == "gnn":
-        return model.fit(d.ref, d.Xn[tr], d.nb(tr), p.y[tr], p.w[tr],
-                         val=(d.Xn[va], d.nb(va), p.y[va], p.w[va]) if len(va) else None, progress=progress)
+        return ((d.ref, d.Xn[tr], d.nb(tr), p.y[tr], p.w[tr]),
+                {"val": (d.Xn[va], d.nb(va), p.y[va], p.w[va]) if len(va) else None})
     if kind == "lstm":
         has_va = len(va) and (p.lengths[va] > 0).any()
-        return model.fit(d.Sn[tr], p.lengths[tr], p.y[tr], p.w[tr],
-                         val=(d.Sn[va], p.lengths[va], p.y[va], p.w[va]) if has_va else None, progress=progress)
-    return model.fit(d.Xn[tr], p.mask[tr], p.y[tr], p.w[tr],
-                     val=(d.Xn[va], p.mask[va], p.y[va]) if len(va) else None, progress=progress)
+        return ((d.Sn[tr], p.lengths[tr], p.y[tr], p.w[tr]),
+                {"val": (d.Sn[va], p.lengths[va], p.y[va], p.w[va]) if has_va else None})
+    return ((d.Xn[tr], p.mask[tr], p.y[tr], p.w[tr]),
+            {"val": (d.Xn[va], p.mask[va], p.y[va]) if len(va) else None})
+
+
+def fit_models(kinds: Sequence[str], cfg: Config, d: _Data, reporter: Reporter | None = None,
+               parallel: bool | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+    """Fit ``kinds`` (in that order) on ``d``; returns the fitted estimators and each
+    one's training seconds. Each fit runs on one thread (``models.FIT_THREADS``), so
+    with ``parallel`` the LSTM, the longest fit, trains in a spawned process on the
+    second core while this one fits the others. Default: parallel when there are
+    other models, the LSTM has at least ``PARALLEL_MIN_EXAMPLES`` training examples and
+    this process may run on two CPUs. Every fit seeds itself, so the models are the
+    same either way. A model that cannot be trained raises ``NomadeError``."""
+    if parallel is None:
+        parallel = (_usable_cpus() >= 2
+                    and int((d.p.lengths[d.p.rows("train")] > 0).sum()) >= PARALLEL_MIN_EXAMPLES)
+    child = _LSTMProcess(estimators(cfg)["lstm"], _fit_args("lstm", d, cfg.ml.seed)) \
+        if parallel and "lstm" in kinds and len(kinds) > 1 else None
+    fitted, seconds = {}, {}
+    try:
+        for kind in kinds:
+            if kind == "lstm" and child is not None:
+                continue
+            t1 = time.monotonic()
+            try:
+                fitted[kind] = fit_one(kind, estimators(cfg)[kind], d, _progress(reporter, kind), cfg.ml.seed)
+            except ValueError as e:
+                raise NomadeError(f"cannot train the {kind} model: {e}") from e
+            seconds[kind] = time.monotonic() - t1
+        if child is not None:
+            fitted["lstm"], seconds["lstm"] = child.result(_progress(reporter, "lstm"))
+    finally:
+        if child is not None:
+            child.close()
+    return {k: fitted[k] for k in kinds}, seconds
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _progress(reporter: Reporter | None, kind: str) -> Progress | None:
+    return None if reporter is None else (lambda e, n, s: reporter(kind, e, n, s))
+
+
+class _LSTMProcess:
+    """The LSTM fit in a spawned process (a fresh interpreter: no fork of a process
+    that holds torch threads). Its arguments travel pickled at start; its progress and
+    then its model (``to_state``) come back through a pipe."""
+
+    def __init__(self, model: LSTMClassifier, fit_args: tuple[tuple[Any, ...], dict[str, Any]]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_fit_lstm_and_send, args=(send, model, *fit_args),
+                                 name="nomade-train-lstm", daemon=True)
+        self._proc.start()
+        send.close()
+
+    def result(self, progress: Progress | None) -> tuple[LSTMClassifier, float]:
+        """Wait for the fitted model and its training seconds, passing progress on."""
+        while True:
+            try:
+                msg = self._conn.recv()
+            except EOFError:
+                self._proc.join()
+                raise NomadeError("cannot train the lstm model: its training process ended without a model "
+                                  f"(exit code {self._proc.exitcode})") from None
+            if msg[0] == "progress":
+                if progress is not None:
+                    progress(*msg[1:])
+            elif msg[0] == "done":
+                return LSTMClassifier.from_state(torch.load(io.BytesIO(msg[1]), weights_only=True)), msg[2]
+            else:
+                raise NomadeError(f"cannot train the lstm model: {msg[1]}")
+
+    def close(self) -> None:
+        """Stop the process if it still runs (this side failed) and release it."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+        self._proc.close()
+        self._conn.close()
+
+
+def _fit_lstm_and_send(conn: Connection, model: LSTMClassifier, args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> None:
+    """Body of :class:`_LSTMProcess`: ("progress", epoch, epochs, score) messages,
+    then ("done", ``torch.save``'d state, seconds) or ("error", message) for data it cannot learn from."""
+    t0 = time.monotonic()
+    try:
+        model.fit(*args, progress=lambda e, n, s: conn.send(("progress", e, n, s)), **kwargs)
+    except ValueError as e:
+        conn.send(("error", str(e)))
+    else:
+        state = io.BytesIO()  # as a model file: torch's pickler would send tensors as shared-memory handles
+        torch.save(model.to_state(), state)
+        conn.send(("done", state.getvalue(), time.monotonic() - t0))
+    finally:
+        conn.close()
 
 
 def _predict(kind: str, model: Any, d: _Data, rows: np.ndarray) -> np.ndarray:
@@ -264,11 +380,14 @@ def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, floa
 
 
 def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] | None = None,
-                 learn: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
+                 learn: bool = False, reporter: Reporter | None = None,
+                 parallel: bool | None = None) -> dict[str, Any]:
     """Train ``kinds`` (default: every model the data supports; no LSTM for data
     without samples, such as a trace) on ``p``, evaluate them and their ensemble (the
     models of this run only) on validation and test, optionally learn the ensemble
-    weights (not for a hand-picked subset), save; returns the report (JSON-safe)."""
+    weights (not for a hand-picked subset), save; returns the report (JSON-safe).
+    ``parallel``: see :func:`fit_models`; ``timings`` holds each model's training
+    seconds and ``models_s``, the wall time of all fits together."""
     if len(p.rows("train")) == 0:
         raise NomadeError("the training split is empty")
     if learn and kinds is not None and set(kinds) != set(PARTS):
@@ -280,15 +399,10 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
     norm = features.Normalizer().fit(p.X[tr], p.mask[tr], p.w[tr])
     d = build_data(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
     timings = {"graph_s": time.monotonic() - t0}
-    fitted = {}
-    for kind in kinds:
-        t1 = time.monotonic()
-        progress = None if reporter is None else (lambda e, n, s, k=kind: reporter(k, e, n, s))
-        try:
-            fitted[kind] = fit_one(kind, estimators(cfg)[kind], d, progress, cfg.ml.seed)
-        except ValueError as e:
-            raise NomadeError(f"cannot train the {kind} model: {e}") from e
-        timings[f"{kind}_s"] = time.monotonic() - t1
+    t1 = time.monotonic()
+    fitted, seconds = fit_models(kinds, cfg, d, reporter, parallel)
+    timings["models_s"] = time.monotonic() - t1
+    timings.update({f"{kind}_s": v for kind, v in seconds.items()})
     scores, report = score_splits(fitted, d)
     e = cfg.ml.ensemble
     weights, learned = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight), None
