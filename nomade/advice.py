@@ -204,14 +204,33 @@ def _memory(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
     level = by.get("mem_frac") or by.get("mem_peak_frac")
     if level is not None and level.shown is not None:
         what = "Memory" if level.name == "mem_frac" else "Peak memory"
-        trend = f" and growing {pct(growth)}/h" if growing and growth is not None else ""
-        return (f"{what} at {pct(level.shown)} of the request{trend}{far(level, pct)}: "
+        now = level.shown if level.name == "mem_frac" else values.get("mem_frac")
+        trend = _growth(growth, now, "growing ") if growing and growth is not None else ""
+        return (f"{what} at {pct(level.shown)} of the request{far(level, pct)}{trend}: "
                 "request more memory (--mem)")
     g = by["mem_growth_frac_h"]
     now = values.get("mem_frac")
-    at = f" (now {pct(now)})" if now is not None else ""
-    return (f"Memory growing {pct(g.shown or 0.0)} of the request per hour{at}{far(g, pct)}: "
-            "request more memory or check for a leak")
+    rate = g.shown or 0.0
+    at = f" (now {pct(now)} of the request)" if now is not None else ""
+    head = (f"Memory growing fast{at}" if rate >= 1 else
+            f"Memory growing {pct(rate)} of the request per hour{at}{far(g, pct)}")
+    return f"{head}{_eta(rate, now)}: request more memory or check for a leak"
+
+
+def _growth(growth: float, now: float | None, word: str) -> str:
+    """``', growing 12%/h, at the limit in ~35min'``; "fast" from 100 %/h, where a
+    per-hour figure of a minutes-long job (9,624 %/h) says less than the time left."""
+    rate = "fast" if growth >= 1 else f"{pct(growth)}/h"
+    return f", {word}{rate}{_eta(growth, now)}"
+
+
+def _eta(growth: float, now: float | None) -> str:
+    """``', at the limit in ~35min'`` at this growth (fraction of the request an hour)
+    from ``now`` (fraction used); '' when either is unknown or the limit is reached."""
+    if now is None or not 0 <= now < 1 or not growth > 0:
+        return ""
+    minutes = (1 - now) / growth * 60
+    return f", at the limit in {'under a minute' if minutes < 1 else '~' + _duration_min(minutes)}"
 
 
 def _cpu(fs: Sequence[Factor], values: Mapping[str, float]) -> str:

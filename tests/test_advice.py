@@ -33,10 +33,26 @@ def test_low_cpu_efficiency_gives_percent_and_normal() -> None:
 def test_memory_near_request_and_growing_uses_growth_from_the_job_values() -> None:
     [(_, text)] = advice.factor_phrases([f("mem_frac", 0.93, 0.9)],
                                         values={"mem_growth_frac_h": 0.12})
-    assert text == "Memory at 93% of the request and growing 12%/h: request more memory (--mem)"
+    assert text == ("Memory at 93% of the request, growing 12%/h, at the limit in ~35min: "
+                    "request more memory (--mem)")
     [(_, steady)] = advice.factor_phrases([f("mem_frac", 0.93, 0.9)],
                                           values={"mem_growth_frac_h": 0.0})
     assert "growing" not in steady
+
+
+def test_fast_growth_says_when_the_limit_is_reached_not_a_huge_rate() -> None:
+    # nomade.demo: "Memory growing 9624% of the request per hour" for a job leaking 5 MB/s
+    [(_, level)] = advice.factor_phrases([f("mem_frac", 0.6, 0.3)], values={"mem_growth_frac_h": 96.24})
+    assert level == ("Memory at 60% of the request, 2x normal, growing fast, at the limit in under a minute: "
+                     "request more memory (--mem)")
+    [(_, only)] = advice.factor_phrases([f("mem_growth_frac_h", 12.0, 0.01)], values={"mem_frac": 0.2})
+    assert only == ("Memory growing fast (now 20% of the request), at the limit in ~4min: "
+                    "request more memory or check for a leak")
+    [(_, slow)] = advice.factor_phrases([f("mem_growth_frac_h", 0.5, 0.1)], values={"mem_frac": 0.5})
+    assert slow.startswith("Memory growing 50% of the request per hour (now 50% of the request), 5x normal, "
+                           "at the limit in ~60min")
+    [(_, full)] = advice.factor_phrases([f("mem_peak_frac", 1.0, 0.5)], values={"mem_growth_frac_h": 0.3})
+    assert full.startswith("Peak memory at 100% of the request, 2x normal, growing 30%/h:")  # no "limit in"
 
 
 def test_one_phrase_per_family_ranked_by_contribution() -> None:
@@ -44,7 +60,8 @@ def test_one_phrase_per_family_ranked_by_contribution() -> None:
         f("mem_growth_frac_h", 0.4, 0.01, 0.05), f("cpu_eff", 0.2, 0.7, 0.02),
         f("mem_frac", 0.8, 0.3, 0.3), f("elapsed_frac", 0.95, 0.5, 0.1)])
     assert [fam for fam, _ in phrases] == ["memory", "time", "cpu"]
-    assert phrases[0][1].startswith("Memory at 80% of the request and growing 40%/h, 2.7x normal")
+    assert phrases[0][1].startswith("Memory at 80% of the request, 2.7x normal, growing 40%/h, "
+                                    "at the limit in ~30min")
     # the time rule uses the job's CPU efficiency to say progress is slow
     assert phrases[1][1].startswith("At 95% of the time limit, progress slow (CPU 20%)")
 
