@@ -90,6 +90,12 @@ IOWAIT_MAX_AGE_S = 60.0
 (:func:`node_asof`); an older one says nothing about the job's moment."""
 
 
+def iowait_max_age_s(sample_interval_s: float) -> float:
+    """The iowait bound for samples taken every ``sample_interval_s``: two intervals
+    (``IOWAIT_MAX_AGE_S`` at the default 30 s)."""
+    return 2.0 * float(sample_interval_s)
+
+
 def label_of(state: Any) -> float:
     """The DESIGN label of a Slurm state as a float: 0 COMPLETED, 1 a failure, NaN not
     final or unknown (any spelling :func:`nomade.states.normalise` accepts)."""

@@ -42,9 +42,8 @@ from nomade.agent import requests, scoring
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
 from nomade.agent.publisher import Publisher
-from nomade.agent.state import JobState
+from nomade.agent.state import JobState, options_for
 from nomade.config import Config
-from nomade.features import WINDOW_S
 from nomade.spool import Spool
 from nomade.store import JOB_SAMPLE_FIELDS, RetentionPolicy, Store
 
@@ -144,8 +143,9 @@ class Agent:
         self.interval_s = cfg.agent.interval_s
         self.spool_interval_s = spool_interval_s
         self.final_interval_s = final_interval_s
-        horizon = (cfg.ml.sequence_length + 1) * cfg.agent.interval_s + WINDOW_S
-        self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS, horizon_s=horizon)
+        self.sample_interval_s = cfg.collector.interval_s   # the LSTM's grid, as in training
+        self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS,
+                                      **options_for(cfg.ml.sequence_length, self.sample_interval_s))
         self.ingest = Ingest(store, self.state, self.metrics, self.name)
         self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s)
         self.requests = requests.RequestTracker()
@@ -357,7 +357,7 @@ class Agent:
             scorer = self._scorer()
             if scorer is not None:
                 inputs = scoring.tick_inputs(self.state, now, self.cfg.ml.sequence_length,
-                                             self.interval_s)
+                                             self.sample_interval_s)
                 predictions = scoring.score(inputs, scorer)
                 for m in self.publisher.publish(predictions):
                     self.metrics.predictions_total[m.body["level"]] += 1

@@ -63,6 +63,15 @@ ROW_FIELDS: tuple[str, ...] = ("ts", *(c for c in features.SAMPLE_COLUMNS if c !
 _ROW = itemgetter(*(JOB_SAMPLE_FIELDS.index(f) for f in ROW_FIELDS))
 
 
+def options_for(sequence_length: int, sample_interval_s: float) -> dict[str, float]:
+    """``JobState`` keyword arguments for samples taken every ``sample_interval_s``
+    (``[collector] interval_s``, the grid the LSTM reads in training too): rings that
+    hold the LSTM window plus ``features.WINDOW_S``, and node iowait readings up to two
+    sampling intervals old (what ``nomade.ml.train.tables_from_store`` joins)."""
+    return {"horizon_s": (sequence_length + 1) * sample_interval_s + features.WINDOW_S,
+            "iowait_max_age_s": features.iowait_max_age_s(sample_interval_s)}
+
+
 @dataclass(frozen=True)
 class Explained:
     """The scoring tick's last explanation of a job: the level it was at, the tick's

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from nomade.errors import NomadeError
 
 NAME = "predict"
 HELP = "score the running jobs now with the trained models"
-HISTORY_DAYS = 90
-"""Ended jobs read for the users' failure-rate features."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predictions(cfg: Config, db: Path, models_dir: Path, job: str | None = None,
                 now: float | None = None) -> list[dict[str, Any]]:
-    """Score the running jobs of store ``db`` as of ``now``: one ``prediction``-like
-    dict per job (job_id, user, risk, level, parts, factors, ts), riskiest first."""
+    """Score the running jobs of store ``db`` as of ``now`` exactly as the agent's tick
+    would after a restart (its job state rebuilt from the store: recent samples, node
+    iowait, user history; the same feature functions): one ``prediction``-like dict per
+    job (job_id, user, risk, level, parts, factors, ts), riskiest first."""
     import numpy as np
 
-    from nomade import features
+    from nomade.agent import scoring
+    from nomade.agent.state import JobState, options_for
     from nomade.ml.ensemble import Weights
     from nomade.ml.inference import Scorer
     from nomade.store import JOB_SAMPLE_FIELDS, Store
@@ -52,25 +52,22 @@ def predictions(cfg: Config, db: Path, models_dir: Path, job: str | None = None,
     scorer = Scorer.load(models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
     if not db.exists():
         raise NomadeError(f"{db}: no store here; is the agent running with this config?")
-    store = Store(db, readonly=True)
-    try:
-        running = [j for j in store.running_jobs() if job is None or j.job_id == job]
-        if job is not None and not running:
+    grid = cfg.collector.interval_s
+    with Store(db, readonly=True) as store:
+        state = JobState.rebuild(store, now, JOB_SAMPLE_FIELDS, **options_for(cfg.ml.sequence_length, grid))
+    inputs = scoring.tick_inputs(state, now, cfg.ml.sequence_length, grid)
+    rows = np.arange(len(inputs.jobs))
+    if job is not None:
+        rows = np.flatnonzero([r.job_id == job for r in inputs.jobs])
+        if not len(rows):
             raise NomadeError(f"job {job} is not running according to the store")
-        ended = store.ended_jobs(since_ts=now - HISTORY_DAYS * 86400)
-        jobs = features.JobTable.from_records(asdict(j) for j in [*running, *ended])
-        ids = [j.job_id for j in running]
-        samples = features.SampleTable.from_records(jobs, store.job_samples(ids), fields=JOB_SAMPLE_FIELDS)
-    finally:
-        store.close()
-    rows, t = np.arange(len(running)), np.full(len(running), now)
-    X, mask = features.asof_features(jobs, samples, t, rows)
-    S, lengths = features.sequences(jobs, samples, t, cfg.ml.sequence_length, cfg.collector.interval_s, rows)
-    scores = scorer.score(X, mask, S, lengths, jobs.start_ts[rows])
-    out = [{"job_id": j.job_id, "user": j.user, "partition": j.partition, "nodes": list(j.nodes),
-            "risk": float(scores.risk[i]), "level": str(scores.level[i]), "parts": scores.parts_of(i),
-            "factors": scores.factors(i), "ts": now, "model_version": scorer.version}
-           for i, j in enumerate(running)]
+    scores = scorer.score(inputs.X[rows], inputs.mask[rows], inputs.S[rows], inputs.lengths[rows],
+                          inputs.start_ts[rows])
+    out = [{"job_id": r.job_id, "user": r.request.get("user"), "partition": r.request.get("partition"),
+            "nodes": list(r.nodes), "risk": float(scores.risk[i]), "level": str(scores.level[i]),
+            "parts": scores.parts_of(i), "factors": scores.factors(i), "ts": now,
+            "model_version": scorer.version}
+           for i, r in enumerate(inputs.jobs[k] for k in rows)]
     return sorted(out, key=lambda p: -p["risk"] if p["risk"] == p["risk"] else 1.0)
 
 

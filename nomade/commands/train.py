@@ -129,7 +129,9 @@ def tables_from_args(args: argparse.Namespace, cfg: Config) -> tuple[Any, Any, s
     db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
     if not db.exists():
         raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
-    return (*train.tables_from_store(db), str(db))
+    from nomade.features import iowait_max_age_s
+    tables = train.tables_from_store(db, iowait_max_age_s=iowait_max_age_s(cfg.collector.interval_s))
+    return (*tables, str(db))
 
 
 def prepare_from_args(args: argparse.Namespace, cfg: Config):  # -> train.Prepared (torch-free annotation)
