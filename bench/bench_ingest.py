@@ -54,7 +54,7 @@ def _frames(node: int, n_batches: int, rng: random.Random) -> list[tuple[int, by
             for j in range(JOBS_PER_NODE):
                 body = _sample(sender, first_job + j, ts, rng)
                 items.append(wire.make("job.sample", sender, seq, body, ts))
-        node_body = {"node": sender, "ts": ts, "cpu_pct": 50.0}
+        node_body = {"node": sender, "ts": ts, "cpu_pct": 50.0, "iowait_pct": 3.5}
         items.append(wire.make("node.sample", sender, seq, node_body, ts))
         out.append((seq, wire.encode(wire.make_batch(sender, seq, items, ts)), len(items) - 1))
     return out
