@@ -233,3 +233,18 @@ def test_an_lstm_that_cannot_train_in_its_process_is_a_clear_error() -> None:
     d = train.build_data(p, features.Normalizer().fit(p.X, p.mask), 0.7, 5)
     with pytest.raises(NomadeError, match="cannot train the lstm model: no example has a sample"):
         train.fit_models(("gnn", "lstm"), _quick_config(1), d, parallel=True)
+
+
+def test_a_dead_lstm_process_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    # no `if __name__ == "__main__"` guard: the spawned process runs the script again
+    # and dies bootstrapping, before it reads its work
+    script = tmp_path / "unguarded.py"
+    script.write_text("import dataclasses\nfrom nomade import config, features\nfrom nomade.ml import train\n"
+                      "jobs, samples = train.synthetic_tables(150, seed=1)\n"
+                      "p = train.prepare(jobs, samples, 30.0, 4, max_per_job=2)\n"
+                      "d = train.build_data(p, features.Normalizer().fit(p.X, p.mask), 0.7, 5)\n"
+                      "train.fit_models(('gnn', 'lstm'), config.load(None), d, parallel=True)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "cannot train the lstm model: its training process ended without a model (exit code 1)" in out.stderr

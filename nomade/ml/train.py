@@ -272,7 +272,10 @@ def fit_models(kinds: Sequence[str], cfg: Config, d: _Data, reporter: Reporter |
     second core while this one fits the others. Default: parallel when there are
     other models, the LSTM has at least ``PARALLEL_MIN_EXAMPLES`` training examples and
     this process may run on two CPUs. Every fit seeds itself, so the models are the
-    same either way. A model that cannot be trained raises ``NomadeError``."""
+    same either way. A model that cannot be trained raises ``NomadeError``. As with any
+    spawned process, a script that calls this must guard its entry point with
+    ``if __name__ == "__main__":`` (else the new process runs the script again, fails,
+    and this says so) or pass ``parallel=False``."""
     if parallel is None:
         parallel = (_usable_cpus() >= 2
                     and int((d.p.lengths[d.p.rows("train")] > 0).sum()) >= PARALLEL_MIN_EXAMPLES)
@@ -310,23 +313,27 @@ def _progress(reporter: Reporter | None, kind: str) -> Progress | None:
 
 class _LSTMProcess:
     """The LSTM fit in a spawned process (a fresh interpreter: no fork of a process
-    that holds torch threads). Its arguments travel pickled at start; its progress and
-    then its model (``to_state``) come back through a pipe."""
+    that holds torch threads). Its work goes through a socket pair once it runs (not
+    through ``start``, whose bootstrap pipe blocks forever if the process dies before
+    reading it); its progress, then its model (a ``torch.save``'d state), come back."""
 
     def __init__(self, model: LSTMClassifier, fit_args: tuple[tuple[Any, ...], dict[str, Any]]) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._conn, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_fit_lstm_and_send, args=(send, model, *fit_args),
-                                 name="nomade-train-lstm", daemon=True)
+        self._conn, theirs = ctx.Pipe()
+        self._proc = ctx.Process(target=_fit_lstm_and_send, args=(theirs,), name="nomade-train-lstm", daemon=True)
         self._proc.start()
-        send.close()
+        theirs.close()
+        try:
+            self._conn.send((model, *fit_args))
+        except OSError:
+            pass  # it ended before reading its work; result() says how
 
     def result(self, progress: Progress | None) -> tuple[LSTMClassifier, float]:
         """Wait for the fitted model and its training seconds, passing progress on."""
         while True:
             try:
                 msg = self._conn.recv()
-            except EOFError:
+            except (EOFError, OSError):
                 self._proc.join()
                 raise NomadeError("cannot train the lstm model: its training process ended without a model "
                                   f"(exit code {self._proc.exitcode})") from None
@@ -347,10 +354,11 @@ class _LSTMProcess:
         self._conn.close()
 
 
-def _fit_lstm_and_send(conn: Connection, model: LSTMClassifier, args: tuple[Any, ...],
-                       kwargs: dict[str, Any]) -> None:
-    """Body of :class:`_LSTMProcess`: ("progress", epoch, epochs, score) messages,
-    then ("done", ``torch.save``'d state, seconds) or ("error", message) for data it cannot learn from."""
+def _fit_lstm_and_send(conn: Connection) -> None:
+    """Body of :class:`_LSTMProcess`: receives (model, args, kwargs), sends
+    ("progress", epoch, epochs, score) messages, then ("done", ``torch.save``'d state,
+    seconds) or ("error", message) for data it cannot learn from."""
+    model, args, kwargs = conn.recv()
     t0 = time.monotonic()
     try:
         model.fit(*args, progress=lambda e, n, s: conn.send(("progress", e, n, s)), **kwargs)
