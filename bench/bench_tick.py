@@ -128,10 +128,11 @@ def run(quick: bool) -> list[Result]:
         with Store(tmp / "agent.db") as store:
             publisher = Publisher(pub, store, "bench")
             last: dict[str, Any] = {}
+            kept = scoring.KeptNeighbours()
 
             def tick(t: float) -> None:
                 c0 = time.perf_counter()
-                preds = scoring.score(scoring.tick_inputs(state, t, 20, INTERVAL_S), scorer)
+                preds = scoring.score(scoring.tick_inputs(state, t, 20, INTERVAL_S), scorer, kept=kept)
                 c1 = time.perf_counter()
                 last.update(n=len(publisher.publish(preds)), explained=len(
                     [p for p in preds if p["factors"]]))

@@ -151,6 +151,7 @@ class Agent:
         self.requests = requests.RequestTracker()
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
         self.model_watch = scoring.ModelWatch()
+        self.kept_neighbours = scoring.KeptNeighbours()   # the GNN's, from tick to tick
         self.scorer: scoring.ScorerLike | None = None
         self._model_mtime: float | None = None
         self._comment_log = RateLimitedLog(log, 30.0)
@@ -358,7 +359,7 @@ class Agent:
             if scorer is not None:
                 inputs = scoring.tick_inputs(self.state, now, self.cfg.ml.sequence_length,
                                              self.sample_interval_s)
-                predictions = scoring.score(inputs, scorer)
+                predictions = scoring.score(inputs, scorer, kept=self.kept_neighbours)
                 for m in self.publisher.publish(predictions):
                     self.metrics.predictions_total[m.body["level"]] += 1
                 if self.comments is not None and self.slurm is not None:

@@ -21,6 +21,7 @@ from nomade import wire
 log = logging.getLogger(__name__)
 
 TOPIC_PREFIX = b"prediction."
+_KEYS = frozenset(wire.FIELDS["prediction"])
 
 
 def topic(level: str) -> bytes:
@@ -52,20 +53,29 @@ class Publisher:
 
     def publish(self, predictions: list[dict[str, Any]]) -> list[wire.Message]:
         """Store, then send, every prediction body; the messages sent. A body the wire
-        refuses is logged and skipped (never sent, never stored)."""
-        messages = []
+        refuses is logged and skipped (never sent, never stored).
+
+        Each body is validated once, by ``wire.encode`` of the draft message (``make``
+        then ``encode`` would turn it into its wire array twice); the message returned
+        holds the body as given (missing keys None). Both frames go out with ``send`` (``send_multipart``
+        checks its frames again in Python: 3x the cost for 10,000 messages a tick)."""
+        messages, frames = [], []
         for body in predictions:
+            if body.keys() != _KEYS:   # a Message body has exactly these keys (missing: None)
+                body = {k: body.get(k) for k in wire.FIELDS["prediction"]} if _KEYS.issuperset(body) else body
+            msg = wire.Message(wire.PROTOCOL_VERSION, "prediction", self.sender, self.seq, body["ts"], body)
             try:
-                messages.append(wire.make("prediction", self.sender, self.seq, body, body["ts"]))
+                frames.append(wire.encode(msg))
             except wire.WireError as e:
                 log.error("job %s: prediction not published: %s", body.get("job_id"), e)
                 continue
+            messages.append(msg)
             self.seq += 1
         if messages:
             self.store.add_predictions(m.body for m in messages)
         topics = {level: topic(level) for level in wire.LEVELS}
-        send = self.sock.send_multipart
-        for m in messages:   # PUB drops for slow subscribers rather than blocking
-            # ``make`` validated it: encoding need not validate again (half the cost)
-            send([topics.get(m.body["level"]) or topic(m.body["level"]), wire.encode(m, validate=False)])
+        send, more = self.sock.send, zmq.SNDMORE
+        for m, frame in zip(messages, frames):   # PUB drops for slow subscribers rather than blocking
+            send(topics[m.body["level"]], more)
+            send(frame)
         return messages

@@ -32,8 +32,9 @@ text) cost about as much per job as the rest of the tick, so they are bounded:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -41,12 +42,16 @@ from nomade import advice, features
 from nomade.agent.state import ROW_FIELDS, Explained, JobState, RunningJob, SampleRows
 from nomade.ml.ensemble import PARTS
 
+if TYPE_CHECKING:   # torch only when a tick scores (``nomade --help`` imports no torch)
+    from nomade.ml.models import Neighbours
+
 #: Risk from which a prediction carries its top contributing factors.
 EXPLAIN_MIN_RISK = 0.3
 #: Most jobs explained in one tick.
 MAX_EXPLAIN = 300
 #: Factors per prediction.
 TOP_FACTORS = 3
+_START_PART = np.arange(features.N_FEATURES) < features.N_START   # as ``inference.START_PART``
 _REQUEST = ("req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts")
 
 
@@ -61,6 +66,10 @@ class TickInputs:
     S: np.ndarray
     lengths: np.ndarray
     start_ts: np.ndarray
+    start_X: np.ndarray | None = field(default=None)
+    """The start-time features as of each job's start (0 where unknown; the runtime
+    part 0): what training finds a job's graph neighbours by (its ``ref_start_X``).
+    None: by ``X``'s start-time part, as of the tick."""
 
 
 class ScoresLike(Protocol):
@@ -76,11 +85,14 @@ class ScoresLike(Protocol):
 class ScorerLike(Protocol):
     """What ``score`` needs of ``nomade.ml.inference.Scorer``."""
 
+    models: Mapping[str, Any]
+
     @property
     def version(self) -> str | None: ...
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
-              explain: bool = True) -> ScoresLike: ...
+              explain: bool = True, neighbours: Neighbours | None = None) -> ScoresLike: ...
+    def neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours: ...
     # ``scores``: what this scorer's ``score`` returned (its own type, hence Any here)
     def explain(self, scores: Any, rows: np.ndarray | None = None) -> ScoresLike: ...
 
@@ -91,7 +103,7 @@ def _job_table(run: list[RunningJob], state: JobState) -> features.JobTable:
     """Running jobs first (rows 0..n-1), then the ended jobs of the history."""
     hist = state.history_columns()
     users = dict(hist.users)
-    req = np.array([[r.request.get(k) for k in _REQUEST] for r in run], dtype=np.float64)
+    req = np.array([list(map(r.request.get, _REQUEST)) for r in run], dtype=np.float64)
     req = req.reshape(len(run), len(_REQUEST)).T
     user = np.array([-1 if (u := r.request.get("user")) is None else users.setdefault(u, len(users))
                      for r in run], np.int64)
@@ -133,7 +145,10 @@ def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: f
     t = np.full(len(run), float(now))
     X, mask = features.asof_features(jobs, samples, t, rows)
     S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
-    return TickInputs(run, now, X, mask, S, lengths, jobs.start_ts[rows])
+    start_ts = jobs.start_ts[rows]
+    at_start, known = features.asof_features(jobs, features.SampleTable.empty(), start_ts, rows)
+    start_X = np.where(known & _START_PART, at_start, 0.0).astype(np.float32)
+    return TickInputs(run, now, X, mask, S, lengths, start_ts, start_X)
 
 
 # ---------------------------------------------------------------- explanations
@@ -173,37 +188,106 @@ def _factors(job: RunningJob, level: str, risk: float, min_risk: float) -> list[
     return memo.factors if memo is not None and memo.level == level else []
 
 
+# ---------------------------------------------------------------- graph neighbours
+
+class KeptNeighbours:
+    """Each running job's graph neighbours, kept from tick to tick.
+
+    Training finds a job's neighbours once, by its start-time features as of its start
+    (requests, and the user's history then), among the reference jobs that ended
+    before it started: one neighbourhood for every tick of the job. ``neighbours``
+    does the same live (``TickInputs.start_X``), searching only the jobs whose start
+    time or start-time features differ from the last call (a new job, a completed
+    request, a late final state of a job that ended before it started) and all of
+    them after a model reload; the others keep theirs, so the result is what a search
+    of every job would give. Jobs no longer passed are forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._scorer: object | None = None
+        self._row: dict[str, int] = {}
+        self._key = np.zeros((0, 1 + features.N_FEATURES))
+        self._nbrs: Neighbours | None = None
+
+    def neighbours(self, scorer: ScorerLike, inputs: TickInputs) -> Neighbours:
+        """The neighbours of the jobs of ``inputs`` (row i: ``inputs.jobs[i]``)."""
+        start_X = _start_features(inputs)
+        key = np.column_stack([np.asarray(inputs.start_ts, np.float64), start_X])
+        job_ids = [r.job_id for r in inputs.jobs]
+        old = np.full(len(job_ids), -1, np.int64)
+        last = self._nbrs
+        if scorer is self._scorer and last is not None:
+            old = np.fromiter(map(self._row.get, job_ids, [-1] * len(job_ids)), np.int64, len(job_ids))
+        kept = old >= 0
+        kept[kept] = (key[kept] == self._key[old[kept]]).all(axis=1)   # NaN start: searched again
+        if last is None or not kept.any():
+            nbrs = search_neighbours(scorer, start_X, inputs.start_ts)
+        else:
+            nbrs = type(last)(*(a[np.where(kept, old, 0)] for a in (last.idx, last.sim, last.valid)))
+            new = np.flatnonzero(~kept)
+            if len(new):
+                found = search_neighbours(scorer, start_X[new], inputs.start_ts[new])
+                nbrs.idx[new], nbrs.sim[new], nbrs.valid[new] = found.idx, found.sim, found.valid
+        self._scorer, self._key, self._nbrs = scorer, key, nbrs
+        self._row = dict(zip(job_ids, range(len(job_ids))))
+        return nbrs
+
+
+def _start_features(inputs: TickInputs) -> np.ndarray:
+    """``inputs.start_X``, or the start-time part of ``X`` where it is None."""
+    if inputs.start_X is not None:
+        return inputs.start_X
+    return np.where(inputs.mask & _START_PART, inputs.X, 0.0).astype(np.float32)
+
+
+def search_neighbours(scorer: ScorerLike, start_X: np.ndarray, start_ts: np.ndarray) -> Neighbours:
+    """``scorer.neighbours`` of start-time features ``start_X`` compared over the whole
+    start-time part (an unknown one counts as 0), as training compares them."""
+    return scorer.neighbours(start_X, np.broadcast_to(_START_PART, start_X.shape), start_ts)
+
+
 # ---------------------------------------------------------------- scoring
 
 def score(inputs: TickInputs, scorer: ScorerLike, *, explain_min_risk: float = EXPLAIN_MIN_RISK,
-          max_explain: int = MAX_EXPLAIN, top: int = TOP_FACTORS) -> list[dict[str, Any]]:
+          max_explain: int = MAX_EXPLAIN, top: int = TOP_FACTORS,
+          kept: KeptNeighbours | None = None) -> list[dict[str, Any]]:
     """One ``prediction`` body per job of ``inputs`` (ts = the tick's time); a job that
     no loaded model can score (risk NaN) gets none. Records each explained job's factors
-    on its ``RunningJob.explained`` (see the module doc)."""
+    on its ``RunningJob.explained`` (see the module doc). The GNN's graph neighbours are
+    found as training finds them (``KeptNeighbours``); ``kept``: the caller's, kept from
+    tick to tick (an agent keeps one for its life); None: searched for every job."""
     if not inputs.jobs:
         return []
     import torch
 
     with torch.inference_mode():
+        nbrs = None
+        if "gnn" in scorer.models:   # by the start-time features as of the start (KeptNeighbours)
+            nbrs = (kept.neighbours(scorer, inputs) if kept is not None else
+                    search_neighbours(scorer, _start_features(inputs), inputs.start_ts))
         scores = scorer.score(inputs.X, inputs.mask, inputs.S, inputs.lengths, inputs.start_ts,
-                              explain=False)
+                              explain=False, neighbours=nbrs)
         risk, level = np.asarray(scores.risk, np.float64), np.asarray(scores.level)
         _explain(inputs, scorer, scores, explain_rows(inputs.jobs, risk, level, inputs.now,
                                                       explain_min_risk, max_explain), level, top)
-    parts = np.asarray(scores.parts, np.float64)
-    parts_list = np.where(np.isfinite(parts), parts, np.nan).tolist()
-    risks, levels = np.clip(risk, 0.0, 1.0).tolist(), level.tolist()
-    out = []
-    version = scorer.version
-    for i in np.flatnonzero(np.isfinite(risk)).tolist():   # the others: no model could score them
-        run, r, lv = inputs.jobs[i], risks[i], str(levels[i])
+    return _bodies(inputs, scores, risk, level, scorer.version, explain_min_risk)
+
+
+def _bodies(inputs: TickInputs, scores: ScoresLike, risk: np.ndarray, level: np.ndarray,
+            version: str | None, min_risk: float) -> list[dict[str, Any]]:
+    """The ``prediction`` bodies of the jobs with a finite risk (in job order)."""
+    parts = np.asarray(scores.parts, np.float64).astype(object)
+    parts[~np.isfinite(parts.astype(np.float64))] = None
+    scored = np.flatnonzero(np.isfinite(risk))   # the others: no model could score them
+    risks, levels = np.clip(risk[scored], 0.0, 1.0).tolist(), level[scored].astype(str).tolist()
+    now, jobs, out = inputs.now, inputs.jobs, []
+    for i, r, lv, p in zip(scored.tolist(), risks, levels, parts[scored].tolist()):
+        run = jobs[i]
+        request = run.request
         out.append({
-            "job_id": run.job_id, "user": run.request.get("user"),
-            "partition": run.request.get("partition"), "nodes": list(run.nodes),
-            "risk": r, "level": lv,
-            "parts": {k: (None if v != v else v) for k, v in zip(PARTS, parts_list[i])},
-            "factors": _factors(run, lv, r, explain_min_risk), "ts": inputs.now,
-            "model_version": version})
+            "job_id": run.job_id, "user": request.get("user"), "partition": request.get("partition"),
+            "nodes": list(run.nodes), "risk": r, "level": lv, "parts": dict(zip(PARTS, p)),
+            "factors": _factors(run, lv, r, min_risk), "ts": now, "model_version": version})
     return out
 
 

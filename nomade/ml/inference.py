@@ -19,20 +19,35 @@ Shape = requested-CPU quartile (of the training jobs) × GPU or not.
 Graph neighbours are found by the start-time features only (requests and user
 history), as in training: a job's neighbourhood is the same at every tick of its
 run, so training needs one neighbour search per job, not per as-of example (4-16x
-fewer; 100,000 jobs in under a minute), and an agent may keep it for a job's life.
+fewer; 100,000 jobs in under a minute), and an agent may keep it while the job's
+start-time features stay the same (the user-history part changes when another job
+of the user ends).
 The runtime features still reach the GNN through the job's own node and the
 neighbours' full feature vectors, and the LSTM reads the runtime sequence.
+
+Threads: :meth:`Scorer.score` runs every torch op on one intra-op thread (the
+caller's setting is restored after). The ops are small (a 1,024-row LSTM batch, a
+GNN/autoencoder layer), so a second intra-op thread only adds a barrier to each op;
+beside a busy process 2 threads made a 10,000-job tick 3x slower than 1. Instead the
+LSTM, the largest part, runs its batches on worker threads (as many as the caller's
+``torch.get_num_threads()``, one at least) while the calling thread computes the
+graph neighbours, the GNN and the autoencoder: on 2 cores the LSTM overlaps the rest.
+The batches are those of ``LSTMClassifier.predict_proba``, so the parts are the same
+whatever the thread count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nomade import features
 from nomade.ml import graph
@@ -45,6 +60,9 @@ MIN_GROUP = 50
 CPU, GPU = features.FEATURES.index("log_req_cpus"), features.FEATURES.index("log_req_gpus")
 START_PART = np.arange(features.N_FEATURES) < features.N_START
 """The features known at start, by which a job's graph neighbours are found."""
+LSTM_BATCH = 1024
+"""LSTM rows a forward pass (``LSTMClassifier.predict_proba``'s default: each step's
+activations stay in cache; 10,000 jobs cost less CPU than in one batch of 10,000)."""
 
 
 # ------------------------------------------------------------------ reference statistics
@@ -178,17 +196,20 @@ class Scorer:
         much again as scoring, for the GNN and autoencoder parts.
 
         ``neighbours``: the jobs' graph neighbours from :meth:`neighbours`, if the
-        caller kept them (they depend only on start-time features and the loaded
-        reference set, so an agent can keep them for a job's life); else searched."""
+        caller kept them (they depend only on the start time, the start-time features
+        and the loaded reference set: ``nomade.agent.scoring.KeptNeighbours`` keeps
+        them while those stay the same); else searched."""
         X, mask = np.asarray(X, np.float32), np.asarray(mask, bool)
         if X.ndim != 2 or X.shape[1] != features.N_FEATURES or mask.shape != X.shape:
             raise ValueError(f"X and mask must be [n, {features.N_FEATURES}], got {X.shape}, {mask.shape}")
-        nbrs = neighbours if neighbours is not None or "gnn" not in self.models else self.neighbours(X, mask, start_ts)
+        workers = max(1, torch.get_num_threads())
         parts = np.full((len(X), len(PARTS)), np.nan, np.float32)
-        parts[:, 0], parts[:, 2] = self._static_parts([X], mask, nbrs)[0]
-        if "lstm" in self.models and S is not None and lengths is not None:
-            lstm: LSTMClassifier = self.models["lstm"]
-            parts[:, 1] = lstm.predict_proba(self.normalizers["lstm"].transform_sequences(S), lengths)
+        with _one_thread(), ThreadPoolExecutor(workers, thread_name_prefix="nomade-lstm") as pool:
+            lstm = self._lstm_part(pool, len(X), S, lengths)   # on the workers, while this thread goes on
+            nbrs = neighbours if neighbours is not None or "gnn" not in self.models else self.neighbours(
+                X, mask, start_ts)
+            parts[:, 0], parts[:, 2] = self._static_parts([X], mask, nbrs)[0]
+            parts[:, 1] = lstm()
         risk = combine(parts, self.weights)
         med, spread = reference_for(self.reference, X)
         scores = Scores(risk, levels(risk), parts, X, mask, med, spread, None, nbrs)
@@ -223,6 +244,27 @@ class Scorer:
         return Neighbours(*graph.neighbours(ref.x, ref.end_ts, xn, np.asarray(start_ts, np.float64),
                                             start_mask, self.threshold, self.k))
 
+    def _lstm_part(self, pool: ThreadPoolExecutor, n: int, S: np.ndarray | None,
+                   lengths: np.ndarray | None) -> Callable[[], np.ndarray]:
+        """Start the LSTM part on ``pool``, one task per batch of ``LSTM_BATCH`` rows
+        (those ``predict_proba`` would make); returns the wait for it (NaN without an
+        LSTM, without sequences, and for jobs without a sample) of ``n`` jobs."""
+        out = np.full(n, np.nan, np.float32)
+        if "lstm" not in self.models or S is None or lengths is None:
+            return lambda: out
+        model: LSTMClassifier = self.models["lstm"]
+        S = self.normalizers["lstm"].transform_sequences(S)
+        lengths = np.minimum(np.asarray(lengths, np.int64), S.shape[1])
+        rows = np.flatnonzero(lengths > 0)
+        batches = [b for b in np.array_split(rows, max(1, -(-len(rows) // LSTM_BATCH))) if len(b)]
+        futures = [pool.submit(model.predict_proba, S[b], lengths[b], len(b)) for b in batches]
+
+        def wait() -> np.ndarray:
+            for b, f in zip(batches, futures):
+                out[b] = f.result()
+            return out
+        return wait
+
     def _static_parts(self, variants: list[np.ndarray], mask: np.ndarray,
                       nbrs: Neighbours | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(gnn, autoencoder) parts of each variant of the raw features (NaN if absent)."""
@@ -253,3 +295,14 @@ class Scorer:
             occluded[:, 0], occluded[:, 2] = g, a
             out[:, f] = np.where(mask[:, f], risk - combine(occluded, self.weights), 0.0)
         return out
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's intra-op thread count is 1 inside (module doc), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
