@@ -39,7 +39,7 @@ from nomade.ml import metrics, persist, replay
 from nomade.ml.baselines import BASELINES
 from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
 from nomade.ml.inference import Scorer
-from nomade.ml.train import SPLITS, Prepared, Reporter, build_data, estimators, fit_one, save_models, score_splits
+from nomade.ml.train import SPLITS, Prepared, Reporter, build_data, fit_models, save_models, score_splits
 
 Say = Callable[[str], None]
 """``say(line)``: one progress line (stderr in the command)."""
@@ -173,14 +173,8 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool
     norm = features.Normalizer().fit(p.X[tr], p.mask[tr], p.w[tr])
     say(f"building the similarity graph over {len(p.ref_y)} jobs")
     d = build_data(p, norm, cfg.ml.similarity_threshold, cfg.ml.max_neighbors)
-    fitted = {}
-    for kind in kinds:
-        say(f"training the {LABELS[kind]} on {len(tr)} training examples")
-        progress = None if reporter is None else (lambda e, n, s, k=kind: reporter(k, e, n, s))
-        try:
-            fitted[kind] = fit_one(kind, estimators(cfg)[kind], d, progress, cfg.ml.seed)
-        except ValueError as e:
-            raise NomadeError(f"cannot train the {kind} model: {e}") from e
+    say(f"training the {', '.join(LABELS[k] for k in kinds)} on {len(tr)} training examples")
+    fitted, _ = fit_models(kinds, cfg, d, reporter)   # as `nomade train` does (NomadeError if one cannot)
     scores, train_report = score_splits(fitted, d)
     weights = _weights(cfg, scores["validation"], p, rows["validation"], learn)
     report: dict[str, Any] = {"data": p.summary, "models": {}, "weights": weights.as_dict(),
