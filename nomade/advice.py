@@ -361,10 +361,16 @@ def segment_text(risk: float, level: str, factors: Iterable[Factor | Mapping[str
     return text
 
 
+FELL_PREFIX = "risk fell below the alert threshold: "
+"""How ``fell_text`` begins (the agent recognises its own mark by it after a restart)."""
+
+
 def fell_text(level: str, risk: float, ts: float, was: str) -> str:
     """The mark left once the risk falls below the alert threshold:
-    ``risk fell to low 0.21 at 14:50 (was high)``."""
-    return f"risk fell to {level} {risk:.2f} at {clock(ts)} (was {was})"
+    ``risk fell below the alert threshold: low 0.21 at 14:50 (was high)``. It says
+    "threshold", not just the level: a risk that falls from critical to 0.61 is still
+    "high" by level but no longer alerting ("risk fell to high" read as a rise)."""
+    return f"{FELL_PREFIX}{level} {risk:.2f} at {clock(ts)} (was {was})"
 
 
 def clock(ts: float) -> str:

@@ -149,7 +149,7 @@ def test_wire_factors_make_a_valid_prediction() -> None:
 
 def test_fell_text() -> None:
     assert advice.fell_text("low", 0.21, TS, "high") == (
-        f"risk fell to low 0.21 at {advice.clock(TS)} (was high)")
+        f"risk fell below the alert threshold: low 0.21 at {advice.clock(TS)} (was high)")
 
 
 def test_demo_case_a_fail_rate_below_normal_is_not_called_failing_often() -> None:

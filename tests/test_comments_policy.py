@@ -39,7 +39,8 @@ def test_fall_back_is_marked_once_and_a_new_rise_writes_again() -> None:
     fell = p.decide_job("7", 0.2, "low", T0 + 30)
     assert fell is not None and fell.reason == FELL
     assert fell.segment == advice.fell_text("low", 0.2, T0 + 30, "critical")
-    assert fell.segment.startswith("risk fell to low 0.20 at ") and fell.segment.endswith("(was critical)")
+    assert fell.segment.startswith("risk fell below the alert threshold: low 0.20 at ")
+    assert fell.segment.endswith("(was critical)")
     assert p.decide_job("7", 0.4, "moderate", T0 + 60) is None               # marked once only
     assert p.decide_job("7", 0.1, "low", T0 + 90) is None
     again = p.decide_job("7", 0.7, "high", T0 + 120, FACTORS)                # exactly the threshold

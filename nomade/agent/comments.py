@@ -8,7 +8,7 @@ scored prediction into a decision (a :class:`CommentUpdate`) or nothing:
 - ``[ml.alerts] alert_on_prediction`` off: never writes.
 - risk >= ``high_risk_threshold``: writes the advice segment when the level differs from
   the one last written (so a rewrite happens only on a level change, never each tick).
-- risk below the threshold after a write: writes a "risk fell to LEVEL" mark, once; a
+- risk below the threshold after a write: writes a "risk fell below the alert threshold" mark, once; a
   later rise above the threshold writes advice again.
 - jobs no longer running are forgotten (``running`` of ``decide``, or ``retain``).
 
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 #: The reason of an update: advice written at a (new) level, or the fall-back mark.
 ALERT, FELL = "alert", "fell"
 _FELL_STATE = "fell"
-_LEVEL_IN_SEGMENT = re.compile(r"risk (fell to )?(" + "|".join(LEVELS) + r") ")
+_LEVEL_IN_SEGMENT = re.compile(r"risk (" + re.escape(advice.FELL_PREFIX[len("risk "):]) + r")?("
+                               + "|".join(LEVELS) + r") ")
 
 
 @dataclass(frozen=True)
