@@ -7,7 +7,10 @@ beside 20,000 ended jobs of history. Before each tick every job gets one new sam
 (as between two real ticks, 30 s apart; not timed: that is ingest). A tick is what
 ``Agent.tick`` does: ``scoring.tick_inputs`` + ``scoring.score`` (explanations within
 their per-tick cap) + ``Publisher.publish`` (every prediction sent on a real PUB socket
-on 127.0.0.1 and stored in a real store), measured with 1 and with 2 torch threads.
+on 127.0.0.1 and stored in a real store), measured with 1 and with 2 torch threads (the
+scorer runs every op on one intra-op thread and its LSTM batches on that many worker
+threads, ``nomade.ml.inference``). GNN neighbours are kept from tick to tick as the agent
+keeps them (``scoring.KeptNeighbours``): the first tick, untimed, searches them all.
 As the agent does, the heap is frozen (``gc.freeze``) once the state is built and after
 each tick, untimed: full GC passes do not walk the job state inside the tick.
 Wall time depends on what else runs on the machine: the note gives the load average
@@ -132,12 +135,14 @@ def run(quick: bool) -> list[Result]:
 
             def tick(t: float) -> None:
                 c0 = time.perf_counter()
-                preds = scoring.score(scoring.tick_inputs(state, t, 20, INTERVAL_S), scorer, kept=kept)
+                inputs = scoring.tick_inputs(state, t, 20, INTERVAL_S)
                 c1 = time.perf_counter()
+                preds = scoring.score(inputs, scorer, kept=kept)
+                c2 = time.perf_counter()
                 last.update(n=len(publisher.publish(preds)), explained=len(
                     [p for p in preds if p["factors"]]))
-                last.setdefault("scoring", []).append(c1 - c0)
-                last.setdefault("publish", []).append(time.perf_counter() - c1)
+                for name, dt in (("inputs", c1 - c0), ("models", c2 - c1), ("publish", time.perf_counter() - c2)):
+                    last.setdefault(name, []).append(dt)
 
             for threads in (1, 2):
                 torch.set_num_threads(threads)
@@ -166,6 +171,8 @@ def _result(n_jobs: int, threads: int, times: list[tuple[float, float]], last: d
         f"features + gnn/lstm/autoencoder + explanations + publish and store {last.get('n')} "
         f"predictions ({last.get('explained')} with factors, at most {scoring.MAX_EXPLAIN} "
         f"explained a tick); median of {len(walls)} ticks (best {best:.3f} s, worst "
-        f"{max(walls):.3f} s): scoring {statistics.median(last['scoring']):.3f} s + publish and "
-        f"store {statistics.median(last['publish']):.3f} s; CPU {statistics.median(c for _, c in times):.3f} s "
+        f"{max(walls):.3f} s): features {statistics.median(last['inputs']):.3f} s + models and "
+        f"explanations {statistics.median(last['models']):.3f} s (LSTM batches on {threads} worker"
+        f"{'s' * (threads > 1)}, each op on one thread) + publish and store "
+        f"{statistics.median(last['publish']):.3f} s; CPU {statistics.median(c for _, c in times):.3f} s "
         f"a tick; load average {load:.1f} on {os.cpu_count()} CPUs")

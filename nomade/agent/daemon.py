@@ -59,6 +59,9 @@ FULL_GC_EVERY = 120
 #: next one while a backlog is left (a first prune of a year-old store takes many).
 PRUNE_MAX_ROWS = 200_000
 PRUNE_AGAIN_S = 5.0
+#: Most threads that run the tick's LSTM batches (one a usable CPU, up to this): the tick
+#: blocks this thread anyway, and a batch a worker needs no barrier between threads.
+MAX_LSTM_WORKERS = 4
 
 
 class CommentUpdate(Protocol):
@@ -417,7 +420,8 @@ class Agent:
         from nomade.ml.ensemble import Weights
         from nomade.ml.inference import Scorer
 
-        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // 2)))
+        # Scorer.score runs each op on one thread; this sets its LSTM workers (nomade.ml.inference)
+        torch.set_num_threads(max(1, min(MAX_LSTM_WORKERS, len(os.sched_getaffinity(0)))))
         e = self.cfg.ml.ensemble
         return Scorer.load(self.models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
 

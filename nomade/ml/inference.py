@@ -25,8 +25,8 @@ of the user ends).
 The runtime features still reach the GNN through the job's own node and the
 neighbours' full feature vectors, and the LSTM reads the runtime sequence.
 
-Threads: :meth:`Scorer.score` runs every torch op on one intra-op thread (the
-caller's setting is restored after). The ops are small (a 1,024-row LSTM batch, a
+Threads: :meth:`Scorer.score` and :meth:`Scorer.explain` run every torch op on one
+intra-op thread (the caller's setting is restored after). The ops are small (a 1,024-row LSTM batch, a
 GNN/autoencoder layer), so a second intra-op thread only adds a barrier to each op;
 beside a busy process 2 threads made a 10,000-job tick 3x slower than 1. Instead the
 LSTM, the largest part, runs its batches on worker threads (as many as the caller's
@@ -226,8 +226,9 @@ class Scorer:
         contrib = np.full(scores.values.shape, np.nan, np.float32)
         nbrs = scores.neighbours
         sub = None if nbrs is None else Neighbours(nbrs.idx[rows], nbrs.sim[rows], nbrs.valid[rows])
-        contrib[rows] = self._occlusion(scores.values[rows], scores.mask[rows], sub, scores.parts[rows],
-                                        scores.risk[rows], scores.reference_median[rows])
+        with _one_thread():
+            contrib[rows] = self._occlusion(scores.values[rows], scores.mask[rows], sub, scores.parts[rows],
+                                            scores.risk[rows], scores.reference_median[rows])
         return replace(scores, contributions=contrib)
 
     def neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours:
