@@ -10,7 +10,9 @@ publishes no risk.
 
 Cost (budget: 10,000 jobs, all three models, <= 1 s on 2 cores): the sample table comes
 from ``JobState.sample_rows``, which converts only the samples that arrived since the
-last tick; the ended-job history is cached by ``JobState.history_columns``.
+last tick; the ended-job history is cached by ``JobState.history_columns``; the GNN's
+graph neighbours are found once a job, as in training (``KeptNeighbours``); the scorer
+runs the LSTM on worker threads beside the other models (``nomade.ml.inference``).
 
 Explanations (occlusion, 17 variants of the GNN and autoencoder inputs, then advice
 text) cost about as much per job as the rest of the tick, so they are bounded:
@@ -32,7 +34,7 @@ text) cost about as much per job as the rest of the tick, so they are bounded:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -276,8 +278,9 @@ def score(inputs: TickInputs, scorer: ScorerLike, *, explain_min_risk: float = E
 def _bodies(inputs: TickInputs, scores: ScoresLike, risk: np.ndarray, level: np.ndarray,
             version: str | None, min_risk: float) -> list[dict[str, Any]]:
     """The ``prediction`` bodies of the jobs with a finite risk (in job order)."""
-    parts = np.asarray(scores.parts, np.float64).astype(object)
-    parts[~np.isfinite(parts.astype(np.float64))] = None
+    values = np.asarray(scores.parts, np.float64)
+    parts = values.astype(object)
+    parts[~np.isfinite(values)] = None
     scored = np.flatnonzero(np.isfinite(risk))   # the others: no model could score them
     risks, levels = np.clip(risk[scored], 0.0, 1.0).tolist(), level[scored].astype(str).tolist()
     now, jobs, out = inputs.now, inputs.jobs, []
