@@ -367,7 +367,7 @@ class Agent:
                     self.metrics.predictions_total[m.body["level"]] += 1
                 if self.comments is not None and self.slurm is not None:
                     # comment advice: the policy decides, the Slurm call is made here
-                    running = [r.job_id for r in self.state.scorable()]
+                    running = [r.job_id for r in inputs.jobs]   # state.scorable(), sorted once a tick
                     apply_comment_updates(self.comments.decide(predictions, running), self.slurm,
                                           self.metrics, self._comment_log)
         except Exception:  # a bug or a broken model must not stop ingest: log, count, go on
