@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nomade import config, features
+from nomade.agent import scoring
 from nomade.ml import evaluate, replay, train
 from nomade.ml.inference import Scorer
 
@@ -125,7 +126,8 @@ def test_replay_report_through_a_real_scorer(trained: tuple) -> None:
 
 def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
     """Batching many jobs' ticks in one call changes nothing: scoring every tick of
-    every test job one at a time with the loaded models gives the same figures."""
+    every test job one at a time with the loaded models, graph neighbours found as the
+    agent's tick finds them, gives the same figures."""
     cfg, jobs, samples, p, models, report = trained
     scorer = Scorer.load(models)
     test_jobs = np.unique(p.job[p.rows("test")])
@@ -135,8 +137,17 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
         for r, tt in zip(test_jobs[job], t):
             X, mask = features.asof_features(jobs, samples, np.array([tt]), np.array([r]))
             S, lengths = features.sequences(jobs, samples, np.array([tt]), cfg.ml.sequence_length,
-                                            cfg.agent.interval_s, np.array([r]))
-            risk.append(float(scorer.score(X, mask, S, lengths, jobs.start_ts[[r]], explain=False).risk[0]))
+                                            cfg.collector.interval_s, np.array([r]))
+            # the agent's tick: neighbours by the start-time features as of the job's start
+            at_start, known = features.asof_features(jobs, features.SampleTable.empty(), jobs.start_ts[[r]],
+                                                     np.array([r]))
+            start_X = np.where(known & (np.arange(features.N_FEATURES) < features.N_START), at_start, 0.0)
+            nbrs = scoring.search_neighbours(scorer, start_X.astype(np.float32), jobs.start_ts[[r]])
+            risk.append(float(scorer.score(X, mask, S, lengths, jobs.start_ts[[r]], explain=False,
+                                           neighbours=nbrs).risk[0]))
+    batched_risk = replay.score_ticks(scorer, jobs, samples, test_jobs[job], t, cfg.ml.sequence_length,
+                                      cfg.collector.interval_s, chunk=5)
+    np.testing.assert_allclose(batched_risk, risk, rtol=1e-5, atol=1e-6)
     thresholds = [cfg.ml.alerts.high_risk_threshold, *(b for _, b in replay.LEVEL_BOUNDS)]
     first, top = replay.first_crossings(len(test_jobs), job, t, np.array(risk), thresholds)
     alone = replay.figures(jobs.end_ts[test_jobs], jobs.label[test_jobs], jobs.state[test_jobs], first, top,
@@ -146,7 +157,7 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
         assert alone[key] == batched[key], key
     assert alone["lead_times_s"] == pytest.approx(batched["lead_times_s"])
     again = replay.replay(jobs, samples, test_jobs, scorer, threshold=thresholds[0], step_s=120.0,
-                          interval_s=cfg.agent.interval_s, sequence_length=cfg.ml.sequence_length,
+                          interval_s=cfg.collector.interval_s, sequence_length=cfg.ml.sequence_length,
                           max_ticks=8, chunk=7)
     assert again["coverage"] == batched["coverage"] and again["ticks"] == batched["ticks"]
 

@@ -38,6 +38,8 @@ import numpy as np
 
 from nomade import features
 from nomade.ml.ensemble import LEVELS
+from nomade.ml.inference import START_PART
+from nomade.ml.models import Neighbours
 
 DEFAULT_MAX_TICKS = 64
 """Ticks replayed per job at most (spread evenly over the run)."""
@@ -55,7 +57,9 @@ class ScorerLike(Protocol):
 
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
-              explain: bool = True) -> Any: ...
+              explain: bool = True, neighbours: Neighbours | None = None) -> Any: ...
+
+    def neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours: ...
 
 
 # ------------------------------------------------------------------ ticks
@@ -82,15 +86,30 @@ def score_ticks(scorer: ScorerLike, jobs: features.JobTable, samples: features.S
     risk = np.full(len(t), np.nan)
     lstm = "lstm" in scorer.models
     with torch.inference_mode():
+        own = start_neighbours(scorer, jobs, job_rows)
         for lo in range(0, len(t), chunk):
             r, tt = job_rows[lo:lo + chunk], t[lo:lo + chunk]
             X, mask = features.asof_features(jobs, samples, tt, r)
             S = lengths = None
             if lstm:
                 S, lengths = features.sequences(jobs, samples, tt, sequence_length, interval_s, r)
-            scores = scorer.score(X, mask, S, lengths, jobs.start_ts[r], explain=False)
+            nbrs = None if own is None else Neighbours(*(a[lo:lo + chunk] for a in (own.idx, own.sim, own.valid)))
+            scores = scorer.score(X, mask, S, lengths, jobs.start_ts[r], explain=False, neighbours=nbrs)
             risk[lo:lo + chunk] = np.asarray(scores.risk, np.float64)
     return risk
+
+
+def start_neighbours(scorer: ScorerLike, jobs: features.JobTable, job_rows: np.ndarray) -> Neighbours | None:
+    """The graph neighbours of each row's job, found as training and the agent find them:
+    once per job, by its start-time features as of its start (None without a GNN)."""
+    if "gnn" not in scorer.models or not len(job_rows):
+        return None
+    u, inverse = np.unique(job_rows, return_inverse=True)
+    start_ts = jobs.start_ts[u]
+    X, known = features.asof_features(jobs, features.SampleTable.empty(), start_ts, u)
+    X = np.where(known & START_PART, X, 0.0).astype(np.float32)
+    nb = scorer.neighbours(X, np.broadcast_to(START_PART, X.shape), start_ts)
+    return Neighbours(nb.idx[inverse], nb.sim[inverse], nb.valid[inverse])
 
 
 def first_crossings(n_jobs: int, job: np.ndarray, t: np.ndarray, risk: np.ndarray,
