@@ -301,7 +301,8 @@ def _prediction_row(p: Mapping[str, Any], default_ts: float | None = None) -> tu
     if missing or ts is None:
         raise ValueError(f"prediction lacks {', '.join(missing or ['ts'])}: {dict(p)!r:.200}")
     try:
-        parts, factors = json.dumps(p.get("parts") or {}), json.dumps(p.get("factors") or [])
+        factors = p.get("factors")   # most predictions have none: skip the encoder (tick budget)
+        parts, factors = json.dumps(p.get("parts") or {}), json.dumps(factors) if factors else "[]"
     except (TypeError, ValueError) as e:
         raise ValueError(f"prediction for job {p['job_id']}: parts/factors not JSON: {e}") from None
     return (str(p["job_id"]), ts, p["risk"], p["level"], parts, factors, p.get("model_version"))

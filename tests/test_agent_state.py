@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nomade import advice, config, features, wire
+from nomade import advice, features, wire
 from nomade.agent import scoring
 from nomade.agent.state import Explained, JobState, RunningJob
 from nomade.store import JOB_SAMPLE_FIELDS, Store
@@ -280,19 +279,10 @@ def test_explanations_go_to_changed_levels_first_then_to_the_oldest() -> None:
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory: pytest.TempPathFactory) -> object:
     """A real ``Scorer`` of small models trained on synthetic data."""
-    import torch
+    from modeltools import train_small_models
 
-    from nomade.ml import train
     from nomade.ml.inference import Scorer
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("models")
-    cfg = config.Config()
-    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(cfg.ml, training=dataclasses.replace(
-        cfg.ml.training, epochs=2, patience=1, batch_size=256)))
-    jobs, samples = train.synthetic_tables(600, seed=3)
-    train.fit_and_save(train.prepare(jobs, samples, 30.0, 8), cfg, out)
-    return Scorer.load(out)
+    return Scorer.load(train_small_models(tmp_path_factory.mktemp("models"), seed=3))
 
 
 def scored_state(n: int) -> tuple[JobState, float]:

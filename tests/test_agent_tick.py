@@ -4,7 +4,6 @@ publisher's single validation (real PUB/SUB sockets on 127.0.0.1, a real store).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -15,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 import zmq
+from modeltools import train_small_models
 
-from nomade import config, features, wire
+from nomade import features, wire
 from nomade.agent import scoring
 from nomade.agent.publisher import Publisher
 from nomade.agent.state import JobState
-from nomade.ml import train
 from nomade.ml.inference import Scorer
 from nomade.store import Store
 
@@ -30,13 +29,7 @@ T0 = 1.7e9
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory: pytest.TempPathFactory) -> Scorer:
-    out = tmp_path_factory.mktemp("models")
-    cfg = config.Config()
-    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(cfg.ml, training=dataclasses.replace(
-        cfg.ml.training, epochs=2, patience=1, batch_size=256)))
-    jobs, samples = train.synthetic_tables(600, seed=5)
-    train.fit_and_save(train.prepare(jobs, samples, 30.0, 8), cfg, out)
-    return Scorer.load(out)
+    return Scorer.load(train_small_models(tmp_path_factory.mktemp("models"), seed=5))
 
 
 def _start(job: str, ts: float, user: str, cpus: int) -> wire.Message:
