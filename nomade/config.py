@@ -83,6 +83,10 @@ class AlertsConfig:
 
     high_risk_threshold: float = _opt(0.7, ge=0.0, le=1.0)
     alert_on_prediction: bool = _opt(True)
+    confirm_predictions: int = _opt(2, ge=1)
+    """Consecutive predictions at or above the threshold before the Comment is written
+    (1: the first). One tick's spike (a job's first tick, before any runtime sample, is
+    scored from its request and history alone) is not worth a message to its user."""
 
 
 @dataclass(frozen=True)

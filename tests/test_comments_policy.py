@@ -14,8 +14,9 @@ FACTORS = [{"name": "mem_frac", "value": 0.93, "normal": 0.4, "contribution": 0.
            {"name": "cpu_eff", "value": 0.23, "normal": 0.78, "contribution": 0.1}]
 
 
-def policy(threshold: float = 0.7, enabled: bool = True) -> CommentPolicy:
-    return CommentPolicy(AlertsConfig(high_risk_threshold=threshold, alert_on_prediction=enabled))
+def policy(threshold: float = 0.7, enabled: bool = True, confirm: int = 1) -> CommentPolicy:
+    return CommentPolicy(AlertsConfig(high_risk_threshold=threshold, alert_on_prediction=enabled,
+                                      confirm_predictions=confirm))
 
 
 def test_writes_when_risk_reaches_threshold_and_rewrites_only_on_level_change() -> None:
@@ -152,6 +153,8 @@ def test_the_agents_comment_writer_applies_the_policy(slurm_cluster: SlurmCluste
                 "factors": advice.wire_factors(FACTORS)}
         metrics = Metrics()
         errors = RateLimitedLog(logging.getLogger("test"))
+        assert daemon.apply_comment_updates(policy_.decide([body]), slurm, metrics, errors) == 0  # unconfirmed
+        body = {**body, "ts": T0 + 30}
         assert daemon.apply_comment_updates(policy_.decide([body]), slurm, metrics, errors) == 1
         user, segment = comment.extract(slurm.get_comment(job_id))
         assert user == "keep me" and segment is not None
@@ -160,3 +163,17 @@ def test_the_agents_comment_writer_applies_the_policy(slurm_cluster: SlurmCluste
     finally:
         slurm.cancel(job_id)
     wait_final(slurm, job_id, timeout=30)
+
+
+def test_a_one_tick_spike_is_not_written_until_confirmed() -> None:
+    # e2e on the real cluster: a steady job's first tick (no sample yet) scored 1.00, then 0.58 ... 0.02
+    p = policy(confirm=2)
+    assert p.decide_job("9", 1.0, "critical", T0, FACTORS) is None          # the spike alone
+    assert p.decide_job("9", 0.58, "moderate", T0 + 30, FACTORS) is None    # below: forgotten
+    assert p.decide_job("9", 0.9, "critical", T0 + 60, FACTORS) is None     # counts from 1 again
+    second = p.decide_job("9", 0.75, "high", T0 + 90, FACTORS)
+    assert second is not None and second.level == "high" and p.written("9") == "high"
+    assert p.decide_job("9", 0.72, "high", T0 + 120, FACTORS) is None       # same level: no rewrite
+    assert p.decide_job("9", 0.85, "critical", T0 + 150, FACTORS).level == "critical"   # level change
+    p.forget("9")
+    assert p.decide_job("9", 0.9, "critical", T0 + 180, FACTORS) is None    # a forgotten job starts over

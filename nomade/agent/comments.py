@@ -6,8 +6,11 @@ scored prediction into a decision (a :class:`CommentUpdate`) or nothing:
 ``nomade.agent.daemon`` calls), ``decide_job`` for one job:
 
 - ``[ml.alerts] alert_on_prediction`` off: never writes.
-- risk >= ``high_risk_threshold``: writes the advice segment when the level differs from
-  the one last written (so a rewrite happens only on a level change, never each tick).
+- risk >= ``high_risk_threshold`` in ``confirm_predictions`` consecutive predictions
+  (default 2): writes the advice segment when the level differs from the one last
+  written (so a rewrite happens only on a level change, never each tick). One tick's
+  spike is not confirmed: a job's first tick, before any sample, is scored from its
+  request and history alone, and a model that never saw such a history may say 1.0.
 - risk below the threshold after a write: writes a "risk fell below the alert threshold" mark, once; a
   later rise above the threshold writes advice again.
 - jobs no longer running are forgotten (``running`` of ``decide``, or ``retain``).
@@ -64,7 +67,9 @@ class CommentPolicy:
     def __init__(self, alerts: AlertsConfig) -> None:
         self.threshold = alerts.high_risk_threshold
         self.enabled = alerts.alert_on_prediction
+        self.confirm = alerts.confirm_predictions
         self._written: dict[str, str] = {}   # job id -> level written, or _FELL_STATE
+        self._above: dict[str, int] = {}     # job id -> consecutive predictions >= threshold
 
     def decide(self, predictions: Iterable[Mapping[str, Any]],
                running: Iterable[str] | None = None) -> list[CommentUpdate]:
@@ -96,11 +101,13 @@ class CommentPolicy:
             return None
         last = self._written.get(job_id)
         if risk >= self.threshold:
-            if last == level:
+            above = self._above[job_id] = self._above.get(job_id, 0) + 1
+            if last == level or above < self.confirm:
                 return None
             self._written[job_id] = level
             return CommentUpdate(job_id, advice.segment_text(risk, level, factors, ts, values),
                                  level, ALERT)
+        self._above.pop(job_id, None)
         if last is None or last == _FELL_STATE:
             return None
         self._written[job_id] = _FELL_STATE
@@ -120,11 +127,14 @@ class CommentPolicy:
         gone = [j for j in self._written if j not in keep]
         for job_id in gone:
             del self._written[job_id]
+        for job_id in [j for j in self._above if j not in keep]:
+            del self._above[job_id]
         return len(gone)
 
     def forget(self, job_id: str) -> None:
         """Forget one job (it ended)."""
         self._written.pop(job_id, None)
+        self._above.pop(job_id, None)
 
     def written(self, job_id: str) -> str | None:
         """The level last written for the job, ``"fell"`` after the mark, None if nothing."""
