@@ -71,6 +71,8 @@ FEATURES: tuple[str, ...] = (
 N_FEATURES = len(FEATURES)
 N_START = 6
 """Features 1-6 are known at start; 7-17 are runtime features (the LSTM channels)."""
+START_PART = np.arange(N_FEATURES) < N_START
+"""Mask of the start-time features, by which graph neighbours are found."""
 CHANNELS: tuple[str, ...] = FEATURES[N_START:]
 WINDOW_S = 90.0
 """How far back a "recent" rate or change looks (3 samples at the 30 s interval)."""
@@ -579,6 +581,15 @@ def _rows(jobs: JobTable, t: np.ndarray, rows: np.ndarray | None) -> tuple[np.nd
     if len(rows) and (rows.min() < 0 or rows.max() >= len(jobs)):
         raise ValueError(f"rows must index the {len(jobs)} jobs")
     return t, rows
+
+
+def start_features(jobs: JobTable, rows: np.ndarray) -> np.ndarray:
+    """float32[n, 17]: the start-time features of jobs ``rows`` as of each one's start
+    (0 where unknown, the runtime part 0): what a job's graph neighbours are found by,
+    in training, in the agent's tick and in the replay alike."""
+    rows = np.asarray(rows, np.int64)
+    X, known = asof_features(jobs, SampleTable.empty(), jobs.start_ts[rows], rows)
+    return np.where(known & START_PART, X, 0.0).astype(np.float32)
 
 
 def asof_features(jobs: JobTable, samples: SampleTable, t: np.ndarray,

@@ -53,7 +53,7 @@ EXPLAIN_MIN_RISK = 0.3
 MAX_EXPLAIN = 300
 #: Factors per prediction.
 TOP_FACTORS = 3
-_START_PART = np.arange(features.N_FEATURES) < features.N_START   # as ``inference.START_PART``
+_START_PART = features.START_PART
 _REQUEST = ("req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts")
 
 
@@ -147,10 +147,7 @@ def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: f
     t = np.full(len(run), float(now))
     X, mask = features.asof_features(jobs, samples, t, rows)
     S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
-    start_ts = jobs.start_ts[rows]
-    at_start, known = features.asof_features(jobs, features.SampleTable.empty(), start_ts, rows)
-    start_X = np.where(known & _START_PART, at_start, 0.0).astype(np.float32)
-    return TickInputs(run, now, X, mask, S, lengths, start_ts, start_X)
+    return TickInputs(run, now, X, mask, S, lengths, jobs.start_ts[rows], features.start_features(jobs, rows))
 
 
 # ---------------------------------------------------------------- explanations

@@ -58,7 +58,7 @@ from nomade.ml.models import AutoencoderScorer, GNNClassifier, LSTMClassifier, N
 MIN_GROUP = 50
 """Completed examples a shape group needs for its own reference; else the overall one."""
 CPU, GPU = features.FEATURES.index("log_req_cpus"), features.FEATURES.index("log_req_gpus")
-START_PART = np.arange(features.N_FEATURES) < features.N_START
+START_PART = features.START_PART
 """The features known at start, by which a job's graph neighbours are found."""
 LSTM_BATCH = 1024
 """LSTM rows a forward pass (``LSTMClassifier.predict_proba``'s default: each step's

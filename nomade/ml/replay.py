@@ -105,10 +105,8 @@ def start_neighbours(scorer: ScorerLike, jobs: features.JobTable, job_rows: np.n
     if "gnn" not in scorer.models or not len(job_rows):
         return None
     u, inverse = np.unique(job_rows, return_inverse=True)
-    start_ts = jobs.start_ts[u]
-    X, known = features.asof_features(jobs, features.SampleTable.empty(), start_ts, u)
-    X = np.where(known & START_PART, X, 0.0).astype(np.float32)
-    nb = scorer.neighbours(X, np.broadcast_to(START_PART, X.shape), start_ts)
+    X = features.start_features(jobs, u)
+    nb = scorer.neighbours(X, np.broadcast_to(START_PART, X.shape), jobs.start_ts[u])
     return Neighbours(nb.idx[inverse], nb.sim[inverse], nb.valid[inverse])
 
 

@@ -124,8 +124,7 @@ def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: 
     S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
     ended = np.unique(rows)
     ref_X, ref_mask = features.asof_features(jobs, samples, jobs.end_ts[ended], ended)
-    start_X, start_mask = features.asof_features(jobs, samples, jobs.start_ts[ended], ended)
-    start_X = np.where(start_mask & START_PART, start_X, 0.0).astype(np.float32)
+    start_X = features.start_features(jobs, ended)
     train, val, test = time_split(jobs.start_ts[ended])
     job_split = np.full(len(jobs), -1, np.int8)
     for code, part in enumerate((train, val, test)):
