@@ -95,6 +95,9 @@ def batch(sender: str, seq: int, n: int = 50, job0: int = 1) -> bytes:
 def dealer(ctx: zmq.Context, endpoint: str, keys: curve.ClientKeys | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # a send the agent never drains fails the test (zmq.Again) instead of hanging the suite:
+    # one clean-clone run stopped here for 10 min, the test thread blocked in a DEALER send
+    sock.setsockopt(zmq.SNDTIMEO, 30_000)
     if keys is not None:
         sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public, keys.secret, keys.server_public
     sock.connect(endpoint)
