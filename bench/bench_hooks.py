@@ -24,9 +24,10 @@ from pathlib import Path
 from bench.result import Result
 
 ROOT = Path(__file__).resolve().parents[1]
-HOOKS = {"prolog": "prolog/nomade-prolog", "prolog_slurmctld": "prolog/nomade-prolog-slurmctld",
-         "epilog": "epilog/nomade-epilog", "epilog_slurmctld": "epilog/nomade-epilog-slurmctld",
-         "jobcomp": "epilog/nomade-jobcomp"}
+HOOK = ROOT / "prolog/nomade-hook"
+#: Each hook and the SLURM_SCRIPT_CONTEXT Slurm runs the one script with (jobcomp: none).
+HOOKS = {"prolog": "prolog_slurmd", "prolog_slurmctld": "prolog_slurmctld",
+         "epilog": "epilog_slurmd", "epilog_slurmctld": "epilog_slurmctld", "jobcomp": None}
 SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_UID": "1001", "SLURM_JOB_GID": "1001",
              "SLURM_JOB_USER": "u1", "SLURM_JOB_PARTITION": "batch", "SLURM_JOB_NAME": "train",
              "SLURM_CPUS_PER_NODE": "32(x4)", "SLURM_JOB_NUM_NODES": "4",
@@ -57,7 +58,7 @@ def run(quick: bool) -> list[Result]:
         floor = scratch / "empty-hook"
         floor.write_text("#!/bin/bash -p\nexit 0\n")
         floor.chmod(0o755)
-        times = _time_runs({**{h: ROOT / rel for h, rel in HOOKS.items()}, FLOOR: floor}, n, spool)
+        times = _time_runs({**{h: HOOK for h in HOOKS}, FLOOR: floor}, n, spool)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -83,6 +84,9 @@ def _time_runs(runs: dict[str, Path], n: int, spool: Path) -> dict[str, list[flo
         times[FSYNC].append(_write_fsync_ms(spool / ".reference.tmp"))
         for name, path in runs.items():
             env = {**(JOBCOMP_ENV if name == "jobcomp" else SLURM_ENV), "NOMADE_SPOOL": str(spool)}
+            context = HOOKS.get(name)
+            if context:
+                env["SLURM_SCRIPT_CONTEXT"] = context
             t0 = time.perf_counter()
             rc = subprocess.run([str(path)], env=env).returncode
             times[name].append((time.perf_counter() - t0) * 1e3)

@@ -1,4 +1,4 @@
-"""The real hook scripts under ``env -i``: exit 0 always, one exact event file, or a syslog line.
+"""The real hook script under ``env -i``: exit 0 always, one exact event file, or a syslog line.
 
 Read-only and full spool directories, and the config file and syslog socket at their
 fixed paths, are made real in a private mount namespace (``unshare --mount``), so
@@ -23,11 +23,13 @@ from nomade import jobenv
 from nomade.spool import Spool, decode
 
 ROOT = Path(__file__).resolve().parents[1]
-HOOKS = {"prolog": ROOT / "prolog/nomade-prolog",
-         "prolog_slurmctld": ROOT / "prolog/nomade-prolog-slurmctld",
-         "epilog": ROOT / "epilog/nomade-epilog",
-         "epilog_slurmctld": ROOT / "epilog/nomade-epilog-slurmctld",
-         "jobcomp": ROOT / "epilog/nomade-jobcomp"}
+HOOK = ROOT / "prolog/nomade-hook"
+# What Slurm sets to tell the one script which hook it runs as; jobcomp/script sets
+# none of it but JOBSTATE.
+CONTEXT = {"prolog": "prolog_slurmd", "epilog": "epilog_slurmd",
+           "prolog_slurmctld": "prolog_slurmctld", "epilog_slurmctld": "epilog_slurmctld",
+           "jobcomp": None}
+HOOKS = sorted(CONTEXT)
 SLURM_ENV = {"SLURM_JOB_ID": "42", "SLURM_JOB_UID": "1001", "SLURM_JOB_GID": "1001",
              "SLURM_JOB_USER": "u1", "SLURM_JOB_PARTITION": "debug",
              "SLURM_CPUS_PER_NODE": "2(x2)", "SLURM_JOB_NUM_NODES": "2",
@@ -46,9 +48,22 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is 
                                 reason="needs root and unshare for a private mount namespace")
 
 
+def hook_env(hook: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` as Slurm hands it to ``hook``: with that hook's SLURM_SCRIPT_CONTEXT."""
+    env = {k: v for k, v in env.items() if k != "SLURM_SCRIPT_CONTEXT"}
+    context = CONTEXT[hook]
+    return env if context is None else {**env, "SLURM_SCRIPT_CONTEXT": context}
+
+
 def run_hook(hook: str, env: dict[str, str] | dict[bytes, bytes]) -> subprocess.CompletedProcess[bytes]:
-    """Run a hook exactly as Slurm does: no PATH, no HOME, nothing but ``env``."""
-    return subprocess.run([str(HOOKS[hook])], env=env, capture_output=True, timeout=30)
+    """Run the hook script as Slurm runs ``hook``: no PATH, no HOME, nothing but ``env``
+    and the hook's SLURM_SCRIPT_CONTEXT."""
+    if env and isinstance(next(iter(env)), bytes):
+        context = CONTEXT[hook]
+        env = {**env, **({b"SLURM_SCRIPT_CONTEXT": context.encode()} if context else {})}
+    else:
+        env = hook_env(hook, env)  # type: ignore[arg-type]
+    return subprocess.run([str(HOOK)], env=env, capture_output=True, timeout=30)
 
 
 def in_namespace(script: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,9 +77,9 @@ def events_in(spool: Path) -> list[Path]:
     return sorted(p for p in spool.iterdir() if p.name.endswith(".ev"))
 
 
-@pytest.mark.parametrize("hook", sorted(HOOKS))
+@pytest.mark.parametrize("hook", HOOKS)
 def test_each_hook_writes_one_exact_event(hook: str, tmp_path: Path) -> None:
-    variables = JOBCOMP_ENV if hook == "jobcomp" else SLURM_ENV
+    variables = hook_env(hook, JOBCOMP_ENV if hook == "jobcomp" else SLURM_ENV)
     result = run_hook(hook, {**variables, "NOMADE_SPOOL": str(tmp_path), "UNRELATED": "x"})
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     [path] = events_in(tmp_path)
@@ -88,12 +103,35 @@ def test_names_sort_by_time_and_spool_takes_them_in_order(tmp_path: Path) -> Non
     assert [k for k, _ in jobenv.events(items[2].record)] == ["job.end"]
 
 
-def test_the_five_scripts_differ_only_in_their_hook_line() -> None:
-    bodies = {h: [ln for ln in p.read_text().splitlines() if not ln.startswith("hook=")]
-              for h, p in HOOKS.items()}
-    assert all(b == bodies["prolog"] for b in bodies.values())
-    for hook, path in HOOKS.items():
-        assert f"\nhook={hook}\n" in path.read_text() and os.access(path, os.X_OK)
+def test_epilog_folder_holds_the_same_script() -> None:
+    epilog = ROOT / "epilog/nomade-hook"
+    assert epilog.resolve() == HOOK.resolve() and os.access(HOOK, os.X_OK)
+
+
+@pytest.mark.parametrize("hook", ["prolog", "epilog", "prolog_slurmctld", "epilog_slurmctld"])
+def test_without_script_context_the_hook_is_told_by_its_name(hook: str, tmp_path: Path) -> None:
+    """Slurm releases without SLURM_SCRIPT_CONTEXT: the script installed under the hook's name."""
+    named = tmp_path / f"nomade-{hook.replace('_', '-')}"
+    named.symlink_to(HOOK)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env = {k: v for k, v in SLURM_ENV.items() if k != "SLURM_SCRIPT_CONTEXT"}
+    result = subprocess.run([str(named)], env={**env, "NOMADE_SPOOL": str(spool)},
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0
+    [path] = events_in(spool)
+    assert decode(path.read_bytes())["NOMADE_HOOK"] == hook
+
+
+@pytest.mark.parametrize("context", [None, "task_prolog", "epilog_slurmd;x"])
+def test_unknown_hook_writes_nothing_and_exits_0(context: str | None, tmp_path: Path) -> None:
+    env = {k: v for k, v in SLURM_ENV.items() if k != "SLURM_SCRIPT_CONTEXT"}
+    if context is not None:
+        env["SLURM_SCRIPT_CONTEXT"] = context
+    result = subprocess.run([str(HOOK)], env={**env, "NOMADE_SPOOL": str(tmp_path)},
+                            capture_output=True, timeout=30)
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_garbage_values_round_trip_byte_for_byte(tmp_path: Path) -> None:
@@ -125,13 +163,13 @@ def test_invalid_utf8_and_newlines_survive_any_locale(locale: dict[str, str], tm
 
 def test_older_bash_without_epochrealtime_or_mapfile_writes_the_same_event(tmp_path: Path) -> None:
     """bash 4.4 (no $EPOCHREALTIME: date) and < 4.4 (no ``mapfile -d``: read loop), simulated."""
-    old = tmp_path / "old-bash-prolog"
-    old.write_text(HOOKS["prolog"].read_text().replace(
-        "\nhook=prolog\n", "\nhook=prolog\nenable -n mapfile; unset -v EPOCHREALTIME\n", 1))
+    old = tmp_path / "old-bash-hook"
+    old.write_text(HOOK.read_text().replace(
+        "\ntmp=\n", "\ntmp=\nenable -n mapfile; unset -v EPOCHREALTIME\n", 1))
     old.chmod(0o755)
     spool = tmp_path / "spool"
     spool.mkdir()
-    env = {**SLURM_ENV, "SLURM_JOB_NAME": "a\nb", "NOMADE_SPOOL": str(spool)}
+    env = {**hook_env("prolog", SLURM_ENV), "SLURM_JOB_NAME": "a\nb", "NOMADE_SPOOL": str(spool)}
     result = subprocess.run([str(old)], env=env, capture_output=True, timeout=30)
     assert (result.returncode, result.stderr) == (0, b"")
     [path] = events_in(spool)
@@ -160,19 +198,19 @@ def test_environment_cannot_inject_code_or_redirect_the_cleanup(tmp_path: Path) 
 @pytest.mark.parametrize("hook", ["prolog", "jobcomp"])
 def test_only_the_fsync_and_the_rename_run_a_program(hook: str, tmp_path: Path) -> None:
     """Process creation dominates a hook's wall time on a busy node: keep it to sync and mv."""
-    variables = JOBCOMP_ENV if hook == "jobcomp" else SLURM_ENV
+    variables = hook_env(hook, JOBCOMP_ENV if hook == "jobcomp" else SLURM_ENV)
     trace = tmp_path / "trace"
     spool = tmp_path / "spool"
     spool.mkdir()
     result = subprocess.run([shutil.which("strace") or "strace", "-f", "-qq", "-e", "trace=execve",
-                             "-o", str(trace), str(HOOKS[hook])],
+                             "-o", str(trace), str(HOOK)],
                             env={**variables, "NOMADE_SPOOL": str(spool)}, capture_output=True, timeout=30)
     assert result.returncode == 0 and len(events_in(spool)) == 1
     programs = [line.split('"')[1] for line in trace.read_text().splitlines() if "execve(" in line]
-    assert programs == [str(HOOKS[hook]), "/usr/bin/sync", "/usr/bin/mv"]
+    assert programs == [str(HOOK), "/usr/bin/sync", "/usr/bin/mv"]
 
 
-@pytest.mark.parametrize("hook", sorted(HOOKS))
+@pytest.mark.parametrize("hook", HOOKS)
 def test_no_job_id_writes_nothing_and_exits_0(hook: str, tmp_path: Path) -> None:
     result = run_hook(hook, {"NOMADE_SPOOL": str(tmp_path)})
     assert (result.returncode, result.stdout) == (0, b"")
@@ -187,7 +225,7 @@ def test_partial_variables_still_spool_what_there_is(tmp_path: Path) -> None:
         "signal": None, "state": None, "source": "epilog"})]
 
 
-@pytest.mark.parametrize("hook", sorted(HOOKS))
+@pytest.mark.parametrize("hook", HOOKS)
 def test_missing_spool_directory_exits_0(hook: str, tmp_path: Path) -> None:
     result = run_hook(hook, {**SLURM_ENV, **JOBCOMP_ENV, "NOMADE_SPOOL": str(tmp_path / "none")})
     assert (result.returncode, result.stdout) == (0, b"")
@@ -208,7 +246,7 @@ def test_read_only_spool_exits_0(tmp_path: Path) -> None:
     out = in_namespace(
         f'/usr/bin/mount -t tmpfs -o ro tmpfs "$1" || exit 99\n'
         f'/usr/bin/env -i NOMADE_SPOOL="$1" {ENV_ARGS} "$2"; echo "rc=$?"; /usr/bin/ls -A "$1"',
-        str(tmp_path), str(HOOKS["epilog"]))
+        str(tmp_path), str(HOOK))
     assert out.stdout == "rc=0\n", out.stderr
 
 
@@ -218,7 +256,7 @@ def test_full_disk_exits_0_and_leaves_no_temp_file(tmp_path: Path) -> None:
         '/usr/bin/mount -t tmpfs -o size=8k tmpfs "$1" || exit 99\n'
         '/usr/bin/dd if=/dev/zero of="$1/fill" bs=1k count=64 2>/dev/null\n'
         f'/usr/bin/env -i NOMADE_SPOOL="$1" {ENV_ARGS} "$2"; echo "rc=$?"; /usr/bin/ls -A "$1"',
-        str(tmp_path), str(HOOKS["epilog"]))
+        str(tmp_path), str(HOOK))
     assert out.stdout == "rc=0\nfill\n", out.stderr
 
 
@@ -239,7 +277,7 @@ def test_spool_dir_from_config_and_default(tmp_path: Path) -> None:
               f'/usr/bin/env -i {ENV_ARGS} "$2"; echo "rc=$?"\n'
               '/usr/bin/rm /etc/nomade/nomade.toml\n'
               f'/usr/bin/env -i {ENV_ARGS} "$2"; echo "rc=$?"\n')
-    out = in_namespace(script, str(conf), str(HOOKS["prolog"]), str(var))
+    out = in_namespace(script, str(conf), str(HOOK), str(var))
     assert out.stdout == "rc=0\nrc=0\n", out.stderr
     assert len(events_in(spool)) == 1 and len(events_in(var)) == 1
 
@@ -255,7 +293,7 @@ def test_problem_is_logged_to_syslog_with_the_job_id(tmp_path: Path) -> None:
         out = in_namespace(
             '/usr/bin/mount --bind "$1" /dev || exit 99\n'
             f'/usr/bin/env -i NOMADE_SPOOL=/nonexistent {ENV_ARGS} "$2"; echo "rc=$?"',
-            str(dev), str(HOOKS["epilog"]))
+            str(dev), str(HOOK))
         assert out.stdout == "rc=0\n", out.stderr
         line = log.recv(4096).decode()
     assert "nomade-hook" in line and "job=42 hook=epilog" in line and "/nonexistent" in line
@@ -266,7 +304,7 @@ def test_without_proc_the_environment_comes_from_env(tmp_path: Path) -> None:
     out = in_namespace(
         '/usr/bin/mount -t tmpfs tmpfs /proc || exit 99\n'
         f'/usr/bin/env -i NOMADE_SPOOL="$1" {ENV_ARGS} "$2"; echo "rc=$?"',
-        str(tmp_path), str(HOOKS["epilog"]))
+        str(tmp_path), str(HOOK))
     assert out.stdout == "rc=0\n", out.stderr
     [path] = events_in(tmp_path)
     record = decode(path.read_bytes())
