@@ -26,18 +26,17 @@ import time
 from collections.abc import Mapping
 from typing import TypedDict
 
+from nomade import slurmfmt
+
 HOOKS = ("prolog", "prolog_slurmctld", "epilog", "epilog_slurmctld", "jobcomp")
 START_HOOKS = frozenset({"prolog", "prolog_slurmctld"})
 END_HOOKS = frozenset({"epilog", "epilog_slurmctld", "jobcomp"})
 _CONTEXT_TO_HOOK = {"prolog_slurmd": "prolog", "epilog_slurmd": "epilog",
                     "prolog_slurmctld": "prolog_slurmctld", "epilog_slurmctld": "epilog_slurmctld"}
-MAX_HOSTS = 100_000
 _JOB_ID = re.compile(r"[0-9]{1,12}(?:[_+][0-9]{1,12})?")
 _STATE = re.compile(r"[A-Z][A-Z_]{1,30}")
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
 _CPUS_PART = re.compile(r"([0-9]{1,7})(?:\(x([0-9]{1,7})\))?")
-_LIMIT = re.compile(r"(?:[0-9]{1,5}-[0-9]{1,2}(?::[0-9]{1,2}){0,2}|[0-9]{1,9}(?::[0-9]{1,2}){0,2})")
-_RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 
 
 class JobStart(TypedDict):
@@ -102,54 +101,10 @@ def to_name(text: str | None) -> str | None:
 
 def expand_hostlist(text: str | None) -> list[str] | None:
     """Expand a Slurm hostlist (``n[1-3,5],gpu01``, ``r[1-2]n[01-02]``); None if invalid."""
-    if not text:
+    try:
+        return slurmfmt.expand_hostlist(text) or None if text else None
+    except ValueError:
         return None
-    hosts: list[str] = []
-    for part in _split_top(text):
-        expanded = _expand_one(part)
-        if expanded is None or len(hosts) + len(expanded) > MAX_HOSTS:
-            return None
-        hosts.extend(expanded)
-    return hosts or None
-
-
-def _split_top(text: str) -> list[str]:
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(text):
-        depth += (c == "[") - (c == "]")
-        if c == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
-
-
-def _expand_one(part: str) -> list[str] | None:
-    if "[" not in part:
-        return [part] if _NAME.fullmatch(part) and "]" not in part else None
-    head, _, rest = part.partition("[")
-    body, sep, tail = rest.partition("]")
-    if not sep or (head and not _NAME.fullmatch(head)):
-        return None
-    numbers = _expand_ranges(body)
-    tails = _expand_one(tail) if tail else [""]
-    if numbers is None or tails is None or len(numbers) * len(tails) > MAX_HOSTS:
-        return None
-    return [head + n + t for n in numbers for t in tails]
-
-
-def _expand_ranges(body: str) -> list[str] | None:
-    out: list[str] = []
-    for item in body.split(","):
-        m = _RANGE.fullmatch(item)
-        if not m:
-            return None
-        lo, hi = m.group(1), m.group(2) or m.group(1)
-        if int(hi) < int(lo) or len(out) + int(hi) - int(lo) >= MAX_HOSTS:
-            return None
-        width = len(lo) if lo.startswith("0") else 0
-        out.extend(str(i).zfill(width) for i in range(int(lo), int(hi) + 1))
-    return out
 
 
 def total_cpus(text: str | None) -> int | None:
@@ -178,22 +133,7 @@ def exit_and_signal(text: str | None) -> tuple[int | None, int | None]:
     return (status >> 8) & 0xFF, status & 0x7F
 
 
-def time_limit_s(text: str | None) -> float | None:
-    """A Slurm time limit as seconds: minutes (``"10"``, jobcomp of old Slurm), or
-    ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS`` (jobcomp of 22.05);
-    ``UNLIMITED``/garbage -> None."""
-    if not text or not _LIMIT.fullmatch(text.strip()):
-        return None
-    days, _, clock = text.strip().rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if days:
-        parts += [0] * (3 - len(parts))  # D-HH, D-HH:MM
-        seconds = int(days) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
-    elif len(parts) == 1:
-        seconds = parts[0] * 60
-    else:
-        seconds = sum(v * m for v, m in zip(reversed(parts), (1, 60, 3600)))
-    return float(seconds) if seconds > 0 else None
+time_limit_s = slurmfmt.time_limit_s
 
 
 def hook_of(env: Mapping[str, str]) -> str | None:
@@ -219,7 +159,7 @@ def job_start(env: Mapping[str, str], source: str) -> JobStart | None:
     if jid is None:
         return None
     nodes = expand_hostlist(_first(env, "SLURM_JOB_NODELIST", "SLURM_NODELIST", "NODES"))
-    num_nodes = to_int(_first(env, "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "NODECNT"), 1, MAX_HOSTS)
+    num_nodes = to_int(_first(env, "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "NODECNT"), 1, slurmfmt.MAX_HOSTS)
     cpus = total_cpus(_first(env, "SLURM_JOB_CPUS_PER_NODE", "SLURM_CPUS_PER_NODE"))
     cpus = cpus if cpus is not None else to_int(env.get("PROCS"), 1)
     return JobStart(

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from nomade import slurmfmt
+from nomade.slurmfmt import expand_hostlist
 from nomade.states import is_final, normalise
 from nomade.errors import NomadeError
 
@@ -46,7 +48,6 @@ log = logging.getLogger(__name__)
 SEARCH_DIRS = ("/usr/bin", "/usr/local/bin", "/opt/slurm/bin")
 _RUNUSER = ("/usr/sbin/runuser", "/sbin/runuser")
 #: Slurm's NO_VAL / INFINITE markers (uint32 and uint64) mean "not set".
-_NO_VALUES = frozenset({0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFE, 0xFFFFFFFFFFFFFFFF})
 _MEM_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 _SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w/:]*)=")
 _JOB_ID = re.compile(r"^\d+([_+]\d+)?$")
@@ -110,49 +111,6 @@ class Job:
     comment: str = field(default="")
 
 
-def expand_hostlist(hostlist: str) -> list[str]:
-    """Expand a Slurm host list: ``"n[1-3,5],gpu[01-02]"`` -> n1 n2 n3 n5 gpu01 gpu02.
-
-    Zero padding is kept and several bracket groups multiply (``r[1-2]n[1-2]``).
-    Raises ValueError on unbalanced brackets or a bad range.
-    """
-    hosts: list[str] = []
-    for part in _split_top(hostlist.strip()):
-        hosts.extend(_expand_one(part))
-    return hosts
-
-
-def _split_top(text: str) -> list[str]:
-    """Split at commas outside brackets."""
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(text):
-        depth += (c == "[") - (c == "]")
-        if depth < 0 or depth > 1:
-            raise ValueError(f"bad host list {text!r}")
-        if c == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth:
-        raise ValueError(f"bad host list {text!r}")
-    parts.append(text[start:])
-    return [p for p in parts if p]
-
-
-def _expand_one(pattern: str) -> list[str]:
-    open_ = pattern.find("[")
-    if open_ < 0:
-        return [pattern]
-    close = pattern.index("]", open_)
-    head, body, tail = pattern[:open_], pattern[open_ + 1:close], pattern[close + 1:]
-    values: list[str] = []
-    for item in body.split(","):
-        lo, _, hi = item.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
-            raise ValueError(f"bad range {item!r} in host list {pattern!r}")
-        values.extend(str(n).zfill(len(lo)) for n in range(int(lo), int(hi or lo) + 1))
-    return [head + v + rest for v in values for rest in _expand_one(tail)]
-
-
 def parse_scontrol_record(line: str) -> dict[str, str]:
     """``scontrol show -o`` output (one record) as a dict of its ``Key=Value`` fields.
 
@@ -167,15 +125,7 @@ def parse_scontrol_record(line: str) -> dict[str, str]:
     return record
 
 
-def _num(value: Any) -> float | None:
-    """A number from either JSON shape; None for null, unset, infinite or NO_VAL."""
-    if isinstance(value, Mapping):
-        if not value.get("set", True) or value.get("infinite", False):
-            return None
-        value = value.get("number")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return None if value in _NO_VALUES else value
+_num = slurmfmt.number
 
 
 def _int(value: Any) -> int | None:
