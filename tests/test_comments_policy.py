@@ -137,7 +137,7 @@ def test_the_agents_comment_writer_applies_the_policy(slurm_cluster: SlurmCluste
     """The agent core's loader and writer (nomade.agent.daemon) with this policy."""
     import logging
 
-    daemon = pytest.importorskip("nomade.agent.daemon")
+    from nomade.agent import daemon
     from nomade.agent.ingest import RateLimitedLog
     from nomade.agent.metrics import Metrics
     from nomade.config import Config

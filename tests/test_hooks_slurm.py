@@ -102,7 +102,7 @@ def test_every_ending_reaches_the_store_once_with_its_final_state(cluster: Path,
         wait_drained(node, ids, {"prolog", "epilog"}, 2 * len(ids), db)
         assert {j.job_id for j in db.jobs_awaiting_final_state()} == ids
         from nomade.slurm import Slurm
-        tracker, now = FinalStateTracker(first_delay_s=0.5), time.time()
+        tracker = FinalStateTracker(first_delay_s=0.5)
         deadline = time.monotonic() + 60
         while db.jobs_awaiting_final_state() and time.monotonic() < deadline:
             poll_once(tracker, db, Slurm(), time.time())
@@ -111,7 +111,7 @@ def test_every_ending_reaches_the_store_once_with_its_final_state(cluster: Path,
             job = db.get_job(job_id)
             assert job is not None and job.state == SCENARIOS[name][2], (name, job)
             assert job.state_source == "slurm"
-        assert db.counts()["jobs"] == len(ids) and now > 0
+        assert db.counts()["jobs"] == len(ids)
 
 
 @pytest.mark.slow

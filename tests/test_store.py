@@ -452,16 +452,33 @@ def test_failed_migration_leaves_file_untouched(tmp_path: Path,
 
 def test_function_migration_runs_in_the_same_transaction(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A function migration's writes commit with the version bump, or not at all."""
     path = tmp_path / "s.db"
-    Store(path).close()
+    with Store(path) as s:
+        s.write_batch("n1", 1, [start("1")])
 
     def add_column(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE jobs ADD COLUMN note TEXT")
         conn.execute("UPDATE jobs SET note = 'x'")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, add_column])
+    def add_index_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE INDEX jobs_note ON jobs (note)")
+        raise ValueError("half-way")
+
+    released = list(store_mod.MIGRATIONS)
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*released, add_column, add_index_then_fail])
+    with pytest.raises(StoreError, match="half-way"):
+        Store(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(released)
+    assert "note" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_note'").fetchone()[0] == 0
+    conn.close()
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*released, add_column])
     with Store(path) as s:
         assert s._conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
+        assert s._conn.execute("SELECT job_id, note FROM jobs").fetchall() == [("1", "x")]
 
 
 @pytest.mark.parametrize("readonly", [False, True])

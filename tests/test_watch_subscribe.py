@@ -283,12 +283,12 @@ def test_report_text_and_svg_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_subscribe_reads_the_agents_own_publisher(pub, config, tmp_path: Path) -> None:
     """The agent core's Publisher (nomade.agent.publisher) on the PUB socket, subscribe
     on the other end: the framing and the bodies agree."""
-    publisher_mod = pytest.importorskip("nomade.agent.publisher")
+    from nomade.agent.publisher import Publisher
     from nomade.store import Store
 
     sock, endpoint = pub
     with Store(tmp_path / "agent.db") as store:
-        publisher = publisher_mod.Publisher(sock, store, "agent-host")
+        publisher = Publisher(sock, store, "agent-host")
         bodies = [{"job_id": j, "user": u, "partition": p, "nodes": ["cn01"], "risk": r,
                    "level": wire.level_for(r), "parts": {"gnn": r, "lstm": None, "autoencoder": None},
                    "factors": advice.wire_factors([{"name": "cpu_eff", "value": 0.2, "normal": 0.7}]),
