@@ -63,6 +63,20 @@ def wait_gone(job_ids: list[str], timeout_s: float) -> None:
     raise AssertionError(f"jobs {job_ids} still active after {timeout_s} s")
 
 
+def wait_until(done, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout_s} s")
+        time.sleep(0.3)
+
+
+def is_running(job_id: str) -> bool:
+    out = subprocess.run(["/usr/bin/squeue", "-h", "-o", "%T", "-j", job_id],
+                         capture_output=True, text=True).stdout
+    return out.strip() == "RUNNING"
+
+
 def ours(ids: set[str], hooks: set[str]):  # type: ignore[no-untyped-def]
     return lambda rec: jobenv.job_id(rec) in ids and jobenv.hook_of(rec) in hooks
 
@@ -80,7 +94,7 @@ def test_every_ending_reaches_the_store_once_with_its_final_state(cluster: Path,
                                                                   tmp_path: Path) -> None:
     jobs = {name: sbatch(opts, script) for name, (opts, script, _) in SCENARIOS.items()}
     ids = set(jobs.values())
-    time.sleep(3)
+    wait_until(lambda: is_running(jobs["cancelled"]), 60, "the job to cancel runs")
     subprocess.run(["/usr/bin/scancel", jobs["cancelled"]], check=True)
     wait_gone(list(ids), 120)
     node, ctld = Spool(cluster / "spool/node"), Spool(cluster / "spool/ctld")
@@ -183,14 +197,21 @@ def test_an_agent_killed_while_jobs_start_and_end_loses_and_doubles_no_event(
                                  "agent", "--no-slurm"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
+    def stored_any() -> bool:
+        if not (tmp_path / "agent.db").exists():
+            return False
+        with Store(tmp_path / "agent.db", readonly=True) as db:
+            return any(db.get_job(j) is not None for j in ids)
+
     proc = agent()
     ids = [sbatch([], f"sleep {1 + k % 3}") for k in range(6)]
     try:
-        time.sleep(2.5)
-        proc.kill()
+        wait_until(stored_any, 60, "the agent stores the first jobs' events")
+        proc.kill()  # mid-way: some of the six are stored, the rest still run or end
         proc.wait()
-        ids += [sbatch([], "sleep 1") for _ in range(2)]
-        time.sleep(1.5)
+        late = [sbatch([], "sleep 1") for _ in range(2)]
+        wait_gone(late, 120)  # they start and end while no agent drains the spool
+        ids += late
         proc = agent()
         wait_gone(ids, 120)
         deadline = time.monotonic() + 30
