@@ -126,7 +126,7 @@ outbox_dir = "{site / 'outbox'}"
 outbox_max_mb = {outbox_max_mb}
 ack_timeout_s = 0.5
 spool_dir = "{site / 'spool'}"
-{extra}""")
+{extra or "[security]" + chr(10) + "curve_enabled = false"}""")
     return cfg
 
 

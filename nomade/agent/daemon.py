@@ -43,7 +43,7 @@ from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
 from nomade.agent.publisher import Publisher
 from nomade.agent.state import JobState, options_for
-from nomade.config import Config
+from nomade.config import Config, check_endpoint
 from nomade.spool import Spool
 from nomade.store import JOB_SAMPLE_FIELDS, RetentionPolicy, Store
 
@@ -148,8 +148,11 @@ class Agent:
         self.final_interval_s = final_interval_s
         self.sample_interval_s = cfg.collector.interval_s   # the LSTM's grid, as in training
         self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS,
-                                      **options_for(cfg.ml.sequence_length, self.sample_interval_s))
-        self.ingest = Ingest(store, self.state, self.metrics, self.name)
+                                      **options_for(cfg.ml.sequence_length, self.sample_interval_s),
+                                      max_jobs=cfg.agent.max_running_jobs,
+                                      max_orphans=cfg.agent.max_orphan_jobs,
+                                      max_nodes=cfg.agent.max_nodes_per_job)
+        self.state.limit_hits = self.metrics.limit_hits_total   # JobState counts into the metric
         self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s)
         self.requests = requests.RequestTracker()
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
@@ -158,8 +161,15 @@ class Agent:
         self.scorer: scoring.ScorerLike | None = None
         self._model_mtime: float | None = None
         self._comment_log = RateLimitedLog(log, 30.0)
+        self._max_round_bytes = cfg.agent.max_round_mb << 20
+        self._max_sender_bytes = cfg.agent.max_sender_round_mb << 20
+        for key, endpoint in (("agent.ingest_endpoint", cfg.agent.ingest_endpoint),
+                              ("agent.publish_endpoint", cfg.agent.publish_endpoint)):
+            check_endpoint(cfg, key, endpoint)
         self._ctx = zmq.Context()
         self._auth = curve.start_authenticator(self._ctx, cfg.security)
+        self.ingest = Ingest(store, self.state, self.metrics, self.name,
+                             keys=curve.authorized_keys(self._auth))
         self.router = self._socket(zmq.ROUTER, cfg.agent.ingest_endpoint)
         self.pub = self._socket(zmq.PUB, cfg.agent.publish_endpoint)
         self.publisher = Publisher(self.pub, store, self.name)
@@ -177,6 +187,7 @@ class Agent:
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a restarted collector keeps its identity
+            sock.setsockopt(zmq.RCVHWM, self.cfg.agent.receive_hwm)
         curve.secure_server(sock, self.cfg.security, self._auth)
         sock.bind(endpoint)
         return sock
@@ -225,24 +236,41 @@ class Agent:
                 self.receive()
 
     def receive(self, block_ms: int = 0) -> int:
-        """Take up to ``MAX_FRAMES_PER_ROUND`` waiting messages, store, ack; how many.
-        A failed store write is logged and nothing is acked (the senders resend)."""
-        received = []
-        flags = zmq.NOBLOCK
-        while len(received) < MAX_FRAMES_PER_ROUND:
+        """Take waiting messages (at most ``MAX_FRAMES_PER_ROUND`` and ``[agent]
+        max_round_mb``), store, ack; how many. A sender's frames beyond ``[agent]
+        max_sender_round_mb`` in the round are dropped unacked (counted; it resends). A
+        failed store write is logged and nothing is acked (the senders resend)."""
+        received: list[list[Any]] = []
+        users: list[str | None] = []
+        per_sender: dict[bytes | str, int] = {}
+        round_bytes, m = 0, self.metrics
+        while len(received) < MAX_FRAMES_PER_ROUND and round_bytes < self._max_round_bytes:
             try:
-                received.append(self.router.recv_multipart(flags, copy=True))
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             except zmq.ZMQError as e:
                 if e.errno == zmq.EINTR:
                     break
                 raise
+            size = sum(len(f) for f in frames)
+            # with CURVE, the ZAP User-Id: the name of the key that sent it (nomade.curve)
+            user = frames[-1].get("User-Id") if self._auth is not None else None
+            who: bytes | str = user if user is not None else frames[0].bytes
+            per_sender[who] = per_sender.get(who, 0) + size
+            round_bytes += size
+            if per_sender[who] > self._max_sender_bytes:
+                m.limit_hits_total["sender_round_bytes"] += 1
+                continue
+            received.append([f.bytes if len(f) < 65536 else f.buffer for f in frames])
+            users.append(user)
+        if round_bytes >= self._max_round_bytes:
+            m.limit_hits_total["round_bytes"] += 1
         self.metrics.queue_depth = len(received)
         if not received:
             return 0
         try:
-            replies = self.ingest.handle(received)
+            replies = self.ingest.handle(received, users if self._auth is not None else None)
         except Exception as e:  # store full or locked: do not ack, do not die; they resend
             self.metrics.store_errors_total += 1
             log.error("store write failed, %d frames not acknowledged: %s", len(received), e)

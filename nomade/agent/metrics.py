@@ -19,6 +19,13 @@ from nomade.wire import LEVELS
 
 log = logging.getLogger(__name__)
 
+#: Reasons a batch is refused or changed: ``nomade.agent.ingest``.
+REFUSALS: tuple[str, ...] = ("sender", "node", "prediction", "final_state")
+#: The bounds counted when hit: [agent] max_round_mb, max_sender_round_mb,
+#: max_nodes_per_job, max_running_jobs, max_orphan_jobs, max_final_state_jobs.
+LIMITS: tuple[str, ...] = ("round_bytes", "sender_round_bytes", "nodes_per_job", "running_jobs",
+                           "orphan_jobs", "final_state_jobs")
+
 
 @dataclass
 class Metrics:
@@ -44,6 +51,11 @@ class Metrics:
     queue_depth: int = 0
     running_jobs: int = 0
     model_loaded: int = 0
+    #: Batches refused for what their sender may not say (``nomade.agent.ingest``), by
+    #: reason; "final_state": batches whose job.end final state was cleared (still stored).
+    refused_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+    #: Times a bound was hit, by limit (``LIMITS``).
+    limit_hits_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LIMITS, 0))
     #: Rows removed by retention, by (table, step): ("job_samples", "thin"), (…, "drop").
     pruned_rows_total: dict[tuple[str, str], int] = field(default_factory=lambda: dict.fromkeys(
         (("job_samples", "thin"), ("job_samples", "drop"), ("node_samples", "drop"),
@@ -90,6 +102,12 @@ class Metrics:
         series("comment_updates_total", "counter", "Job Comments written.", self.comment_updates_total)
         series("comment_errors_total", "counter", "Job Comment writes that failed.", self.comment_errors_total)
         series("final_states_total", "counter", "Final states recorded from Slurm.", self.final_states_total)
+        for reason, n in self.refused_total.items():
+            series("refused_total", "counter", "Batches refused (or final state cleared) for what "
+                   "their sender may not say, by reason.", n, f'{{reason="{reason}"}}')
+        for limit, n in self.limit_hits_total.items():
+            series("limit_hits_total", "counter", "Times a configured bound was hit, by limit.", n,
+                   f'{{limit="{limit}"}}')
         for (table, step), n in self.pruned_rows_total.items():
             series("pruned_rows_total", "counter", "Store rows removed by retention.", n,
                    f'{{table="{table}",step="{step}"}}')
