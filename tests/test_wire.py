@@ -621,3 +621,17 @@ def test_byte_mutated_frames_are_valid_messages_or_wire_errors(msg: Message,
         chunk = data.draw(HOSTILE)
         raw[at:at + (len(chunk) if how == "overwrite" else 0)] = chunk
     _accepts_or_refuses(bytes(raw))
+
+
+def test_nested_array_headers_are_refused_before_any_is_allocated() -> None:
+    import tracemalloc
+
+    frame = b"\xdc\x0b\xb7" * 1000          # 1000 nested arrays each claiming 2999 elements
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match="incomplete"):
+            w.decode(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024, f"{peak} bytes for a {len(frame)}-byte frame"
