@@ -1077,9 +1077,11 @@ class Store:
 
     # -- reading
 
-    def _jobs(self, where: str, params: Sequence[Any] = (), order: str = "job_id") -> list[Job]:
+    def _jobs(self, where: str, params: Sequence[Any] = (), order: str = "job_id",
+              limit: int | None = None) -> list[Job]:
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
         with self._snapshot() as conn:
-            rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY {order}",
+            rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY {order}{tail}",
                                 params).fetchall()
         return [_job_of(r) for r in rows]
 
@@ -1093,9 +1095,12 @@ class Store:
         return self._jobs("WHERE end_ts IS NULL AND start_ts IS NOT NULL",
                           order="start_ts, job_id")
 
-    def jobs_awaiting_final_state(self) -> list[Job]:
-        """Ended jobs whose final state is not known yet, earliest end first."""
-        return self._jobs("WHERE end_ts IS NOT NULL AND state IS NULL", order="end_ts, job_id")
+    def jobs_awaiting_final_state(self, since_ts: float | None = None,
+                                  limit: int | None = None) -> list[Job]:
+        """Ended jobs (at or after ``since_ts`` when given) whose final state is not known
+        yet, earliest end first, at most ``limit``."""
+        where, params = _where(("end_ts >= ?", since_ts), fixed="end_ts IS NOT NULL AND state IS NULL")
+        return self._jobs(where, params, order="end_ts, job_id", limit=limit)
 
     def ended_jobs(self, since_ts: float | None = None,
                    until_ts: float | None = None) -> list[Job]:

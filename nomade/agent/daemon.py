@@ -153,7 +153,8 @@ class Agent:
                                       max_orphans=cfg.agent.max_orphan_jobs,
                                       max_nodes=cfg.agent.max_nodes_per_job)
         self.state.limit_hits = self.metrics.limit_hits_total   # JobState counts into the metric
-        self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s)
+        self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s,
+                                                    max_jobs=cfg.agent.max_final_state_jobs)
         self.requests = requests.RequestTracker()
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
         self.model_watch = scoring.ModelWatch()
@@ -353,6 +354,7 @@ class Agent:
         except Exception as e:  # store trouble: try again next round
             log.warning("final-state round failed: %s", e)
             return
+        self.metrics.limit_hits_total["final_state_jobs"] += self.tracker.full
         for d in decisions:
             if isinstance(d, finalstate.Final):
                 self.state.final_state(d.job_id, d.state)
