@@ -45,12 +45,15 @@ from nomade.agent.publisher import Publisher
 from nomade.agent.state import JobState, options_for
 from nomade.config import Config, check_endpoint
 from nomade.spool import Spool
+from nomade.states import is_final
 from nomade.store import JOB_SAMPLE_FIELDS, RetentionPolicy, Store
 
 log = logging.getLogger(__name__)
 
 #: Most frames taken from the socket before they are stored and acked together.
 MAX_FRAMES_PER_ROUND = 256
+#: Job ids in one ``squeue`` call of the running-job check (``Agent.check_running``).
+RUNNING_CHECK_BATCH = 1000
 #: Linger (ms) at close, so the last acks and predictions can leave.
 CLOSE_LINGER_MS = 1000
 #: Ticks between two unfrozen full garbage collections (``Agent._gc_after_tick``): an hour at 30 s.
@@ -209,6 +212,7 @@ class Agent:
         poller.register(self.router, zmq.POLLIN)
         now = time.monotonic()
         next_tick, next_spool, next_final = now, now, now + self.final_interval_s
+        next_check = now + self.cfg.agent.running_check_interval_s
         every = self.cfg.storage.prune_interval_s
         next_prune = now + every if every else math.inf
         while not should_stop():
@@ -220,6 +224,9 @@ class Agent:
                 self.poll_requests()
                 self.poll_final_states()
                 next_final = now + self.final_interval_s
+            if now >= next_check:
+                self.check_running(time.time())
+                next_check = now + self.cfg.agent.running_check_interval_s
             if now >= next_tick:
                 self.tick()
                 next_tick = now + self.interval_s
@@ -306,6 +313,51 @@ class Agent:
         self.metrics.spool_events_total += sink.count
         self.metrics.running_jobs = len(self.state.running)
         return sink.count
+
+    def check_running(self, now: float) -> int:
+        """End the started jobs (started over ``running_check_interval_s`` ago) that
+        Slurm no longer lists as running: a ``job.end`` (source "slurm") with Slurm's final
+        state when it still knows the job, else none (the final-state poller asks). A job
+        whose end event was lost, or a start nobody ran, is not scored forever. How many
+        ended; a failed query or store write is logged and retried next time."""
+        if self.slurm is None:
+            return 0
+        old = now - self.cfg.agent.running_check_interval_s
+        ids = [r.job_id for r in self.state.scorable() if r.request["start_ts"] < old]
+        messages = []
+        for k in range(0, len(ids), RUNNING_CHECK_BATCH):
+            chunk = ids[k:k + RUNNING_CHECK_BATCH]
+            try:
+                listed = {job.job_id: job for job in self.slurm.list_jobs(job_ids=chunk)}
+            except Exception as e:  # a Slurm outage must not stop the agent: try again later
+                log.warning("running-job check of %d jobs failed: %s", len(chunk), e)
+                return 0
+            for job_id in chunk:
+                job = listed.get(job_id)
+                if job is not None and job.state is not None and not is_final(job.state):
+                    continue
+                final = job is not None and job.state is not None
+                body = {"job_id": job_id, "source": finalstate.SOURCE,
+                        "end_ts": job.end_ts if final and job.end_ts is not None else now,
+                        "state": job.state if final else None,
+                        "exit_code": job.exit_code if final else None}
+                try:
+                    messages.append(wire.make("job.end", self.name, 0, body, now))
+                    continue
+                except wire.WireError as e:  # Slurm said something the wire refuses: end it plainly
+                    log.warning("job %s: Slurm's end refused (%s); ended without a state", job_id, e)
+                messages.append(wire.make("job.end", self.name, 0, {**body, "state": None,
+                                                                    "exit_code": None}, now))
+        if not messages:
+            return 0
+        try:
+            _StateSink(self.store, self.state).write_messages(messages)
+        except Exception as e:  # store locked or full: the next check finds them again
+            log.warning("ends of %d jobs Slurm no longer runs not stored: %s", len(messages), e)
+            return 0
+        log.info("%d started jobs are no longer running in Slurm: ended", len(messages))
+        self.metrics.running_jobs = len(self.state.running)
+        return len(messages)
 
     def poll_requests(self) -> int:
         """Complete the requests of started jobs that lack memory, GPUs or time limit from
