@@ -293,7 +293,8 @@ SCHEMAS: dict[str, tuple[_Field, ...]] = {
         ("mem_total_bytes", COUNT, OPT), ("swap_used_bytes", COUNT, OPT),
         ("load1", AMOUNT, OPT), ("disk_read_Bps", AMOUNT, OPT),
         ("disk_write_Bps", AMOUNT, OPT), ("net_rx_Bps", AMOUNT, OPT),
-        ("net_tx_Bps", AMOUNT, OPT),
+        ("net_tx_Bps", AMOUNT, OPT), ("outbox_dropped", COUNT, OPT),
+        ("outbox_write_errors", COUNT, OPT),
     ),
     "prediction": (
         ("job_id", JOB_ID, REQ), ("user", NAME, OPT), ("partition", NAME, OPT),

@@ -35,7 +35,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "node.sample": {
         "node": "cn042", "ts": TS, "cpu_pct": 87.5, "iowait_pct": 2.0, "mem_used_bytes": 2**36,
         "mem_total_bytes": 2**38, "swap_used_bytes": 0, "load1": 31.7, "disk_read_Bps": 1e6,
-        "disk_write_Bps": 0, "net_rx_Bps": 12.5e6, "net_tx_Bps": None},
+        "disk_write_Bps": 0, "net_rx_Bps": 12.5e6, "net_tx_Bps": None, "outbox_dropped": 2,
+        "outbox_write_errors": 0},
     "prediction": {
         "job_id": "4242", "user": "alice", "partition": "gpu", "nodes": ["cn042"], "risk": 0.83,
         "level": "critical", "parts": {"gnn": 0.9, "lstm": None, "autoencoder": 0.7},

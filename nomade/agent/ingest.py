@@ -121,6 +121,10 @@ class Ingest:
                 m.batches_total += 1
                 m.messages_total += len(items) + len(rows)
                 changes = self.state.apply(items)
+                for item in items:
+                    if item.kind == "node.sample":
+                        m.collector_reported(batch.sender, item.body["outbox_dropped"],
+                                             item.body["outbox_write_errors"])
                 m.samples_total += changes.samples + self.state.apply_rows(rows)
                 self.changes.started += changes.started
                 self.changes.ended += changes.ended
