@@ -143,13 +143,13 @@ class AgentConfig:
     interval_s: float = _opt(30.0, gt=0.0)
     spool_dirs: tuple[str, ...] = _opt(())
     final_state_timeout_s: float = _opt(300.0, gt=0.0)
-    max_round_mb: int = _opt(64, ge=1)
+    max_round_mb: int = _opt(16, ge=1)
     """Most frame bytes taken from the ingest socket before they are stored and acked
     together (the rest waits in ZeroMQ's queue for the next round)."""
-    max_sender_round_mb: int = _opt(8, ge=1)
+    max_sender_round_mb: int = _opt(4, ge=1)
     """Most frame bytes of one sender in one round; its frames beyond are dropped unacked
     (it resends after its ack timeout), so one node cannot take a round."""
-    receive_hwm: int = _opt(64, ge=1)
+    receive_hwm: int = _opt(16, ge=1)
     """ZeroMQ receive high-water mark of the ingest socket: messages queued per peer."""
     max_nodes_per_job: int = _opt(16384, ge=1)
     max_running_jobs: int = _opt(100_000, ge=1)

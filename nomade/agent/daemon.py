@@ -265,9 +265,10 @@ class Agent:
             # with CURVE, the ZAP User-Id: the name of the key that sent it (nomade.curve)
             user = frames[-1].get("User-Id") if self._auth is not None else None
             who: bytes | str = user if user is not None else frames[0].bytes
-            per_sender[who] = per_sender.get(who, 0) + size
+            before = per_sender.get(who, 0)
+            per_sender[who] = before + size
             round_bytes += size
-            if per_sender[who] > self._max_sender_bytes:
+            if before and before + size > self._max_sender_bytes:   # its first frame always goes
                 m.limit_hits_total["sender_round_bytes"] += 1
                 continue
             received.append([f.bytes if len(f) < 65536 else f.buffer for f in frames])
