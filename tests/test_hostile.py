@@ -1,7 +1,7 @@
 """Hostile clients against the agent as shipped (CURVE on), on real sockets on 127.0.0.1.
 
 Each attack of issue 11, re-run: forged senders and nodes, collectors sending predictions
-or final states, replayed seqs, huge and nested frames, floods, hundreds of thousands of
+or final states, replayed seqs, huge and nested frames, floods, tens of thousands of
 distinct job ids, a subscriber without a key and one that never reads. Every loop is
 bounded (a count, or a deadline of seconds). The judge is the agent's SQLite store, its
 metrics, and, for the floods, the peak RSS of an agent process (``VmHWM``): the bound is
