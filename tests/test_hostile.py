@@ -425,3 +425,35 @@ def test_predictions_reach_authorized_subscribers_only_and_a_slow_one_blocks_not
         if auth is not None:
             auth.stop()
     assert took < 60, f"publishing blocked: {took:.1f} s"
+
+
+def test_started_jobs_slurm_no_longer_runs_are_ended(tmp_path: Path) -> None:
+    """200,000 forged starts were scored every tick for ever: now a started job Slurm no
+    longer lists as running is ended (with Slurm's final state when it has one). Slurm is
+    a real ``Slurm`` on an ``squeue`` script that knows job 1 (running) and 2 (completed)."""
+    from nomade.slurm import Slurm
+
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.parent.mkdir()
+    squeue.write_text(f"""#!{sys.executable}
+import json
+print(json.dumps({{"jobs": [
+    {{"job_id": 1, "job_state": ["RUNNING"], "start_time": {T0}}},
+    {{"job_id": 2, "job_state": ["COMPLETED"], "start_time": {T0}, "end_time": {T0 + 50}, "exit_code": 0}}]}}))
+""")
+    squeue.chmod(0o755)
+    agent = Agent(agent_config(tmp_path), slurm=Slurm(bin_dir=str(squeue.parent), use_pyslurm="never"),
+                  name="agent0")
+    try:
+        starts = [wire.make("job.start", "ctld", 0, {"job_id": j, "start_ts": T0, "nodes": ["n1"]}, T0)
+                  for j in ("1", "2", "3")]
+        agent.ingest.handle([[b"peer", frame("ctld", 1, starts)]])
+        assert agent.check_running(T0 + 10) == 0             # started too recently to judge
+        assert agent.check_running(T0 + 3600) == 2
+        assert [r.job_id for r in agent.state.scorable()] == ["1"]
+        with Store(tmp_path / "agent.db", readonly=True) as store:
+            done, gone = store.get_job("2"), store.get_job("3")
+        assert done is not None and (done.state, done.end_ts) == ("COMPLETED", T0 + 50)
+        assert gone is not None and gone.state is None and gone.end_ts == T0 + 3600
+    finally:
+        agent.close()
