@@ -246,7 +246,8 @@ class Agent:
     def receive(self, block_ms: int = 0) -> int:
         """Take waiting messages (at most ``MAX_FRAMES_PER_ROUND`` and ``[agent]
         max_round_mb``), store, ack; how many. A sender's frames beyond ``[agent]
-        max_sender_round_mb`` in the round are dropped unacked (counted; it resends). A
+        max_sender_round_mb`` in the round (after its first) are dropped unacked (counted;
+        it resends). With CURVE a sender is its key's name, else its connection. A
         failed store write is logged and nothing is acked (the senders resend)."""
         received: list[list[Any]] = []
         users: list[str | None] = []
@@ -262,8 +263,7 @@ class Agent:
                     break
                 raise
             size = sum(len(f) for f in frames)
-            # with CURVE, the ZAP User-Id: the name of the key that sent it (nomade.curve)
-            user = frames[-1].get("User-Id") if self._auth is not None else None
+            user = self._user_id(frames[-1])
             who: bytes | str = user if user is not None else frames[0].bytes
             before = per_sender.get(who, 0)
             per_sender[who] = before + size
@@ -291,6 +291,17 @@ class Agent:
                 pass
         self._changes()
         return len(received)
+
+    def _user_id(self, frame: zmq.Frame) -> str | None:
+        """With CURVE, the ZAP User-Id of ``frame``: the name of the key that sent it
+        (``nomade.curve``; "" for a key no longer authorized, which matches no sender);
+        None without CURVE."""
+        if self._auth is None:
+            return None
+        try:
+            return str(frame.get("User-Id"))
+        except zmq.ZMQError:
+            return ""
 
     def _changes(self) -> None:
         changes = self.ingest.take_changes()
