@@ -259,7 +259,8 @@ def start_authenticator(context: zmq.Context, security: SecurityConfig) -> Threa
     directory = security.key_files().authorized_clients_dir
     if not directory.is_dir():
         raise NomadeError(f"CURVE is enabled but the authorized clients directory {directory} "
-                          f"does not exist; add client keys with: nomade keys authorize CLIENT.key")
+                          f"does not exist; add client keys with: nomade keys authorize CLIENT.key "
+                          f"(one host: nomade keys setup)")
     provider = AuthorizedKeys(directory)
     if not provider.keys():
         log.warning("no client key in %s yet: every collector is refused until one is authorized",
@@ -324,7 +325,7 @@ def secure_client(sock: zmq.Socket, security: SecurityConfig) -> bool:
 
 
 def _required_pair(public: Path, secret: Path, flag: str) -> KeyPair:
-    how = f"create them with: nomade keys generate {flag}"
+    how = f"create them with: nomade keys generate {flag} (one host: nomade keys setup)"
     return load_keypair(_required(public, how), _required(secret, how))
 
 

@@ -301,3 +301,15 @@ def test_keys_command_generate_and_authorize(tmp_path: Path) -> None:
     refused = nomade("authorize", str(tmp_path / "keys" / "node01.key_secret"))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "holds a secret key" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_keys_command_setup(tmp_path: Path) -> None:
+    config = tmp_path / "nomade.toml"
+    config.write_text(f"[security]\nkeys_dir = '{tmp_path / 'keys'}'\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "nomade", "--config", str(config), "keys", "setup",
+                           "--name", "host1", "--nodes", "n1,n2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "authorized as host1" in done.stdout
+    nodes = tmp_path / "keys" / "authorized_clients" / "host1.nodes"
+    assert nodes.read_text() == "n1\nn2\n" and nodes.stat().st_mode & 0o777 == 0o600

@@ -140,7 +140,7 @@ class Agent:
         paths = cfg.paths()
         self.models_dir = paths.models_dir
         if store is None:
-            paths.db_path.parent.mkdir(parents=True, exist_ok=True)
+            paths.db_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             store = Store(paths.db_path)
         self.store = store
         self.slurm = slurm
