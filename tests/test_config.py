@@ -283,3 +283,16 @@ def test_no_curve_off_loopback_without_saying_insecure(tmp_path: Path) -> None:
     check_endpoint(load(write(tmp_path, "[security]\ncurve_enabled = false\ninsecure = true\n")),
                    "agent.ingest_endpoint", "tcp://0.0.0.0:5555")
     check_endpoint(Config(), "agent.ingest_endpoint", "tcp://0.0.0.0:5555")   # CURVE on: allowed
+
+
+@pytest.mark.parametrize("shipped", ["agent/agent.toml", "collector/collector.toml",
+                                     "docs/nomade.example.toml"])
+def test_every_shipped_config_has_curve_on(shipped: str) -> None:
+    cfg = load(Path(__file__).resolve().parent.parent / shipped)
+    assert cfg.security.curve_enabled is True and cfg.security.insecure is False
+    off = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, curve_enabled=False))
+    for key, endpoint in (("agent.ingest_endpoint", cfg.agent.ingest_endpoint),
+                          ("collector.agent_endpoint", cfg.collector.agent_endpoint)):
+        if not config.is_loopback(endpoint):   # the shipped network endpoints need CURVE
+            with pytest.raises(NomadeError, match=key):
+                config.check_endpoint(off, key, endpoint)
