@@ -271,6 +271,7 @@ class Agent:
             if before and before + size > self._max_sender_bytes:   # its first frame always goes
                 m.limit_hits_total["sender_round_bytes"] += 1
                 continue
+            # small frames copied, big ones decoded in place (zero-copy)
             received.append([f.bytes if len(f) < 65536 else f.buffer for f in frames])
             users.append(user)
         if round_bytes >= self._max_round_bytes:
