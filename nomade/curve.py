@@ -66,7 +66,7 @@ def create_keypair(directory: str | os.PathLike[str], name: str, *,
         raise NomadeError(f"key name {name!r}: expected a plain file name such as 'server'")
     target = Path(directory)
     public, secret = target / f"{name}{PUBLIC_SUFFIX}", target / f"{name}{SECRET_SUFFIX}"
-    import tempfile   # with shutil: ~0.5 MB the collector (loading keys only) never needs
+    import tempfile  # with shutil: ~0.5 MB the collector (loading keys only) never needs
 
     existing = [str(p) for p in (public, secret) if p.exists()]
     if existing and not overwrite:
@@ -269,7 +269,7 @@ def start_authenticator(context: zmq.Context, security: SecurityConfig) -> Threa
 
     auth = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
     # the ZAP User-Id of a client's messages: its key's name, not the Z85 key
-    auth.curve_user_id = lambda public: provider.name_of(z85.encode(public))  # type: ignore[method-assign]
+    auth.curve_user_id = lambda public: provider.name_of(z85.encode(public))  # type: ignore[method-assign,assignment]
     auth.start()
     auth.configure_curve_callback("*", credentials_provider=provider)
     return auth

@@ -417,6 +417,7 @@ def test_predictions_reach_authorized_subscribers_only_and_a_slow_one_blocks_not
                 publisher.publish([body] * 2000)
             took = time.monotonic() - t0
         assert reader.poll(5000) and wire.decode(reader.recv_multipart()[1]).body["user"] == "alice"
+        assert slow.poll(5000), "the slow subscriber is authorized: its queue holds some"
         assert not plain.poll(500) and not stranger.poll(500)
     finally:
         for s in subs:

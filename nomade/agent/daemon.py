@@ -337,7 +337,7 @@ class Agent:
             return 0
         old = now - self.cfg.agent.running_check_interval_s
         ids = [r.job_id for r in self.state.scorable() if r.request["start_ts"] < old]
-        messages = []
+        messages: list[wire.Message] = []
         for k in range(0, len(ids), RUNNING_CHECK_BATCH):
             chunk = ids[k:k + RUNNING_CHECK_BATCH]
             try:
@@ -345,22 +345,7 @@ class Agent:
             except Exception as e:  # a Slurm outage must not stop the agent: try again later
                 log.warning("running-job check of %d jobs failed: %s", len(chunk), e)
                 return 0
-            for job_id in chunk:
-                job = listed.get(job_id)
-                if job is not None and job.state is not None and not is_final(job.state):
-                    continue
-                final = job is not None and job.state is not None
-                body = {"job_id": job_id, "source": finalstate.SOURCE,
-                        "end_ts": job.end_ts if final and job.end_ts is not None else now,
-                        "state": job.state if final else None,
-                        "exit_code": job.exit_code if final else None}
-                try:
-                    messages.append(wire.make("job.end", self.name, 0, body, now))
-                    continue
-                except wire.WireError as e:  # Slurm said something the wire refuses: end it plainly
-                    log.warning("job %s: Slurm's end refused (%s); ended without a state", job_id, e)
-                messages.append(wire.make("job.end", self.name, 0, {**body, "state": None,
-                                                                    "exit_code": None}, now))
+            messages += [m for j in chunk if (m := self._end_unless_running(j, listed.get(j), now))]
         if not messages:
             return 0
         try:
@@ -371,6 +356,21 @@ class Agent:
         log.info("%d started jobs are no longer running in Slurm: ended", len(messages))
         self.metrics.running_jobs = len(self.state.running)
         return len(messages)
+
+    def _end_unless_running(self, job_id: str, job: Any, now: float) -> wire.Message | None:
+        """The ``job.end`` of a started job given Slurm's view of it (``job``; None: Slurm
+        does not list it), None while Slurm says it is not final (running, requeued)."""
+        body: dict[str, Any] = {"job_id": job_id, "source": finalstate.SOURCE, "end_ts": now}
+        if job is not None and job.state is not None:
+            if not is_final(job.state):
+                return None
+            body.update(state=job.state, exit_code=job.exit_code,
+                        end_ts=now if job.end_ts is None else job.end_ts)
+        try:
+            return wire.make("job.end", self.name, 0, body, now)
+        except wire.WireError as e:  # Slurm said something the wire refuses: end it plainly
+            log.warning("job %s: Slurm's end refused (%s); ended without a state", job_id, e)
+            return wire.make("job.end", self.name, 0, {**body, "state": None, "exit_code": None}, now)
 
     def poll_requests(self) -> int:
         """Complete the requests of started jobs that lack memory, GPUs or time limit from

@@ -158,20 +158,22 @@ class Ingest:
         items = batch.body["items"]
         if user is not None:
             if batch.sender != user:
-                return self._refuse("sender", f"batch of {batch.sender!r} sent with the key of "
-                                    f"{user!r}", frames)
+                self._refuse("sender", f"batch of {batch.sender!r} sent with the key of {user!r}", frames)
+                return None
             nodes = self.keys.nodes_of(user) if self.keys is not None else frozenset((user,))
             if any(row[1] not in nodes for row in rows):
-                return self._refuse("node", f"{user!r} sent a sample of a node it does not "
-                                    f"speak for", frames)
+                self._refuse("node", f"{user!r} sent a sample of a node it does not speak for", frames)
+                return None
             for item in items:
                 if item.kind == "node.sample" and item.body["node"] not in nodes or (
                         item.kind == "job.start" and item.body["nodes"]
                         and nodes.isdisjoint(item.body["nodes"])):
-                    return self._refuse("node", f"{user!r} sent a {item.kind} of a node it does "
-                                        f"not speak for", frames)
+                    self._refuse("node", f"{user!r} sent a {item.kind} of a node it does not "
+                                 f"speak for", frames)
+                    return None
         if any(item.kind == "prediction" for item in items):
-            return self._refuse("prediction", f"{batch.sender!r} sent a prediction", frames)
+            self._refuse("prediction", f"{batch.sender!r} sent a prediction", frames)
+            return None
         if any(item.kind == "job.end" and any(item.body[k] is not None for k in _FINAL_FIELDS)
                for item in items):
             self.metrics.refused_total["final_state"] += 1
@@ -183,7 +185,6 @@ class Ingest:
     def _refuse(self, reason: str, why: str, frames: Sequence[Any]) -> None:
         self.metrics.refused_total[reason] += 1
         self.bad_log.warning("refused a batch: %s (peer %s)", why, bytes(frames[0]).hex()[:16])
-        return None
 
     def _bad(self, why: str, frames: Sequence[bytes]) -> None:
         self.metrics.bad_frames_total += 1

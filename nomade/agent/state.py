@@ -479,17 +479,18 @@ class JobState:
         run = self.running.get(job_id)
         if run is None:
             if len(self.running) >= self.max_jobs:
-                return self._hit("running_jobs")
+                self._hit("running_jobs")
+                return None
             if orphan:
                 if len(self._orphans) >= self.max_orphans:
-                    return self._hit("orphan_jobs")
+                    self._hit("orphan_jobs")
+                    return None
                 self._orphans.add(job_id)
             run = self.running[job_id] = RunningJob(job_id, samples=deque(maxlen=self.max_samples))
         return run
 
     def _hit(self, limit: str) -> None:
         self.limit_hits[limit] = self.limit_hits.get(limit, 0) + 1
-        return None
 
     def _start(self, body: Mapping[str, Any]) -> bool:
         job_id = str(body["job_id"])
