@@ -356,8 +356,9 @@ def test_one_sender_cannot_take_a_round(tmp_path: Path, keys: Path, ctx: zmq.Con
         starts = [wire.make("job.start", "n2", 0, {"job_id": str(5 + j), "start_ts": T0,
                                                    "nodes": ["n2", *big[j * 60_000:(j + 1) * 60_000]]}, T0)
                   for j in range(3)]
-        for seq in range(1, 17):
-            n2.send(frame("n2", seq, starts))
+        burst = [frame("n2", seq, starts) for seq in range(1, 17)]   # built first: sent at once
+        for data in burst:
+            n2.send(data)
         for seq in range(1, 6):
             n1.send(batch("n1", seq))
         assert sorted(acked(n1) for _ in range(5)) == [1, 2, 3, 4, 5]
