@@ -245,8 +245,9 @@ def check_endpoint(cfg: Config, key: str, endpoint: str) -> None:
     where = cfg.source if cfg.source is not None else "the built-in defaults"
     raise NomadeError(
         f"{where}: {key} = {endpoint!r} is not a loopback address and [security] "
-        f"curve_enabled = false: anyone who reaches it could write into the store and read "
-        f"every prediction. Turn CURVE on (nomade keys setup), use a loopback address, or "
+        f"curve_enabled = false: nothing on it is encrypted or authenticated, so anyone who "
+        f"reaches it could write into the store, read every prediction or pose as the agent. "
+        f"Turn CURVE on (nomade keys setup), use a loopback address, or "
         f"accept the risk with [security] insecure = true")
 
 
