@@ -43,11 +43,16 @@ FIXTURE_JOB = Path(__file__).parent.parent / "tests/fixtures/cgroupv2/system.sli
 
 
 class _Acker:
-    """A ROUTER on 127.0.0.1 that acks every batch (the agent's side of delivery)."""
+    """A ROUTER on 127.0.0.1 that acks every batch (the agent's side of delivery), a
+    CURVE server with the key set in ``keys`` (as shipped: CURVE on)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Path) -> None:
+        from nomade import curve
+
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
+        pair = curve.load_keypair(keys / "server.key", keys / "server.key_secret")
+        self.sock.curve_server, self.sock.curve_secretkey = True, pair.secret
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.batches = 0
         self._stop = threading.Event()
@@ -135,8 +140,11 @@ def _hwm_bytes(pid: int) -> int:
 def run(quick: bool) -> list[Result]:
     """Run the collector for 5.5 min (quick: 65 s) at 30 s with 50 jobs; CPU % and peak RSS."""
     duration = 65.0 if quick else 330.0
+    from nomade import curve
+
     work = Path(tempfile.mkdtemp(prefix="nomade-bench-collector-"))
-    acker = _Acker()
+    keys = curve.setup_keys(work / "keys", "nomadebench")
+    acker = _Acker(keys)
     jobs = _V1Jobs() if _v1_usable() else None
     root = V1
     if jobs is None:
@@ -153,6 +161,8 @@ node_name = "nomadebench"
 cgroup_root = "{root}"
 outbox_dir = "{work / 'outbox'}"
 spool_dir = "{work / 'spool'}"
+[security]
+keys_dir = "{keys}"
 """)
     (work / "spool").mkdir()
     env = {**os.environ, "NOMADE_CONFIG": str(work / "nomade.toml")}

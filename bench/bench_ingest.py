@@ -136,7 +136,8 @@ def _measure(senders: int, batches: int, window: int) -> tuple[float, float, int
                                        publish_endpoint="tcp://127.0.0.1:*", metrics_address="",
                                        interval_s=3600.0),
         ml=dataclasses.replace(cfg.ml, enabled=False),
-        storage=dataclasses.replace(cfg.storage, db_path=str(tmp / "agent.db")))
+        storage=dataclasses.replace(cfg.storage, db_path=str(tmp / "agent.db")),
+        security=dataclasses.replace(cfg.security, curve_enabled=False))   # loopback; ingest CPU alone
     _history(tmp / "agent.db", senders)
     agent = Agent(cfg, name="bench")
     ctx = mp.get_context("spawn")

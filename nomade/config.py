@@ -143,6 +143,24 @@ class AgentConfig:
     interval_s: float = _opt(30.0, gt=0.0)
     spool_dirs: tuple[str, ...] = _opt(())
     final_state_timeout_s: float = _opt(300.0, gt=0.0)
+    max_round_mb: int = _opt(16, ge=1)
+    """Most frame bytes taken from the ingest socket before they are stored and acked
+    together (the rest waits in ZeroMQ's queue for the next round)."""
+    max_sender_round_mb: int = _opt(4, ge=1)
+    """Most frame bytes of one sender in one round; its frames beyond are dropped unacked
+    (it resends after its ack timeout), so one node cannot take a round."""
+    receive_hwm: int = _opt(16, ge=1)
+    """ZeroMQ receive high-water mark of the ingest socket: messages queued per peer."""
+    max_nodes_per_job: int = _opt(16384, ge=1)
+    max_running_jobs: int = _opt(100_000, ge=1)
+    """Jobs tracked in memory (started or awaiting their start); a job beyond is not
+    scored (its data is still stored)."""
+    max_orphan_jobs: int = _opt(10_000, ge=1)
+    """Jobs with samples but no start yet kept in memory (each until orphan_ttl)."""
+    max_final_state_jobs: int = _opt(100_000, ge=1)
+    """Ended jobs the final-state poller watches at once; the next ones wait in the store."""
+    running_check_interval_s: float = _opt(300.0, gt=0.0)
+    """How often started jobs are checked against Slurm; those it no longer lists end."""
 
 
 @dataclass(frozen=True)
@@ -161,12 +179,19 @@ class KeyFiles:
 class SecurityConfig:
     """``[security]``: CURVE encryption and authentication between collector and agent.
 
+    CURVE is on by default. Without it a daemon uses only loopback endpoints (tcp to
+    127.0.0.0/8, ::1 or localhost; ipc; inproc), unless ``insecure`` says otherwise
+    (``check_endpoint``).
+
     Empty file names derive from ``keys_dir``: ``server.key``/``server.key_secret``,
     ``client.key``/``client.key_secret`` and the directory ``authorized_clients/``
     (client public ``*.key`` files the agent accepts).
     """
 
-    curve_enabled: bool = _opt(False)
+    curve_enabled: bool = _opt(True)
+    insecure: bool = _opt(False)
+    """True lets a daemon bind or connect without CURVE on an address other than loopback:
+    then anyone who reaches the port writes into the store and reads every prediction."""
     keys_dir: str = _opt("")
     server_public_key_file: str = _opt("")
     server_secret_key_file: str = _opt("")
@@ -196,6 +221,34 @@ class SecurityConfig:
             client_secret_key_file=pick(self.client_secret_key_file, "client.key_secret"),
             authorized_clients_dir=pick(self.authorized_clients_dir, "authorized_clients"),
         )
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for an endpoint only this host can reach: ipc://, inproc://, or tcp:// to
+    127.0.0.0/8, [::1] or localhost (``*`` and 0.0.0.0 are every interface: False)."""
+    transport, _, rest = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0].split(";")[-1]
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host in ("localhost", "::1") or re.fullmatch(r"127(\.\d{1,3}){3}", host) is not None
+
+
+def check_endpoint(cfg: Config, key: str, endpoint: str) -> None:
+    """Refuse (``NomadeError`` naming the file and key) to use ``endpoint``, the value of
+    the dotted ``key``, without CURVE unless it is loopback or ``[security] insecure``."""
+    security = cfg.security
+    if security.curve_enabled or security.insecure or is_loopback(endpoint):
+        return
+    where = cfg.source if cfg.source is not None else "the built-in defaults"
+    raise NomadeError(
+        f"{where}: {key} = {endpoint!r} is not a loopback address and [security] "
+        f"curve_enabled = false: nothing on it is encrypted or authenticated, so anyone who "
+        f"reaches it could write into the store, read every prediction or pose as the agent. "
+        f"Turn CURVE on (nomade keys setup), use a loopback address, or "
+        f"accept the risk with [security] insecure = true")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,12 @@ collector only if the collector's public key is in a ``*.key`` file in
 ``authorized_clients_dir``; that directory is re-read whenever it changes, so
 ``nomade keys authorize`` takes effect without restarting the agent.
 
+Identity: an authorized key's name is its file name without ``.key``; the agent's
+authenticator gives that name as the ZAP User-Id of every message the key sends, and
+ingest takes it, not the message's ``sender`` field, as who sent it. A key speaks for
+the node of its own name, and for the nodes listed one a line in ``NAME.nodes`` beside
+it (a host running several slurmd with one collector).
+
 Use: the agent calls ``start_authenticator`` then ``secure_server`` before ``bind``;
 the collector calls ``secure_client`` before ``connect``. Both do nothing when
 ``[security] curve_enabled`` is false. Missing or bad key files raise ``NomadeError``.
@@ -15,9 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
-import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
+NODES_SUFFIX = ".nodes"
 _KEY_LENGTH = 40  # a 32-byte key in Z85
 
 
@@ -60,6 +66,8 @@ def create_keypair(directory: str | os.PathLike[str], name: str, *,
         raise NomadeError(f"key name {name!r}: expected a plain file name such as 'server'")
     target = Path(directory)
     public, secret = target / f"{name}{PUBLIC_SUFFIX}", target / f"{name}{SECRET_SUFFIX}"
+    import tempfile  # with shutil: ~0.5 MB the collector (loading keys only) never needs
+
     existing = [str(p) for p in (public, secret) if p.exists()]
     if existing and not overwrite:
         raise NomadeError(f"{' and '.join(existing)} already exist; keep them, or replace with --force")
@@ -71,6 +79,29 @@ def create_keypair(directory: str | os.PathLike[str], name: str, *,
         os.replace(made_secret, secret)
         os.replace(made_public, public)
     return public, secret
+
+
+def setup_keys(directory: str | os.PathLike[str], client: str = "client",
+               nodes: Iterable[str] = ()) -> Path:
+    """Make one host's whole key set in ``directory`` (an agent and a collector on one
+    host: ``make demo``, a test, a single-host install) and return it: the server pair,
+    the client pair under the default names (``[security] keys_dir`` finds them), the
+    client authorized as ``client`` speaking also for ``nodes``. Existing pairs are
+    kept. The directory is made 0700 and every file in it 0600."""
+    target = Path(directory)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target.chmod(0o700)
+    for name in ("server", "client"):
+        if not (target / f"{name}{SECRET_SUFFIX}").exists():
+            create_keypair(target, name, overwrite=True)
+    security = SecurityConfig(keys_dir=str(target))
+    authorized, _ = authorize(target / f"client{PUBLIC_SUFFIX}", security, name=client)
+    node_file = authorized.with_suffix(NODES_SUFFIX)
+    node_file.write_text("".join(f"{n}\n" for n in nodes), encoding="utf-8")
+    authorized.parent.chmod(0o700)
+    for path in (*target.glob("*.key*"), authorized, node_file):
+        path.chmod(0o600)
+    return target
 
 
 def load_keypair(public_file: str | os.PathLike[str],
@@ -108,6 +139,9 @@ def authorize(public_file: str | os.PathLike[str], security: SecurityConfig,
 
     Idempotent for the same key; refuses to replace a different key of the same name.
     """
+    import shutil
+    import tempfile
+
     source = Path(public_file)
     key = load_public_key(source)
     directory = security.key_files().authorized_clients_dir
@@ -130,18 +164,20 @@ def authorize(public_file: str | os.PathLike[str], security: SecurityConfig,
 
 
 class AuthorizedKeys:
-    """The set of client public keys in a directory of ``*.key`` files.
+    """The client public keys in a directory of ``NAME.key`` files, with their names.
 
     ``callback(domain, key)`` is the pyzmq credentials-provider hook: it re-reads the
     files when the directory's modification time or listing changed, and answers
-    whether ``key`` (Z85) is authorized. A bad file is logged and skipped; it never
-    locks out the others.
+    whether ``key`` (Z85) is authorized. ``name_of(key)`` is the key's name (its file
+    name), ``nodes_of(name)`` the nodes it speaks for. A bad file is logged and skipped;
+    it never locks out the others.
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._stamp: tuple[int, frozenset[str]] | None = None
-        self._keys: frozenset[bytes] = frozenset()
+        self._names: dict[bytes, str] = {}
+        self._nodes: dict[str, frozenset[str]] = {}
 
     def keys(self) -> frozenset[bytes]:
         """The authorized keys now (re-reading the directory if it changed)."""
@@ -150,12 +186,13 @@ class AuthorizedKeys:
         except OSError as exc:
             log.warning("authorized clients directory %s unreadable (%s): no client accepted",
                         self.directory, exc.strerror)
-            self._stamp, self._keys = None, frozenset()
-            return self._keys
+            self._stamp, self._names, self._nodes = None, {}, {}
+            return frozenset()
         if stamp != self._stamp:
-            self._stamp, self._keys = stamp, self._read_all()
-            log.info("%d authorized CURVE client keys in %s", len(self._keys), self.directory)
-        return self._keys
+            self._names, self._nodes = self._read_all()
+            self._stamp = stamp
+            log.info("%d authorized CURVE client keys in %s", len(self._names), self.directory)
+        return frozenset(self._names)
 
     def callback(self, domain: str, key: bytes) -> bool:
         """pyzmq ZAP hook: True when the Z85 ``key`` is authorized (any domain)."""
@@ -164,14 +201,51 @@ class AuthorizedKeys:
             log.warning("refused a CURVE client with unknown public key %s", key.decode("ascii"))
         return allowed
 
-    def _read_all(self) -> frozenset[bytes]:
-        found = set()
+    def name_of(self, key: bytes) -> str:
+        """The name of the authorized Z85 ``key`` ("" if it is not authorized now)."""
+        return self._names.get(key, "")
+
+    def nodes_of(self, name: str) -> frozenset[str]:
+        """The nodes the key ``name`` may speak for: its own name and its ``.nodes`` file's."""
+        return self._nodes.get(name, frozenset((name,)))
+
+    def _read_all(self) -> tuple[dict[bytes, str], dict[str, frozenset[str]]]:
+        names: dict[bytes, str] = {}
+        nodes: dict[str, frozenset[str]] = {}
         for path in sorted(self.directory.glob(f"*{PUBLIC_SUFFIX}")):
+            name = path.name.removesuffix(PUBLIC_SUFFIX)
             try:
-                found.add(load_public_key(path))
+                key = load_public_key(path)
             except NomadeError as exc:
                 log.warning("skipping %s", exc)
-        return frozenset(found)
+                continue
+            if key in names:
+                log.warning("%s: same key as %s.key; it keeps the name %s", path, names[key],
+                            names[key])
+                continue
+            names[key] = name
+            nodes[name] = frozenset((name, *_read_nodes(path.with_suffix(NODES_SUFFIX))))
+        return names, nodes
+
+
+def _read_nodes(path: Path) -> list[str]:
+    """The node names of a ``NAME.nodes`` file, one a line ([] when there is none)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("%s unreadable (%s): the key speaks for its own node only", path, exc)
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def authorized_keys(auth: ThreadAuthenticator | None) -> AuthorizedKeys | None:
+    """The key directory behind an authenticator of ``start_authenticator`` (None: none)."""
+    if auth is None:
+        return None
+    provider = auth.credentials_providers.get("*")
+    return provider if isinstance(provider, AuthorizedKeys) else None
 
 
 def start_authenticator(context: zmq.Context, security: SecurityConfig) -> ThreadAuthenticator | None:
@@ -185,7 +259,8 @@ def start_authenticator(context: zmq.Context, security: SecurityConfig) -> Threa
     directory = security.key_files().authorized_clients_dir
     if not directory.is_dir():
         raise NomadeError(f"CURVE is enabled but the authorized clients directory {directory} "
-                          f"does not exist; add client keys with: nomade keys authorize CLIENT.key")
+                          f"does not exist; add client keys with: nomade keys authorize CLIENT.key "
+                          f"(one host: nomade keys setup)")
     provider = AuthorizedKeys(directory)
     if not provider.keys():
         log.warning("no client key in %s yet: every collector is refused until one is authorized",
@@ -193,6 +268,8 @@ def start_authenticator(context: zmq.Context, security: SecurityConfig) -> Threa
     from zmq.auth.thread import ThreadAuthenticator
 
     auth = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
+    # the ZAP User-Id of a client's messages: its key's name, not the Z85 key
+    auth.curve_user_id = lambda public: provider.name_of(z85.encode(public))  # type: ignore[method-assign,assignment]
     auth.start()
     auth.configure_curve_callback("*", credentials_provider=provider)
     return auth
@@ -248,7 +325,7 @@ def secure_client(sock: zmq.Socket, security: SecurityConfig) -> bool:
 
 
 def _required_pair(public: Path, secret: Path, flag: str) -> KeyPair:
-    how = f"create them with: nomade keys generate {flag}"
+    how = f"create them with: nomade keys generate {flag} (one host: nomade keys setup)"
     return load_keypair(_required(public, how), _required(secret, how))
 
 

@@ -50,9 +50,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _keys(ws: Path) -> Path:
+    """CURVE keys for the demo's agent, collector and subscribers (``nomade.curve.setup_keys``):
+    the collector's key, named for this host, speaks for every node of the test cluster."""
+    from nomade import curve
+
+    host = socket.gethostname().split(".")[0]   # the collector's sender ([collector] node_name "")
+    return curve.setup_keys(ws / "keys", host, Slurm(use_pyslurm="never").nodes())
+
+
 def _config(ws: Path) -> Path:
-    """Write the demo's nomade.toml: loopback endpoints, short intervals, own paths."""
+    """Write the demo's nomade.toml: loopback endpoints, short intervals, own paths, CURVE."""
     ingest, pub, metrics = _free_port(), _free_port(), _free_port()
+    keys = _keys(ws)
     text = f"""# written by nomade.demo
 [ml]
 models_dir = "{ws}/models"
@@ -73,6 +83,9 @@ interval_s = {TICK_S}
 spool_dirs = ["{CLUSTER}/spool/ctld"]
 [storage]
 db_path = "{ws}/nomade.db"
+[security]
+curve_enabled = true
+keys_dir = "{keys}"
 """
     path = ws / "nomade.toml"
     path.write_text(text)

@@ -58,13 +58,23 @@ class FinalStateTracker:
     """
 
     def __init__(self, *, first_delay_s: float = 2.0, max_delay_s: float = 60.0,
-                 give_up_after_s: float = 300.0, max_batch: int = 1000) -> None:
+                 give_up_after_s: float = 300.0, max_batch: int = 1000,
+                 max_jobs: int = 100_000) -> None:
+        self.give_up_after_s = give_up_after_s
+        self.full = False
+        """Whether the last ``poll_once`` found ``max_jobs`` or more jobs to watch."""
+        self.max_jobs = max_jobs
+        """Most ended jobs watched (and remembered as settled) at once (``poll_once``)."""
         self._backoff = Backoff(first_delay_s=first_delay_s, max_delay_s=max_delay_s,
                                 give_up_after_s=give_up_after_s, max_batch=max_batch)
 
     def job_ended(self, job_id: str, ended_ts: float) -> None:
         """Stimulus: ``job_id`` ended at ``ended_ts`` with no final state known (idempotent)."""
         self._backoff.add(job_id, ended_ts, wait_first=True)
+
+    def keep_only(self, job_ids: set[str]) -> None:
+        """Forget every job, watched or settled, not in ``job_ids`` (bounds the memory)."""
+        self._backoff.keep_only(job_ids)
 
     def watching(self) -> list[str]:
         """Jobs still waiting for a final state."""
@@ -107,7 +117,8 @@ def _give_up(job_id: str, now: float, watch: Watch) -> GiveUp:
 
 
 class _Store(Protocol):
-    def jobs_awaiting_final_state(self) -> list: ...  # type: ignore[type-arg]
+    def jobs_awaiting_final_state(self, since_ts: float | None = None,
+                                  limit: int | None = None) -> list: ...  # type: ignore[type-arg]
     def set_final_state(self, job_id: str, state: str, exit_code: int | None,
                         source: str) -> None: ...
 
@@ -121,9 +132,16 @@ def poll_once(tracker: FinalStateTracker, store: _Store, slurm: _Slurm,
     """One round: watch the store's ended jobs, ask Slurm about the due ones, record states.
 
     A failed Slurm call is logged and backed off, never raised. Give-ups are logged with
-    their reason; their state stays unknown in the store.
+    their reason; their state stays unknown in the store. Only jobs that ended less than
+    ``give_up_after_s`` ago are read, at most ``tracker.max_jobs`` (the earliest ended;
+    ``tracker.full`` says the bound was hit), and the tracker forgets every other job,
+    so its memory and each round's store read are bounded.
     """
-    for job in store.jobs_awaiting_final_state():
+    awaiting = store.jobs_awaiting_final_state(since_ts=now - tracker.give_up_after_s,
+                                               limit=tracker.max_jobs)
+    tracker.full = len(awaiting) >= tracker.max_jobs
+    tracker.keep_only({job.job_id for job in awaiting})
+    for job in awaiting:
         tracker.job_ended(job.job_id, job.end_ts)
     due = tracker.due(now)
     if not due:

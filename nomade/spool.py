@@ -20,15 +20,19 @@ upserts ``job.start``/``job.end`` by job id). ``confirm`` does not fsync the
 directory: after a power cut an event may come back, which the same argument covers.
 
 Malformed files (no final NUL, a record without ``=`` or with an empty key, empty
-file) are moved to ``<dir>/bad/`` and counted, never deleted. Temp files older than
+file), and anything not a regular file of at most ``MAX_EVENT_BYTES`` (a symlink is
+never followed, a FIFO never blocks the reader), are moved to ``<dir>/bad/`` and
+counted, never deleted. Temp files older than
 ``stale_tmp_s`` (left by killed writers) are removed by ``take``.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SUFFIX = ".ev"
+#: Largest event file read (a hook's record of a job is a few KiB).
+MAX_EVENT_BYTES = 1 << 20
 TMP_SUFFIX = ".tmp"
 BAD_DIR = "bad"
 _counter = itertools.count()
@@ -164,13 +170,30 @@ class Spool:
         return sum(1 for n in os.listdir(self.dir) if n.endswith(SUFFIX) and not n.startswith("."))
 
     def _read(self, name: str) -> SpoolItem | None:
+        """The event in file ``name``: a regular file of at most ``MAX_EVENT_BYTES``, opened
+        without following a symlink and without blocking on a FIFO (anything else is moved
+        to ``bad/``: the spool's writers can be any job's hooks, its reader a daemon)."""
         path = self.dir / name
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None  # confirmed meanwhile by another reader
         except OSError as e:
-            log.warning("spool %s: cannot read %s: %s", self.dir, name, e.strerror)
+            if e.errno == errno.ELOOP:
+                self._move_bad(path, "a symlink, not an event file")
+            else:
+                log.warning("spool %s: cannot read %s: %s", self.dir, name, e.strerror)
+            return None
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_EVENT_BYTES:
+                why = "not a regular file" if not stat.S_ISREG(info.st_mode) else \
+                    f"{info.st_size} bytes, more than {MAX_EVENT_BYTES}"
+                data = None
+            else:
+                data = f.read(MAX_EVENT_BYTES + 1)
+        if data is None or len(data) > MAX_EVENT_BYTES:
+            self._move_bad(path, why if data is None else f"more than {MAX_EVENT_BYTES} bytes")
             return None
         try:
             return SpoolItem(name, path, decode(data))
@@ -197,7 +220,7 @@ class Spool:
         for name in names:
             path = self.dir / name
             try:
-                if path.stat().st_mtime < cutoff:
+                if path.lstat().st_mtime < cutoff:
                     path.unlink()
                     self.stale_removed += 1
             except OSError:

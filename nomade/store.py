@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -609,12 +610,27 @@ class _Budget:
 
 # ---------------------------------------------------------------- the store
 
+def _private_file(path: Path) -> None:
+    """Create ``path`` 0600 if missing (SQLite gives its -wal and -shm files the same
+    mode), or take group and world bits off an existing file of ours. Never follows a
+    symlink at ``path``."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        info = os.fstat(fd)
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Store:
     """An open store file. ``readonly`` opens with ``mode=ro`` and never migrates.
 
-    Read-write opening creates the parent directory and the file, switches it to WAL
-    (synchronous=NORMAL: a commit survives a process crash; the last ones may be lost on
-    power loss) and migrates an older schema. Raises ``SchemaVersionError`` for a schema
+    Read-write opening creates the parent directory (0750) and the file (0600: it holds
+    every user's jobs; a file with group or world bits is made 0600), switches it to WAL
+    with synchronous=FULL (a commit is on disk before it returns, so what the agent acked
+    survives a power cut too; one fsync per commit, and ingest commits once a round) and
+    migrates an older schema. Raises ``SchemaVersionError`` for a schema
     newer than this code (or, read-only, older), ``StoreError`` for anything else that
     keeps the file from being used.
     """
@@ -641,7 +657,8 @@ class Store:
         try:
             if self.readonly:
                 return self._connect_readonly(busy_timeout_s)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            _private_file(self.path)
             return sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"{self.path}: cannot open: {e}") from e
@@ -672,7 +689,7 @@ class Store:
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"{self.path}: cannot switch to WAL (journal_mode is {mode})")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
             # Fewer, larger checkpoints (WAL up to ~40 MB) and a page cache that holds the
             # hot index pages: together about 1.3x the sample write rate of the defaults.
             self._conn.execute("PRAGMA wal_autocheckpoint = 10000")
@@ -1077,9 +1094,11 @@ class Store:
 
     # -- reading
 
-    def _jobs(self, where: str, params: Sequence[Any] = (), order: str = "job_id") -> list[Job]:
+    def _jobs(self, where: str, params: Sequence[Any] = (), order: str = "job_id",
+              limit: int | None = None) -> list[Job]:
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
         with self._snapshot() as conn:
-            rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY {order}",
+            rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY {order}{tail}",
                                 params).fetchall()
         return [_job_of(r) for r in rows]
 
@@ -1093,9 +1112,12 @@ class Store:
         return self._jobs("WHERE end_ts IS NULL AND start_ts IS NOT NULL",
                           order="start_ts, job_id")
 
-    def jobs_awaiting_final_state(self) -> list[Job]:
-        """Ended jobs whose final state is not known yet, earliest end first."""
-        return self._jobs("WHERE end_ts IS NOT NULL AND state IS NULL", order="end_ts, job_id")
+    def jobs_awaiting_final_state(self, since_ts: float | None = None,
+                                  limit: int | None = None) -> list[Job]:
+        """Ended jobs (at or after ``since_ts`` when given) whose final state is not known
+        yet, earliest end first, at most ``limit``."""
+        where, params = _where(("end_ts >= ?", since_ts), fixed="end_ts IS NOT NULL AND state IS NULL")
+        return self._jobs(where, params, order="end_ts, job_id", limit=limit)
 
     def ended_jobs(self, since_ts: float | None = None,
                    until_ts: float | None = None) -> list[Job]:

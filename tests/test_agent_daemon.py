@@ -42,7 +42,8 @@ def start_agent(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     conf.write_text(f'[agent]\ningest_endpoint = "tcp://127.0.0.1:{port}"\n'
                     f'publish_endpoint = "tcp://127.0.0.1:{free_port()}"\nmetrics_address = ""\n'
                     f'[storage]\ndb_path = "{tmp_path / "agent.db"}"\n'
-                    f'[ml]\nmodels_dir = "{tmp_path / "models"}"\n')
+                    f'[ml]\nmodels_dir = "{tmp_path / "models"}"\n'
+                    '[security]\ncurve_enabled = false\n')   # loopback only
     env = {**os.environ, "NOMADE_CONFIG": str(conf), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "nomade", "-v", "agent", "--no-slurm"],
                             cwd=REPO, env=env, stderr=subprocess.PIPE)

@@ -67,7 +67,8 @@ def agent_config(tmp_path: Path, **security: object) -> config.Config:
                                   interval_s=3600.0),
         ml=dataclasses.replace(cfg.ml, models_dir=str(tmp_path / "no-models")),
         storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db")),
-        security=SecurityConfig(**security))   # type: ignore[arg-type]
+        # a test on loopback may run without CURVE; the shipped default is on
+        security=SecurityConfig(**{"curve_enabled": False, **security}))   # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -213,7 +214,8 @@ def keys_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "keys"
     curve.create_keypair(directory, "server")
     public, _ = curve.create_keypair(directory, "client")
-    curve.authorize(public, SecurityConfig(curve_enabled=True, keys_dir=str(directory)))
+    # authorized as n1: the node it speaks for (the batches' sender)
+    curve.authorize(public, SecurityConfig(curve_enabled=True, keys_dir=str(directory)), name="n1")
     curve.create_keypair(directory, "intruder")   # a valid pair that nobody authorized
     return directory
 

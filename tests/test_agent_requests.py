@@ -108,7 +108,8 @@ def agent_config(tmp_path: Path) -> config.Config:
                                   publish_endpoint="tcp://127.0.0.1:*", metrics_address="",
                                   interval_s=3600.0, spool_dirs=[]),
         ml=dataclasses.replace(cfg.ml, models_dir=str(tmp_path / "no-models")),
-        storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db")))
+        storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db")),
+        security=dataclasses.replace(cfg.security, curve_enabled=False))   # loopback only
 
 
 @pytest.mark.slurm

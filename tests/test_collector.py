@@ -126,7 +126,7 @@ outbox_dir = "{site / 'outbox'}"
 outbox_max_mb = {outbox_max_mb}
 ack_timeout_s = 0.5
 spool_dir = "{site / 'spool'}"
-{extra}""")
+{extra or "[security]" + chr(10) + "curve_enabled = false"}""")
     return cfg
 
 
@@ -322,6 +322,37 @@ def test_curve_keys_from_nomade_curve(site: Path) -> None:
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "client.key_secret" in done.stderr and "nomade keys generate --client" in done.stderr
+
+
+def test_a_full_disk_is_logged_once_and_retried_without_exiting(site: Path, agent: Agent) -> None:
+    """The outbox's writes fail (RLIMIT_FSIZE: EFBIG, as ENOSPC would) for a while: the
+    collector keeps running, says so once, keeps the hook events, and delivers when the
+    disk takes writes again; the drops are reported in its node sample."""
+    import resource
+
+    spool = Spool(site / "spool")
+    event = spool.put({"SLURM_JOB_ID": "4242", "SLURM_SCRIPT_CONTEXT": "prolog_slurmd",
+                       "SLURM_JOB_USER": "alice", "SLURM_JOB_UID": "1000"})
+    env = {**os.environ, "NOMADE_CONFIG": str(write_config(site, agent.port, interval_s=0.2))}
+    starter = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (8, resource.RLIM_INFINITY)); "
+               "sys.argv = ['nomade', 'collector']; runpy.run_module('nomade', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", starter], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2.0)                     # ten samples' worth of failed writes
+        assert proc.poll() is None, "the collector exited on a full disk"
+        assert not agent.arrivals and (site / "spool" / event).exists()
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        agent.wait_for(2)
+    finally:
+        err = stop_collector(proc).decode()
+    assert proc.returncode == 0, err
+    assert err.count("cannot be written") == 1 and "writable again after" in err
+    assert not (site / "spool" / event).exists()
+    items = [i for m in agent.batches().values() for i in m.body["items"]]
+    assert any(i.kind == "job.start" and i.body["job_id"] == "4242" for i in items)
+    errors = [i.body["outbox_write_errors"] for i in items if i.kind == "node.sample"]
+    assert errors and max(errors) >= 5
 
 
 # ---------------------------------------------------------------- outbox

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from slurmtools import SlurmCluster, submit, wait_state
 
-from nomade import wire
+from nomade import curve, wire
 from nomade.slurm import JobNotFound
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -49,8 +49,10 @@ def _free_port() -> int:
 class Site:
     """Config, outbox, spools and store of one collector and one agent in ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, nodes: tuple[str, ...]) -> None:
         self.root = root
+        # CURVE as shipped: the collector's key, named for this host, speaks for every node
+        keys = curve.setup_keys(root / "keys", socket.gethostname().split(".")[0], nodes)
         self.db = root / "nomade.db"
         self.outbox = root / "outbox"
         for d in ("collector-spool", "agent-spool", "models"):
@@ -79,6 +81,10 @@ models_dir = "{root / 'models'}"
 
 [storage]
 db_path = "{self.db}"
+
+[security]
+curve_enabled = true
+keys_dir = "{keys}"
 """)
 
     def start(self, *command: str) -> subprocess.Popen:
@@ -174,9 +180,9 @@ def job_rows(site: Site, job_ids: list[str]) -> int:
     return sum(1 for row in site.stored()[0] if row[0] in job_ids)
 
 
-def test_agent_stopped_a_minute_loses_no_sample_and_doubles_none(running_jobs: list[str],
-                                                                 tmp_path: Path) -> None:
-    site = Site(tmp_path)
+def test_agent_stopped_a_minute_loses_no_sample_and_doubles_none(
+        running_jobs: list[str], tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+    site = Site(tmp_path, slurm_cluster.nodes)
     agent = site.start("agent", "--no-slurm")
     collector = site.start("collector")
     try:
@@ -196,9 +202,9 @@ def test_agent_stopped_a_minute_loses_no_sample_and_doubles_none(running_jobs: l
     assert_each_stored_once(site, taken)
 
 
-def test_collector_killed_mid_batch_loses_no_sample_and_doubles_none(running_jobs: list[str],
-                                                                    tmp_path: Path) -> None:
-    site = Site(tmp_path)
+def test_collector_killed_mid_batch_loses_no_sample_and_doubles_none(
+        running_jobs: list[str], tmp_path: Path, slurm_cluster: SlurmCluster) -> None:
+    site = Site(tmp_path, slurm_cluster.nodes)
     agent = site.start("agent", "--no-slurm")
     collector = site.start("collector")
     try:

@@ -57,6 +57,8 @@ cgroup_root = "/sys/fs/cgroup"
 outbox_dir = "{site / 'outbox'}"
 ack_timeout_s = 1.0
 spool_dir = "{site / 'spool'}"
+[security]
+curve_enabled = false
 """)
     return cfg
 

@@ -45,7 +45,7 @@ def test_defaults_documented_values() -> None:
     t = cfg.ml.training
     assert (t.learning_rate, t.epochs, t.batch_size, t.hidden_dim, t.dropout) == (0.001, 100, 32, 64, 0.2)
     assert cfg.collector.interval_s == 30.0
-    assert cfg.security.curve_enabled is False
+    assert cfg.security.curve_enabled is True and cfg.security.insecure is False   # secure by default
     assert cfg.hooks.spool_dir == "/var/spool/nomade"
 
 
@@ -256,3 +256,43 @@ def test_keys_dir_default_depends_on_user(tmp_path: Path, monkeypatch: pytest.Mo
     assert Config().security.key_files(env).keys_dir == tmp_path / "nomade" / "keys"
     monkeypatch.setattr(config.os, "geteuid", lambda: 0)
     assert Config().security.key_files(env).keys_dir == Path("/etc/nomade/keys")
+
+
+@pytest.mark.parametrize(("endpoint", "local"), [
+    ("tcp://127.0.0.1:5555", True), ("tcp://127.3.4.5:1", True), ("tcp://localhost:5555", True),
+    ("tcp://[::1]:5555", True), ("ipc:///run/nomade.sock", True), ("inproc://x", True),
+    ("tcp://0.0.0.0:5555", False), ("tcp://*:5555", False), ("tcp://10.0.0.1:5555", False),
+    ("tcp://agent.cluster:5555", False), ("tcp://127.0.0.1.evil.org:1", False),
+    ("tcp://eth0;127.0.0.1:1", True), ("ws://127.0.0.1:1", False)])
+def test_loopback_endpoints(endpoint: str, local: bool) -> None:
+    from nomade.config import is_loopback
+
+    assert is_loopback(endpoint) is local
+
+
+def test_no_curve_off_loopback_without_saying_insecure(tmp_path: Path) -> None:
+    from nomade.config import check_endpoint
+
+    path = write(tmp_path, "[security]\ncurve_enabled = false\n")
+    cfg = load(path)
+    check_endpoint(cfg, "agent.ingest_endpoint", "tcp://127.0.0.1:5555")
+    with pytest.raises(NomadeError) as info:
+        check_endpoint(cfg, "agent.ingest_endpoint", "tcp://0.0.0.0:5555")
+    text = str(info.value)
+    assert str(path) in text and "agent.ingest_endpoint" in text and "insecure = true" in text
+    check_endpoint(load(write(tmp_path, "[security]\ncurve_enabled = false\ninsecure = true\n")),
+                   "agent.ingest_endpoint", "tcp://0.0.0.0:5555")
+    check_endpoint(Config(), "agent.ingest_endpoint", "tcp://0.0.0.0:5555")   # CURVE on: allowed
+
+
+@pytest.mark.parametrize("shipped", ["agent/agent.toml", "collector/collector.toml",
+                                     "docs/nomade.example.toml"])
+def test_every_shipped_config_has_curve_on(shipped: str) -> None:
+    cfg = load(Path(__file__).resolve().parent.parent / shipped)
+    assert cfg.security.curve_enabled is True and cfg.security.insecure is False
+    off = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, curve_enabled=False))
+    for key, endpoint in (("agent.ingest_endpoint", cfg.agent.ingest_endpoint),
+                          ("collector.agent_endpoint", cfg.collector.agent_endpoint)):
+        if not config.is_loopback(endpoint):   # the shipped network endpoints need CURVE
+            with pytest.raises(NomadeError, match=key):
+                config.check_endpoint(off, key, endpoint)

@@ -144,7 +144,7 @@ def test_authorization_takes_effect_without_restart(keys_dir: Path, zmq_sockets:
 
 
 def test_disabled_curve_changes_nothing(zmq_sockets: Sockets) -> None:
-    off = SecurityConfig()
+    off = SecurityConfig(curve_enabled=False)
     assert curve.start_authenticator(zmq_sockets.context, off) is None
     router = zmq_sockets.socket(zmq.ROUTER)
     client = zmq_sockets.socket(zmq.DEALER)
@@ -173,7 +173,7 @@ def test_client_keys_match_files(keys_dir: Path) -> None:
     assert keys.server_public == curve.load_public_key(keys_dir / "server.key")
     pair = curve.load_keypair(keys_dir / "client.key", keys_dir / "client.key_secret")
     assert (keys.public, keys.secret) == (pair.public, pair.secret)
-    assert curve.client_keys(SecurityConfig()) is None
+    assert curve.client_keys(SecurityConfig(curve_enabled=False)) is None
 
 
 def test_client_needs_server_public_key(tmp_path: Path, zmq_sockets: Sockets) -> None:
@@ -248,8 +248,38 @@ def test_authorized_keys_skip_bad_files_and_reload(tmp_path: Path) -> None:
     curve.authorize(public, SecurityConfig(authorized_clients_dir=str(directory)))
     key = curve.load_public_key(public)
     assert keys.callback("*", key) is True
+    assert keys.name_of(key) == "n1" and keys.nodes_of("n1") == {"n1"}
+    (directory / "n1.nodes").write_text("n2\n# a comment\nn3\n", encoding="utf-8")
+    keys.keys()                         # a new file changes the listing: all is re-read
+    assert keys.nodes_of("n1") == {"n1", "n2", "n3"}
     (directory / "n1.key").unlink()
-    assert keys.callback("*", key) is False
+    assert keys.callback("*", key) is False and keys.name_of(key) == ""
+
+
+def test_setup_keys_makes_a_private_working_set(tmp_path: Path, zmq_sockets: Sockets) -> None:
+    directory = curve.setup_keys(tmp_path / "keys", "host1", ["n1", "n2"])
+    assert directory.stat().st_mode & 0o777 == 0o700
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert {p.relative_to(directory).as_posix() for p in files} == {
+        "server.key", "server.key_secret", "client.key", "client.key_secret",
+        "authorized_clients/host1.key", "authorized_clients/host1.nodes"}
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+    before = (directory / "server.key_secret").read_bytes()
+    assert curve.setup_keys(directory, "host1", ["n1", "n2"]) == directory   # idempotent
+    assert (directory / "server.key_secret").read_bytes() == before
+    security = SecurityConfig(curve_enabled=True, keys_dir=str(directory))
+    zmq_sockets.auth = curve.start_authenticator(zmq_sockets.context, security)
+    router = zmq_sockets.socket(zmq.ROUTER)
+    curve.secure_server(router, security, zmq_sockets.auth)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer_ = zmq_sockets.socket(zmq.DEALER)
+    curve.secure_client(dealer_, security)
+    dealer_.connect(f"tcp://127.0.0.1:{port}")
+    dealer_.send(b"hello")
+    assert router.poll(PATIENCE_MS) == zmq.POLLIN
+    frames = router.recv_multipart(copy=False)
+    assert frames[-1].get("User-Id") == "host1"     # the key's name, not its Z85 text
+    assert curve.authorized_keys(zmq_sockets.auth).nodes_of("host1") == {"host1", "n1", "n2"}
 
 
 def test_keys_command_generate_and_authorize(tmp_path: Path) -> None:
@@ -271,3 +301,15 @@ def test_keys_command_generate_and_authorize(tmp_path: Path) -> None:
     refused = nomade("authorize", str(tmp_path / "keys" / "node01.key_secret"))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "holds a secret key" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_keys_command_setup(tmp_path: Path) -> None:
+    config = tmp_path / "nomade.toml"
+    config.write_text(f"[security]\nkeys_dir = '{tmp_path / 'keys'}'\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "nomade", "--config", str(config), "keys", "setup",
+                           "--name", "host1", "--nodes", "n1,n2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "authorized as host1" in done.stdout
+    nodes = tmp_path / "keys" / "authorized_clients" / "host1.nodes"
+    assert nodes.read_text() == "n1\nn2\n" and nodes.stat().st_mode & 0o777 == 0o600

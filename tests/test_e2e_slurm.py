@@ -52,7 +52,7 @@ from typing import IO
 import pytest
 from slurmtools import SlurmCluster
 
-from nomade import comment, lab
+from nomade import comment, curve, lab
 from nomade.config import Config
 from nomade.spool import Spool
 from nomade.store import Store
@@ -76,8 +76,10 @@ def free_port() -> int:
 
 
 def write_config(ws: Path, cluster: SlurmCluster) -> Path:
-    """nomade.toml of this test: loopback endpoints, 2 s samples and ticks, own paths."""
+    """nomade.toml of this test: loopback endpoints, 2 s samples and ticks, own paths,
+    CURVE as shipped (the collector's key, named for this host, speaks for every node)."""
     ingest, pub = free_port(), free_port()
+    keys = curve.setup_keys(ws / "keys", socket.gethostname().split(".")[0], cluster.nodes)
     path = ws / "nomade.toml"
     path.write_text(f"""
 [ml]
@@ -103,6 +105,9 @@ interval_s = {TICK_S}
 spool_dirs = ["{cluster.ctld_spool}"]
 [storage]
 db_path = "{ws}/nomade.db"
+[security]
+curve_enabled = true
+keys_dir = "{keys}"
 """)
     return path
 

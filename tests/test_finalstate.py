@@ -101,3 +101,28 @@ def test_job_ended_is_idempotent() -> None:
     t.answered(END + 2, {"1": None})
     t.job_ended("1", END)  # seen again in the store: keeps its backoff
     assert t.due(END + 5) == [] and t.due(END + 6) == ["1"]
+
+
+def test_poll_once_reads_only_the_give_up_window_and_forgets_the_rest(tmp_path) -> None:
+    """A real store with 50 ended jobs: only those that ended within give_up_after_s, at
+    most max_jobs, are read and asked about; the tracker remembers nothing else."""
+    from nomade import wire
+    from nomade.finalstate import poll_once
+    from nomade.store import Store
+
+    asked: list[list[str]] = []
+
+    class Slurm:
+        def final_states(self, job_ids: list[str]) -> dict:
+            asked.append(list(job_ids))
+            return dict.fromkeys(job_ids)
+
+    now = 10_000.0
+    ends = [wire.make("job.end", "ctld", 0, {"job_id": str(j), "end_ts": now - 10 * j}, now)
+            for j in range(1, 51)]
+    t = FinalStateTracker(first_delay_s=2, max_delay_s=16, give_up_after_s=100, max_jobs=5)
+    with Store(tmp_path / "s.db") as store:
+        store.write_messages(ends)
+        poll_once(t, store, Slurm(), now)
+    assert asked == [["10", "9", "8", "7", "6"]]       # the 5 earliest ended within 100 s
+    assert t.full and sorted(t.watching(), key=int) == ["6", "7", "8", "9"]   # 10: given up

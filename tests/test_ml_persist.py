@@ -3,6 +3,7 @@ clear ModelError (never a traceback-worthy crash) for broken or foreign files.""
 
 from __future__ import annotations
 
+import os
 import json
 from pathlib import Path
 
@@ -92,15 +93,63 @@ def test_broken_files_give_a_model_error(tmp_path: Path, fitted: dict, damage: s
         persist.load_model(tmp_path, "gnn")
 
 
-def test_foreign_content_without_metadata_hash_is_refused(tmp_path: Path, fitted: dict) -> None:
+def _record_hash(models_dir: Path, kind: str) -> None:
+    """Record the file's hash in the metadata, as a trusted trainer would."""
+    import hashlib
+    import json
+
+    meta_path = models_dir / "metadata.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"models": {}}
+    data = (models_dir / persist.FILES[kind]).read_bytes()
+    meta["models"][kind] = {"file": persist.FILES[kind], "sha256": hashlib.sha256(data).hexdigest()}
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_foreign_content_is_refused(tmp_path: Path, fitted: dict) -> None:
     persist.save(tmp_path, {"lstm": fitted["models"]["lstm"]}, fitted["norm"], {})
-    (tmp_path / "metadata.json").unlink()
     (tmp_path / persist.FILES["gnn"]).write_bytes((tmp_path / persist.FILES["lstm"]).read_bytes())
+    with pytest.raises(persist.ModelError, match="records no SHA-256"):   # nothing unpickled
+        persist.load_model(tmp_path, "gnn")
+    (tmp_path / "metadata.json").unlink()
+    with pytest.raises(persist.ModelError, match="records no SHA-256"):
+        persist.load_model(tmp_path, "gnn")
+    _record_hash(tmp_path, "gnn")
     with pytest.raises(persist.ModelError, match="not a NØMADE gnn model"):
         persist.load_model(tmp_path, "gnn")
     torch.save({"format": 1, "kind": "gnn", "model": {"params": {}}, "normalizer": {}}, tmp_path / "gnn_model.pt")
+    _record_hash(tmp_path, "gnn")
     with pytest.raises(persist.ModelError, match="does not fit"), pytest.warns(persist.VersionWarning):
         persist.load_model(tmp_path, "gnn")
+
+
+@pytest.mark.parametrize("what", ["model", "metadata", "directory"])
+def test_files_others_may_write_are_refused(tmp_path: Path, fitted: dict, what: str) -> None:
+    models = tmp_path / "models"
+    persist.save(models, {"lstm": fitted["models"]["lstm"]}, fitted["norm"], {})
+    target = {"model": models / persist.FILES["lstm"], "metadata": models / "metadata.json",
+              "directory": models}[what]
+    target.chmod(target.stat().st_mode | 0o002)
+    with pytest.raises(persist.ModelError, match="writable by group or others"):
+        persist.load_model(models, "lstm")
+    target.chmod(target.stat().st_mode & ~0o022)
+    persist.load_model(models, "lstm")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_model_file_of_another_user_is_refused(tmp_path: Path, fitted: dict) -> None:
+    persist.save(tmp_path, {"lstm": fitted["models"]["lstm"]}, fitted["norm"], {})
+    os.chown(tmp_path / persist.FILES["lstm"], 65534, 65534)
+    with pytest.raises(persist.ModelError, match="owned by uid 65534"):
+        persist.load_model(tmp_path, "lstm")
+
+
+def test_a_symlinked_model_file_is_refused(tmp_path: Path, fitted: dict) -> None:
+    persist.save(tmp_path, {"lstm": fitted["models"]["lstm"]}, fitted["norm"], {})
+    path = tmp_path / persist.FILES["lstm"]
+    path.rename(tmp_path / "real.pt")
+    path.symlink_to(tmp_path / "real.pt")
+    with pytest.raises(persist.ModelError, match="cannot read"):
+        persist.load_model(tmp_path, "lstm")
 
 
 def test_version_mismatch_warns(tmp_path: Path, fitted: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -209,3 +210,31 @@ def test_timeout(slurm_cluster: SlurmCluster, ending_jobs: dict[str, str]) -> No
     assert final.state == "TIMEOUT"
     [job] = slurm_cluster.slurm.list_jobs([ending_jobs["timeout"]])
     assert job.end_ts - job.start_ts >= 60
+
+
+def test_one_unknown_id_never_lists_every_job(tmp_path) -> None:
+    """A real squeue-shaped script: it refuses a --jobs list holding an unknown id, as
+    newer Slurm does; the query must narrow down, never drop --jobs."""
+    calls = tmp_path / "calls"
+    squeue = tmp_path / "squeue"
+    squeue.write_text(f"""#!{sys.executable}
+import json, sys
+args = sys.argv[1:]
+open({str(calls)!r}, "a").write(" ".join(args) + "\\n")
+jobs = [a.split("=", 1)[1].split(",") for a in args if a.startswith("--jobs=")]
+if not jobs:
+    sys.exit("listing every job")
+if "999" in jobs[0]:
+    sys.stderr.write("slurm_load_jobs error: Invalid job id specified\\n")
+    sys.exit(1)
+print(json.dumps({{"jobs": [{{"job_id": int(j), "job_state": ["COMPLETED"], "exit_code": 0}}
+                            for j in jobs[0]]}}))
+""")
+    squeue.chmod(0o755)
+    slurm = Slurm(bin_dir=str(tmp_path), use_pyslurm="never")
+    ids = [str(i) for i in range(1, 17)] + ["999"]
+    states = slurm.final_states(ids)
+    assert states["999"] is None
+    assert all(states[j] is not None and states[j].state == "COMPLETED" for j in ids[:-1])
+    lines = calls.read_text().splitlines()
+    assert all("--jobs=" in line for line in lines) and len(lines) <= 2 * 5 + 1

@@ -165,3 +165,26 @@ def test_kill_9_writers_and_readers_loses_and_duplicates_nothing(tmp_path: Path)
     assert all(d == e * 50 + "\xff\n'\"" for e, d in rows), "an event came back altered"
     assert Spool(spool_dir).pending() == 0
     assert not (spool_dir / BAD_DIR).exists(), "kill -9 must not produce malformed events"
+
+
+def test_symlinks_fifos_and_huge_files_are_moved_aside_without_blocking(tmp_path: Path) -> None:
+    import threading
+
+    from nomade.spool import MAX_EVENT_BYTES
+
+    spool = Spool(tmp_path)
+    secret = tmp_path.parent / f"{tmp_path.name}-secret"
+    secret.write_bytes(b"SECRET=1\0")
+    (tmp_path / "1.000000001-link.ev").symlink_to(secret)
+    os.mkfifo(tmp_path / "1.000000002-fifo.ev")
+    (tmp_path / "1.000000003-huge.ev").write_bytes(b"A=" + b"x" * MAX_EVENT_BYTES + b"\0")
+    good = spool.put({"SLURM_JOB_ID": "7"})
+    result: list = []
+    reader = threading.Thread(target=lambda: result.append(spool.take()), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "take() blocked on the FIFO"
+    assert [i.id for i in result[0]] == [good]
+    assert spool.bad_moved == 3 and secret.read_bytes() == b"SECRET=1\0"
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == [
+        "1.000000001-link.ev", "1.000000002-fifo.ev", "1.000000003-huge.ev"]

@@ -609,6 +609,12 @@ def test_other_user_reads_without_write_access_to_the_directory() -> None:
         read = [python, "-c", _COUNT_JOBS, str(path)]
         with Store(path) as agent:
             agent.write_messages([start("1", start_ts=1.0), start("2", start_ts=2.0)])
+            assert path.stat().st_mode & 0o777 == 0o600   # every user's jobs: private
+            refused = subprocess.run(read, user=_NOBODY, env=env, capture_output=True,
+                                     text=True, timeout=60, check=False)
+            assert refused.returncode != 0 and "2\n" != refused.stdout
+            for p in tmp.iterdir():      # an admin shares it on purpose (the agent's next open undoes it)
+                p.chmod(0o644)
             while_open = subprocess.run(read, user=_NOBODY, env=env, capture_output=True,
                                         text=True, timeout=60)
         assert not Path(f"{path}-wal").exists()  # a clean close removes -wal and -shm
@@ -619,3 +625,18 @@ def test_other_user_reads_without_write_access_to_the_directory() -> None:
         assert sorted(p.name for p in tmp.iterdir()) == ["nomade.db"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_new_store_is_private_and_an_old_one_is_made_so(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "nomade.db"
+    Store(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o750
+    path.chmod(0o644)
+    Store(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    link = tmp_path / "link.db"
+    link.symlink_to(tmp_path / "elsewhere.db")
+    with pytest.raises(StoreError, match="cannot open"):
+        Store(link)
+    assert not (tmp_path / "elsewhere.db").exists()

@@ -274,7 +274,8 @@ def test_the_agent_prunes_every_prune_interval_and_counts_it(tmp_path: Path) -> 
                                        interval_s=3600.0),
         ml=dataclasses.replace(cfg.ml, models_dir=str(tmp_path / "no-models")),
         storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db"),
-                                    prune_interval_s=0.05))
+                                    prune_interval_s=0.05),
+        security=dataclasses.replace(cfg.security, curve_enabled=False))   # loopback only
     made: list[Agent] = []
     stop, ready = threading.Event(), threading.Event()
 

@@ -59,7 +59,7 @@ def pub(ctx: zmq.Context) -> Iterator[tuple[zmq.Socket, str]]:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "nomade.toml"
-    path.write_text("[agent]\ninterval_s = 1.0\n")
+    path.write_text("[agent]\ninterval_s = 1.0\n[security]\ncurve_enabled = false\n")
     return path
 
 

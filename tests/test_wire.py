@@ -35,7 +35,8 @@ BODIES: dict[str, dict[str, Any]] = {
     "node.sample": {
         "node": "cn042", "ts": TS, "cpu_pct": 87.5, "iowait_pct": 2.0, "mem_used_bytes": 2**36,
         "mem_total_bytes": 2**38, "swap_used_bytes": 0, "load1": 31.7, "disk_read_Bps": 1e6,
-        "disk_write_Bps": 0, "net_rx_Bps": 12.5e6, "net_tx_Bps": None},
+        "disk_write_Bps": 0, "net_rx_Bps": 12.5e6, "net_tx_Bps": None, "outbox_dropped": 2,
+        "outbox_write_errors": 0},
     "prediction": {
         "job_id": "4242", "user": "alice", "partition": "gpu", "nodes": ["cn042"], "risk": 0.83,
         "level": "critical", "parts": {"gnn": 0.9, "lstm": None, "autoencoder": 0.7},
@@ -621,3 +622,17 @@ def test_byte_mutated_frames_are_valid_messages_or_wire_errors(msg: Message,
         chunk = data.draw(HOSTILE)
         raw[at:at + (len(chunk) if how == "overwrite" else 0)] = chunk
     _accepts_or_refuses(bytes(raw))
+
+
+def test_nested_array_headers_are_refused_before_any_is_allocated() -> None:
+    import tracemalloc
+
+    frame = b"\xdc\x0b\xb7" * 1000          # 1000 nested arrays each claiming 2999 elements
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match="incomplete"):
+            w.decode(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024, f"{peak} bytes for a {len(frame)}-byte frame"

@@ -43,14 +43,17 @@ from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
 from nomade.agent.publisher import Publisher
 from nomade.agent.state import JobState, options_for
-from nomade.config import Config
+from nomade.config import Config, check_endpoint
 from nomade.spool import Spool
+from nomade.states import is_final
 from nomade.store import JOB_SAMPLE_FIELDS, RetentionPolicy, Store
 
 log = logging.getLogger(__name__)
 
 #: Most frames taken from the socket before they are stored and acked together.
 MAX_FRAMES_PER_ROUND = 256
+#: Job ids in one ``squeue`` call of the running-job check (``Agent.check_running``).
+RUNNING_CHECK_BATCH = 1000
 #: Linger (ms) at close, so the last acks and predictions can leave.
 CLOSE_LINGER_MS = 1000
 #: Ticks between two unfrozen full garbage collections (``Agent._gc_after_tick``): an hour at 30 s.
@@ -137,7 +140,7 @@ class Agent:
         paths = cfg.paths()
         self.models_dir = paths.models_dir
         if store is None:
-            paths.db_path.parent.mkdir(parents=True, exist_ok=True)
+            paths.db_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             store = Store(paths.db_path)
         self.store = store
         self.slurm = slurm
@@ -148,9 +151,13 @@ class Agent:
         self.final_interval_s = final_interval_s
         self.sample_interval_s = cfg.collector.interval_s   # the LSTM's grid, as in training
         self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS,
-                                      **options_for(cfg.ml.sequence_length, self.sample_interval_s))
-        self.ingest = Ingest(store, self.state, self.metrics, self.name)
-        self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s)
+                                      **options_for(cfg.ml.sequence_length, self.sample_interval_s),
+                                      max_jobs=cfg.agent.max_running_jobs,
+                                      max_orphans=cfg.agent.max_orphan_jobs,
+                                      max_nodes=cfg.agent.max_nodes_per_job)
+        self.state.limit_hits = self.metrics.limit_hits_total   # JobState counts into the metric
+        self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s,
+                                                    max_jobs=cfg.agent.max_final_state_jobs)
         self.requests = requests.RequestTracker()
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
         self.model_watch = scoring.ModelWatch()
@@ -158,8 +165,15 @@ class Agent:
         self.scorer: scoring.ScorerLike | None = None
         self._model_mtime: float | None = None
         self._comment_log = RateLimitedLog(log, 30.0)
+        self._max_round_bytes = cfg.agent.max_round_mb << 20
+        self._max_sender_bytes = cfg.agent.max_sender_round_mb << 20
+        for key, endpoint in (("agent.ingest_endpoint", cfg.agent.ingest_endpoint),
+                              ("agent.publish_endpoint", cfg.agent.publish_endpoint)):
+            check_endpoint(cfg, key, endpoint)
         self._ctx = zmq.Context()
         self._auth = curve.start_authenticator(self._ctx, cfg.security)
+        self.ingest = Ingest(store, self.state, self.metrics, self.name,
+                             keys=curve.authorized_keys(self._auth))
         self.router = self._socket(zmq.ROUTER, cfg.agent.ingest_endpoint)
         self.pub = self._socket(zmq.PUB, cfg.agent.publish_endpoint)
         self.publisher = Publisher(self.pub, store, self.name)
@@ -177,6 +191,7 @@ class Agent:
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a restarted collector keeps its identity
+            sock.setsockopt(zmq.RCVHWM, self.cfg.agent.receive_hwm)
         curve.secure_server(sock, self.cfg.security, self._auth)
         sock.bind(endpoint)
         return sock
@@ -197,6 +212,7 @@ class Agent:
         poller.register(self.router, zmq.POLLIN)
         now = time.monotonic()
         next_tick, next_spool, next_final = now, now, now + self.final_interval_s
+        next_check = now + self.cfg.agent.running_check_interval_s
         every = self.cfg.storage.prune_interval_s
         next_prune = now + every if every else math.inf
         while not should_stop():
@@ -208,6 +224,9 @@ class Agent:
                 self.poll_requests()
                 self.poll_final_states()
                 next_final = now + self.final_interval_s
+            if now >= next_check:
+                self.check_running(time.time())
+                next_check = now + self.cfg.agent.running_check_interval_s
             if now >= next_tick:
                 self.tick()
                 next_tick = now + self.interval_s
@@ -225,24 +244,43 @@ class Agent:
                 self.receive()
 
     def receive(self, block_ms: int = 0) -> int:
-        """Take up to ``MAX_FRAMES_PER_ROUND`` waiting messages, store, ack; how many.
-        A failed store write is logged and nothing is acked (the senders resend)."""
-        received = []
-        flags = zmq.NOBLOCK
-        while len(received) < MAX_FRAMES_PER_ROUND:
+        """Take waiting messages (at most ``MAX_FRAMES_PER_ROUND`` and ``[agent]
+        max_round_mb``), store, ack; how many. A sender's frames beyond ``[agent]
+        max_sender_round_mb`` in the round (after its first) are dropped unacked (counted;
+        it resends). With CURVE a sender is its key's name, else its connection. A
+        failed store write is logged and nothing is acked (the senders resend)."""
+        received: list[list[Any]] = []
+        users: list[str | None] = []
+        per_sender: dict[bytes | str, int] = {}
+        round_bytes, m = 0, self.metrics
+        while len(received) < MAX_FRAMES_PER_ROUND and round_bytes < self._max_round_bytes:
             try:
-                received.append(self.router.recv_multipart(flags, copy=True))
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             except zmq.ZMQError as e:
                 if e.errno == zmq.EINTR:
                     break
                 raise
+            size = sum(len(f) for f in frames)
+            user = self._user_id(frames[-1])
+            who: bytes | str = user if user is not None else frames[0].bytes
+            before = per_sender.get(who, 0)
+            per_sender[who] = before + size
+            round_bytes += size
+            if before and before + size > self._max_sender_bytes:   # its first frame always goes
+                m.limit_hits_total["sender_round_bytes"] += 1
+                continue
+            # small frames copied, big ones decoded in place (zero-copy)
+            received.append([f.bytes if len(f) < 65536 else f.buffer for f in frames])
+            users.append(user)
+        if round_bytes >= self._max_round_bytes:
+            m.limit_hits_total["round_bytes"] += 1
         self.metrics.queue_depth = len(received)
         if not received:
             return 0
         try:
-            replies = self.ingest.handle(received)
+            replies = self.ingest.handle(received, users if self._auth is not None else None)
         except Exception as e:  # store full or locked: do not ack, do not die; they resend
             self.metrics.store_errors_total += 1
             log.error("store write failed, %d frames not acknowledged: %s", len(received), e)
@@ -254,6 +292,17 @@ class Agent:
                 pass
         self._changes()
         return len(received)
+
+    def _user_id(self, frame: zmq.Frame) -> str | None:
+        """With CURVE, the ZAP User-Id of ``frame``: the name of the key that sent it
+        (``nomade.curve``; "" for a key no longer authorized, which matches no sender);
+        None without CURVE."""
+        if self._auth is None:
+            return None
+        try:
+            return str(frame.get("User-Id"))
+        except zmq.ZMQError:
+            return ""
 
     def _changes(self) -> None:
         changes = self.ingest.take_changes()
@@ -277,6 +326,51 @@ class Agent:
         self.metrics.spool_events_total += sink.count
         self.metrics.running_jobs = len(self.state.running)
         return sink.count
+
+    def check_running(self, now: float) -> int:
+        """End the started jobs (started over ``running_check_interval_s`` ago) that
+        Slurm no longer lists as running: a ``job.end`` (source "slurm") with Slurm's final
+        state when it still knows the job, else none (the final-state poller asks). A job
+        whose end event was lost, or a start nobody ran, is not scored forever. How many
+        ended; a failed query or store write is logged and retried next time."""
+        if self.slurm is None:
+            return 0
+        old = now - self.cfg.agent.running_check_interval_s
+        ids = [r.job_id for r in self.state.scorable() if r.request["start_ts"] < old]
+        messages: list[wire.Message] = []
+        for k in range(0, len(ids), RUNNING_CHECK_BATCH):
+            chunk = ids[k:k + RUNNING_CHECK_BATCH]
+            try:
+                listed = {job.job_id: job for job in self.slurm.list_jobs(job_ids=chunk)}
+            except Exception as e:  # a Slurm outage must not stop the agent: try again later
+                log.warning("running-job check of %d jobs failed: %s", len(chunk), e)
+                return 0
+            messages += [m for j in chunk if (m := self._end_unless_running(j, listed.get(j), now))]
+        if not messages:
+            return 0
+        try:
+            _StateSink(self.store, self.state).write_messages(messages)
+        except Exception as e:  # store locked or full: the next check finds them again
+            log.warning("ends of %d jobs Slurm no longer runs not stored: %s", len(messages), e)
+            return 0
+        log.info("%d started jobs are no longer running in Slurm: ended", len(messages))
+        self.metrics.running_jobs = len(self.state.running)
+        return len(messages)
+
+    def _end_unless_running(self, job_id: str, job: Any, now: float) -> wire.Message | None:
+        """The ``job.end`` of a started job given Slurm's view of it (``job``; None: Slurm
+        does not list it), None while Slurm says it is not final (running, requeued)."""
+        body: dict[str, Any] = {"job_id": job_id, "source": finalstate.SOURCE, "end_ts": now}
+        if job is not None and job.state is not None:
+            if not is_final(job.state):
+                return None
+            body.update(state=job.state, exit_code=job.exit_code,
+                        end_ts=now if job.end_ts is None else job.end_ts)
+        try:
+            return wire.make("job.end", self.name, 0, body, now)
+        except wire.WireError as e:  # Slurm said something the wire refuses: end it plainly
+            log.warning("job %s: Slurm's end refused (%s); ended without a state", job_id, e)
+            return wire.make("job.end", self.name, 0, {**body, "state": None, "exit_code": None}, now)
 
     def poll_requests(self) -> int:
         """Complete the requests of started jobs that lack memory, GPUs or time limit from
@@ -325,6 +419,7 @@ class Agent:
         except Exception as e:  # store trouble: try again next round
             log.warning("final-state round failed: %s", e)
             return
+        self.metrics.limit_hits_total["final_state_jobs"] += self.tracker.full
         for d in decisions:
             if isinstance(d, finalstate.Final):
                 self.state.final_state(d.job_id, d.state)

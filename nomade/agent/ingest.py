@@ -9,10 +9,17 @@ returns the replies to send (``[identity, ack-frame]``). It does, in order:
    the batch's items);
    a frame that fails, or that is not a ``batch``, is counted and dropped with a
    rate-limited log line: nothing a peer sends can stop the agent;
-2. write all batches of the round in one store transaction (``Store.write_batches``,
+2. hold every batch to what a collector may say (``authority``): with CURVE the sender
+   is the name of the key that sent it (its ZAP User-Id, ``nomade.curve``); a batch
+   whose ``sender`` differs, or with a sample, node reading or start of a node that key
+   does not speak for, is counted (``refused_total``) and dropped unacked, so the store's
+   duplicate check by (sender, seq) is per authenticated sender. From any collector a
+   ``prediction`` item refuses the batch, and a ``job.end``'s final state (state, exit
+   code, signal) is cleared: those come from the controller-side hooks and Slurm only;
+3. write all batches of the round in one store transaction (``Store.write_batches``,
    idempotent by (sender, seq): a duplicate is not written again);
-3. acknowledge every stored batch, duplicates included (the sender lost our ack);
-4. feed the fresh batches to the job state: their other items (``JobState.apply``:
+4. acknowledge every stored batch, duplicates included (the sender lost our ack);
+5. feed the fresh batches to the job state: their other items (``JobState.apply``:
    job starts and ends, and ``node.sample`` iowait readings, which the scoring tick
    joins onto the job samples of that node), then their sample rows
    (``JobState.apply_rows``).
@@ -44,6 +51,16 @@ class BatchStore(Protocol):
     def write_batches(self, batches: Any) -> list[bool]: ...
 
 
+class KeyNodes(Protocol):
+    """What ingest needs of ``nomade.curve.AuthorizedKeys``."""
+
+    def nodes_of(self, name: str) -> frozenset[str]: ...
+
+
+#: ``job.end`` fields only the controller side may set (a node's would forge a label).
+_FINAL_FIELDS = ("state", "exit_code", "signal")
+
+
 class RateLimitedLog:
     """At most one warning per ``interval_s``; the next one says how many were held back."""
 
@@ -70,22 +87,27 @@ class Ingest:
     """Decode, store, ack, and feed the state (see the module doc)."""
 
     def __init__(self, store: BatchStore, state: JobState, metrics: Metrics, agent_name: str,
-                 *, log_interval_s: float = 10.0) -> None:
+                 *, keys: KeyNodes | None = None, log_interval_s: float = 10.0) -> None:
         self.store = store
+        self.keys = keys
         self.state = state
         self.metrics = metrics
         self.agent_name = agent_name
         self.bad_log = RateLimitedLog(log, log_interval_s)
         self.changes = Changes()
 
-    def handle(self, received: Sequence[Sequence[bytes]]) -> list[list[bytes]]:
+    def handle(self, received: Sequence[Sequence[Any]],
+               users: Sequence[str | None] | None = None) -> list[list[bytes]]:
         """The ack replies for ``received``; raises only what the store raises for a
-        failed write (nothing is acked then)."""
+        failed write (nothing is acked then). ``users[i]``: the authenticated name of
+        message i's key (CURVE), held against what it says; None: no CURVE."""
         m = self.metrics
         m.frames_total += len(received)
         batches: list[tuple[bytes, wire.Message, list[tuple[Any, ...]]]] = []
-        for frames in received:
+        for i, frames in enumerate(received):
             decoded = self._decode(frames)
+            if decoded is not None:
+                decoded = self._authority(*decoded, None if users is None else users[i], frames)
             if decoded is not None:
                 batches.append((bytes(frames[0]), *decoded))
         if not batches:
@@ -99,6 +121,10 @@ class Ingest:
                 m.batches_total += 1
                 m.messages_total += len(items) + len(rows)
                 changes = self.state.apply(items)
+                for item in items:
+                    if item.kind == "node.sample":
+                        m.collector_reported(batch.sender, item.body["outbox_dropped"],
+                                             item.body["outbox_write_errors"])
                 m.samples_total += changes.samples + self.state.apply_rows(rows)
                 self.changes.started += changes.started
                 self.changes.ended += changes.ended
@@ -125,6 +151,41 @@ class Ingest:
             return self._bad(f"expected a batch, got a {msg.kind}", frames)
         return msg, rows
 
+    def _authority(self, batch: wire.Message, rows: list[tuple[Any, ...]], user: str | None,
+                   frames: Sequence[Any]) -> tuple[wire.Message, list[tuple[Any, ...]]] | None:
+        """The batch as far as its sender may say it (module doc, step 2), or None:
+        refused, counted and logged."""
+        items = batch.body["items"]
+        if user is not None:
+            if batch.sender != user:
+                self._refuse("sender", f"batch of {batch.sender!r} sent with the key of {user!r}", frames)
+                return None
+            nodes = self.keys.nodes_of(user) if self.keys is not None else frozenset((user,))
+            if any(row[1] not in nodes for row in rows):
+                self._refuse("node", f"{user!r} sent a sample of a node it does not speak for", frames)
+                return None
+            for item in items:
+                if item.kind == "node.sample" and item.body["node"] not in nodes or (
+                        item.kind == "job.start" and item.body["nodes"]
+                        and nodes.isdisjoint(item.body["nodes"])):
+                    self._refuse("node", f"{user!r} sent a {item.kind} of a node it does not "
+                                 f"speak for", frames)
+                    return None
+        if any(item.kind == "prediction" for item in items):
+            self._refuse("prediction", f"{batch.sender!r} sent a prediction", frames)
+            return None
+        if any(item.kind == "job.end" and any(item.body[k] is not None for k in _FINAL_FIELDS)
+               for item in items):
+            self.metrics.refused_total["final_state"] += 1
+            items = [_without_final_state(item) if item.kind == "job.end" else item
+                     for item in items]
+            batch = batch._replace(body={**batch.body, "items": items})
+        return batch, rows
+
+    def _refuse(self, reason: str, why: str, frames: Sequence[Any]) -> None:
+        self.metrics.refused_total[reason] += 1
+        self.bad_log.warning("refused a batch: %s (peer %s)", why, bytes(frames[0]).hex()[:16])
+
     def _bad(self, why: str, frames: Sequence[bytes]) -> None:
         self.metrics.bad_frames_total += 1
         peer = bytes(frames[0]).hex()[:16] if frames else "?"
@@ -148,3 +209,8 @@ class Ingest:
                 self._bad(f"batch {seq} of {sender} refused by the store: {e}", [b""])
                 out.append(None)
         return out
+
+
+def _without_final_state(item: wire.Message) -> wire.Message:
+    """A collector's ``job.end`` with its final-state fields cleared (None: unknown)."""
+    return item._replace(body={**item.body, **dict.fromkeys(_FINAL_FIELDS)})

@@ -19,6 +19,15 @@ from nomade.wire import LEVELS
 
 log = logging.getLogger(__name__)
 
+#: Most collectors whose outbox counters are exported.
+MAX_COLLECTORS = 65536
+#: Reasons a batch is refused or changed: ``nomade.agent.ingest``.
+REFUSALS: tuple[str, ...] = ("sender", "node", "prediction", "final_state")
+#: The bounds counted when hit: [agent] max_round_mb, max_sender_round_mb,
+#: max_nodes_per_job, max_running_jobs, max_orphan_jobs, max_final_state_jobs.
+LIMITS: tuple[str, ...] = ("round_bytes", "sender_round_bytes", "nodes_per_job", "running_jobs",
+                           "orphan_jobs", "final_state_jobs")
+
 
 @dataclass
 class Metrics:
@@ -44,10 +53,23 @@ class Metrics:
     queue_depth: int = 0
     running_jobs: int = 0
     model_loaded: int = 0
+    #: Batches refused for what their sender may not say (``nomade.agent.ingest``), by
+    #: reason; "final_state": batches whose job.end final state was cleared (still stored).
+    refused_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+    #: Times a bound was hit, by limit (``LIMITS``).
+    limit_hits_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LIMITS, 0))
+    #: Per collector (sender): its outbox's (dropped batches, failed writes), as its last
+    #: node sample reported them; at most ``MAX_COLLECTORS`` senders.
+    collector_outbox: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Rows removed by retention, by (table, step): ("job_samples", "thin"), (…, "drop").
     pruned_rows_total: dict[tuple[str, str], int] = field(default_factory=lambda: dict.fromkeys(
         (("job_samples", "thin"), ("job_samples", "drop"), ("node_samples", "drop"),
          ("predictions", "drop")), 0))
+
+    def collector_reported(self, sender: str, dropped: int | None, errors: int | None) -> None:
+        """Record a collector's outbox counters (from its ``node.sample``)."""
+        if sender in self.collector_outbox or len(self.collector_outbox) < MAX_COLLECTORS:
+            self.collector_outbox[sender] = (dropped or 0, errors or 0)
 
     def ingest_rate(self, now: float | None = None) -> float:
         """Job samples per second since the agent started."""
@@ -57,9 +79,11 @@ class Metrics:
     def render(self) -> str:
         """The Prometheus text exposition of every series."""
         out: list[str] = []
+        described: set[str] = set()
 
         def series(name: str, kind: str, help_: str, value: float, labels: str = "") -> None:
-            if not any(line.startswith(f"# TYPE nomade_agent_{name} ") for line in out):
+            if name not in described:
+                described.add(name)
                 out.append(f"# HELP nomade_agent_{name} {help_}")
                 out.append(f"# TYPE nomade_agent_{name} {kind}")
             out.append(f"nomade_agent_{name}{labels} {value:g}")
@@ -90,10 +114,27 @@ class Metrics:
         series("comment_updates_total", "counter", "Job Comments written.", self.comment_updates_total)
         series("comment_errors_total", "counter", "Job Comment writes that failed.", self.comment_errors_total)
         series("final_states_total", "counter", "Final states recorded from Slurm.", self.final_states_total)
+        for reason, n in self.refused_total.items():
+            series("refused_total", "counter", "Batches refused (or final state cleared) for what "
+                   "their sender may not say, by reason.", n, f'{{reason="{reason}"}}')
+        for limit, n in self.limit_hits_total.items():
+            series("limit_hits_total", "counter", "Times a configured bound was hit, by limit.", n,
+                   f'{{limit="{limit}"}}')
+        for sender, (dropped, errors) in sorted(self.collector_outbox.items()):
+            label = f'{{sender="{_escape(sender)}"}}'
+            series("collector_outbox_dropped_total", "counter", "Unacknowledged batches a "
+                   "collector's full outbox dropped (as its last node sample said).", dropped, label)
+            series("collector_outbox_write_errors_total", "counter", "Outbox writes that failed "
+                   "on a collector (a full disk; as its last node sample said).", errors, label)
         for (table, step), n in self.pruned_rows_total.items():
             series("pruned_rows_total", "counter", "Store rows removed by retention.", n,
                    f'{{table="{table}",step="{step}"}}')
         return "\n".join(out) + "\n"
+
+
+def _escape(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -13,7 +13,10 @@ What is kept, and its bounds:
   as-of "recent" rates), at most ``max_samples`` per job. Samples of a job whose start
   has not arrived yet (the collector can be quicker than the slurmctld spool) are kept
   the same way and join the job when its start arrives; such orphans are forgotten
-  ``orphan_ttl_s`` after their newest sample.
+  ``orphan_ttl_s`` after their newest sample. At most ``max_jobs`` jobs are held, of
+  which at most ``max_orphans`` without a start, each with at most ``max_nodes`` nodes
+  (checked against a set: a job of 65,536 nodes must not cost 65,536² comparisons);
+  what a bound keeps out is counted in ``limit_hits`` (the store still has it).
 * ``history``: ended jobs (user, end time, final state once known) from the last
   ``history_s``, for the as-of user-history features.
 * ``iowait``: each node's recent ``node.sample`` iowait readings (time, %; unknown ones
@@ -254,7 +257,8 @@ class JobState:
     def __init__(self, *, horizon_s: float = 720.0, max_samples: int = 256,
                  history_s: float = 90 * 86400.0, orphan_ttl_s: float = 3600.0,
                  iowait_max_age_s: float = features.IOWAIT_MAX_AGE_S,
-                 max_readings: int = 256) -> None:
+                 max_readings: int = 256, max_jobs: int = 100_000, max_orphans: int = 10_000,
+                 max_nodes: int = 16384) -> None:
         if horizon_s <= 0 or max_samples < 2 or iowait_max_age_s < 0 or max_readings < 1:
             raise ValueError("horizon_s must be > 0, max_samples >= 2, iowait_max_age_s >= 0 and "
                              f"max_readings >= 1, got {horizon_s}, {max_samples}, "
@@ -265,6 +269,10 @@ class JobState:
         self.orphan_ttl_s = orphan_ttl_s
         self.iowait_max_age_s = iowait_max_age_s
         self.max_readings = max_readings
+        self.max_jobs, self.max_orphans, self.max_nodes = max_jobs, max_orphans, max_nodes
+        #: Times a bound kept something out, by ``nomade.agent.metrics.LIMITS`` name.
+        self.limit_hits: dict[str, int] = {}
+        self._orphans: set[str] = set()   # running jobs without a start yet
         self.running: dict[str, RunningJob] = {}
         self.history: dict[str, HistoryEntry] = {}
         self.iowait: dict[str, deque[tuple[float, float]]] = {}
@@ -315,7 +323,9 @@ class JobState:
             if run is None:
                 if job_id in history:   # an ended job is never in ``running``
                     continue
-                run = self._job(job_id)
+                run = self._job(job_id, orphan=True)
+                if run is None:
+                    continue
             ring = run.samples
             ring.append(row)
             run.appended += 1
@@ -341,6 +351,7 @@ class JobState:
         stale = [j for j, h in self.history.items() if h.end_ts < now - self.history_s]
         for j in old:
             del self.running[j]
+            self._orphans.discard(j)
         for j in stale:
             del self.history[j]
         if stale:
@@ -417,8 +428,10 @@ class JobState:
         state = cls(**kwargs)
         for job in store.running_jobs():
             run = state._job(job.job_id)
+            if run is None:
+                break
             run.request = {k: v for k in REQUEST_FIELDS if (v := getattr(job, k, None)) is not None}
-            run.nodes = list(job.nodes)
+            run.nodes = list(job.nodes)[:state.max_nodes]
         for job in store.ended_jobs(since_ts=now - state.history_s):
             state.history[job.job_id] = HistoryEntry(job.user, job.end_ts, job.state)
         state._history_cols = None
@@ -460,17 +473,32 @@ class JobState:
         if ts < self._changed_from.get(node, np.inf):
             self._changed_from[node] = ts
 
-    def _job(self, job_id: str) -> RunningJob:
+    def _job(self, job_id: str, orphan: bool = False) -> RunningJob | None:
+        """The running job ``job_id``, made if new (``orphan``: from a sample, no start
+        yet); None, counted, when a bound keeps a new one out."""
         run = self.running.get(job_id)
         if run is None:
+            if len(self.running) >= self.max_jobs:
+                self._hit("running_jobs")
+                return None
+            if orphan:
+                if len(self._orphans) >= self.max_orphans:
+                    self._hit("orphan_jobs")
+                    return None
+                self._orphans.add(job_id)
             run = self.running[job_id] = RunningJob(job_id, samples=deque(maxlen=self.max_samples))
         return run
+
+    def _hit(self, limit: str) -> None:
+        self.limit_hits[limit] = self.limit_hits.get(limit, 0) + 1
 
     def _start(self, body: Mapping[str, Any]) -> bool:
         job_id = str(body["job_id"])
         if job_id in self.history:
             return False
         run = self._job(job_id)
+        if run is None:
+            return False
         was_started = run.started
         for key in REQUEST_FIELDS:
             value = body.get(key)
@@ -479,8 +507,23 @@ class JobState:
             old = run.request.get(key)
             if old is None or (key in ("start_ts", "submit_ts") and value < old):
                 run.request[key] = value
-        run.nodes.extend(n for n in body.get("nodes") or () if n not in run.nodes)
+        nodes = body.get("nodes")
+        if nodes:
+            self._add_nodes(run, nodes)
+        if run.started:
+            self._orphans.discard(job_id)
         return run.started and not was_started
+
+    def _add_nodes(self, run: RunningJob, nodes: Iterable[str]) -> None:
+        """Append the new ones of ``nodes`` to ``run.nodes``, up to ``max_nodes``."""
+        have = set(run.nodes)
+        for n in nodes:
+            if n not in have:
+                if len(run.nodes) >= self.max_nodes:
+                    self._hit("nodes_per_job")
+                    return
+                run.nodes.append(n)
+                have.add(n)
 
     def _end(self, body: Mapping[str, Any], ts: float) -> Ended | None:
         job_id = str(body["job_id"])
@@ -494,6 +537,7 @@ class JobState:
                 self._history_cols = None
             return None
         run = self.running.pop(job_id, None)
+        self._orphans.discard(job_id)
         user = run.request.get("user") if run is not None else None
         self.history[job_id] = HistoryEntry(user, end_ts, state)
         self._history_cols = None

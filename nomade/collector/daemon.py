@@ -65,6 +65,8 @@ class Collector:
         self.ctx = zmq.Context(io_threads=1)
         self.sender = Sender(self.ctx, endpoint, self.outbox, ack_timeout_s, curve)
         self.ticks = 0
+        self.write_errors = 0
+        self._write_failing = False
         self.next_tick = time.monotonic() + random.uniform(0.0, jitter_s)
 
     def _watch_spool(self) -> SpoolWatch | None:
@@ -129,7 +131,8 @@ class Collector:
                              now + self.interval_s / 2)
         ts = time.time()
         items = [("job.sample", b) for b in self.jobs.sample_all(ts)]
-        items.append(("node.sample", self.nodes.sample(ts)))
+        items.append(("node.sample", {**self.nodes.sample(ts), "outbox_dropped": self.outbox.dropped,
+                                      "outbox_write_errors": self.write_errors}))
         self.ticks += 1
         self._enqueue(items, ts)
         self.drain_spool(force=True)
@@ -149,13 +152,15 @@ class Collector:
             except SpoolError as e:
                 log.warning("%s", e)
                 return handled
-            self._forward(taken)
+            if not self._forward(taken):
+                return handled     # the outbox cannot be written: they stay for the next look
             handled += len(taken)
             if len(taken) < _BATCH_ITEMS:
                 return handled
 
-    def _forward(self, taken: list[SpoolItem]) -> None:
-        """One batch of these events (and early samples of started jobs), then confirm them."""
+    def _forward(self, taken: list[SpoolItem]) -> bool:
+        """One batch of these events (and early samples of started jobs), then confirm
+        them; False (nothing confirmed) when the outbox cannot be written."""
         assert self.spool is not None
         ts = time.time()
         items = [kb for item in taken for kb in self._events(item)]
@@ -166,10 +171,11 @@ class Collector:
                 self._early.pop(body["job_id"], None)
         if self._early:
             items.extend(("job.sample", b) for b in self._early_samples(ts))
-        if items:
-            self._enqueue(items, ts)
+        if items and not self._enqueue(items, ts):
+            return False
         for item in taken:
             self.spool.confirm(item)
+        return True
 
     def _spool_changed(self) -> bool:
         assert self.spool is not None
@@ -204,10 +210,27 @@ class Collector:
             del self._early[job_id]
         return bodies
 
-    def _enqueue(self, items: list[tuple[str, dict]], ts: float) -> None:
-        for start in range(0, len(items), _BATCH_ITEMS):
-            chunk = items[start:start + _BATCH_ITEMS]
-            self.outbox.add(lambda seq: self._frame(chunk, seq, ts))
+    def _enqueue(self, items: list[tuple[str, dict]], ts: float) -> bool:
+        """Put ``items`` into the outbox; False when it cannot be written (a full disk):
+        counted in ``write_errors`` (reported in the next node sample), logged once until a
+        write succeeds again, never raised, so the collector keeps running and retries."""
+        try:
+            for start in range(0, len(items), _BATCH_ITEMS):
+                chunk = items[start:start + _BATCH_ITEMS]
+                self.outbox.add(lambda seq: self._frame(chunk, seq, ts))
+        except OSError as e:
+            self.write_errors += 1
+            if not self._write_failing:
+                log.error("outbox %s cannot be written (%s): samples are lost and hook events "
+                          "kept in the spool until it can; retrying every sample",
+                          self.outbox.dir, e.strerror or e)
+            self._write_failing = True
+            return False
+        if self._write_failing:
+            log.warning("outbox %s writable again after %d failed writes", self.outbox.dir,
+                        self.write_errors)
+            self._write_failing = False
+        return True
 
     def _frame(self, items: list[tuple[str, dict]], seq: int, ts: float) -> bytes:
         """The encoded batch. ``encode`` validates every item; only when that fails are the

@@ -45,7 +45,7 @@ class Outbox:
         if max_bytes <= 0:
             raise ValueError(f"outbox max_bytes must be positive, not {max_bytes}")
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.dropped = 0
         self._sizes: dict[int, int] = {}

@@ -18,7 +18,7 @@ import signal
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from nomade.config import Config
+from nomade.config import Config, check_endpoint
 
 if TYPE_CHECKING:
     from nomade.curve import ClientKeys
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     _raise_fd_limit()
     paths = cfg.paths()
     c = cfg.collector
+    check_endpoint(cfg, "collector.agent_endpoint", c.agent_endpoint)
     collector = Collector(
         node=paths.node_name, endpoint=c.agent_endpoint, cgroup_root=c.cgroup_root,
         outbox_dir=str(paths.outbox_dir), outbox_max_bytes=c.outbox_max_mb * 2**20,

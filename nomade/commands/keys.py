@@ -3,7 +3,8 @@
 Set-up: on the agent host ``nomade keys generate --server``; copy its ``server.key``
 (public) to every compute node's keys directory; on each node ``nomade keys generate
 --client``; copy each node's ``client.key`` to the agent host and run ``nomade keys
-authorize node01.key`` there; set ``[security] curve_enabled = true`` everywhere.
+authorize node01.key`` there (CURVE is on by default). One host running the agent and
+a collector: ``nomade keys setup`` makes the whole set at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ Set-up, once:
   each node:     nomade keys generate --client
                  copy its client.key to the agent host, e.g. as node01.key
   agent host:    nomade keys authorize node01.key   (takes effect without a restart)
-  everywhere:    [security] curve_enabled = true
+The name a key is authorized under is the node it speaks for (node01.key: node01);
+a NAME.nodes file beside it lists more nodes, one a line (several slurmd, one collector).
+One host with agent and collector (a demo, a test): nomade keys setup [--nodes n1,n2]
 Secret files (*.key_secret, mode 0600) never leave their host.
 """
 
@@ -44,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     auth.add_argument("public_key_file", metavar="CLIENT_PUBLIC_KEYFILE",
                       help="the client's public .key file (never the .key_secret)")
     auth.add_argument("--name", help="store it as NAME.key (default: the file's name)")
+    setup = actions.add_parser("setup", help="one host's whole set: server and client pairs, "
+                               "the client authorized (all files 0600)")
+    setup.add_argument("--dir", type=Path, help="where (default: [security] keys_dir)")
+    setup.add_argument("--name", help="the client's name (default: this host's short name)")
+    setup.add_argument("--nodes", default="", help="more nodes it speaks for, comma-separated")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -59,6 +67,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             public, secret = curve.create_keypair(directory, name, overwrite=args.force)
             print(f"wrote {public} (public: copy it to the other side)")
             print(f"wrote {secret} (secret: stays on this host)")
+        return 0
+    if args.keys_action == "setup":
+        name = args.name or cfg.paths().node_name
+        nodes = [n for n in args.nodes.split(",") if n]
+        directory = curve.setup_keys(args.dir or cfg.security.key_files().keys_dir, name, nodes)
+        print(f"keys in {directory}: server and client pairs, client authorized as {name}")
         return 0
     dest, new = curve.authorize(args.public_key_file, cfg.security, args.name)
     print(f"{'authorized' if new else 'already authorized'}: {dest}")

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nomade.config import Config, SecurityConfig
+from nomade.config import Config, SecurityConfig, check_endpoint
 from nomade.errors import NomadeError
 
 NAME = "subscribe"
@@ -178,9 +178,12 @@ class Subscription:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, cfg: Config) -> Subscription:
-        """From the stream options of :func:`add_stream_arguments` and the config."""
-        return cls(args.endpoint or cfg.agent.publish_endpoint, args.min_level, cfg.security,
-                   args.server_key, args.client_key)
+        """From the stream options of :func:`add_stream_arguments` and the config.
+        Without CURVE, only a loopback endpoint (``nomade.config.check_endpoint``)."""
+        endpoint = args.endpoint or cfg.agent.publish_endpoint
+        if args.server_key is None:
+            check_endpoint(cfg, "--endpoint" if args.endpoint else "agent.publish_endpoint", endpoint)
+        return cls(endpoint, args.min_level, cfg.security, args.server_key, args.client_key)
 
     def __enter__(self) -> Subscription:
         return self

@@ -12,7 +12,10 @@ Each ``.pt`` file is self-contained: ``{"format", "kind", "nomade_version",
 ``torch.load(..., weights_only=True)``; a model trained alone later keeps working
 beside older ones. ``metadata.json`` records, per model, its file's SHA-256, when and
 on what it was trained, its hyper-parameters and metrics; a loader refuses a file
-whose hash does not match (a crash between two renames, a copied-in file).
+whose hash is not recorded or does not match (a crash between two renames, a copied-in
+file), and, since unpickling is code the agent runs, a model file, ``metadata.json`` or
+models directory that another user owns (root excepted) or that group or others may
+write (``check_private``).
 
 Every file is written to a temporary name in the same directory and renamed over the
 old one; ``metadata.json`` goes last, so a reader sees either the old set or the new.
@@ -162,13 +165,22 @@ def load_model(models_dir: str | Path, kind: str, meta: Mapping[str, Any] | None
     metadata's hash; ``VersionWarning`` when written by another nomade/torch."""
     meta = read_metadata(models_dir) if meta is None else meta
     path = Path(models_dir) / FILES[kind]
+    check_private(Path(models_dir))
+    if (Path(models_dir) / METADATA_FILE).exists():
+        check_private(Path(models_dir) / METADATA_FILE)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise ModelError(f"{path}: cannot read the {kind} model ({e.strerror or e}); "
                          "train it with `nomade train`") from e
+    with os.fdopen(fd, "rb") as f:
+        check_private(path, os.fstat(f.fileno()))
+        data = f.read()
     expected = meta.get("models", {}).get(kind, {}).get("sha256")
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+    if not isinstance(expected, str):
+        raise ModelError(f"{path}: {METADATA_FILE} records no SHA-256 for the {kind} model; "
+                         "retrain with `nomade train`")
+    if hashlib.sha256(data).hexdigest() != expected:
         raise ModelError(f"{path}: does not match {METADATA_FILE} (changed after training or "
                          "a training run was interrupted); retrain with `nomade train`")
     blob = _unpickle(path, data)
@@ -180,6 +192,22 @@ def load_model(models_dir: str | Path, kind: str, meta: Mapping[str, Any] | None
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise ModelError(f"{path}: the {kind} model does not fit this nomade ({type(e).__name__}: "
                          f"{str(e)[:200]}); retrain with `nomade train`") from e
+
+
+def check_private(path: Path, info: os.stat_result | None = None) -> None:
+    """``ModelError`` unless ``path`` (``info``: its fstat) is owned by this user or root
+    and not writable by group or others: whoever may write it chooses what the agent runs."""
+    if info is None:
+        try:
+            info = path.stat()
+        except OSError as e:
+            raise ModelError(f"{path}: cannot check ({e.strerror or e})") from e
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ModelError(f"{path}: owned by uid {info.st_uid}, not by this user ({os.geteuid()}) "
+                         "or root; refusing to load models others control")
+    if info.st_mode & 0o022:
+        raise ModelError(f"{path}: writable by group or others (mode {info.st_mode & 0o777:o}); "
+                         f"chmod go-w {path}")
 
 
 def _unpickle(path: Path, data: bytes) -> Any:
