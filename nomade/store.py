@@ -795,6 +795,16 @@ class Store:
             started = self._write_rows(conn, rows, time.time())
         self._started_seen(started)
 
+    def write_message_chunks(self, chunks: Iterable[Iterable[MessageLike]]) -> None:
+        """Store messages given chunk by chunk (as ``write_messages``), all in one
+        transaction: an error while the chunks are made or written (a malformed record
+        half way through an import) leaves the store as it was."""
+        started: set[str] = set()
+        with self._transaction() as conn:
+            for chunk in chunks:
+                started |= self._write_rows(conn, _Rows.of(chunk), time.time())
+        self._started_seen(started)
+
     def _write_rows(self, conn: sqlite3.Connection, rows: _Rows, now: float) -> set[str]:
         """Insert grouped rows, one ``executemany`` per table, and merge job events; the
         jobs recorded in ``job_sample_start`` (for ``_started_seen`` once committed)."""
