@@ -9,7 +9,7 @@ non-blank character tells which: ``{`` or ``[`` JSON, else text):
     Partition=batch TimeLimit=60 StartTime=2024-03-01T10:00:05 EndTime=... NodeList=n[1-2]
     NodeCnt=2 ProcCnt=8 WorkDir=/home/alice ReservationName= Tres=cpu=8,mem=16G,node=2
     Account=phys QOS=normal WcKey= Cluster=c1 SubmitTime=... EligibleTime=...
-    [ArrayJobId=10 ArrayTaskId=2] [HetJobId=.. HetJobOffset=..] DerivedExitCode=0:0 ExitCode=0:15
+    [ArrayJobId=.. ArrayTaskId=..] [HetJobId=.. HetJobOffset=..] DerivedExitCode=0:0 ExitCode=0:15
 
 (all on one line). ``TimeLimit`` is in minutes (or ``UNLIMITED``), times are local
 time (``Unknown`` for a job cancelled before it started), ``Tres`` is the request
@@ -23,9 +23,11 @@ skipped), a JSON list of them, or a search response (``hits.hits[]._source``). F
 ``jobid``, ``username``, ``partition``, ``account``, ``total_cpus``, ``total_nodes``,
 ``nodes``, ``tres_req`` (else ``tres_alloc``), ``time_limit`` (seconds; absent when
 unlimited), ``@submit``/``@start``/``@end`` (UTC, ``Unknown`` for no start), ``state``,
-``exit_code``, ``array_job_id``/``array_task_id``.
+``exit_code``.
 
-A record that cannot be read is an error naming its line (see ``nomade.traces``).
+Jobs are named by Slurm's own id (``JobId``, ``jobid``; an array task's too), as the
+hooks name them. A record that cannot be read is an error naming its line (see
+``nomade.traces``).
 """
 
 from __future__ import annotations
@@ -98,8 +100,6 @@ def _filetxt_record(f: dict[str, str]) -> dict[str, Any]:
     job_id = f["JobId"]
     if not job_id.isdigit():
         raise ValueError(f"JobId {job_id!r} is not a job id")
-    if f.get("ArrayTaskId", "").isdigit() and f.get("ArrayJobId", "").isdigit() and f["ArrayJobId"] != "0":
-        job_id = f"{f['ArrayJobId']}_{f['ArrayTaskId']}"
     tres = f.get("Tres", "")
     cpus = _tres_count(tres, "cpu") or _digits(f.get("ProcCnt"), "ProcCnt")
     limit = f.get("TimeLimit", "")
@@ -188,8 +188,6 @@ def _es_record(doc: Any) -> dict[str, Any]:
         raise ValueError("not a JSON object")
     doc = doc.get("_source", doc)
     job_id = str(int(doc["jobid"]))
-    if doc.get("array_task_id") is not None and doc.get("array_job_id"):
-        job_id = f"{int(doc['array_job_id'])}_{int(doc['array_task_id'])}"
     tres = doc.get("tres_req") or doc.get("tres_alloc") or ""
     nodes = _nodes(doc.get("nodes"))
     limit = doc.get("time_limit")

@@ -33,7 +33,9 @@ ended); ``Trace.start_unknown`` counts them.
 **sacct**: ``sacct --parsable2`` with a header line naming the fields (any order, extra
 fields ignored; :data:`SACCT_FORMAT` order is assumed without one), or ``sacct --json``.
 Job steps (``123.batch``, ``123.extern``, ``123.0``) are skipped: a step is part of its
-job. Shapes read, by Slurm version:
+job. A job is named by Slurm's own id (``JobIDRaw``, the JSON ``job_id``; ``JobID`` only
+where the text has no ``JobIDRaw``), the id the hooks and cgroups use, so imported
+history merges with what the agent recorded. Shapes read, by Slurm version:
 
 - ``--parsable2``, 20.11 .. 25.11: ``ReqMem`` with a ``c``/``n`` suffix (per CPU / per
   node, older releases) or without (the job's request), ``Start`` ``Unknown`` or ``None``
@@ -538,15 +540,16 @@ def parse_sacct_json_text(text: str, issues: Issues) -> Trace:
 
 def _version(data: dict[str, Any]) -> str:
     v = ((data.get("meta") or {}).get("Slurm") or (data.get("meta") or {}).get("slurm") or {}).get("version")
-    return f"{v.get('major')}.{v.get('minor')}" if isinstance(v, dict) else ""
+    return f"{int(v['major']):02d}.{int(v['minor']):02d}" if isinstance(v, dict) else ""
 
 
-_VERSION = re.compile(r'"version"\s*:\s*\{\s*"major"\s*:\s*"?(\d+)"?\s*,\s*"micro"\s*:\s*"?\d+"?\s*,\s*"minor"\s*:\s*"?(\d+)')
+_MAJOR, _MINOR = (re.compile(rf'"{k}"\s*:\s*"?(\d+)') for k in ("major", "minor"))
 
 
 def _version_text(text: str) -> str:
-    m = _VERSION.search(text)
-    return f"{m.group(1)}.{m.group(2)}" if m else ""
+    """``23.02`` from the ``meta`` text of ``sacct --json`` output; "" if absent."""
+    major, minor = _MAJOR.search(text), _MINOR.search(text)
+    return f"{int(major.group(1)):02d}.{int(minor.group(1)):02d}" if major and minor else ""
 
 
 def _json_trace(items: Iterable[tuple[str, Any]], issues: Issues, version: str) -> Trace:
@@ -579,17 +582,13 @@ def _json_record(job: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(job, dict):
         raise ValueError("not a JSON object")
     job_id = str(int(job["job_id"]))
-    array = job.get("array") or {}
-    task = _num(array.get("task_id"))
-    if task is not None and _num(array.get("job_id")):
-        job_id = f"{int(_num(array['job_id']) or 0)}_{int(task)}"
     req = job.get("required") or {}
     cpus = _num(req.get("CPUs"))
     nodes = _num(job.get("allocation_nodes"))
     per_cpu, per_node = _num(req.get("memory_per_cpu")), _num(req.get("memory_per_node"))
-    legacy = _num(req.get("memory"))  # up to 22.05: MiB per node, or per CPU with bit 63 set
-    if legacy is not None and per_cpu is None and per_node is None:
-        per_cpu, per_node = (legacy - 2**63, None) if legacy >= 2**63 else (None, legacy)
+    legacy = req.get("memory")  # up to 22.05: MiB per node, or per CPU with bit 63 set (exact: an int)
+    if isinstance(legacy, int) and per_cpu is None and per_node is None:
+        per_cpu, per_node = (float(legacy - 2**63), None) if legacy >= 2**63 else (None, float(legacy))
     mem = (per_cpu * 2**20 * cpus if per_cpu and cpus else
            per_node * 2**20 * (nodes or 1) if per_node else None)
     tm = job.get("time")
@@ -613,7 +612,8 @@ def _json_record(job: dict[str, Any]) -> dict[str, Any]:
 
 def _exit_code(value: Any) -> str | None:
     if isinstance(value, dict):
-        rc, sig = _num(value.get("return_code")), _num((value.get("signal") or {}).get("id"))
+        signal = value.get("signal") or {}  # {"id": ..} from 23.02, {"signal_id": ..} before
+        rc, sig = _num(value.get("return_code")), _num(signal.get("id", signal.get("signal_id")))
         return f"{int(rc or 0)}:{int(sig or 0)}"
     return None if value is None else str(value)
 

@@ -159,8 +159,8 @@ def render(s: dict[str, Any]) -> str:
     notes = [(s["never_ran"], "never ran (cancelled while pending: left out of training and tests)"),
              (s["start_unknown"], "ran with no known start (wait unknown): their as-of moment is "
                                   "their submit time"),
-             (s["ignored_lines"], "lines that are not jobs (steps, pending array ranges) ignored"),
-             (s["skipped_lines"], "malformed records skipped (--partial)")]
+             (s["ignored_lines"], "line(s) that are not jobs (steps, pending array ranges) ignored"),
+             (s["skipped_lines"], "malformed record(s) skipped (--partial)")]
     lines += [f"  {n:,} {text}" for n, text in notes if n]
     if s.get("truncated"):
         lines.append(f"  the file is cut short {s['truncated']} (--partial: imported up to there)")
