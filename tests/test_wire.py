@@ -621,3 +621,13 @@ def test_byte_mutated_frames_are_valid_messages_or_wire_errors(msg: Message,
         chunk = data.draw(HOSTILE)
         raw[at:at + (len(chunk) if how == "overwrite" else 0)] = chunk
     _accepts_or_refuses(bytes(raw))
+
+
+def test_make_fields_checks_as_make_does() -> None:
+    body = {"job_id": "12", "user": "alice", "req_cpus": 4, "submit_ts": 1.7e9, "start_ts": 1.7e9 + 5}
+    fields = [body.get(k) for k in w.FIELDS["job.start"]]
+    assert w.make_fields("job.start", "import", 0, fields, 1.7e9) == w.make("job.start", "import", 0, body, 1.7e9)
+    with pytest.raises(w.WireError, match="user"):
+        w.make_fields("job.start", "import", 0, [f if f != "alice" else "a b" for f in fields], 1.7e9)
+    with pytest.raises(w.WireError, match="ts"):
+        w.make_fields("job.start", "import", 0, fields, -1.0)

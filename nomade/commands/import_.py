@@ -106,14 +106,19 @@ def write_store(trace: Any, db: Path, cluster: str | None, partial: bool = False
     bar = Progress(f"writing {db}", unit="jobs")
     total, counts = len(trace.jobs), {"written": 0, "refused": 0}
 
+    start_keys, end_keys = wire.FIELDS["job.start"], wire.FIELDS["job.end"]
+    now = time.time()
+
     def chunks() -> Iterator[list[Any]]:
         for chunk in _chunks(traces.messages(trace), CHUNK_JOBS):
             msgs = []
             for start, end in chunk:
+                start["cluster"] = cluster
                 try:
-                    job = [wire.make("job.start", "import", 0, dict(start, cluster=cluster))]
+                    job = [wire.make_fields("job.start", "import", 0, [start.get(k) for k in start_keys], now)]
                     if end is not None:
-                        job.append(wire.make("job.end", "import", 0, end, ts=end["end_ts"]))
+                        job.append(wire.make_fields("job.end", "import", 0, [end.get(k) for k in end_keys],
+                                                    end["end_ts"]))
                 except wire.WireError as exc:
                     if not partial:
                         raise NomadeError(f"{trace.source}: job {start['job_id']}: {exc}; nothing was imported "
