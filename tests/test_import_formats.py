@@ -276,3 +276,40 @@ def test_every_shape_imports_into_the_store_with_the_same_features(tmp_path, cap
     t = np.full(len(direct), np.nanmax(direct.submit_ts) + 1e6)
     np.testing.assert_array_equal(features.asof_features(direct, features.SampleTable.empty(), t)[0],
                                   features.asof_features(table, features.SampleTable.empty(), t)[0])
+
+
+# ---------------------------------------------------------------- import sacct --since (the parts without slurmdbd)
+
+def test_since_windows_resume_after_the_cursor(tmp_path):
+    from nomade import backfill
+    day = 86400.0
+    since, todo = backfill.windows(0.0, 20 * day, 7.0, None)
+    assert since == 0.0 and todo == [(0.0, 7 * day), (7 * day, 14 * day), (14 * day, 20 * day)]
+    cursor = tmp_path / "s.db.sacct-cursor.json"
+    backfill.write_cursor(cursor, 0.0, 14 * day)
+    assert backfill.read_cursor(cursor) == (0.0, 14 * day)
+    # interrupted after two windows: the same command fetches only the third
+    assert backfill.windows(0.0, 20 * day, 7.0, backfill.read_cursor(cursor)) == (0.0, [(14 * day, 20 * day)])
+    # a later --since inside the span done also resumes; an earlier one starts afresh
+    assert backfill.windows(3 * day, 20 * day, 7.0, (0.0, 14 * day))[1] == [(14 * day, 20 * day)]
+    assert backfill.windows(-day, 6 * day, 7.0, (0.0, 14 * day)) == (-day, [(-day, 6 * day)])
+    with pytest.raises(NomadeError, match="must be before"):
+        backfill.windows(5.0, 5.0, 7.0, None)
+    cursor.write_text("{")
+    with pytest.raises(NomadeError, match="unreadable import cursor"):
+        backfill.read_cursor(cursor)
+
+
+def test_since_asks_sacct_for_what_the_parser_reads(tmp_path, capsys):
+    from nomade import backfill
+    from nomade.traces import parse_sacct_lines
+    # the header sacct prints for FIELDS, over rows as 23.02 prints them: read as a file is
+    cols = backfill.FIELDS.split(",")
+    src = (DATA / "sacct-23.02.txt").read_text().splitlines()
+    head = src[0].split("|")
+    rows = ["|".join(dict(zip(head, ln.split("|"))).get(c, "") for c in cols) for ln in src[1:]]
+    t = parse_sacct_lines(["|".join(cols) + "\n", *(r + "\n" for r in rows)], "sacct")
+    assert t.jobs.job_id.tolist() == ["401", "402", "403", "404", "406"] and t.never_ran == 1
+    assert backfill.sacct_time(backfill.parse_date("2024-01-02")) == "2024-01-02T00:00:00"
+    assert _nomade("import", "sacct", "--since", "2024-01-01", str(DATA / "sacct-23.02.txt")) == 2
+    assert "either a FILE" in capsys.readouterr().err

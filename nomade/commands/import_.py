@@ -62,8 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Import Slurm's job completion log: the JobCompLoc file of jobcomp/filetxt, or "
                     "jobcomp/elasticsearch records (one JSON object a line, a JSON list, or a search "
                     "response).")
+    sacct.add_argument("file", nargs="?", help="the file, or - for stdin (or --since instead)")
+    live = sacct.add_argument_group("or run sacct here (needs slurmdbd; resumable)")
+    live.add_argument("--since", metavar="DATE", help="run sacct for every job from DATE (YYYY-MM-DD) on")
+    live.add_argument("--until", metavar="DATE", help="up to DATE (default: now)")
+    live.add_argument("--window-days", metavar="N", type=float, default=7.0,
+                      help="days of history per sacct call (default 7)")
+    jobcomp.add_argument("file", help="the file, or - for stdin")
     for p in (sacct, jobcomp):
-        p.add_argument("file", help="the file, or - for stdin")
         p.add_argument("--dry-run", action="store_true", help="only parse and summarise")
     for p in (swf, sacct, jobcomp):
         p.add_argument("--partial", action="store_true",
@@ -77,6 +83,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     """Parse, summarise on stdout, and write into the store where asked; returns 0."""
     from nomade import jobcomp, traces
 
+    if args.import_format == "sacct" and (args.since is None) == (args.file is None):
+        raise NomadeError("give either a FILE (or -) or --since DATE")
+    if args.import_format == "sacct" and args.since is not None:
+        return _backfill(args, cfg)
     bar = Progress(f"reading {args.file}")
     reader = {"swf": traces.read_swf, "sacct": traces.read_sacct, "jobcomp": jobcomp.read_jobcomp}
     try:
@@ -91,6 +101,24 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         summary["written_jobs"], summary["refused_jobs"] = write_store(trace, db, cluster, args.partial)
         summary["db"] = str(db)
     print(json.dumps(summary, indent=2) if args.json else render(summary))
+    return 0
+
+
+def _backfill(args: argparse.Namespace, cfg: Config) -> int:
+    """``import sacct --since``: sacct run window by window into the store."""
+    from nomade import backfill
+    from nomade.slurm import Slurm
+
+    if args.dry_run:
+        raise NomadeError("--dry-run reads a file; --since writes the store as it goes")
+    db = Path(args.db) if args.db else cfg.paths().db_path
+    until = None if args.until is None else backfill.parse_date(args.until)
+    totals = backfill.backfill(Slurm.from_config(cfg), db, backfill.parse_date(args.since), until,
+                               args.window_days, args.partial, lambda line: print(line, file=sys.stderr))
+    print(json.dumps(totals, indent=2) if args.json else
+          f"sacct {totals['since']} .. {totals['until']}: {totals['jobs']:,} job records in "
+          f"{totals['windows']} window(s), {totals['never_ran']:,} never ran; wrote {totals['written_jobs']:,} "
+          f"into {totals['db']}")
     return 0
 
 
