@@ -513,16 +513,6 @@ def _skip(text: str, pos: int) -> int:
 
 # ---------------------------------------------------------------- sacct --json
 
-def parse_sacct_json(data: Any, source: str = "sacct --json", partial: bool = False) -> Trace:
-    """Parse decoded ``sacct --json`` output (``{"jobs": [...]}``); see the module
-    docstring for the layouts. Steps live inside each job and are not read."""
-    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
-        raise NomadeError(f"{source}: sacct --json output has no 'jobs' list")
-    issues = Issues(source, partial)
-    items = ((f"jobs[{k}]", job) for k, job in enumerate(data["jobs"]))
-    return _finish(_json_trace(items, issues, _version(data)), issues)
-
-
 def parse_sacct_json_text(text: str, issues: Issues) -> Trace:
     """``sacct --json`` text, job by job (a malformed job is named by its place and line)."""
     m = _JOBS_KEY.search(text)
@@ -536,11 +526,6 @@ def parse_sacct_json_text(text: str, issues: Issues) -> Trace:
     head = text[:m.start()]
     version = _version_text(head) or _version_text(text[-4000:])
     return _json_trace(json_items(text, m.end() - 1, issues, "jobs"), issues, version)
-
-
-def _version(data: dict[str, Any]) -> str:
-    v = ((data.get("meta") or {}).get("Slurm") or (data.get("meta") or {}).get("slurm") or {}).get("version")
-    return f"{int(v['major']):02d}.{int(v['minor']):02d}" if isinstance(v, dict) else ""
 
 
 _MAJOR, _MINOR = (re.compile(rf'"{k}"\s*:\s*"?(\d+)') for k in ("major", "minor"))
@@ -656,9 +641,9 @@ def messages(trace: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any] | No
         known = trace.names.get(col, [])
         return [known[c] if c >= 0 else None for c in codes.tolist()]
     def opt(x: np.ndarray) -> list[float | None]:
-        return [None if v != v else v for v in x.tolist()]
+        return [None if math.isnan(v) else v for v in x.tolist()]
     def count(x: np.ndarray) -> list[int | None]:
-        return [None if v != v else int(v) for v in x.tolist()]
+        return [None if math.isnan(v) else int(v) for v in x.tolist()]
     user = names("user", j.user)
     part = names("partition", j.cat.get("partition", np.full(n, -1)))
     acct = names("account", j.cat.get("account", np.full(n, -1)))

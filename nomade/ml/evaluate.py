@@ -281,15 +281,15 @@ def _auc_table(report: dict[str, Any]) -> str:
     sp = data["splits"]
     parts = " + ".join(f"{w[k]:.2f} {k}" for k in report["ensemble_parts"])
     return "\n".join([
-        f"{data['source']}: {data['jobs']} jobs, {data['examples']} as-of examples; split by start time "
-        f"train {sp['train']['jobs']} / validation {sp['validation']['jobs']} / test {sp['test']['jobs']} jobs "
-        f"(test failure rate {_pct(sp['test']['failure_rate'])}); "
-        f"{data.get('never_ran', 0)} jobs that never ran left out",
+        (f"{data['source']}: {data['jobs']} jobs, {data['examples']} as-of examples; split by start time "
+         f"train {sp['train']['jobs']} / validation {sp['validation']['jobs']} / test {sp['test']['jobs']} jobs "
+         f"(test failure rate {_pct(sp['test']['failure_rate'])}); "
+         f"{data.get('never_ran', 0)} jobs that never ran left out"),
         line(head), line(tuple("-" * x for x in widths)), *map(line, rows), "",
-        f"ensemble = {parts} (weights {report['weights_source']}: {report['weights_reason']}; "
-        "renormalised over the parts present)",
-        "threshold: the one with the best F1 on validation, per model; every model trained on the same "
-        f"split (sha256 {report['split_sha256'][:16]}); took {report['took_s']:.0f} s"])
+        (f"ensemble = {parts} (weights {report['weights_source']}: {report['weights_reason']}; "
+         "renormalised over the parts present)"),
+        ("threshold: the one with the best F1 on validation, per model; every model trained on the same "
+         f"split (sha256 {report['split_sha256'][:16]}); took {report['took_s']:.0f} s")])
 
 
 def _num(v: Any) -> str:
