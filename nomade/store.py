@@ -389,6 +389,7 @@ def _merge_end(job: dict[str, Any], body: Mapping[str, Any], ts: float) -> dict[
 
 
 _NODES_AT = JOB_FIELDS.index("nodes")
+_UPDATED_AT = JOB_FIELDS.index("updated_ts")
 
 
 def _job_of(row: Sequence[Any]) -> Job:
@@ -398,10 +399,12 @@ def _job_of(row: Sequence[Any]) -> Job:
     return Job(*values)
 
 
-def _job_row(job: Mapping[str, Any], now: float) -> tuple[Any, ...]:
+def _job_row(job: Mapping[str, Any], now: float) -> list[Any]:
     """The parameters of ``_UPSERT_JOB`` for a merged job dict."""
-    return tuple(json.dumps(list(job["nodes"])) if f == "nodes" else now if f == "updated_ts"
-                 else job[f] for f in JOB_FIELDS)
+    row = [job[f] for f in JOB_FIELDS]
+    row[_NODES_AT] = json.dumps(list(job["nodes"]))
+    row[_UPDATED_AT] = now
+    return row
 
 
 _JOB_COLS = ", ".join(JOB_FIELDS)
