@@ -313,3 +313,15 @@ def test_since_asks_sacct_for_what_the_parser_reads(tmp_path, capsys):
     assert backfill.sacct_time(backfill.parse_date("2024-01-02")) == "2024-01-02T00:00:00"
     assert _nomade("import", "sacct", "--since", "2024-01-01", str(DATA / "sacct-23.02.txt")) == 2
     assert "either a FILE" in capsys.readouterr().err
+
+
+def test_train_prepare_reads_a_trace_with_unknown_waits_and_malformed_lines(tmp_path, capsys):
+    lines = _unknown_wait_lines(200)
+    path = _swf(tmp_path, [*lines[:100], "garbage", *lines[100:]])
+    data = tmp_path / "d.npz"
+    assert _nomade("train", "--prepare", "--swf", str(path), "--ticks-per-job", "1", "--data", str(data)) == 2
+    assert "line 102" in capsys.readouterr().err
+    assert _nomade("train", "--prepare", "--swf", str(path), "--ticks-per-job", "1", "--data", str(data),
+                   "--partial", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["jobs"] == 180 and summary["never_ran"] == 20

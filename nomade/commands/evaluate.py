@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "and print their test AUC-ROC, AUC-PR, precision, recall and F1.")
     src = parser.add_argument_group("data (as in `nomade train`)")
     src.add_argument("--swf", metavar="FILE", help="jobs of an SWF trace (.gz ok) instead of the store")
+    src.add_argument("--partial", action="store_true",
+                     help="with --swf: skip (and count) malformed lines instead of stopping at the first")
     src.add_argument("--db", metavar="PATH", help="store to read jobs from (default: [storage] db_path)")
     src.add_argument("--synthetic", metavar="N", type=int, help="a synthetic history of N jobs")
     src.add_argument("--data", metavar="FILE", help="a dataset written by `nomade train --prepare` instead")

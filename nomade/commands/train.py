@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prepare", action="store_true",
                      help="only build the dataset (features, labels, 80/10/10 time split) and report it")
     src.add_argument("--swf", metavar="FILE", help="read jobs from an SWF trace instead of the store")
+    src.add_argument("--partial", action="store_true",
+                     help="with --swf: skip (and count) malformed lines instead of stopping at the first")
     src.add_argument("--db", metavar="PATH", help="store to read jobs from (default: [storage] db_path)")
     src.add_argument("--synthetic", metavar="N", type=int,
                      help="a synthetic history of N jobs (demos, benchmarks)")
@@ -141,7 +143,7 @@ def tables_from_args(args: argparse.Namespace, cfg: Config) -> tuple[Any, Any, s
             raise NomadeError(f"--synthetic needs at least 10 jobs, got {args.synthetic}")
         return (*train.synthetic_tables(args.synthetic, seed=cfg.ml.seed), f"synthetic:{args.synthetic}")
     if args.swf:
-        return (*train.tables_from_swf(args.swf), str(args.swf))
+        return (*train.tables_from_swf(args.swf, args.partial), str(args.swf))
     db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
     if not db.exists():
         raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
@@ -181,7 +183,7 @@ def _submit(args: argparse.Namespace, cfg: Config) -> int:
     argv = [] if cfg.source is None else ["--config", str(Path(cfg.source).resolve())]
     argv += ["train", "--quiet", f"--models-dir={models_dir.resolve()}", f"--data={data.resolve()}"]
     flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights,
-             "--config-weights": args.config_weights, "--json": args.json,
+             "--config-weights": args.config_weights, "--partial": args.partial, "--json": args.json,
              "--if-due": args.if_due}
     argv += [flag for flag, on in flags.items() if on]
     values = {"--swf": args.swf and str(Path(args.swf).resolve()), "--db": args.db and str(Path(args.db).resolve()),

@@ -202,10 +202,11 @@ def _sample_iowait(rows: Sequence[tuple[Any, ...]], node_rows: Sequence[tuple[An
     return features.node_asof(node, ts, ref_node, ref[:, 0], ref[:, 1], max_age_s)
 
 
-def tables_from_swf(path: str | Path) -> tuple[features.JobTable, features.SampleTable]:
-    """Jobs of an SWF trace (start-time features only: a trace has no samples)."""
+def tables_from_swf(path: str | Path, partial: bool = False) -> tuple[features.JobTable, features.SampleTable]:
+    """Jobs of an SWF trace (start-time features only: a trace has no samples);
+    ``partial``: malformed lines skipped, not an error (``traces.read_swf``)."""
     from nomade.traces import read_swf
-    return read_swf(path).jobs, features.SampleTable.empty()
+    return read_swf(path, partial=partial).jobs, features.SampleTable.empty()
 
 
 # ------------------------------------------------------------------ fit
