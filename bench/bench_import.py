@@ -4,7 +4,8 @@ A ``sacct --parsable2`` file of ``JOBS`` jobs (plus one ``.batch`` step each, as
 prints them) is written under /var/tmp, then imported as ``nomade import sacct FILE
 --db DB`` does: parsed (``traces.read_sacct``, progress reported) and written into a
 fresh store in one transaction (``import_.write_store``). The figure is the wall time
-of both; the parse and the write are given apart as notes.
+of both; the parse and the write, and the CPU time (on a shared machine the wall
+time also counts other processes), are given apart as notes.
 """
 
 from __future__ import annotations
@@ -59,18 +60,19 @@ def run(quick: bool) -> list[Result]:
         src = tmp / "sacct.txt"
         write_sacct(src, n)
         calls: list[tuple[int, int]] = []
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         trace = traces.read_sacct(src, progress=lambda done, total: calls.append((done, total)))
         t1 = time.monotonic()
         written, refused = write_store(trace, tmp / "nomade.db", None)
-        t2 = time.monotonic()
+        t2, c2 = time.monotonic(), time.process_time()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert written == n and refused == 0 and len(calls) > 1, (written, refused, len(calls))
     scale = JOBS / n
     seconds = (t2 - t0) * scale
     note = (f"{n:,} jobs measured{'' if n == JOBS else ', scaled to 1,000,000'}: parse "
-            f"{(t1 - t0) * scale:.1f} s, store {(t2 - t1) * scale:.1f} s; "
+            f"{(t1 - t0) * scale:.1f} s, store {(t2 - t1) * scale:.1f} s; CPU {(c2 - c0) * scale:.1f} s "
+            f"(wall above CPU: other load on the machine); "
             f"{trace.never_ran:,} never ran; progress reported {len(calls)} times")
     return [Result("import of 1,000,000 sacct records", seconds, "s", f"<= {BUDGET_S:g} s",
                    seconds <= BUDGET_S, note)]
