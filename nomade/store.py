@@ -864,7 +864,7 @@ class Store:
             job_id = str(body["job_id"])
             old = jobs.get(job_id) or _blank_job(job_id)
             new = _merge_start(old, body) if kind == "job.start" else _merge_end(old, body, ts)
-            if new != old or job_id not in jobs:
+            if job_id not in jobs or new != old:
                 jobs[job_id] = changed[job_id] = new
         conn.executemany(_UPSERT_JOB, [_job_row(job, now) for job in changed.values()])
 

@@ -603,6 +603,12 @@ def _exit_code(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+START_KEYS = ("job_id", "user", "uid", "partition", "account", "nodes", "num_nodes", "req_cpus",
+              "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts", "source", "cluster")
+END_KEYS = ("job_id", "end_ts", "exit_code", "signal", "state", "source")
+"""The keys of :func:`messages`' bodies: the ``job.start`` and ``job.end`` fields in wire order."""
+
+
 # ---------------------------------------------------------------- records → Trace
 
 def trace_from_records(records: list[dict[str, Any]], source: str, shape: str = "") -> Trace:
@@ -632,8 +638,9 @@ def trace_from_records(records: list[dict[str, Any]], source: str, shape: str = 
 def messages(trace: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
     """``(job.start body, job.end body or None)`` per job, for writing into the store.
 
-    Unknown values are None; ``source`` is ``"import"``. The end body is given only
-    for jobs with a known end time.
+    Unknown values are None; ``source`` is ``"import"``, ``cluster`` None. The keys are
+    in wire order (:data:`START_KEYS`, :data:`END_KEYS`: ``wire.FIELDS``), so a body's
+    values are its wire fields. The end body is given only for jobs with a known end time.
     """
     j = trace.jobs
     n = len(j)
@@ -654,15 +661,14 @@ def messages(trace: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any] | No
     exit_codes = trace.extra.get("exit_code", [None] * n)
     for i in range(n):
         job_id = j.job_id[i]
-        body = {"job_id": job_id, "user": user[i], "uid": None, "partition": part[i], "account": acct[i],
-                "nodes": _node_names(nodes[i]), "num_nodes": None if num_nodes[i] is None else int(num_nodes[i]),
-                "req_cpus": cpus[i], "req_mem_bytes": mem[i], "req_gpus": gpus[i], "time_limit_s": limit[i],
-                "submit_ts": submit[i], "start_ts": start[i], "source": "import"}
+        body = dict(zip(START_KEYS, (
+            job_id, user[i], None, part[i], acct[i], _node_names(nodes[i]),
+            None if num_nodes[i] is None else int(num_nodes[i]), cpus[i], mem[i], gpus[i], limit[i],
+            submit[i], start[i], "import", None)))
         done = None
         if end[i] is not None:
             code, signal = _split_exit(exit_codes[i])
-            done = {"job_id": job_id, "end_ts": end[i], "exit_code": code, "signal": signal,
-                    "state": j.state[i], "source": "import"}
+            done = dict(zip(END_KEYS, (job_id, end[i], code, signal, j.state[i], "import")))
         yield body, done
 
 

@@ -135,6 +135,14 @@ def test_sacct_from_stdin_and_bad_input(monkeypatch, tmp_path):
         read_sacct(tmp_path / "k.json")
 
 
+def test_message_bodies_list_the_wire_fields_in_order():
+    """An import hands a body's values to ``wire.make_fields`` as they are."""
+    from nomade import traces, wire
+    assert traces.START_KEYS == wire.FIELDS["job.start"] and traces.END_KEYS == wire.FIELDS["job.end"]
+    start, end = next(m for m in messages(read_sacct(DATA / "sacct_parsable2.txt", partial=True)) if m[1])
+    assert tuple(start) == traces.START_KEYS and tuple(end) == traces.END_KEYS
+
+
 def test_messages_are_job_start_and_end_bodies():
     trace = read_sacct(DATA / "sacct_parsable2.txt", partial=True)
     out = list(messages(trace))

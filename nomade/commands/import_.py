@@ -134,7 +134,6 @@ def write_store(trace: Any, db: Path, cluster: str | None, partial: bool = False
     bar = Progress(f"writing {db}", unit="jobs")
     total, counts = len(trace.jobs), {"written": 0, "refused": 0}
 
-    start_keys, end_keys = wire.FIELDS["job.start"], wire.FIELDS["job.end"]
     now = time.time()
 
     def chunks() -> Iterator[list[Any]]:
@@ -143,10 +142,10 @@ def write_store(trace: Any, db: Path, cluster: str | None, partial: bool = False
             for start, end in chunk:
                 start["cluster"] = cluster
                 try:
-                    job = [wire.make_fields("job.start", "import", 0, [start.get(k) for k in start_keys], now)]
+                    # the bodies' keys are the wire fields in order (traces.START_KEYS)
+                    job = [wire.make_fields("job.start", "import", 0, list(start.values()), now)]
                     if end is not None:
-                        job.append(wire.make_fields("job.end", "import", 0, [end.get(k) for k in end_keys],
-                                                    end["end_ts"]))
+                        job.append(wire.make_fields("job.end", "import", 0, list(end.values()), end["end_ts"]))
                 except wire.WireError as exc:
                     if not partial:
                         raise NomadeError(f"{trace.source}: job {start['job_id']}: {exc}; nothing was imported "
