@@ -268,8 +268,9 @@ class Slurm:
         return self._paths[name]
 
     def _run(self, name: str, args: Sequence[str], *, stdin: str | None = None,
-             as_user: str | None = None) -> str:
-        """Run Slurm tool ``name`` with ``args``; its stdout, or SlurmError/JobNotFound."""
+             as_user: str | None = None, timeout_s: float | None = None) -> str:
+        """Run Slurm tool ``name`` with ``args`` (within ``timeout_s``, default the
+        configured one); its stdout, or SlurmError/JobNotFound."""
         command = [self.tool(name), *args]
         if as_user is not None:
             runuser = next((p for p in _RUNUSER if os.access(p, os.X_OK)), None)
@@ -279,14 +280,22 @@ class Slurm:
         log.debug("running %s", command)
         try:
             done = subprocess.run(command, input=stdin, capture_output=True, text=True,
-                                  errors="replace", timeout=self.timeout_s, check=False)
+                                  errors="replace", timeout=timeout_s or self.timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            raise SlurmError(command, None, f"no answer within {self.timeout_s:g} s") from None
+            raise SlurmError(command, None, f"no answer within {timeout_s or self.timeout_s:g} s") from None
         except OSError as exc:
             raise SlurmError(command, None, str(exc)) from None
         if done.returncode != 0:
             raise _error(command, done.returncode, done.stderr or done.stdout)
         return done.stdout
+
+    def accounting(self, start: str, end: str, fields: str, timeout_s: float = 600.0) -> str:
+        """``sacct --parsable2`` text (header first) of every job of every user that was
+        pending, running or ended between ``start`` and ``end`` (``YYYY-MM-DDTHH:MM:SS``,
+        local time as sacct reads it), allocations only, with ``fields``. A slurmdbd
+        answer for a long window takes time: ``timeout_s``."""
+        return self._run("sacct", ["--allusers", "--allocations", "--parsable2", f"--starttime={start}",
+                                   f"--endtime={end}", f"--format={fields}"], timeout_s=timeout_s)
 
     def version(self) -> str:
         """The Slurm version of the tools, e.g. ``"22.05.8"``."""

@@ -13,6 +13,7 @@ plugins).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 #: Final states and their label (0 = success, 1 = failure).
@@ -41,6 +42,7 @@ ACTIVE_STATES: frozenset[str] = frozenset({
 })
 
 
+@functools.lru_cache(maxsize=4096)  # a history spells its states a few ways, millions of times
 def _one(state: str) -> str:
     """Normalise one state word: strip, upper-case, drop ``by ...``, ``+`` and ``JOB_``."""
     word = state.strip().upper()

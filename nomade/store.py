@@ -390,6 +390,7 @@ def _merge_end(job: dict[str, Any], body: Mapping[str, Any], ts: float) -> dict[
 
 
 _NODES_AT = JOB_FIELDS.index("nodes")
+_UPDATED_AT = JOB_FIELDS.index("updated_ts")
 
 
 def _job_of(row: Sequence[Any]) -> Job:
@@ -399,10 +400,12 @@ def _job_of(row: Sequence[Any]) -> Job:
     return Job(*values)
 
 
-def _job_row(job: Mapping[str, Any], now: float) -> tuple[Any, ...]:
+def _job_row(job: Mapping[str, Any], now: float) -> list[Any]:
     """The parameters of ``_UPSERT_JOB`` for a merged job dict."""
-    return tuple(json.dumps(list(job["nodes"])) if f == "nodes" else now if f == "updated_ts"
-                 else job[f] for f in JOB_FIELDS)
+    row = [job[f] for f in JOB_FIELDS]
+    row[_NODES_AT] = json.dumps(list(job["nodes"]))
+    row[_UPDATED_AT] = now
+    return row
 
 
 _JOB_COLS = ", ".join(JOB_FIELDS)
@@ -812,6 +815,16 @@ class Store:
             started = self._write_rows(conn, rows, time.time())
         self._started_seen(started)
 
+    def write_message_chunks(self, chunks: Iterable[Iterable[MessageLike]]) -> None:
+        """Store messages given chunk by chunk (as ``write_messages``), all in one
+        transaction: an error while the chunks are made or written (a malformed record
+        half way through an import) leaves the store as it was."""
+        started: set[str] = set()
+        with self._transaction() as conn:
+            for chunk in chunks:
+                started |= self._write_rows(conn, _Rows.of(chunk), time.time())
+        self._started_seen(started)
+
     def _write_rows(self, conn: sqlite3.Connection, rows: _Rows, now: float) -> set[str]:
         """Insert grouped rows, one ``executemany`` per table, and merge job events; the
         jobs recorded in ``job_sample_start`` (for ``_started_seen`` once committed)."""
@@ -868,7 +881,7 @@ class Store:
             job_id = str(body["job_id"])
             old = jobs.get(job_id) or _blank_job(job_id)
             new = _merge_start(old, body) if kind == "job.start" else _merge_end(old, body, ts)
-            if new != old or job_id not in jobs:
+            if job_id not in jobs or new != old:
                 jobs[job_id] = changed[job_id] = new
         conn.executemany(_UPSERT_JOB, [_job_row(job, now) for job in changed.values()])
 

@@ -631,6 +631,15 @@ def make(kind: str, sender: str, seq: int, body: Mapping[str, Any],
     return _parse(_to_wire(draft))
 
 
+def make_fields(kind: str, sender: str, seq: int, fields: list[Any], ts: float) -> Message:
+    """``make`` for a body given as its field values in ``FIELDS[kind]`` order (a bulk
+    import's rows): the same checks of every field, without the round trip of a dict
+    through the wire form. ``WireError`` if anything is invalid."""
+    if not (_NAME_OK(sender) and _SEQ_OK(seq) and _TS_OK(ts)):
+        raise WireError(f"{kind}: invalid sender {_show(sender)}, seq {_show(seq)} or ts {_show(ts)}")
+    return _message((PROTOCOL_VERSION, kind, sender, seq, ts, _BODIES[kind].decode(fields)))
+
+
 def make_batch(sender: str, seq: int, items: Sequence[Message],
                ts: float | None = None) -> Message:
     """The batch ``seq`` of ``sender`` holding ``items`` (``sender``'s, at most

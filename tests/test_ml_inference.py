@@ -159,3 +159,45 @@ def same_factors(a: list[dict], b: list[dict]) -> bool:
         x.keys() == y.keys() and all(x[k] == y[k] if isinstance(x[k], str) else
                                      np.isclose(x[k], y[k], rtol=1e-5, atol=1e-6) for k in x)
         for x, y in zip(a, b))
+
+
+def test_auc_standard_error_shrinks_with_the_counts() -> None:
+    # Hanley & McNeil (1982), table II: AUC 0.8 with 50 and 50 cases has SE about 0.044
+    assert ensemble.auc_standard_error(0.8, 50, 50) == pytest.approx(0.044, abs=0.001)
+    assert ensemble.auc_standard_error(0.8, 250, 250) < ensemble.MAX_AUC_SE < ensemble.auc_standard_error(0.8, 200, 200)
+    assert ensemble.auc_standard_error(0.8, 0, 100) == float("inf")
+
+
+def _validation(n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Parts where only the GNN column knows the label (the autoencoder is noise)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(float)
+    gnn = np.clip(y * 0.5 + rng.normal(0.25, 0.2, n), 0, 1)
+    return np.stack([gnn, np.full(n, np.nan), rng.random(n)], 1), y
+
+
+def test_weights_are_learned_only_on_a_validation_split_large_enough_to_trust() -> None:
+    config = Weights(0.4, 0.35, 0.25)
+    parts, y = _validation(4000)
+    big = ensemble.choose_weights(parts, y, None, config)
+    assert big.source == "learned" and big.weights.gnn > big.weights.autoencoder
+    assert big.detail["cv_auc"] >= big.detail["default_cv_auc"] and big.detail["auc_se"] <= ensemble.MAX_AUC_SE
+    small = ensemble.choose_weights(parts[:150], y[:150], None, config)
+    assert small.source == "config" and small.weights == config and small.learned is None
+    assert "too small" in small.reason and small.detail["auc_se"] > ensemble.MAX_AUC_SE
+    # job counts come from the example weights (four ticks of one job weigh 1/4 each)
+    ticks = ensemble.choose_weights(np.repeat(parts[:400], 4, 0), np.repeat(y[:400], 4), np.full(1600, 0.25), config)
+    assert ticks.detail["validation_failed_jobs"] + ticks.detail["validation_completed_jobs"] == pytest.approx(400)
+    forced = ensemble.choose_weights(parts[:150], y[:150], None, config, mode="learned")
+    assert forced.source == "learned"
+    assert ensemble.choose_weights(parts, y, None, config, mode="config").weights == config
+
+
+def test_learned_weights_that_lose_in_cross_validation_are_not_used() -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(4000) < 0.4).astype(float)
+    # both parts equally informative and independent: no mix beats the even one the config gives
+    a, b = (np.clip(y * 0.4 + rng.normal(0.3, 0.25, 4000), 0, 1) for _ in range(2))
+    choice = ensemble.choose_weights(np.stack([a, np.full(4000, np.nan), b], 1), y, None, Weights(0.5, 0, 0.5))
+    assert choice.source == "config" and "cross-validation" in choice.reason and choice.learned is not None
+    assert choice.detail["cv_auc"] < choice.detail["default_cv_auc"]

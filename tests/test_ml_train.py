@@ -169,7 +169,7 @@ def test_cli_trains_from_the_store_and_predicts_running_jobs(tmp_path: Path) -> 
 def test_learning_weights_needs_all_three_models(tmp_path: Path, prepared: train.Prepared) -> None:
     from nomade import config
     with pytest.raises(NomadeError, match="all three"):
-        train.fit_and_save(prepared, config.load(None), tmp_path, kinds=("gnn",), learn=True)
+        train.fit_and_save(prepared, config.load(None), tmp_path, kinds=("gnn",), weights_mode="learned")
 
 
 @pytest.mark.slurm
@@ -199,7 +199,7 @@ def test_a_trace_without_samples_trains_without_lstm(tmp_path: Path) -> None:
     cfg = config.load(None)
     cfg = dataclasses.replace(cfg, ml=dataclasses.replace(
         cfg.ml, training=dataclasses.replace(cfg.ml.training, epochs=2, patience=1)))
-    report = train.fit_and_save(p, cfg, tmp_path, learn=True)
+    report = train.fit_and_save(p, cfg, tmp_path, weights_mode="learned")
     assert set(report["models"]) == {"gnn", "autoencoder"} and report["weights"]["lstm"] == 0
     with pytest.raises(NomadeError, match="lstm"):
         train.fit_and_save(p, cfg, tmp_path, kinds=("lstm",))

@@ -25,7 +25,7 @@ def local(text: str) -> float:
 
 
 def test_swf_fields_map_to_start_time_columns_and_labels():
-    trace = read_swf(DATA / "small.swf")
+    trace = read_swf(DATA / "small.swf", partial=True)
     j = trace.jobs
     assert trace.skipped == 2  # the prose line and the 17-field line
     assert j.job_id.tolist() == ["1", "2", "3", "4", "5", "6"]
@@ -51,7 +51,7 @@ def test_swf_runtime_and_used_fields_are_not_features(tmp_path):
                else ln for ln in text]
     assert changed != text
     (tmp_path / "changed.swf").write_text("\n".join(changed))
-    a, b = read_swf(DATA / "small.swf").jobs, read_swf(tmp_path / "changed.swf").jobs
+    a, b = read_swf(DATA / "small.swf", partial=True).jobs, read_swf(tmp_path / "changed.swf", partial=True).jobs
     for col in ("req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts", "user"):
         np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
     assert a.end_ts[0] != b.end_ts[0]
@@ -61,7 +61,7 @@ def test_swf_gzip_and_progress(tmp_path):
     gz = tmp_path / "t.swf.gz"
     gz.write_bytes(gzip.compress((DATA / "small.swf").read_bytes()))
     seen = []
-    trace = read_swf(gz, progress=lambda done, total: seen.append((done, total)))
+    trace = read_swf(gz, progress=lambda done, total: seen.append((done, total)), partial=True)
     assert len(trace.jobs) == 6
     assert seen[-1] == (gz.stat().st_size, gz.stat().st_size)
     s = trace.summary()
@@ -72,15 +72,19 @@ def test_swf_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(NomadeError, match="cannot read"):
         read_swf(tmp_path / "missing.swf")
     (tmp_path / "x.swf").write_text("; only a header\nnot a job\n")
-    with pytest.raises(NomadeError, match="no SWF job lines"):
+    with pytest.raises(NomadeError, match="x.swf: line 2: an SWF job line has 18 fields, this one 3"):
         read_swf(tmp_path / "x.swf")
+    with pytest.raises(NomadeError, match="no SWF job lines"):
+        read_swf(tmp_path / "x.swf", partial=True)
 
 
 def test_sacct_parsable2_jobs_skip_steps():
-    trace = read_sacct(DATA / "sacct_parsable2.txt")
+    with pytest.raises(NomadeError, match="line 13: 2 '[|]'-separated fields where the header has 16"):
+        read_sacct(DATA / "sacct_parsable2.txt")
+    trace = read_sacct(DATA / "sacct_parsable2.txt", partial=True)
     j = trace.jobs
     assert j.job_id.tolist() == ["101", "102", "103", "104", "105", "107_2", "108"]
-    assert trace.skipped == 2  # the pending array range and the garbage line
+    assert trace.skipped == 1 and trace.ignored == 4  # the garbage line; three steps, a pending array range
     assert j.state.tolist() == ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "PENDING",
                                 "OUT_OF_MEMORY", "RUNNING"]
     np.testing.assert_array_equal(j.label[:4], [0, 1, 1, 1])
@@ -98,15 +102,17 @@ def test_sacct_parsable2_jobs_skip_steps():
 
 def test_sacct_without_header_uses_the_documented_order():
     lines = (DATA / "sacct_parsable2.txt").read_text().splitlines(keepends=True)
-    a, b = read_sacct(DATA / "sacct_parsable2.txt"), parse_sacct_lines(lines[1:])
+    a, b = read_sacct(DATA / "sacct_parsable2.txt", partial=True), parse_sacct_lines(lines[1:], partial=True)
     np.testing.assert_array_equal(a.jobs.end_ts, b.jobs.end_ts)
     assert a.jobs.job_id.tolist() == b.jobs.job_id.tolist()
 
 
 def test_sacct_json_both_layouts():
-    trace = read_sacct(DATA / "sacct.json")
+    with pytest.raises(NomadeError, match="jobs.3. .line 31.: no 'job_id' field"):
+        read_sacct(DATA / "sacct.json")
+    trace = read_sacct(DATA / "sacct.json", partial=True)
     j = trace.jobs
-    assert j.job_id.tolist() == ["201", "204_3", "206"] and trace.skipped == 1
+    assert j.job_id.tolist() == ["201", "205", "206"] and trace.skipped == 1  # Slurm's own ids
     assert j.state.tolist() == ["COMPLETED", "TIMEOUT", "PENDING"]
     assert j.req_mem_bytes.tolist() == [8192 * MB, 2 * 2048 * MB, 1024 * MB]
     assert j.req_gpus.tolist() == [0, 2, 0]
@@ -117,20 +123,28 @@ def test_sacct_json_both_layouts():
 
 def test_sacct_from_stdin_and_bad_input(monkeypatch, tmp_path):
     monkeypatch.setattr("sys.stdin", io.StringIO((DATA / "sacct_parsable2.txt").read_text()))
-    assert len(read_sacct("-").jobs) == 7
+    assert len(read_sacct("-", partial=True).jobs) == 7
     (tmp_path / "e.txt").write_text("\n\n")
     with pytest.raises(NomadeError, match="empty"):
         read_sacct(tmp_path / "e.txt")
     (tmp_path / "j.json").write_text('{"jobs": [')
-    with pytest.raises(NomadeError, match="not valid sacct --json"):
+    with pytest.raises(NomadeError, match="truncated or corrupt jobs.0. .line 1.: the file ends inside the list"):
         read_sacct(tmp_path / "j.json")
     (tmp_path / "k.json").write_text('{"meta": {}}')
     with pytest.raises(NomadeError, match="no 'jobs' list"):
         read_sacct(tmp_path / "k.json")
 
 
+def test_message_bodies_list_the_wire_fields_in_order():
+    """An import hands a body's values to ``wire.make_fields`` as they are."""
+    from nomade import traces, wire
+    assert traces.START_KEYS == wire.FIELDS["job.start"] and traces.END_KEYS == wire.FIELDS["job.end"]
+    start, end = next(m for m in messages(read_sacct(DATA / "sacct_parsable2.txt", partial=True)) if m[1])
+    assert tuple(start) == traces.START_KEYS and tuple(end) == traces.END_KEYS
+
+
 def test_messages_are_job_start_and_end_bodies():
-    trace = read_sacct(DATA / "sacct_parsable2.txt")
+    trace = read_sacct(DATA / "sacct_parsable2.txt", partial=True)
     out = list(messages(trace))
     start, end = out[1]
     assert start["job_id"] == "102" and start["user"] == "bob" and start["partition"] == "gpu"
@@ -154,7 +168,9 @@ def test_import_sacct_writes_the_store_and_features_match(tmp_path, capsys):
     from nomade.store import Store
 
     db = tmp_path / "s" / "nomade.db"
-    assert _nomade("import", "sacct", str(DATA / "sacct_parsable2.txt"), "--db", str(db), "--json") == 0
+    assert _nomade("import", "sacct", str(DATA / "sacct_parsable2.txt"), "--db", str(db), "--json") == 2
+    assert "line 13" in capsys.readouterr().err and not db.exists()
+    assert _nomade("import", "sacct", str(DATA / "sacct_parsable2.txt"), "--db", str(db), "--json", "--partial") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["jobs"] == 7 and summary["written_jobs"] == 7 and summary["failed"] == 4
     with Store(db, readonly=True) as store:
@@ -163,7 +179,7 @@ def test_import_sacct_writes_the_store_and_features_match(tmp_path, capsys):
         assert store.get_job("102").state == "FAILED" and store.get_job("102").exit_code == 3
         assert store.get_job("105").start_ts is None
     # the store's rows give the same start-time features as the parsed trace
-    direct = read_sacct(DATA / "sacct_parsable2.txt").jobs
+    direct = read_sacct(DATA / "sacct_parsable2.txt", partial=True).jobs
     keep = np.isin(direct.job_id, [j.job_id for j in ended + running])
     direct = direct.take(np.flatnonzero(keep))
     stored = JobTable.from_records(sorted(ended + running, key=lambda j: list(direct.job_id).index(j.job_id)))
@@ -171,7 +187,7 @@ def test_import_sacct_writes_the_store_and_features_match(tmp_path, capsys):
     np.testing.assert_array_equal(asof_features(direct, SampleTable.empty(), t)[0],
                                   asof_features(stored, SampleTable.empty(), t)[0])
     # importing again changes nothing
-    assert _nomade("import", "sacct", str(DATA / "sacct_parsable2.txt"), "--db", str(db)) == 0
+    assert _nomade("import", "sacct", str(DATA / "sacct_parsable2.txt"), "--db", str(db), "--partial") == 0
     assert "wrote 7 jobs" in capsys.readouterr().out
     with Store(db, readonly=True) as store:
         assert store.counts()["jobs"] == 7
@@ -181,11 +197,11 @@ def test_import_swf_only_summarises_unless_into_store(tmp_path, capsys):
     from nomade.store import Store
 
     db = tmp_path / "t.db"
-    assert _nomade("import", "swf", str(DATA / "small.swf"), "--db", str(db)) == 0
+    assert _nomade("import", "swf", str(DATA / "small.swf"), "--db", str(db), "--partial") == 0
     out = capsys.readouterr().out
-    assert "6 jobs, 4 with a final state, 3 failed (75.0%)" in out and "2 lines skipped" in out
+    assert "6 jobs, 4 with a final state, 3 failed (75.0%)" in out and "2 malformed record(s) skipped" in out
     assert not db.exists()
-    assert _nomade("import", "swf", str(DATA / "small.swf"), "--db", str(db), "--into-store") == 0
+    assert _nomade("import", "swf", str(DATA / "small.swf"), "--db", str(db), "--into-store", "--partial") == 0
     assert "wrote 6 jobs" in capsys.readouterr().out
     with Store(db, readonly=True) as store:
         job = store.get_job("3")
@@ -196,7 +212,7 @@ def test_import_swf_only_summarises_unless_into_store(tmp_path, capsys):
 def test_import_dry_run_and_errors(tmp_path, capsys, monkeypatch):
     db = tmp_path / "d.db"
     monkeypatch.setattr("sys.stdin", io.StringIO((DATA / "sacct.json").read_text()))
-    assert _nomade("import", "sacct", "-", "--dry-run", "--db", str(db)) == 0
+    assert _nomade("import", "sacct", "-", "--dry-run", "--db", str(db), "--partial") == 0
     assert "3 jobs" in capsys.readouterr().out and not db.exists()
     assert _nomade("import", "swf", str(tmp_path / "missing.swf")) == 2
     assert "cannot read" in capsys.readouterr().err

@@ -636,3 +636,13 @@ def test_nested_array_headers_are_refused_before_any_is_allocated() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 256 * 1024, f"{peak} bytes for a {len(frame)}-byte frame"
+
+
+def test_make_fields_checks_as_make_does() -> None:
+    body = {"job_id": "12", "user": "alice", "req_cpus": 4, "submit_ts": 1.7e9, "start_ts": 1.7e9 + 5}
+    fields = [body.get(k) for k in w.FIELDS["job.start"]]
+    assert w.make_fields("job.start", "import", 0, fields, 1.7e9) == w.make("job.start", "import", 0, body, 1.7e9)
+    with pytest.raises(w.WireError, match="user"):
+        w.make_fields("job.start", "import", 0, [f if f != "alice" else "a b" for f in fields], 1.7e9)
+    with pytest.raises(w.WireError, match="ts"):
+        w.make_fields("job.start", "import", 0, fields, -1.0)

@@ -28,9 +28,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
 from typing import Any
 
+from nomade.commands.train import add_weights_arguments, weights_mode
 from nomade.config import Config
 from nomade.errors import NomadeError
 
@@ -44,13 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "and print their test AUC-ROC, AUC-PR, precision, recall and F1.")
     src = parser.add_argument_group("data (as in `nomade train`)")
     src.add_argument("--swf", metavar="FILE", help="jobs of an SWF trace (.gz ok) instead of the store")
+    src.add_argument("--partial", action="store_true",
+                     help="with --swf: skip (and count) malformed lines instead of stopping at the first")
     src.add_argument("--db", metavar="PATH", help="store to read jobs from (default: [storage] db_path)")
     src.add_argument("--synthetic", metavar="N", type=int, help="a synthetic history of N jobs")
     src.add_argument("--data", metavar="FILE", help="a dataset written by `nomade train --prepare` instead")
     src.add_argument("--ticks-per-job", metavar="N", type=int, default=4,
                      help="as-of examples per job, spread over its run (default 4)")
-    parser.add_argument("--learn-weights", action="store_true",
-                        help="learn the ensemble weights on the validation split (default: [ml.ensemble])")
+    add_weights_arguments(parser)
     parser.add_argument("--models-dir", metavar="DIR", help="also write the trained models here")
     rep = parser.add_argument_group("replay of the test jobs through the live scorer")
     rep.add_argument("--no-replay", action="store_true", help="skip the replay (AUC table only)")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks)
     reporter = None if args.quiet else train.stderr_reporter()
     models_dir = None if args.models_dir is None else str(Path(args.models_dir).expanduser())
-    report = evaluate.compare(prepared, cfg, models_dir, args.learn_weights, reporter, say, source)
+    report = evaluate.compare(prepared, cfg, models_dir, weights_mode(args), reporter, say, source)
     if args.data and not args.no_replay:
         report["replay"] = {"skipped": "a prepared dataset holds no job tables; use --swf, --db or --synthetic"}
     if args.plot:

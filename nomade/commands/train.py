@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prepare", action="store_true",
                      help="only build the dataset (features, labels, 80/10/10 time split) and report it")
     src.add_argument("--swf", metavar="FILE", help="read jobs from an SWF trace instead of the store")
+    src.add_argument("--partial", action="store_true",
+                     help="with --swf: skip (and count) malformed lines instead of stopping at the first")
     src.add_argument("--db", metavar="PATH", help="store to read jobs from (default: [storage] db_path)")
     src.add_argument("--synthetic", metavar="N", type=int,
                      help="a synthetic history of N jobs (demos, benchmarks)")
@@ -49,8 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", choices=MODELS,
                         help="train only this model (repeatable; default all three, or no LSTM "
                              "when the data has no samples, as in a trace)")
-    parser.add_argument("--learn-weights", action="store_true",
-                        help="learn the ensemble weights by cross-validation on the validation split")
+    add_weights_arguments(parser)
     parser.add_argument("--models-dir", metavar="DIR", help="where model files go (default: [ml] models_dir)")
     parser.add_argument("--submit", action="store_true", help="run this training as a Slurm batch job")
     parser.add_argument("--if-due", action="store_true",
@@ -61,6 +62,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra sbatch option with --submit, e.g. --sbatch-option=--partition=cpu")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--learn-weights`` / ``--config-weights``; neither: learned where the validation
+    split is large enough to trust (``ensemble.choose_weights``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--learn-weights", action="store_true",
+                       help="always learn the ensemble weights on the validation split (default: learned "
+                            "where validation is large enough to trust and they beat [ml.ensemble] in "
+                            "cross-validation, else [ml.ensemble])")
+    group.add_argument("--config-weights", action="store_true",
+                       help="always use the [ml.ensemble] weights")
+
+
+def weights_mode(args: argparse.Namespace) -> str:
+    """``learned``, ``config`` or ``auto`` from :func:`add_weights_arguments`'s options."""
+    return "learned" if args.learn_weights else "config" if args.config_weights else "auto"
 
 
 def _paths(args: argparse.Namespace, cfg: Config) -> tuple[Path, Path]:
@@ -91,7 +109,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     else:
         prepared = train.Prepared.load(data)
     reporter = None if args.quiet else train.stderr_reporter()
-    report = train.fit_and_save(prepared, cfg, models_dir, args.model, args.learn_weights, reporter)
+    report = train.fit_and_save(prepared, cfg, models_dir, args.model, weights_mode(args), reporter)
     if reporter is not None:
         sys.stderr.write("\n")
     _print(args, report, train.format_report(report))
@@ -125,7 +143,7 @@ def tables_from_args(args: argparse.Namespace, cfg: Config) -> tuple[Any, Any, s
             raise NomadeError(f"--synthetic needs at least 10 jobs, got {args.synthetic}")
         return (*train.synthetic_tables(args.synthetic, seed=cfg.ml.seed), f"synthetic:{args.synthetic}")
     if args.swf:
-        return (*train.tables_from_swf(args.swf), str(args.swf))
+        return (*train.tables_from_swf(args.swf, args.partial), str(args.swf))
     db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
     if not db.exists():
         raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
@@ -144,7 +162,8 @@ def prepare_from_args(args: argparse.Namespace, cfg: Config):  # -> train.Prepar
 
 def _prepared_text(path: str, s: dict) -> str:
     lines = [f"dataset {path}: {s['jobs']} jobs, {s['examples']} as-of examples from {s['source']}",
-             f"{100 * s['with_samples']:.0f}% of examples have samples (LSTM input)",
+             f"{100 * s['with_samples']:.0f}% of examples have samples (LSTM input); "
+             f"{s.get('never_ran', 0)} jobs that never ran left out",
              "split      jobs  examples  failed  failure rate"]
     for name, part in s["splits"].items():
         rate = "-" if part["failure_rate"] is None else f"{100 * part['failure_rate']:.1f}%"
@@ -163,7 +182,8 @@ def _submit(args: argparse.Namespace, cfg: Config) -> int:
     models_dir, data = _paths(args, cfg)
     argv = [] if cfg.source is None else ["--config", str(Path(cfg.source).resolve())]
     argv += ["train", "--quiet", f"--models-dir={models_dir.resolve()}", f"--data={data.resolve()}"]
-    flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights, "--json": args.json,
+    flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights,
+             "--config-weights": args.config_weights, "--partial": args.partial, "--json": args.json,
              "--if-due": args.if_due}
     argv += [flag for flag, on in flags.items() if on]
     values = {"--swf": args.swf and str(Path(args.swf).resolve()), "--db": args.db and str(Path(args.db).resolve()),

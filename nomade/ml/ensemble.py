@@ -99,13 +99,15 @@ def _auc(parts: np.ndarray, y: np.ndarray, w: np.ndarray, weights: np.ndarray) -
 
 def learn_weights(parts: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
                   folds: int = 5, step: float = 0.05, seed: int = 0,
-                  max_examples: int = 20000) -> tuple[Weights, dict[str, float]]:
+                  max_examples: int = 20000, defaults: Weights | None = None
+                  ) -> tuple[Weights, dict[str, float]]:
     """Weights that maximise validation AUC of the combined risk, searched on a grid
     of the simplex (``step``). ``folds``-fold cross-validation estimates how well the
     choice generalises: weights picked on the other folds, AUC on the held-out fold.
 
     Returns the weights picked on all the data and ``{"cv_auc": mean held-out AUC,
-    "cv_auc_std": ..., "default_cv_auc": the defaults' held-out AUC}``. At most
+    "cv_auc_std": ..., "default_cv_auc": the held-out AUC of ``defaults``
+    (default :class:`Weights`)}``. At most
     ``max_examples`` (a seeded subsample) are used, to keep the search to seconds.
     """
     parts, y = np.asarray(parts, np.float64), np.asarray(y, np.float64)
@@ -128,8 +130,80 @@ def learn_weights(parts: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
     held = np.array([[_auc(parts[fold == f], y[fold == f], w[fold == f], g) for g in grid] for f in range(folds)])
     chosen = np.nanargmax(np.where(np.isfinite(auc), auc, -np.inf), axis=1)
     cv = held[np.arange(folds), chosen]
-    defaults = Weights().as_array()
+    defaults = (defaults or Weights()).as_array()
     default_cv = [_auc(parts[fold == f], y[fold == f], w[fold == f], defaults) for f in range(folds)]
     best = grid[int(np.argmax(whole))]
     return Weights(*best), {"cv_auc": float(np.nanmean(cv)), "cv_auc_std": float(np.nanstd(cv)),
                             "default_cv_auc": float(np.nanmean(default_cv)), "folds": folds, "step": step}
+
+
+MAX_AUC_SE = 0.02
+"""Learned weights are used only where the validation AUC's standard error is at most
+this: 0.02 is the margin by which the ensemble must beat the plain baselines, so a
+smaller split cannot tell weight choices apart better than the prior. At an AUC of
+0.8 it takes about 250 failed and 250 completed validation jobs."""
+
+
+def auc_standard_error(auc: float, positives: float, negatives: float) -> float:
+    """Standard error of an AUC measured on ``positives`` and ``negatives`` (Hanley and
+    McNeil, 1982); inf with fewer than one of either."""
+    if positives < 1 or negatives < 1 or not np.isfinite(auc):
+        return float("inf")
+    a = min(max(auc, 1e-6), 1 - 1e-6)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a)) / (positives * negatives)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The weights used, where they come from (``"learned"`` or ``"config"``), why, and
+    both candidates with their validation figures."""
+
+    weights: Weights
+    source: str
+    reason: str
+    config: Weights
+    learned: Weights | None
+    detail: dict[str, float]
+
+
+def choose_weights(parts: np.ndarray, y: np.ndarray, w: np.ndarray | None, config: Weights,
+                   mode: str = "auto", seed: int = 0) -> Choice:
+    """Pick the ensemble weights from validation ``parts``/``y``/``w`` (``w`` sums to
+    one per job, so ``w``-weighted counts are job counts).
+
+    ``mode`` ``"config"``: the config weights. ``"learned"``: :func:`learn_weights`
+    (``ValueError`` if it cannot). ``"auto"`` (the default): learned where the
+    validation AUC's standard error is at most :data:`MAX_AUC_SE` and the learned
+    weights' cross-validated AUC is not below the config weights' on the same folds,
+    else the config weights (the documented prior)."""
+    if mode not in ("auto", "learned", "config"):
+        raise ValueError(f"mode must be auto, learned or config, got {mode!r}")
+    y = np.asarray(y, np.float64)
+    w = np.ones(len(y)) if w is None else np.asarray(w, np.float64)
+    pos, neg = float((w * y).sum()), float((w * (1 - y)).sum())
+    risk = combine(parts, config)
+    ok = np.isfinite(risk)
+    auc = metrics.auc_roc(y[ok], risk[ok], w[ok]) if ok.any() else float("nan")
+    se = auc_standard_error(auc, pos, neg)
+    detail = {"validation_failed_jobs": pos, "validation_completed_jobs": neg,
+              "config_auc": auc, "auc_se": se, "max_auc_se": MAX_AUC_SE}
+    if mode == "config":
+        return Choice(config, "config", "asked for", config, None, detail)
+    if mode == "auto" and not se <= MAX_AUC_SE:
+        return Choice(config, "config", f"validation too small to trust (AUC standard error {se:.3f} "
+                      f"> {MAX_AUC_SE})", config, None, detail)
+    try:
+        learned, cv = learn_weights(parts, y, w, seed=seed, defaults=config)
+    except ValueError:
+        if mode == "learned":
+            raise
+        return Choice(config, "config", "weights cannot be learned from this validation split",
+                      config, None, detail)
+    detail.update(cv)
+    if mode == "auto" and cv["cv_auc"] < cv["default_cv_auc"]:
+        return Choice(config, "config", f"learned weights do not beat the config weights in cross-validation "
+                      f"({cv['cv_auc']:.3f} < {cv['default_cv_auc']:.3f})", config, learned, detail)
+    reason = "asked for" if mode == "learned" else f"validation large enough (AUC standard error {se:.3f})"
+    return Choice(learned, "learned", reason, config, learned, detail)

@@ -37,17 +37,19 @@ from nomade.config import Config
 from nomade.errors import NomadeError
 from nomade.ml import metrics, persist, replay
 from nomade.ml.baselines import BASELINES
-from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
+from nomade.ml.ensemble import PARTS, Choice, Weights, choose_weights, combine
 from nomade.ml.inference import Scorer
 from nomade.ml.train import SPLITS, Prepared, Reporter, build_data, fit_models, save_models, score_splits
 
 Say = Callable[[str], None]
 """``say(line)``: one progress line (stderr in the command)."""
-ORDER = ("gnn", "lstm", "autoencoder", "ensemble", "logistic_regression", "gradient_boosting")
+ORDER = ("gnn", "lstm", "autoencoder", "ensemble", "ensemble_config", "ensemble_learned",
+         "logistic_regression", "gradient_boosting")
 """Rows of the table, in print order."""
 ROC_POINTS = 200
 """Most points kept of each ROC curve in the report."""
 LABELS = {"gnn": "GNN", "lstm": "LSTM", "autoencoder": "autoencoder", "ensemble": "ensemble",
+          "ensemble_config": "  with config weights", "ensemble_learned": "  with learned weights",
           "logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
 
 
@@ -151,15 +153,17 @@ class ReplaySource:
     max_ticks: int = replay.DEFAULT_MAX_TICKS
 
 
-def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool = False,
+def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mode: str = "auto",
             reporter: Reporter | None = None, say: Say | None = None,
             source: ReplaySource | None = None) -> dict[str, Any]:
     """Train the models, the ensemble and the baselines on ``p``'s split and judge them
     all on its test split (see the module docstring). ``models_dir``: also write the
-    trained models there (as ``nomade train`` would). ``learn``: ensemble weights
-    learned on validation, else ``[ml.ensemble]``. ``source``: the tables ``p`` was
+    trained models there (as ``nomade train`` would). ``source``: the tables ``p`` was
     prepared from; then the test jobs are also replayed through the live scorer
-    (report key ``replay``). Returns a JSON-safe report."""
+    (report key ``replay``). ``weights_mode``: see ``ensemble.choose_weights``; the
+    report judges the ensemble with the chosen weights (``ensemble``) and with each
+    candidate (``ensemble_config``, ``ensemble_learned`` where learned).
+    Returns a JSON-safe report."""
     say = say or (lambda line: None)
     rows = {s: p.rows(s) for s in SPLITS}
     if len(rows["train"]) == 0 or len(rows["validation"]) == 0 or len(rows["test"]) == 0:
@@ -176,9 +180,11 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool
     say(f"training the {', '.join(LABELS[k] for k in kinds)} on {len(tr)} training examples")
     fitted, _ = fit_models(kinds, cfg, d, reporter)   # as `nomade train` does (NomadeError if one cannot)
     scores, train_report = score_splits(fitted, d)
-    weights = _weights(cfg, scores["validation"], p, rows["validation"], learn)
+    choice = _weights(cfg, scores["validation"], p, rows["validation"], weights_mode)
+    weights, learn = choice.weights, choice.source == "learned"
     report: dict[str, Any] = {"data": p.summary, "models": {}, "weights": weights.as_dict(),
                               "weights_source": "learned on validation" if learn else "config",
+                              "weights_reason": choice.reason, "weights_check": choice.detail,
                               "ensemble_parts": list(fitted), "split_sha256": split_digest(p, rows),
                               "absent": {} if with_samples else {
                                   "lstm": "no per-job samples in the data (an SWF trace has none)"}}
@@ -187,6 +193,10 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool
     for kind in fitted:
         report["models"][kind] = _judge(p, rows, scores["validation"][:, PARTS.index(kind)], test[kind])
     report["models"]["ensemble"] = _judge(p, rows, combine(scores["validation"], weights), test["ensemble"])
+    for name, cand in (("ensemble_config", choice.config), ("ensemble_learned", choice.learned)):
+        if cand is not None:
+            report["models"][name] = _judge(p, rows, combine(scores["validation"], cand), combine(scores["test"], cand))
+            report["models"][name]["weights"] = cand.as_dict()
     baselines, baseline_test = _baselines(p, d.Xn, rows, cfg.ml.seed, say)
     report["models"].update(baselines)
     te = rows["test"]
@@ -208,7 +218,7 @@ def _save_and_replay(p: Prepared, cfg: Config, saved: tuple[Any, ...], models_di
     with tempfile.TemporaryDirectory(prefix="nomade-evaluate-") as tmp:
         target = tmp if models_dir is None else models_dir
         say(f"writing the trained models to {target}")
-        save_models(target, fitted, norm, train_report, weights if learn else None, cfg, p)
+        save_models(target, fitted, norm, train_report, weights if learn else None, cfg, p, forget_weights=True)
         if models_dir is not None:
             out["models_dir"] = str(models_dir)
         if source is not None:
@@ -233,12 +243,11 @@ def _replay(p: Prepared, cfg: Config, scorer: Scorer, source: ReplaySource, say:
         raise NomadeError(f"cannot replay the test jobs: {e}") from e
 
 
-def _weights(cfg: Config, val_parts: np.ndarray, p: Prepared, va: np.ndarray, learn: bool) -> Weights:
+def _weights(cfg: Config, val_parts: np.ndarray, p: Prepared, va: np.ndarray, mode: str) -> Choice:
     e = cfg.ml.ensemble
-    if not learn:
-        return Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight)
+    config = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight)
     try:
-        return learn_weights(val_parts, p.y[va], p.w[va], seed=cfg.ml.seed)[0]
+        return choose_weights(val_parts, p.y[va], p.w[va], config, mode, seed=cfg.ml.seed)
     except ValueError as err:
         raise NomadeError(f"cannot learn ensemble weights: {err}") from err
 
@@ -272,13 +281,15 @@ def _auc_table(report: dict[str, Any]) -> str:
     sp = data["splits"]
     parts = " + ".join(f"{w[k]:.2f} {k}" for k in report["ensemble_parts"])
     return "\n".join([
-        f"{data['source']}: {data['jobs']} jobs, {data['examples']} as-of examples; split by start time "
-        f"train {sp['train']['jobs']} / validation {sp['validation']['jobs']} / test {sp['test']['jobs']} jobs "
-        f"(test failure rate {_pct(sp['test']['failure_rate'])})",
+        (f"{data['source']}: {data['jobs']} jobs, {data['examples']} as-of examples; split by start time "
+         f"train {sp['train']['jobs']} / validation {sp['validation']['jobs']} / test {sp['test']['jobs']} jobs "
+         f"(test failure rate {_pct(sp['test']['failure_rate'])}); "
+         f"{data.get('never_ran', 0)} jobs that never ran left out"),
         line(head), line(tuple("-" * x for x in widths)), *map(line, rows), "",
-        f"ensemble = {parts} (weights {report['weights_source']}, renormalised over the parts present)",
-        "threshold: the one with the best F1 on validation, per model; every model trained on the same "
-        f"split (sha256 {report['split_sha256'][:16]}); took {report['took_s']:.0f} s"])
+        (f"ensemble = {parts} (weights {report['weights_source']}: {report['weights_reason']}; "
+         "renormalised over the parts present)"),
+        ("threshold: the one with the best F1 on validation, per model; every model trained on the same "
+         f"split (sha256 {report['split_sha256'][:16]}); took {report['took_s']:.0f} s")])
 
 
 def _num(v: Any) -> str:

@@ -165,7 +165,7 @@ def _block(R: np.ndarray, ref_end: np.ndarray, Q: np.ndarray, q_start: np.ndarra
     hit_r, hit_j = np.nonzero(vals >= cut[rc][:, None])
     r, c = rc[hit_r], cc[hit_r] * CHUNK + hit_j
     s = vals[hit_r, hit_j]
-    order = np.lexsort((c, -s, r))
+    order = np.lexsort((-c, -s, r))
     r, c, s = r[order], c[order], s[order]
     rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
     keep = rank < k

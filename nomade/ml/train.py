@@ -36,7 +36,7 @@ from nomade.config import Config
 from nomade.errors import NomadeError
 from nomade.ml import graph, metrics, persist
 from nomade.ml.baselines import time_split
-from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
+from nomade.ml.ensemble import PARTS, Weights, choose_weights, combine
 from nomade.ml.inference import START_PART, reference_stats
 from nomade.ml.models import (AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours,
                               Progress, Reference)
@@ -116,10 +116,15 @@ class Prepared:
 def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: float,
             sequence_length: int, max_per_job: int = 4, source: str = "") -> Prepared:
     """As-of examples (at most ``max_per_job`` ticks per job, spread over its run),
-    reference set and time split of the labelled ended jobs."""
-    rows, t, w = features.snapshots(jobs, samples, interval_s, max_per_job=max_per_job)
+    reference set and time split of the labelled ended jobs that ran. A job with a
+    final state but no start (cancelled while pending) never ran: the live system never
+    scores it, and its missing request would give its label away, so it is neither
+    learnt nor judged (``summary["never_ran"]`` counts them); it stays in the users'
+    history like any ended job."""
+    rows, t, w = features.snapshots(jobs, samples, interval_s, max_per_job=max_per_job)  # started jobs only
     if len(rows) == 0:
-        raise NomadeError(f"{source or 'the data'}: no ended job with a known final state to learn from")
+        raise NomadeError(f"{source or 'the data'}: no ended job with a known final state and a start to learn from "
+                          f"({int(never_ran(jobs).sum())} never ran)")
     X, mask = features.asof_features(jobs, samples, t, rows)
     S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
     ended = np.unique(rows)
@@ -137,6 +142,11 @@ def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: 
     return prepared
 
 
+def never_ran(jobs: features.JobTable) -> np.ndarray:
+    """bool[n]: jobs with a final state but no start (cancelled while pending)."""
+    return np.isfinite(jobs.label) & ~np.isfinite(jobs.start_ts)
+
+
 def _summary(p: Prepared, jobs: features.JobTable, ended: np.ndarray, source: str,
              interval_s: float) -> dict[str, Any]:
     parts = {}
@@ -147,7 +157,8 @@ def _summary(p: Prepared, jobs: features.JobTable, ended: np.ndarray, source: st
                        "failure_rate": float(np.nanmean(jobs.label[jr])) if len(jr) else None,
                        "first_start_ts": float(jobs.start_ts[jr].min()) if len(jr) else None,
                        "last_start_ts": float(jobs.start_ts[jr].max()) if len(jr) else None}
-    return {"source": source, "jobs": int(len(ended)), "examples": int(len(p.y)),
+    return {"source": source, "jobs": int(len(ended)), "never_ran": int(never_ran(jobs).sum()),
+            "examples": int(len(p.y)),
             "interval_s": interval_s, "sequence_length": int(p.S.shape[1]),
             "first_start_ts": float(np.min(jobs.start_ts[ended])),
             "last_end_ts": float(np.max(jobs.end_ts[ended])),
@@ -191,10 +202,11 @@ def _sample_iowait(rows: Sequence[tuple[Any, ...]], node_rows: Sequence[tuple[An
     return features.node_asof(node, ts, ref_node, ref[:, 0], ref[:, 1], max_age_s)
 
 
-def tables_from_swf(path: str | Path) -> tuple[features.JobTable, features.SampleTable]:
-    """Jobs of an SWF trace (start-time features only: a trace has no samples)."""
+def tables_from_swf(path: str | Path, partial: bool = False) -> tuple[features.JobTable, features.SampleTable]:
+    """Jobs of an SWF trace (start-time features only: a trace has no samples);
+    ``partial``: malformed lines skipped, not an error (``traces.read_swf``)."""
     from nomade.traces import read_swf
-    return read_swf(path).jobs, features.SampleTable.empty()
+    return read_swf(path, partial=partial).jobs, features.SampleTable.empty()
 
 
 # ------------------------------------------------------------------ fit
@@ -387,17 +399,19 @@ def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, floa
 
 
 def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] | None = None,
-                 learn: bool = False, reporter: Reporter | None = None,
+                 weights_mode: str = "auto", reporter: Reporter | None = None,
                  parallel: bool | None = None) -> dict[str, Any]:
     """Train ``kinds`` (default: every model the data supports; no LSTM for data
     without samples, such as a trace) on ``p``, evaluate them and their ensemble (the
-    models of this run only) on validation and test, optionally learn the ensemble
-    weights (not for a hand-picked subset), save; returns the report (JSON-safe).
-    ``parallel``: see :func:`fit_models`; ``timings`` holds each model's training
-    seconds and ``models_s``, the wall time of all fits together."""
+    models of this run only) on validation and test, choose the ensemble weights
+    (``ensemble.choose_weights`` with ``weights_mode``; a hand-picked subset keeps the
+    config weights and leaves a learned weights file as it is), save; returns the
+    report (JSON-safe). ``parallel``: see :func:`fit_models`; ``timings`` holds each
+    model's training seconds and ``models_s``, the wall time of all fits together."""
     if len(p.rows("train")) == 0:
         raise NomadeError("the training split is empty")
-    if learn and kinds is not None and set(kinds) != set(PARTS):
+    subset = kinds is not None and set(kinds) != set(PARTS)
+    if weights_mode == "learned" and subset:
         raise NomadeError("--learn-weights needs all three models trained in the same run")
     if kinds is None:
         kinds = PARTS if (p.lengths[p.rows("train")] > 0).any() else tuple(k for k in PARTS if k != "lstm")
@@ -412,19 +426,23 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
     timings.update({f"{kind}_s": v for kind, v in seconds.items()})
     scores, report = score_splits(fitted, d)
     e = cfg.ml.ensemble
-    weights, learned = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight), None
-    if learn:
-        va = p.rows("validation")
-        try:
-            learned, report["weights_cv"] = learn_weights(scores["validation"], p.y[va], p.w[va], seed=cfg.ml.seed)
-        except ValueError as err:
-            raise NomadeError(f"cannot learn ensemble weights: {err}") from err
-        weights = learned
-    report["weights"] = weights.as_dict()
+    config = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight)
+    va = p.rows("validation")
+    try:
+        choice = choose_weights(scores["validation"], p.y[va], p.w[va], config,
+                                "config" if subset else weights_mode, seed=cfg.ml.seed)
+    except ValueError as err:
+        raise NomadeError(f"cannot learn ensemble weights: {err}") from err
+    weights = choice.weights
+    if choice.learned is not None:
+        report["weights_cv"] = choice.detail
+    report["weights"], report["weights_source"] = weights.as_dict(), choice.source
+    report["weights_reason"] = choice.reason
     report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
                           for s in SPLITS[1:]}
     report["ensemble_parts"] = list(fitted)
-    save_models(models_dir, fitted, norm, report, learned, cfg, p)
+    save_models(models_dir, fitted, norm, report, weights if choice.source == "learned" else None, cfg, p,
+                forget_weights=not subset)
     timings["total_s"] = time.monotonic() - t0
     report["timings"], report["models_dir"] = timings, str(models_dir)
     return persist.clean_json(report)
@@ -446,7 +464,10 @@ def score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray
 
 
 def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.Normalizer, report: dict[str, Any],
-          learned: Weights | None, cfg: Config, p: Prepared) -> None:
+                learned: Weights | None, cfg: Config, p: Prepared, forget_weights: bool = False) -> None:
+    """Write the models, their metadata and ``learned`` weights; ``forget_weights``:
+    without learned weights, remove a learned weights file an earlier run left (the
+    ensemble of these models then uses ``[ml.ensemble]``)."""
     if "gnn" in fitted:
         fitted["gnn"].keep_recent(REFERENCE_SIZE)
     info = {k: {"metrics": {s: report["models"][k][s] for s in SPLITS[1:]}, "data": _range(p)} for k in fitted}
@@ -456,6 +477,8 @@ def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.N
     tr = p.rows("train")
     persist.save(models_dir, fitted, norm.to_dict(), info, learned, p.summary,
                  reference_stats(p.X[tr], p.mask[tr], p.y[tr]))
+    if learned is None and forget_weights:
+        (Path(models_dir) / persist.WEIGHTS_FILE).unlink(missing_ok=True)
 
 
 def _range(p: Prepared) -> dict[str, Any]:
@@ -479,8 +502,9 @@ def format_report(report: dict[str, Any]) -> str:
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     w = report["weights"]
     tail = [f"ensemble weights: gnn {w['gnn']:.2f}  lstm {w['lstm']:.2f}  autoencoder {w['autoencoder']:.2f}"
-            + ("  (learned)" if "weights_cv" in report else "  (config)")
+            + f"  ({report['weights_source']}: {report['weights_reason']})"
             + f"; ensemble of {', '.join(report['ensemble_parts'])}",
+            f"{report['data'].get('never_ran', 0)} jobs that never ran left out; "
             f"threshold {THRESHOLD}; models written to {report['models_dir']}; "
             f"took {report['timings']['total_s']:.1f} s (graph {report['timings']['graph_s']:.1f} s)"]
     return "\n".join([line(head), line("-" * x for x in widths), *map(line, rows), "", *tail])
