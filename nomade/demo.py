@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 
 from nomade import lab
-from nomade.lab.pipeline import CLUSTER, LAB_USERS, TICK_S, Daemons, ensure_users, wait_labelled, write_config
+from nomade.lab.pipeline import (
+    CLUSTER,
+    LAB_USERS,
+    TICK_S,
+    Daemons,
+    ensure_users,
+    wait_labelled,
+    write_config,
+)
 from nomade.slurm import Slurm
 from nomade.states import is_final
 
