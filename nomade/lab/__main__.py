@@ -1,0 +1,19 @@
+"""``python -m nomade.lab record ...``: the lab's tools (see ``nomade.lab.record``)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to a lab tool; 2 with a usage line for an unknown one."""
+    if argv[:1] == ["record"]:
+        from nomade.lab.record import main as record
+        return record(argv[1:])
+    print("usage: python -m nomade.lab record [--dir D] [--jobs N] [--seed S] [--max-running K]",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
