@@ -38,14 +38,8 @@ from nomade.ml import graph, metrics, persist
 from nomade.ml.baselines import time_split
 from nomade.ml.ensemble import PARTS, Weights, combine, learn_weights
 from nomade.ml.inference import START_PART, reference_stats
-from nomade.ml.models import (
-    AutoencoderScorer,
-    GNNClassifier,
-    LSTMClassifier,
-    Neighbours,
-    Progress,
-    Reference,
-)
+from nomade.ml.models import (AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours,
+                              Progress, Reference)
 
 Reporter = Callable[[str, int, int, float], None]
 """``reporter(model, epoch, epochs, validation_score)``."""
