@@ -1,4 +1,4 @@
-"""``python -m nomade.lab record ...``: the lab's tools (see ``nomade.lab.record``)."""
+"""``python -m nomade.lab record|export ...``: the lab's tools (see ``nomade.lab.record``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["record"]:
         from nomade.lab.record import main as record
         return record(argv[1:])
-    print("usage: python -m nomade.lab record [--dir D] [--jobs N] [--seed S] [--max-running K]",
+    if argv[:1] == ["export"]:
+        from nomade.lab.record import export
+        return export(argv[1:])
+    print("usage: python -m nomade.lab record [--dir D] [--jobs N] [--seed S] [--max-running K]\n"
+          "       python -m nomade.lab export [--dir D] --out FILE",
           file=sys.stderr)
     return 2
 

@@ -319,3 +319,54 @@ def main(argv: list[str] | None = None) -> int:
         daemons.stop_all()
     log("recorder done")
     return 0
+
+
+# ------------------------------------------------------------------ export
+def ledger_meta(ledger: Ledger) -> dict[str, dict[str, Any]]:
+    """Job id -> corpus metadata (shape, variant, plan index, seed, user) of every job the
+    ledger saw end, array tasks by their own ids; jobs the recorder cancelled are left out."""
+    cancelled = {e["job_id"] for e in ledger.events if e["event"] == "recorder_cancel"}
+    submits = {e["job_id"]: e for e in ledger.events if e["event"] == "submit"}
+    tasks = {e["job_id"]: e["tasks"] for e in ledger.events if e["event"] == "array_tasks"}
+    meta: dict[str, dict[str, Any]] = {}
+    for e in ledger.events:
+        if e["event"] != "end" or e["job_id"] in cancelled or e["job_id"] not in submits:
+            continue
+        sub = submits[e["job_id"]]
+        variant_of = {own: sub["array_variants"][int(t)] for t, own in tasks.get(e["job_id"], {}).items()}
+        for own, state in e["states"].items():
+            if state == "UNKNOWN":
+                continue
+            meta[own] = {"shape": sub["shape"], "variant": variant_of.get(own, sub["variant"]),
+                         "plan_index": sub["index"], "seed": sub["seed"], "user": sub["user"]}
+    return meta
+
+
+def export(argv: list[str] | None = None) -> int:
+    """``python -m nomade.lab export --dir D --out FILE``: the recorded corpus as one file."""
+    from nomade import corpus
+    p = argparse.ArgumentParser(prog="python -m nomade.lab export")
+    p.add_argument("--dir", type=Path, default=Path("/tmp/nomade-corpus"))
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    ledger = Ledger(a.dir / "plan.jsonl")
+    meta = ledger_meta(ledger)
+    submits = [e for e in ledger.events if e["event"] == "submit"]
+    seeds = sorted({e["seed"] for e in submits})
+    made_by = {
+        "tool": "python -m nomade.lab record (nomade/lab/record.py, shapes in nomade/lab/shapes.py)",
+        "seed": seeds[0] if len(seeds) == 1 else seeds,
+        "plan_indices": [min((e["index"] for e in submits), default=None),
+                         max((e["index"] for e in submits), default=None)],
+        "cluster": "project test cluster: Slurm 22.05, 4 emulated nodes x 8 CPUs on a 2-core host, cgroup v1",
+        "sample_interval_s": SAMPLE_INTERVAL_S,
+        "recorded": [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(e["ts"] for e in submits))),
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(e["ts"] for e in ledger.events)))]
+        if submits else None,
+        "rerecord": f"python -m nomade.lab record --dir {a.dir} --jobs N --seed {seeds[0] if seeds else 1} "
+                    "--max-running 24; python -m nomade.lab export --dir DIR --out FILE",
+    }
+    header = corpus.export_store(a.dir / "nomade.db", a.out, meta, made_by)
+    print(json.dumps(header["counts"], indent=1))
+    print(f"{a.out}: {a.out.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
+    return 0
