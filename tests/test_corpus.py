@@ -147,3 +147,44 @@ def test_a_corrupt_column_or_a_missing_one_is_named(db: Path, tmp_path: Path) ->
         corpus.read(tmp_path / "flip.npz")
     with pytest.raises(corpus.CorpusError, match="no such corpus file"):
         corpus.read(tmp_path / "absent.npz")
+
+
+def _cli(tmp_path: Path, *args: str) -> int:
+    from nomade import cli
+    cfg = tmp_path / "nomade.toml"
+    cfg.write_text(f'[storage]\ndb_path = "{tmp_path}/site.db"\n[ml]\nmodels_dir = "{tmp_path}/models"\n')
+    return cli.main(["--config", str(cfg), *args])
+
+
+def test_train_prepares_from_a_corpus_alone_or_mixed_with_the_store(db: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    corpus.export_store(db, tmp_path / "c.npz", META)
+    with Store(tmp_path / "site.db") as store:   # the site's own store: two of the same jobs
+        store.write_batch("n1", 1, [m for m in _msgs() if m.body.get("job_id") in ("11", "12")
+                                    or m.kind == "node.sample"])
+    data = str(tmp_path / "p.npz")
+    assert _cli(tmp_path, "train", "--prepare", "--json", "--corpus", str(tmp_path / "c.npz"), "--data", data) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["jobs"] == 4 and alone["source"] == str(tmp_path / "c.npz")
+    assert _cli(tmp_path, "train", "--prepare", "--json", "--corpus", str(tmp_path / "c.npz"),
+                "--with-store", "--data", data) == 0
+    mixed = json.loads(capsys.readouterr().out)
+    assert mixed["jobs"] == 6 and str(tmp_path / "site.db") in mixed["source"]
+    assert _cli(tmp_path, "train", "--prepare", "--corpus", str(tmp_path / "c.npz"), "--db", str(db)) == 2
+    assert "--with-store" in capsys.readouterr().err
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert _cli(tmp_path, "train", "--prepare", "--corpus", str(tmp_path / "bad.npz"), "--data", data) == 2
+    assert "bad.npz: not a readable corpus file" in capsys.readouterr().err
+
+
+def test_corpus_info_prints_counts_by_shape_and_state(db: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    corpus.export_store(db, tmp_path / "c.npz", META, made_by={"seed": 7})
+    assert _cli(tmp_path, "corpus", "info", str(tmp_path / "c.npz")) == 0
+    out = capsys.readouterr().out
+    assert "4 jobs, 19 job samples" in out and "seed: 7" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("multinode"))
+    states = next(line.split() for line in out.splitlines() if line.startswith("shape"))[2:]
+    assert dict(zip(states, map(int, row[2:]))) == {"COMPLETED": 0, "OUT_OF_MEMORY": 1, "FAILED": 0, "TIMEOUT": 0}
+    assert _cli(tmp_path, "corpus", "info", "--json", str(tmp_path / "c.npz")) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["by_state"]["TIMEOUT"] == 1
