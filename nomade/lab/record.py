@@ -44,11 +44,13 @@ from nomade.lab.pipeline import (
     wait_labelled,
     write_config,
 )
-from nomade.slurm import Slurm
+from nomade.slurm import Slurm, SlurmError
 from nomade.states import is_final, normalise
 
 SAMPLE_INTERVAL_S = 3.0
 N_SCRATCH = 4
+MAX_ERRORS = 100
+MAX_RESTARTS = 5
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -125,6 +127,7 @@ class Recorder:
                                   out=str(CLUSTER / "out"))
         self.live: dict[str, Live] = {}
         self.stopping = False
+        self.restarts: dict[str, int] = {}
 
     # ------------------------------------------------------------ setup
     def prepare(self) -> None:
@@ -251,19 +254,42 @@ class Recorder:
                     p.unlink(missing_ok=True)
 
     def run(self, daemons: Daemons) -> None:
+        """Submit and poll until the plan is done or a stop is asked for. A failing Slurm
+        command or a dead daemon is logged and retried (a daemon restarted) rather than
+        ending hours of recording; ``MAX_ERRORS`` in a row end it."""
         todo = self.todo()
-        total = len(todo)
-        while (todo and not self.stopping) or (self.live and not self.stopping):
-            daemons.check()
-            self.poll()
-            while todo and not self.stopping and self.running() < self.max_running:
-                job = todo.pop(0)
-                job_id = self.submit(job)
-                log(f"[{total - len(todo)}/{total}] plan #{job.index} -> job {job_id} "
-                    f"{job.user} {job.shape}/{job.variant}")
+        total, errors = len(todo), 0
+        while (todo or self.live) and not self.stopping:
+            try:
+                self._revive(daemons)
+                self.poll()
+                while todo and not self.stopping and self.running() < self.max_running:
+                    job_id = self.submit(todo[0])
+                    job = todo.pop(0)
+                    log(f"[{total - len(todo)}/{total}] plan #{job.index} -> job {job_id} "
+                        f"{job.user} {job.shape}/{job.variant}")
+                errors = 0
+            except (OSError, ValueError, subprocess.SubprocessError, SlurmError) as e:
+                errors += 1
+                log(f"error {errors}/{MAX_ERRORS}: {type(e).__name__}: {e}")
+                if errors >= MAX_ERRORS:
+                    raise
             time.sleep(self.poll_s)
         if self.stopping:
             self.cancel_live()
+
+    def _revive(self, daemons: Daemons) -> None:
+        """Restart a daemon that exited (at most ``MAX_RESTARTS`` times each)."""
+        for name, proc in list(daemons.procs.items()):
+            if proc.poll() is None:
+                continue
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            if self.restarts[name] > MAX_RESTARTS:
+                daemons.check()
+            log(f"the {name} exited with {proc.returncode}; restart {self.restarts[name]} "
+                f"(see {self.ws}/{name}.log)")
+            daemons.procs.pop(name)
+            daemons.start(name)
 
     def cancel_live(self) -> None:
         """Cancel what still runs (recorded), wait up to 90 s for Slurm to end it."""
@@ -296,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print("the recorder needs root: it submits jobs as the lab users and mounts scratch", file=sys.stderr)
         return 2
     a.dir.mkdir(parents=True, exist_ok=True)
+    (a.dir / "record.pid").write_text(f"{os.getpid()}\n")
     rec = Recorder(a.dir, a.jobs, a.seed, a.max_running)
 
     def stop(signum: int, _frame: Any) -> None:
