@@ -137,3 +137,70 @@ def test_the_ledger_gives_each_ended_job_its_shape_array_tasks_by_own_id(tmp_pat
     assert meta["12"]["variant"] == "compute" and meta["11"]["variant"] == "crash"
     assert meta["11"]["shape"] == "array" and meta["10"] == {
         "shape": "mem_grow", "variant": "mem_grow", "plan_index": 0, "seed": 1, "user": "u1"}
+
+
+# ------------------------------------------------------------------ the recorder, against a fake Slurm
+def _fake_slurm(tmp_path: Path, jobs: list[dict]) -> Path:
+    """squeue that prints ``jobs`` (rewritable through the returned JSON file); scancel
+    that appends its argument to ``cancelled``."""
+    import stat
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    listing = tmp_path / "squeue.json"
+    listing.write_text(json.dumps({"jobs": jobs}))
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\ncat {listing}\n")
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$1\" >> {tmp_path}/cancelled\n")
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    return listing
+
+
+def _raw(job_id: int, state: str, array_job: int = 0, task: int | None = None) -> dict:
+    return {"job_id": job_id, "job_state": state, "array_job_id": array_job, "array_task_id": task}
+
+
+def _recorder(tmp_path: Path, n_jobs: int, events: list[dict]):
+    from nomade.lab.record import Recorder
+    from nomade.slurm import Slurm
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "plan.jsonl").write_text("".join(json.dumps({"ts": 0, **e}) + "\n" for e in events))
+    rec = Recorder(ws, n_jobs, seed=1, max_running=4, poll_s=0)
+    rec.slurm = Slurm(bin_dir=str(tmp_path / "bin"), use_pyslurm="never")
+    return rec
+
+
+def test_resume_skips_recorded_jobs_adopts_running_ones_and_redoes_the_rest(tmp_path: Path) -> None:
+    _fake_slurm(tmp_path, [_raw(12, "RUNNING")])
+    sub = {"event": "submit", "seed": 1, "shape": "compute", "variant": "compute", "user": "u", "array_variants": []}
+    rec = _recorder(tmp_path, 6, [
+        {**sub, "index": 0, "job_id": "10"}, {"event": "end", "index": 0, "job_id": "10", "states": {"10": "COMPLETED"}},
+        {**sub, "index": 1, "job_id": "11"}, {"event": "recorder_cancel", "index": 1, "job_id": "11"},
+        {"event": "end", "index": 1, "job_id": "11", "states": {"11": "CANCELLED"}},
+        {**sub, "index": 2, "job_id": "12"},       # Slurm still runs it
+        {**sub, "index": 3, "job_id": "13"}])      # Slurm forgot it (a restarted cluster)
+    todo = rec.todo()
+    assert [j.index for j in todo] == [1, 3, 4, 5]
+    assert list(rec.live) == ["12"] and rec.live["12"].job.index == 2
+    assert [e["job_id"] for e in rec.ledger.events if e["event"] == "lost"] == ["13"]
+
+
+def test_poll_records_array_tasks_by_own_id_and_cancels_a_due_cancel_job(tmp_path: Path) -> None:
+    from nomade.lab.record import Live
+    listing = _fake_slurm(tmp_path, [_raw(51, "COMPLETED", 50, 0), _raw(50, "RUNNING", 50, 1),
+                                     _raw(60, "RUNNING")])
+    rec = _recorder(tmp_path, 0, [])
+    array = shapes.CorpusJob(7, "array", "compute+crash", "u", (), "", array_variants=("compute", "crash"))
+    cancel = shapes.CorpusJob(8, "cancel", "compute", "u", (), "", cancel_after_s=0.0)
+    rec.live = {"50": Live(array, "50", size=2), "60": Live(cancel, "60")}
+    rec.poll()
+    assert rec.running() == 2 and (tmp_path / "cancelled").read_text().split() == ["60"]
+    listing.write_text(json.dumps({"jobs": [_raw(51, "COMPLETED", 50, 0), _raw(50, "FAILED", 50, 1),
+                                            _raw(60, "CANCELLED")]}))
+    rec.poll()
+    assert rec.live == {}
+    ev = {(e["event"], e["job_id"]): e for e in rec.ledger.events}
+    assert ev["array_tasks", "50"]["tasks"] == {"0": "51", "1": "50"}
+    assert ev["end", "50"]["states"] == {"51": "COMPLETED", "50": "FAILED"}
+    assert ev["end", "60"]["states"] == {"60": "CANCELLED"}
+    assert ledger_meta(rec.ledger) == {}        # no submit events here: nothing to describe
