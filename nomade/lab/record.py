@@ -375,6 +375,8 @@ def export(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nomade.lab export")
     p.add_argument("--dir", type=Path, default=Path("/tmp/nomade-corpus"))
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--readme", type=Path, help="rewrite the fenced block under '## Counts' of this README "
+                                               "with `nomade corpus info` of the new file")
     a = p.parse_args(argv)
     ledger = Ledger(a.dir / "plan.jsonl")
     meta = ledger_meta(ledger)
@@ -396,4 +398,19 @@ def export(argv: list[str] | None = None) -> int:
     header = corpus.export_store(a.dir / "nomade.db", a.out, meta, made_by)
     print(json.dumps(header["counts"], indent=1))
     print(f"{a.out}: {a.out.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
+    if a.readme:
+        from nomade.commands.corpus import text
+        _fill_counts(a.readme, text(a.out.name, header) + f"\nsize: {a.out.stat().st_size / 1e6:.1f} MB")
     return 0
+
+
+def _fill_counts(readme: Path, block: str) -> None:
+    """Replace the first fenced block after '## Counts' in ``readme`` with ``block``."""
+    lines = readme.read_text().splitlines()
+    try:
+        start = lines.index("## Counts")
+        first = next(i for i in range(start, len(lines)) if lines[i].startswith("```"))
+        last = next(i for i in range(first + 1, len(lines)) if lines[i].startswith("```"))
+    except (ValueError, StopIteration):
+        raise SystemExit(f"{readme}: no fenced block under '## Counts' to fill") from None
+    readme.write_text("\n".join([*lines[:first + 1], block, *lines[last:]]) + "\n")
