@@ -204,3 +204,25 @@ def test_poll_records_array_tasks_by_own_id_and_cancels_a_due_cancel_job(tmp_pat
     assert ev["end", "50"]["states"] == {"51": "COMPLETED", "50": "FAILED"}
     assert ev["end", "60"]["states"] == {"60": "CANCELLED"}
     assert ledger_meta(rec.ledger) == {}        # no submit events here: nothing to describe
+
+
+def test_a_job_id_the_store_already_holds_stops_the_recorder(tmp_path: Path) -> None:
+    """A restarted cluster begins ids again: the recorder cancels the job and stops rather
+    than merging a new job into an old one's row."""
+    _fake_slurm(tmp_path, [])
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/sh\ncat > /dev/null; echo 5\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    rec = _recorder(tmp_path, 1, [])
+    rec.id_floor = 40
+    job = shapes.job(0, USERS, 1, PATHS)
+    with pytest.raises(SystemExit, match="--first-job-id 41"):
+        rec.submit(_as_me(job))
+    assert (tmp_path / "cancelled").read_text().split() == ["5"] and rec.live == {}
+    rec.id_floor = 4
+    assert rec.submit(_as_me(job)) == "5" and list(rec.live) == ["5"]
+
+
+def _as_me(job: shapes.CorpusJob) -> shapes.CorpusJob:
+    """The job submitted as the current user (the fake sbatch runs without runuser)."""
+    import dataclasses
+    return dataclasses.replace(job, user=None)  # type: ignore[arg-type]

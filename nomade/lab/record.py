@@ -128,6 +128,7 @@ class Recorder:
         self.live: dict[str, Live] = {}
         self.stopping = False
         self.restarts: dict[str, int] = {}
+        self.id_floor = 0      # the highest job id the store or ledger held at start
 
     # ------------------------------------------------------------ setup
     def prepare(self) -> None:
@@ -142,8 +143,9 @@ class Recorder:
         for d in self.paths.scratch:
             self._mount_scratch(Path(d))
         ensure_users(LAB_USERS)
+        self.id_floor = max(self._max_store_id(), self.ledger.max_job_id())
         if not self.slurm.ping():
-            first = max(self._max_store_id(), self.ledger.max_job_id()) + 1
+            first = self.id_floor + 1
             log(f"cluster down: starting it (4 nodes x 8 CPUs, first job id {first})")
             subprocess.run([str(REPO / "slurm-conf" / "start-test-cluster.sh"), "--nodes", "4",
                             "--cpus", "8", "--first-job-id", str(first)], check=True)
@@ -199,6 +201,12 @@ class Recorder:
     def submit(self, job: shapes.CorpusJob) -> str:
         """Submit one plan job as its user and record it; its job id."""
         job_id = self.slurm.submit(job.script, options=list(job.options), as_user=job.user)
+        if int(job_id) <= self.id_floor:   # the cluster was restarted: ids would collide in the store
+            self.slurm.cancel(job_id)
+            raise SystemExit(
+                f"Slurm gave job id {job_id}, but the store already holds ids up to {self.id_floor}: the "
+                f"cluster was restarted. Restart it with slurm-conf/start-test-cluster.sh --nodes 4 --cpus 8 "
+                f"--first-job-id {self.id_floor + 1} (or stop it and let the recorder start it), then resume.")
         self.live[job_id] = Live(job, job_id, size=max(1, len(job.array_variants)))
         self.ledger.add("submit", index=job.index, job_id=job_id, seed=self.seed, shape=job.shape,
                         variant=job.variant, user=job.user, options=list(job.options),
