@@ -52,11 +52,13 @@ def _burn_for(seconds: float, share: float) -> None:
 
 
 def burn(a: argparse.Namespace) -> int:
+    """``share`` of one CPU for ``seconds``."""
     _burn_for(a.seconds, a.share)
     return 0
 
 
 def hold(a: argparse.Namespace) -> int:
+    """Hold ``mb`` MiB while using ``share`` of one CPU for ``seconds``."""
     HELD.append(_grab(a.mb))
     _burn_for(a.seconds, a.share)
     return 0
@@ -234,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one workload; its exit status."""
     a = _parser().parse_args(argv)
     return a.fn(a)
 
