@@ -20,142 +20,36 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from nomade import lab
+from nomade.lab.pipeline import (
+    CLUSTER,
+    LAB_USERS,
+    TICK_S,
+    Daemons,
+    ensure_users,
+    wait_labelled,
+    write_config,
+)
 from nomade.slurm import Slurm
 from nomade.states import is_final
-from nomade.store import Store
 
-CLUSTER = Path(os.environ.get("NOMADE_TEST_CLUSTER", "/tmp/nomade-cluster"))
-LAB_USERS = ("nomadetest", "nomadelab1", "nomadelab2", "nomadelab3")
 SAMPLE_INTERVAL_S = 3.0
-TICK_S = 5.0
 
 
 def _say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keys(ws: Path) -> Path:
-    """CURVE keys for the demo's agent, collector and subscribers (``nomade.curve.setup_keys``):
-    the collector's key, named for this host, speaks for every node of the test cluster."""
-    from nomade import curve
-
-    host = socket.gethostname().split(".")[0]   # the collector's sender ([collector] node_name "")
-    return curve.setup_keys(ws / "keys", host, Slurm(use_pyslurm="never").nodes())
-
-
-def _config(ws: Path) -> Path:
-    """Write the demo's nomade.toml: loopback endpoints, short intervals, own paths, CURVE."""
-    ingest, pub, metrics = _free_port(), _free_port(), _free_port()
-    keys = _keys(ws)
-    text = f"""# written by nomade.demo
-[ml]
-models_dir = "{ws}/models"
-sequence_length = 20
-[ml.training]
-epochs = 60
-[collector]
-agent_endpoint = "tcp://127.0.0.1:{ingest}"
-interval_s = {SAMPLE_INTERVAL_S}
-jitter_s = 0.5
-outbox_dir = "{ws}/outbox"
-spool_dir = "{CLUSTER}/spool/node"
-[agent]
-ingest_endpoint = "tcp://127.0.0.1:{ingest}"
-publish_endpoint = "tcp://127.0.0.1:{pub}"
-metrics_address = "127.0.0.1:{metrics}"
-interval_s = {TICK_S}
-spool_dirs = ["{CLUSTER}/spool/ctld"]
-[storage]
-db_path = "{ws}/nomade.db"
-[security]
-curve_enabled = true
-keys_dir = "{keys}"
-"""
-    path = ws / "nomade.toml"
-    path.write_text(text)
-    return path
-
-
-class Daemons:
-    """The agent and the collector as child processes, logging to the workspace."""
-
-    def __init__(self, ws: Path, config: Path) -> None:
-        self.ws, self.config = ws, config
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str) -> None:
-        log = open(self.ws / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "nomade", "--config", str(self.config), "-v", name],
-            stdout=log, stderr=subprocess.STDOUT)
-
-    def stop(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def check(self) -> None:
-        """Stop the demo with the log's tail if a daemon died."""
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.ws / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise SystemExit(f"the {name} exited with {proc.returncode}:\n{tail}")
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
-
-
 def _nomade(config: Path, *args: str, check: bool = True, capture: bool = False) -> str:
     proc = subprocess.run([sys.executable, "-m", "nomade", "--config", str(config), *args],
                           check=check, text=True, capture_output=capture)
     return proc.stdout if capture else ""
-
-
-def _ensure_users() -> None:
-    for user in LAB_USERS:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True)
-
-
-def _wait_labelled(db: Path, job_ids: list[str], timeout_s: float = 120.0) -> dict[str, str]:
-    """Wait until the agent has stored a final state for every job; id -> state."""
-    deadline = time.monotonic() + timeout_s
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        with Store(db, readonly=True) as store:
-            for job_id in job_ids:
-                row = store.get_job(job_id)
-                if row is not None and row.state and is_final(row.state):
-                    states[job_id] = row.state
-        if len(states) == len(job_ids):
-            break
-        time.sleep(2)
-    return states
 
 
 def _history(slurm: Slurm, daemons: Daemons, db: Path, n_jobs: int) -> None:
@@ -170,7 +64,7 @@ def _history(slurm: Slurm, daemons: Daemons, db: Path, n_jobs: int) -> None:
               f"{' '.join(job.options[:2])}", flush=True)
 
     ids = lab.run(slurm, jobs, max_running=4, out_dir=str(CLUSTER / "out"), on_submit=submitted)
-    states = _wait_labelled(db, list(ids))
+    states = wait_labelled(db, list(ids))
     counts: dict[str, int] = {}
     for state in states.values():
         counts[state] = counts.get(state, 0) + 1
@@ -211,7 +105,7 @@ def _live(slurm: Slurm, config: Path, ws: Path) -> str:
 
 
 def _report(db: Path, ws: Path, leak_id: str) -> None:
-    states = _wait_labelled(db, [leak_id], timeout_s=60)
+    states = wait_labelled(db, [leak_id], timeout_s=60)
     print(f"\n  job {leak_id}: stored final state {states.get(leak_id, 'not yet known')}")
     lines = (ws / "subscribe.jsonl").read_text().splitlines()
     mine = [json.loads(line) for line in lines if json.loads(line).get("job_id") == leak_id]
@@ -231,8 +125,8 @@ def main() -> int:
     ws = Path(os.environ.get("NOMADE_DEMO_DIR", "/tmp/nomade-demo"))
     shutil.rmtree(ws, ignore_errors=True)
     ws.mkdir(parents=True)
-    config = _config(ws)
-    _ensure_users()
+    config = write_config(ws, sample_interval_s=SAMPLE_INTERVAL_S, header="nomade.demo")
+    ensure_users()
     slurm = Slurm(use_pyslurm="never")
     daemons = Daemons(ws, config)
     n_jobs = int(os.environ.get("NOMADE_DEMO_JOBS", "36"))

@@ -87,7 +87,8 @@ class Job:
     ``state`` is normalised (``nomade.states.normalise``). ``start_ts`` is None while
     pending, ``end_ts``, ``exit_code`` and ``exit_signal`` while not final (Slurm shows
     predictions there). ``comment`` is for display: Slurm 22.05's JSON doubles
-    backslashes, so ``Slurm.get_comment`` is the exact one.
+    backslashes, so ``Slurm.get_comment`` is the exact one. ``job_id`` of an array task is
+    ``"<array job>_<task>"``; ``own_id`` is its own id (the one hooks and cgroups use).
     """
 
     job_id: str
@@ -109,6 +110,7 @@ class Job:
     exit_code: int | None
     exit_signal: int | None
     comment: str = field(default="")
+    own_id: str = field(default="")
 
 
 def parse_scontrol_record(line: str) -> dict[str, str]:
@@ -216,6 +218,7 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         exit_code=code,
         exit_signal=signal,
         comment=str(raw.get("comment") or ""),
+        own_id=str(_int(raw.get("job_id"))),
     )
 
 
@@ -355,8 +358,10 @@ class Slurm:
         ids = [_checked_id(j) for j in job_ids]
         result: dict[str, FinalState | None] = dict.fromkeys(ids)
         for job in self.list_jobs(ids):
-            if job.job_id in result and job.state is not None and is_final(job.state):
-                result[job.job_id] = FinalState(job.state, job.exit_code)
+            if job.state is None or not is_final(job.state):
+                continue
+            for key in {job.job_id, job.own_id} & result.keys():   # an array task: either id
+                result[key] = FinalState(job.state, job.exit_code)
         return result
 
     def _squeue_json(self, job_ids: list[str] | None) -> list[Mapping[str, Any]]:

@@ -5,11 +5,16 @@
 # multi-node jobs can be tested) on 127.0.0.1, no systemd. Debian's slurm-wlm and munge
 # are installed when missing. Must run as root.
 #
-# Usage:  slurm-conf/start-test-cluster.sh [--if-down] [--nodes N]
+# Usage:  slurm-conf/start-test-cluster.sh [--if-down] [--nodes N] [--cpus N] [--first-job-id N]
 #   --if-down   exit 0 at once when the project's cluster (same runtime dir, same node
 #               count) already answers `scontrol ping`; the hook script is refreshed
 #               and drained nodes resumed. Otherwise (re)start it.
 #   --nodes N   number of emulated nodes (1-16, default 2).
+#   --cpus N    CPUs each emulated node offers (1-64, default: the host's). More than the
+#               host has oversubscribes it (slurmd is told to accept the configured
+#               count): for many light jobs at once, e.g. a lab recording.
+#   --first-job-id N  the first job id of the fresh cluster (default 1): a recording that
+#               resumes into an existing store after a restart must not reuse job ids.
 # Environment:
 #   NOMADE_TEST_CLUSTER=/tmp/nomade-cluster   runtime dir (layout below)
 #   NOMADE_TEST_USER=nomadetest               unprivileged user created for tests
@@ -32,6 +37,8 @@ REPO=$(dirname "$HERE")
 MARKER="# nomade-test-cluster RUN=$RUN"
 IF_DOWN=0
 NODES=2
+NODE_CPUS=""
+FIRST_JOB_ID=1
 CTLD_PORT=6817
 NODE_PORT0=17001
 
@@ -44,13 +51,21 @@ while [ $# -gt 0 ]; do
     --if-down) IF_DOWN=1 ;;
     --nodes) [ $# -ge 2 ] || die "--nodes needs a number"; NODES=$2; shift ;;
     --nodes=*) NODES=${1#--nodes=} ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
-    *) die "unknown argument '$1' (usage: $0 [--if-down] [--nodes N])" ;;
+    --cpus) [ $# -ge 2 ] || die "--cpus needs a number"; NODE_CPUS=$2; shift ;;
+    --cpus=*) NODE_CPUS=${1#--cpus=} ;;
+    --first-job-id) [ $# -ge 2 ] || die "--first-job-id needs a number"; FIRST_JOB_ID=$2; shift ;;
+    --first-job-id=*) FIRST_JOB_ID=${1#--first-job-id=} ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (usage: $0 [--if-down] [--nodes N] [--cpus N] [--first-job-id N])" ;;
   esac
   shift
 done
 case $NODES in ''|*[!0-9]*) die "--nodes must be a number 1-16, not '$NODES'" ;; esac
 [ "$NODES" -ge 1 ] && [ "$NODES" -le 16 ] || die "--nodes must be 1-16, not $NODES"
+case $NODE_CPUS in *[!0-9]*) die "--cpus must be a number 1-64, not '$NODE_CPUS'" ;; esac
+[ -z "$NODE_CPUS" ] || { [ "$NODE_CPUS" -ge 1 ] && [ "$NODE_CPUS" -le 64 ]; } || die "--cpus must be 1-64, not $NODE_CPUS"
+case $FIRST_JOB_ID in ''|*[!0-9]*) die "--first-job-id must be a number, not '$FIRST_JOB_ID'" ;; esac
+[ "$FIRST_JOB_ID" -ge 1 ] && [ "$FIRST_JOB_ID" -le 67000000 ] || die "--first-job-id must be 1-67000000, not $FIRST_JOB_ID"
 [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts daemons)"
 
 HOOK=prolog/nomade-hook   # the one script behind Prolog, Epilog, *Slurmctld and jobcomp
@@ -159,6 +174,14 @@ HOST=$(hostname -s)
 HW=$(slurmd -C | head -1)   # NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 ... RealMemory=24105
 CPUS=$(echo "$HW" | sed -n 's/.* CPUs=\([0-9]*\).*/\1/p')
 TOPO=$(echo "$HW" | grep -oE '(Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=[0-9]+' | paste -sd' ')
+OVERRIDES=""
+if [ -n "$NODE_CPUS" ] && [ "$NODE_CPUS" != "$CPUS" ]; then
+  # an emulated node with more (or fewer) CPUs than the host: one socket of NODE_CPUS
+  # cores, and slurmd takes the configured layout instead of refusing the node
+  CPUS=$NODE_CPUS
+  TOPO="Boards=1 SocketsPerBoard=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1"
+  OVERRIDES="SlurmdParameters=config_overrides"
+fi
 MEM=$(echo "$HW" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 MEM=$(( (MEM > 2048 ? MEM - 512 : MEM) / NODES ))   # the nodes share the host's memory
 if [ "$NODES" = 1 ]; then NODENAMES=n1; PORTS=$NODE_PORT0
@@ -199,6 +222,8 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
 KillWait=2
+FirstJobId=$FIRST_JOB_ID
+$OVERRIDES
 # --- what a site adds for NØMADE (slurm-conf/site/slurm.conf.nomade), pointing at test wrappers
 PrologFlags=Alloc
 Prolog=$RUN/hooks/prolog

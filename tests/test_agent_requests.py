@@ -51,6 +51,14 @@ def test_new_jobs_are_due_at_once_and_one_batch_asks_all() -> None:
     assert t.due(T0) == ["3"] and t.watching() == ["3"]
 
 
+def test_an_array_task_asked_by_its_own_id_is_answered_under_that_id() -> None:
+    """Slurm lists array task 47 as "40_7"; the store knows it as 47."""
+    t = RequestTracker()
+    t.observe(["47"], T0)
+    out = t.answered(T0, {"47": slurm_job("40_7", own_id="47")})
+    assert [(a.job_id, a.body["job_id"]) for a in out if isinstance(a, Answer)] == [("47", "47")]
+
+
 def test_a_settled_job_is_not_asked_again_while_it_still_lacks_a_field() -> None:
     t = RequestTracker()
     t.observe(["1"], T0)

@@ -86,6 +86,27 @@ def test_scontrol_records() -> None:
     assert rec["CPUs/Task"] == "1" and rec["Comment"] == 'a "q"' and rec["Power"] == ""
 
 
+def test_an_array_task_is_known_by_its_own_id_too() -> None:
+    """Hooks, cgroups and the store know an array task by its own id (47); squeue shows
+    it as 40_7. Both are kept."""
+    assert (job_from_json(V0040_RUNNING_ARRAY).job_id, job_from_json(V0040_RUNNING_ARRAY).own_id) == ("40_7", "47")
+    assert job_from_json(V0038_FAILED).own_id == "3"
+
+
+def test_final_states_of_array_tasks_asked_by_their_own_ids(tmp_path) -> None:
+    """A fake squeue (an executable file) that lists an ended array task and a plain job."""
+    import json
+    import stat
+    task = {**V0038_FAILED, "job_id": 52, "array_job_id": 50, "array_task_id": 2}
+    squeue = tmp_path / "squeue"
+    squeue.write_text("#!/bin/sh\ncat <<'EOF'\n" + json.dumps({"jobs": [task, V0038_FAILED]}) + "\nEOF\n")
+    squeue.chmod(squeue.stat().st_mode | stat.S_IEXEC)
+    slurm = Slurm(bin_dir=str(tmp_path), use_pyslurm="never")
+    assert [j.job_id for j in slurm.list_jobs(job_ids=["52"])] == ["50_2"]
+    got = slurm.final_states(["52", "3", "50_2"])
+    assert got["52"] == got["50_2"] == got["3"] == ("FAILED", 3)
+
+
 def test_pyslurm_is_used_only_for_the_same_release() -> None:
     assert pyslurm_mismatch("25.11.0", "25.11.2") is None
     assert pyslurm_mismatch("23.2.2", "23.02.7") is None

@@ -385,7 +385,9 @@ class Agent:
         if not due:
             return 0
         try:
-            listed = {job.job_id: job for job in self.slurm.list_jobs(job_ids=due)}
+            listed = {}
+            for job in self.slurm.list_jobs(job_ids=due):   # array tasks: by "A_T" and their own id
+                listed[job.job_id] = listed[job.own_id or job.job_id] = job
         except Exception as e:  # a Slurm outage must not stop the agent: log, back off, go on
             log.warning("request query for %d jobs failed: %s", len(due), e)
             decisions: list[requests.Answer | requests.GiveUp] = list(self.requests.query_failed(now, due))

@@ -102,13 +102,15 @@ class RequestTracker:
         return self._backoff.due(now)
 
     def answered(self, now: float, jobs: Mapping[str, Job | None]) -> list[Answer | GiveUp]:
-        """Stimulus: Slurm's answer to a query of ``due`` jobs (None: not listed)."""
+        """Stimulus: Slurm's answer to a query of ``due`` jobs (None: not listed). The
+        answer is about the id asked (an array task's own id, which Slurm lists as
+        ``"<array job>_<task>"``)."""
         out: list[Answer | GiveUp] = []
         for job_id, job in jobs.items():
             if self._backoff.get(job_id) is None:
                 continue
             if job is not None:
-                out.append(Answer(job_id, start_body(job)))
+                out.append(Answer(job_id, {**start_body(job), "job_id": job_id}))
                 self._backoff.settle(job_id)
                 continue
             gone = self._backoff.retry_later(job_id, now, "not listed by Slurm", answered=True)

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="with --swf: skip (and count) malformed lines instead of stopping at the first")
     src.add_argument("--db", metavar="PATH", help="store to read jobs from (default: [storage] db_path)")
     src.add_argument("--synthetic", metavar="N", type=int, help="a synthetic history of N jobs")
+    src.add_argument("--corpus", metavar="FILE", help="a corpus file (nomade.corpus) instead of the store")
+    src.add_argument("--with-store", action="store_true", help="with --corpus: the corpus and the store together")
     src.add_argument("--data", metavar="FILE", help="a dataset written by `nomade train --prepare` instead")
     src.add_argument("--ticks-per-job", metavar="N", type=int, default=4,
                      help="as-of examples per job, spread over its run (default 4)")
@@ -68,9 +70,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     """Prepare (or load), train, compare, replay, plot, print; 0 on success."""
     from nomade.commands.train import tables_from_args
     from nomade.ml import evaluate, train
-    sources = [s for s in (args.swf, args.synthetic, args.db, args.data) if s is not None]
+    sources = [s for s in (args.swf, args.synthetic, args.corpus, None if args.with_store else args.db,
+                           args.data) if s is not None]
     if len(sources) > 1:
-        raise NomadeError("give at most one of --swf, --synthetic, --db, --data")
+        raise NomadeError("give at most one of --swf, --synthetic, --db, --corpus, --data "
+                          "(--corpus FILE --with-store [--db PATH] mixes a corpus with a store)")
     step = cfg.agent.interval_s if args.replay_step is None else args.replay_step
     if not step > 0 or args.replay_max_ticks < 1:
         raise NomadeError(f"--replay-step must be > 0 and --replay-max-ticks >= 1, got {step:g}, "

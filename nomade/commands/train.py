@@ -4,6 +4,8 @@ Examples::
 
     nomade train --prepare                   jobs and samples from the store -> dataset
     nomade train --prepare --swf trace.swf   a Standard Workload Format trace instead
+    nomade train --corpus corpus.npz         learn from a recorded corpus (nomade.corpus) alone
+    nomade train --corpus corpus.npz --with-store   ... mixed with the site's own store
     nomade train                             train all three models on the dataset
     nomade train --model gnn --learn-weights retrain one model, learn ensemble weights
     nomade train --submit                    the same, as a Slurm batch job
@@ -43,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--partial", action="store_true",
                      help="with --swf: skip (and count) malformed lines instead of stopping at the first")
     src.add_argument("--db", metavar="PATH", help="store to read jobs from (default: [storage] db_path)")
+    src.add_argument("--corpus", metavar="FILE",
+                     help="a corpus file (e.g. the lab corpus the package ships) instead of the store")
+    src.add_argument("--with-store", action="store_true",
+                     help="with --corpus: learn from the corpus and the store (--db or [storage] db_path) "
+                          "together; the corpus's job ids, users and nodes get the prefix 'corpus:'")
     src.add_argument("--synthetic", metavar="N", type=int,
                      help="a synthetic history of N jobs (demos, benchmarks)")
     src.add_argument("--data", metavar="FILE", help="prepared dataset (.npz) to write or read")
@@ -94,9 +101,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return _submit(args, cfg)
     from nomade.ml import train
     models_dir, data = _paths(args, cfg)
-    sources = [s for s in (args.swf, args.synthetic, args.db) if s is not None]
+    sources = [s for s in (args.swf, args.synthetic, args.corpus,
+                           None if args.with_store else args.db) if s is not None]
     if len(sources) > 1:
-        raise NomadeError("give at most one of --swf, --synthetic, --db")
+        raise NomadeError("give at most one of --swf, --synthetic, --db, --corpus "
+                          "(--corpus FILE --with-store [--db PATH] mixes a corpus with a store)")
+    if args.with_store and not args.corpus:
+        raise NomadeError("--with-store mixes a corpus with the store: give --corpus FILE too")
     if args.if_due and not _due(cfg, models_dir):
         return 0
     # --if-due retrains on the history as it is now, never on an old dataset
@@ -144,11 +155,21 @@ def tables_from_args(args: argparse.Namespace, cfg: Config) -> tuple[Any, Any, s
         return (*train.synthetic_tables(args.synthetic, seed=cfg.ml.seed), f"synthetic:{args.synthetic}")
     if args.swf:
         return (*train.tables_from_swf(args.swf, args.partial), str(args.swf))
+    from nomade.features import iowait_max_age_s
+    max_age = iowait_max_age_s(cfg.collector.interval_s)
+    corpus_file = getattr(args, "corpus", None)
+    if corpus_file and not getattr(args, "with_store", False):
+        from nomade import corpus, history
+        return (*history.tables(corpus.read(Path(corpus_file).expanduser()).rows, max_age), str(corpus_file))
     db = Path(args.db).expanduser() if args.db else cfg.paths().db_path
     if not db.exists():
-        raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE")
-    from nomade.features import iowait_max_age_s
-    tables = train.tables_from_store(db, iowait_max_age_s=iowait_max_age_s(cfg.collector.interval_s))
+        raise NomadeError(f"{db}: no store here; run the agent first, or use --swf FILE or --corpus FILE")
+    if corpus_file:
+        from nomade import corpus, history
+        rows = history.rows_from_store(db, max_age)
+        rows.extend(corpus.read(Path(corpus_file).expanduser()).rows.prefixed("corpus:"))
+        return (*history.tables(rows, max_age), f"{db} + {corpus_file}")
+    tables = train.tables_from_store(db, iowait_max_age_s=max_age)
     return (*tables, str(db))
 
 

@@ -167,39 +167,10 @@ def _summary(p: Prepared, jobs: features.JobTable, ended: np.ndarray, source: st
 
 def tables_from_store(db_path: str | Path, iowait_max_age_s: float = features.IOWAIT_MAX_AGE_S
                       ) -> tuple[features.JobTable, features.SampleTable]:
-    """Every ended job in the store, and their samples; each sample's ``iowait_pct`` is
-    that of the node that sent it as of the sample's time (``features.node_asof`` over
-    the store's ``node.sample`` rows: the latest with ts <= the sample's, at most
-    ``iowait_max_age_s`` older, else NaN), as the agent's scoring tick takes it."""
-    from dataclasses import asdict
-
-    from nomade.store import JOB_SAMPLE_FIELDS, Store
-    store = Store(db_path, readonly=True)
-    try:
-        jobs = features.JobTable.from_records(asdict(j) for j in store.ended_jobs())
-        rows = store.job_samples(list(jobs.job_id))
-        first = min((r[2] for r in rows if r[2] is not None), default=None)
-        node_rows = [] if first is None else store.node_samples(since_ts=first - iowait_max_age_s)
-    finally:
-        store.close()
-    iowait = _sample_iowait(rows, node_rows, iowait_max_age_s).tolist()
-    samples = features.SampleTable.from_records(
-        jobs, (r + (w,) for r, w in zip(rows, iowait)), fields=(*JOB_SAMPLE_FIELDS, "iowait_pct"))
-    return jobs, samples
-
-
-def _sample_iowait(rows: Sequence[tuple[Any, ...]], node_rows: Sequence[tuple[Any, ...]],
-                   max_age_s: float) -> np.ndarray:
-    """The as-of iowait of each job sample (store tuples: node at 1, ts at 2) from the
-    node samples (store tuples in ``NODE_SAMPLE_FIELDS`` order)."""
-    from nomade.store import NODE_SAMPLE_FIELDS
-    codes: dict[Any, int] = {}
-    node = np.fromiter((codes.setdefault(r[1], len(codes)) for r in rows), np.int64, len(rows))
-    ts = np.array([r[2] for r in rows], dtype=np.float64)
-    k = NODE_SAMPLE_FIELDS.index("iowait_pct")
-    ref_node = np.fromiter((codes.get(r[0], -1) for r in node_rows), np.int64, len(node_rows))
-    ref = np.array([(r[1], r[k]) for r in node_rows], dtype=np.float64).reshape(len(node_rows), 2)
-    return features.node_asof(node, ts, ref_node, ref[:, 0], ref[:, 1], max_age_s)
+    """Every ended job in the store, and their samples (``nomade.history``: the one path
+    from stored rows to tables, shared with a corpus file)."""
+    from nomade import history
+    return history.tables(history.rows_from_store(db_path, iowait_max_age_s), iowait_max_age_s)
 
 
 def tables_from_swf(path: str | Path, partial: bool = False) -> tuple[features.JobTable, features.SampleTable]:
