@@ -56,7 +56,6 @@ def _config(ws: Path) -> Path:
     text = f"""# written by nomade.demo
 [ml]
 models_dir = "{ws}/models"
-sequence_length = 20
 [ml.training]
 epochs = 60
 [collector]

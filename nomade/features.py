@@ -76,6 +76,15 @@ START_PART = np.arange(N_FEATURES) < N_START
 CHANNELS: tuple[str, ...] = FEATURES[N_START:]
 WINDOW_S = 90.0
 """How far back a "recent" rate or change looks (3 samples at the 30 s interval)."""
+GRID_STEP_S = 15.0
+"""Step of the LSTM's time grid, whatever the sampling interval (saved with the models:
+``Prepared.summary["grid"]``). A job of 30 s spans two steps and the default 30 s
+sampling loses nothing to it; 3 s samples (the demo) are read every fifth, so the
+LSTM sees one time scale at every site. With ``[ml] sequence_length`` steps (32) the
+window is 8 minutes: the start of a stall, or a leak's whole climb, in a job of hours."""
+AUGMENT_INTERVALS_S: tuple[float, ...] = (6.0, 15.0, 30.0)
+"""Sampling intervals that training thins its samples to (:func:`thin`), beside the
+samples as recorded, so that one model serves 3 s and 30 s sampling alike."""
 PRIOR_STRENGTH = 5.0
 """Pseudo-jobs of the global failure rate added to each user's history."""
 
@@ -617,7 +626,9 @@ def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
               interval_s: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The runtime channels (features 7-17, ``CHANNELS``) on a grid of ``length`` steps
     every ``interval_s`` ending at ``t[e]``, each step as of the last sample at or
-    before it. Left-padded: steps before the job's first sample are padding.
+    before it. Left-padded: steps before the job's first sample are padding. The grid
+    step is the model's (``GRID_STEP_S`` for models of this version, saved in their
+    metadata), never the sampling interval: a model reads one time scale everywhere.
 
     Returns ``(S float32[n, length, 11], lengths int64[n])``; S is NaN at padding and
     where a channel is unknown (see :meth:`Normalizer.transform_sequences`). Working
@@ -636,6 +647,31 @@ def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
     seq = vals.reshape(len(rows), length, len(CHANNELS)).astype(np.float32)
     lengths = (last >= 0).reshape(len(rows), length).sum(axis=1).astype(np.int64)
     return seq, lengths
+
+
+def thin(samples: SampleTable, every_s: float, seed: int = 0) -> SampleTable:
+    """The samples as a collector sampling every ``every_s`` would have sent them: of
+    each job, the first sample in each ``every_s`` bucket of time from a random phase
+    (seeded; one per job). Counters are cumulative, so the kept samples are exact."""
+    if not every_s > 0:
+        raise ValueError(f"every_s must be > 0, got {every_s}")
+    if not len(samples):
+        return samples
+    phase = np.random.default_rng(seed).uniform(0.0, every_s, int(samples.job_index.max()) + 1)
+    bucket = np.floor((samples.ts + phase[samples.job_index]) / every_s)
+    new = np.concatenate([[True], (np.diff(samples.job_index) != 0) | (np.diff(bucket) != 0)])
+    keep = np.flatnonzero(new)
+    return SampleTable(samples.job_index[keep], samples.ts[keep],
+                       {c: v[keep] for c, v in samples.cols.items()})
+
+
+def sampling_interval(samples: SampleTable) -> float:
+    """The median time between a job's consecutive samples (NaN with none)."""
+    if len(samples) < 2:
+        return math.nan
+    same = np.diff(samples.job_index) == 0
+    gaps = np.diff(samples.ts)[same]
+    return float(np.median(gaps)) if len(gaps) else math.nan
 
 
 def snapshots(jobs: JobTable, samples: SampleTable, interval_s: float,

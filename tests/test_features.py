@@ -375,3 +375,17 @@ def test_job_totals_fill_gaps_on_one_node_and_do_not_depend_on_row_order():
         again = SampleTable.from_records(jobs, shuffled)
         for c in SampleTable.empty().cols:
             np.testing.assert_array_equal(again.cols[c], s.cols[c])
+
+
+def test_thin_keeps_one_sample_per_interval_of_each_job() -> None:
+    from nomade.features import SampleTable, sampling_interval, thin
+    ts = np.concatenate([1000.0 + 3.0 * np.arange(200), 5000.0 + 3.0 * np.arange(50)])
+    job = np.repeat([0, 1], [200, 50])
+    s = SampleTable(job, ts, {"mem_bytes": ts * 10})
+    assert sampling_interval(s) == 3.0
+    t = thin(s, 30.0, seed=1)
+    assert 19 <= (t.job_index == 0).sum() <= 21 and 4 <= (t.job_index == 1).sum() <= 6
+    gaps = np.diff(t.ts)[np.diff(t.job_index) == 0]
+    assert gaps.min() >= 3.0 and abs(np.median(gaps) - 30.0) <= 3.0
+    np.testing.assert_array_equal(t.mem_bytes, t.ts * 10)   # kept samples are kept as they were
+    assert len(thin(s, 1.0)) == len(s)

@@ -136,8 +136,8 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
     with torch.inference_mode():
         for r, tt in zip(test_jobs[job], t):
             X, mask = features.asof_features(jobs, samples, np.array([tt]), np.array([r]))
-            S, lengths = features.sequences(jobs, samples, np.array([tt]), cfg.ml.sequence_length,
-                                            cfg.collector.interval_s, np.array([r]))
+            S, lengths = features.sequences(jobs, samples, np.array([tt]), scorer.grid[1], scorer.grid[0],
+                                            np.array([r]))
             # the agent's tick: neighbours by the start-time features as of the job's start
             at_start, known = features.asof_features(jobs, features.SampleTable.empty(), jobs.start_ts[[r]],
                                                      np.array([r]))
@@ -145,8 +145,10 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
             nbrs = scoring.search_neighbours(scorer, start_X.astype(np.float32), jobs.start_ts[[r]])
             risk.append(float(scorer.score(X, mask, S, lengths, jobs.start_ts[[r]], explain=False,
                                            neighbours=nbrs).risk[0]))
-    batched_risk = replay.score_ticks(scorer, jobs, samples, test_jobs[job], t, cfg.ml.sequence_length,
-                                      cfg.collector.interval_s, chunk=5)
+    # the models' own time grid (features.GRID_STEP_S x [ml] sequence_length), as the agent reads it
+    assert scorer.grid == (features.GRID_STEP_S, cfg.ml.sequence_length)
+    batched_risk = replay.score_ticks(scorer, jobs, samples, test_jobs[job], t, scorer.grid[1],
+                                      scorer.grid[0], chunk=5)
     np.testing.assert_allclose(batched_risk, risk, rtol=1e-5, atol=1e-6)
     thresholds = [cfg.ml.alerts.high_risk_threshold, *(b for _, b in replay.LEVEL_BOUNDS)]
     first, top = replay.first_crossings(len(test_jobs), job, t, np.array(risk), thresholds)
@@ -157,8 +159,7 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
         assert alone[key] == batched[key], key
     assert alone["lead_times_s"] == pytest.approx(batched["lead_times_s"])
     again = replay.replay(jobs, samples, test_jobs, scorer, threshold=thresholds[0], step_s=120.0,
-                          interval_s=cfg.collector.interval_s, sequence_length=cfg.ml.sequence_length,
-                          max_ticks=8, chunk=7)
+                          interval_s=scorer.grid[0], sequence_length=scorer.grid[1], max_ticks=8, chunk=7)
     assert again["coverage"] == batched["coverage"] and again["ticks"] == batched["ticks"]
 
 

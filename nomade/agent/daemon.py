@@ -146,7 +146,7 @@ class Agent:
         self.interval_s = cfg.agent.interval_s
         self.spool_interval_s = spool_interval_s
         self.final_interval_s = final_interval_s
-        self.sample_interval_s = cfg.collector.interval_s   # the LSTM's grid, as in training
+        self.sample_interval_s = cfg.collector.interval_s
         self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS,
                                       **options_for(cfg.ml.sequence_length, self.sample_interval_s))
         self.ingest = Ingest(store, self.state, self.metrics, self.name)
@@ -360,8 +360,8 @@ class Agent:
             self.state.expire(now)
             scorer = self._scorer()
             if scorer is not None:
-                inputs = scoring.tick_inputs(self.state, now, self.cfg.ml.sequence_length,
-                                             self.sample_interval_s)
+                step_s, length = scorer.grid   # the models' own time grid, not the sampling interval
+                inputs = scoring.tick_inputs(self.state, now, length, step_s)
                 predictions = scoring.score(inputs, scorer, kept=self.kept_neighbours)
                 for m in self.publisher.publish(predictions):
                     self.metrics.predictions_total[m.body["level"]] += 1

@@ -91,6 +91,8 @@ class ScorerLike(Protocol):
 
     @property
     def version(self) -> str | None: ...
+    @property
+    def grid(self) -> tuple[float, int]: ...
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
               explain: bool = True, neighbours: Neighbours | None = None) -> ScoresLike: ...
@@ -139,7 +141,9 @@ def _sample_table(rows: SampleRows) -> features.SampleTable:
 
 
 def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: float) -> TickInputs:
-    """The features and sequences of every scorable running job as of ``now``."""
+    """The features and sequences of every scorable running job as of ``now``;
+    sequences on the grid of ``sequence_length`` steps of ``interval_s`` (the loaded
+    models' ``Scorer.grid``)."""
     run = state.scorable()
     jobs = _job_table(run, state)
     samples = _sample_table(state.sample_rows(run))

@@ -52,10 +52,11 @@ def predictions(cfg: Config, db: Path, models_dir: Path, job: str | None = None,
     scorer = Scorer.load(models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
     if not db.exists():
         raise NomadeError(f"{db}: no store here; is the agent running with this config?")
-    grid = cfg.collector.interval_s
+    step_s, length = scorer.grid
     with Store(db, readonly=True) as store:
-        state = JobState.rebuild(store, now, JOB_SAMPLE_FIELDS, **options_for(cfg.ml.sequence_length, grid))
-    inputs = scoring.tick_inputs(state, now, cfg.ml.sequence_length, grid)
+        state = JobState.rebuild(store, now, JOB_SAMPLE_FIELDS,
+                                 **options_for(length, cfg.collector.interval_s))
+    inputs = scoring.tick_inputs(state, now, length, step_s)
     rows = np.arange(len(inputs.jobs))
     if job is not None:
         rows = np.flatnonzero([r.job_id == job for r in inputs.jobs])

@@ -227,7 +227,7 @@ def _replay(p: Prepared, cfg: Config, scorer: Scorer, source: ReplaySource, say:
     try:
         return replay.replay(jobs, source.samples, test_jobs, scorer,
                              threshold=cfg.ml.alerts.high_risk_threshold, step_s=source.step_s,
-                             interval_s=cfg.collector.interval_s, sequence_length=cfg.ml.sequence_length,
+                             interval_s=scorer.grid[0], sequence_length=scorer.grid[1],
                              max_ticks=source.max_ticks)
     except ValueError as e:
         raise NomadeError(f"cannot replay the test jobs: {e}") from e

@@ -179,6 +179,16 @@ class Scorer:
         return cls(models, norms, weights, meta, source)
 
     @property
+    def grid(self) -> tuple[float, int]:
+        """``(step_s, length)`` of the LSTM's time grid, as the models were trained on
+        (``features.sequences``); models of before the fixed grid read the sampling
+        interval they were trained on."""
+        data = self.metadata.get("training_data", {})
+        grid = data.get("grid") or {"step_s": data.get("interval_s", features.GRID_STEP_S),
+                                    "length": data.get("sequence_length", 20)}
+        return float(grid["step_s"]), int(grid["length"])
+
+    @property
     def version(self) -> str | None:
         """Identifies the loaded model set (``persist.model_version``)."""
         return persist.model_version(self.metadata)

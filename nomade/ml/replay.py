@@ -6,8 +6,8 @@ scoring ticks it would have seen while running: ``start, start + step, ... < end
 (``step`` = ``[agent] interval_s`` or coarser; at most ``max_ticks`` per job, spread
 evenly over the run, as :func:`features.snapshots` spreads training examples). Each
 tick's inputs are built by the functions the agent's tick uses
-(:func:`features.asof_features`, :func:`features.sequences` on the sampling grid,
-``[collector] interval_s``, as in training and the agent), as of the tick: samples stamped at or before it, history of jobs that
+(:func:`features.asof_features`, :func:`features.sequences` on the models' time
+grid, ``Scorer.grid``, as in training and the agent), as of the tick: samples stamped at or before it, history of jobs that
 ended before it. They are scored by a loaded :class:`nomade.ml.inference.Scorer`
 (the model files the agent would load), many jobs' ticks in one call.
 

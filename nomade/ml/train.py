@@ -114,27 +114,61 @@ class Prepared:
 # ------------------------------------------------------------------ prepare
 
 def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: float,
-            sequence_length: int, max_per_job: int = 4, source: str = "") -> Prepared:
-    """As-of examples (at most ``max_per_job`` ticks per job, spread over its run),
-    reference set and time split of the labelled ended jobs."""
+            sequence_length: int, max_per_job: int = 4, source: str = "", augment: bool = True) -> Prepared:
+    """As-of examples (at most ``max_per_job`` ticks per job, ``interval_s`` apart,
+    spread over its run), reference set and time split of the labelled ended jobs.
+    Sequences are on the fixed grid (``features.GRID_STEP_S`` x ``sequence_length``).
+    ``augment``: the training and validation examples are also computed from the
+    samples thinned to each coarser interval of ``features.AUGMENT_INTERVALS_S``
+    (:func:`augment_intervals`), weighted so that each job still counts once; test
+    examples are the samples as recorded."""
     rows, t, w = features.snapshots(jobs, samples, interval_s, max_per_job=max_per_job)
     if len(rows) == 0:
         raise NomadeError(f"{source or 'the data'}: no ended job with a known final state to learn from")
-    X, mask = features.asof_features(jobs, samples, t, rows)
-    S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
     ended = np.unique(rows)
-    ref_X, ref_mask = features.asof_features(jobs, samples, jobs.end_ts[ended], ended)
-    start_X = features.start_features(jobs, ended)
     train, val, test = time_split(jobs.start_ts[ended])
     job_split = np.full(len(jobs), -1, np.int8)
     for code, part in enumerate((train, val, test)):
         job_split[ended[part]] = code
+    inputs = _example_inputs(jobs, samples, t, rows, sequence_length)
+    every = augment_intervals(samples) if augment else []
+    if every:
+        aug = np.flatnonzero(job_split[rows] < 2)
+        w = np.where(job_split[rows] < 2, w / (1 + len(every)), w)
+        extra = [_example_inputs(jobs, features.thin(samples, e, seed=k + 1), t[aug], rows[aug], sequence_length)
+                 for k, e in enumerate(every)]
+        inputs = tuple(np.concatenate([a, *(x[i] for x in extra)]) for i, a in enumerate(inputs))
+        rows, t = np.concatenate([rows, *[rows[aug]] * len(every)]), np.concatenate([t, *[t[aug]] * len(every)])
+        w = np.concatenate([w, *[w[aug]] * len(every)])
+    X, mask, S, lengths = inputs
+    ref_X, ref_mask = features.asof_features(jobs, samples, jobs.end_ts[ended], ended)
+    start_X = features.start_features(jobs, ended)
     y = jobs.label[rows].astype(np.float32)
     prepared = Prepared(X, mask, S, lengths, y, w.astype(np.float32), rows, t, jobs.start_ts[rows],
                         job_split[rows], ref_X, ref_mask, jobs.start_ts[ended], jobs.end_ts[ended],
                         jobs.label[ended].astype(np.float32), ended, start_X, {})
     prepared.summary = _summary(prepared, jobs, ended, source, interval_s)
+    prepared.summary["grid"] = {"step_s": features.GRID_STEP_S, "length": int(sequence_length)}
+    prepared.summary["augment_intervals_s"] = every
+    prepared.summary["sampling_interval_s"] = features.sampling_interval(samples)
     return prepared
+
+
+def _example_inputs(jobs: features.JobTable, samples: features.SampleTable, t: np.ndarray, rows: np.ndarray,
+                    length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``X, mask, S, lengths`` of the examples (job ``rows`` as of ``t``), as the agent's tick makes them."""
+    X, mask = features.asof_features(jobs, samples, t, rows)
+    S, lengths = features.sequences(jobs, samples, t, length, features.GRID_STEP_S, rows)
+    return X, mask, S, lengths
+
+
+def augment_intervals(samples: features.SampleTable) -> list[float]:
+    """The intervals of ``features.AUGMENT_INTERVALS_S`` that thin these samples: at
+    least 1.5x their median interval (none without samples)."""
+    base = features.sampling_interval(samples)
+    if not np.isfinite(base):
+        return []
+    return [e for e in features.AUGMENT_INTERVALS_S if e >= 1.5 * base]
 
 
 def _summary(p: Prepared, jobs: features.JobTable, ended: np.ndarray, source: str,
