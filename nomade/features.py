@@ -674,6 +674,26 @@ def sampling_interval(samples: SampleTable) -> float:
     return float(np.median(gaps)) if len(gaps) else math.nan
 
 
+IDLE_EFF = 0.05
+"""CPU efficiency over the recent window below which a job's CPU counts as idle."""
+
+
+def idle_minutes(S: np.ndarray, lengths: np.ndarray, step_s: float) -> np.ndarray:
+    """float64[n]: how long each job's CPU has been idle (recent efficiency, ``cpu_eff``
+    + ``cpu_eff_change``, below ``IDLE_EFF``) up to its last step, read from its
+    :func:`sequences` output on a grid of ``step_s``: the trailing idle steps of its
+    window (0 when the last step is not idle; at most the window)."""
+    S = np.asarray(S, np.float64)
+    n, T = S.shape[:2]
+    if not n:
+        return np.zeros(0)
+    recent = S[:, :, CHANNELS.index("cpu_eff")] + S[:, :, CHANNELS.index("cpu_eff_change")]
+    valid = np.arange(T)[None, :] >= (T - np.clip(np.asarray(lengths, np.int64), 0, T))[:, None]
+    idle = valid & (recent < IDLE_EFF)
+    busy_after = np.cumsum(~idle[:, ::-1], axis=1) == 0   # reversed: still in the trailing run
+    return busy_after.sum(axis=1) * float(step_s) / 60.0
+
+
 def snapshots(jobs: JobTable, samples: SampleTable, interval_s: float,
               max_per_job: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The as-of training examples of ended, labelled, started jobs: one per scoring

@@ -389,3 +389,14 @@ def test_thin_keeps_one_sample_per_interval_of_each_job() -> None:
     assert gaps.min() >= 3.0 and abs(np.median(gaps) - 30.0) <= 3.0
     np.testing.assert_array_equal(t.mem_bytes, t.ts * 10)   # kept samples are kept as they were
     assert len(thin(s, 1.0)) == len(s)
+
+
+def test_idle_minutes_counts_the_trailing_idle_steps_of_the_window() -> None:
+    from nomade.features import CHANNELS, idle_minutes
+    S = np.full((3, 8, len(CHANNELS)), np.nan)
+    eff, change = CHANNELS.index("cpu_eff"), CHANNELS.index("cpu_eff_change")
+    S[:, :, eff] = 0.5
+    S[:, :, change] = np.array([0.4, 0.4, 0.4, -0.48, -0.49, -0.5, -0.5, -0.5])   # idle from step 3
+    S[1, -1, change] = 0.0                                                     # busy again at the end
+    out = idle_minutes(S, np.array([8, 8, 2]), 15.0)
+    np.testing.assert_allclose(out, [5 * 15 / 60, 0.0, 2 * 15 / 60])   # job 2: only 2 valid steps
