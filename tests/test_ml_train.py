@@ -98,8 +98,13 @@ def test_cli_prepare_train_status_and_errors(tmp_path: Path) -> None:
     status = json.loads(out.stdout)
     assert status["weights_source"] == "learned" and not status["retrain_due"]
     assert status["agent"]["uses_this_set"] and status["models"]["lstm"]["validation"]["n"] > 0
+    # which set is in use, and why: the site's unless the shipped starter beat it on validation
+    verdict = report.get("starter_comparison")
+    assert status["in_use"]["which"] == ("site" if verdict is None else verdict["use"])
+    assert status["in_use"]["reason"]
     out = _nomade("ml", "status", env=env)
-    assert "uses this model set" in out.stdout and "not due" in out.stdout
+    assert out.stdout.startswith("in use: ") and "not due" in out.stdout
+    assert "uses the site's model set above" in out.stdout
     out = _nomade("train", "--model", "gnn", env=env)  # table, progress on stderr
     assert out.returncode == 0 and "ensemble" in out.stdout and "gnn" in out.stderr
     (models_dir / "gnn_model.pt").write_bytes(b"broken")

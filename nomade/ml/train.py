@@ -422,13 +422,15 @@ def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, floa
 
 def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] | None = None,
                  learn: bool = False, reporter: Reporter | None = None,
-                 parallel: bool | None = None) -> dict[str, Any]:
+                 parallel: bool | None = None, starter_dir: str | Path | None = None) -> dict[str, Any]:
     """Train ``kinds`` (default: every model the data supports; no LSTM for data
     without samples, such as a trace) on ``p``, evaluate them and their ensemble (the
     models of this run only) on validation and test, optionally learn the ensemble
     weights (not for a hand-picked subset), save; returns the report (JSON-safe).
     ``parallel``: see :func:`fit_models`; ``timings`` holds each model's training
-    seconds and ``models_s``, the wall time of all fits together."""
+    seconds and ``models_s``, the wall time of all fits together. ``starter_dir``: judge
+    the new ensemble against that starter model on the validation split
+    (``starter.compare``); the decision is reported and saved in the metadata."""
     if len(p.rows("train")) == 0:
         raise NomadeError("the training split is empty")
     if learn and kinds is not None and set(kinds) != set(PARTS):
@@ -458,7 +460,13 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
     report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
                           for s in SPLITS[1:]}
     report["ensemble_parts"] = list(fitted)
-    save_models(models_dir, fitted, norm, report, learned, cfg, p)
+    extra = None
+    if starter_dir is not None:
+        from nomade.ml import starter
+        verdict = starter.compare(combine(scores["validation"], weights), p, starter_dir, weights)
+        if verdict is not None:
+            report[starter.COMPARISON], extra = verdict, {starter.COMPARISON: verdict}
+    save_models(models_dir, fitted, norm, report, learned, cfg, p, extra)
     timings["total_s"] = time.monotonic() - t0
     report["timings"], report["models_dir"] = timings, str(models_dir)
     return persist.clean_json(report)
@@ -480,7 +488,7 @@ def score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray
 
 
 def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.Normalizer, report: dict[str, Any],
-          learned: Weights | None, cfg: Config, p: Prepared) -> None:
+          learned: Weights | None, cfg: Config, p: Prepared, extra: dict[str, Any] | None = None) -> None:
     if "gnn" in fitted:
         fitted["gnn"].keep_recent(REFERENCE_SIZE)
     info = {k: {"metrics": {s: report["models"][k][s] for s in SPLITS[1:]}, "data": _range(p)} for k in fitted}
@@ -489,7 +497,7 @@ def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.N
                                 "reference_size": len(fitted["gnn"].reference_.x)}
     tr = p.rows("train")
     persist.save(models_dir, fitted, norm.to_dict(), info, learned, p.summary,
-                 reference_stats(p.X[tr], p.mask[tr], p.y[tr]))
+                 reference_stats(p.X[tr], p.mask[tr], p.y[tr]), extra)
 
 
 def _range(p: Prepared) -> dict[str, Any]:
