@@ -88,8 +88,8 @@ def render(s: dict[str, Any]) -> str:
     if not s["models"]:
         return (f"{head}\nno trained models of the site's own in {s['models_dir']}; run `nomade train --prepare` "
                 "then `nomade train`" + _agent_line(s["agent"], use["model_version"]))
-    lines = [head, f"models in {s['models_dir']} (set {s['model_version']}, nomade {s['nomade_version']}, "
-             f"torch {s['torch_version']})",
+    lines = [head, (f"models in {s['models_dir']} (set {s['model_version']}, nomade {s['nomade_version']}, "
+                    f"torch {s['torch_version']})"),
              f"{'model':<12} {'trained':<16}  {'age':>6}  {'jobs':>7}  {'data':<24}  {'val AUC':>7}  {'val F1':>6}"]
     for kind, m in s["models"].items():
         d = m["data"]

@@ -108,7 +108,7 @@ def compare(site_scores: np.ndarray, p: Any, starter_dir: str | Path = STARTER_D
     starter_auc = metrics.auc_roc(y[ok], starter[ok], w[ok])
     use = "site" if site_auc >= starter_auc else "starter"
     verdict = {"use": use, "site_auc": float(site_auc), "starter_auc": float(starter_auc),
-               "jobs": int(len(np.unique(p.job[va]))), "examples": int(ok.sum()),
+               "jobs": len(np.unique(p.job[va])), "examples": int(ok.sum()),
                "starter_version": scorer.version}
     log.info("site models against the starter on %d validation jobs: AUC-ROC %.3f against %.3f: using the %s's",
              verdict["jobs"], site_auc, starter_auc, use)
