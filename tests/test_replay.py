@@ -174,3 +174,20 @@ def test_replay_refuses_tables_the_data_was_not_prepared_from(trained: tuple) ->
     with pytest.raises(ValueError, match="step_s must be > 0"):
         replay.replay(jobs, samples, np.array([0]), Scorer.load(models), threshold=0.7, step_s=0.0,
                       interval_s=30.0, sequence_length=20)
+
+
+def test_replay_figures_per_group_add_up_to_the_whole(trained: tuple) -> None:
+    cfg, jobs, samples, p, models, report = trained
+    test_jobs = np.unique(p.job[p.rows("test")])
+    groups = np.array([None] * len(jobs), dtype=object)
+    groups[test_jobs] = np.where(test_jobs % 2 == 0, "even", "odd")
+    r = replay.replay(jobs, samples, test_jobs, Scorer.load(models), threshold=0.7, step_s=120.0,
+                      interval_s=features.GRID_STEP_S, sequence_length=cfg.ml.sequence_length, max_ticks=8,
+                      groups=groups)
+    assert set(r["by_group"]) == {"even", "odd"}
+    assert sum(g["jobs"] for g in r["by_group"].values()) == r["jobs"]
+    assert sum(g["coverage"]["caught"] for g in r["by_group"].values()) == r["coverage"]["caught"]
+    assert sum(g["false_alarms"]["alerted"] for g in r["by_group"].values()) == r["false_alarms"]["alerted"]
+    shares = [g["lead_share_median"] for g in r["by_group"].values() if g["lead_share_median"] is not None]
+    assert all(0 < s <= 1 for s in shares)
+    assert "shape" in replay.format_table(r)

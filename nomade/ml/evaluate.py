@@ -152,6 +152,8 @@ class ReplaySource:
     samples: features.SampleTable
     step_s: float
     max_ticks: int = replay.DEFAULT_MAX_TICKS
+    shapes: np.ndarray | None = None
+    """Per job of ``jobs``, its shape (None unknown): the replay's figures per shape too."""
 
 
 def compare(p: Prepared, cfg: Config, models_dir: str | None = None, learn: bool = False,
@@ -242,7 +244,7 @@ def _replay(p: Prepared, cfg: Config, scorer: Any, source: ReplaySource, say: Sa
         return replay.replay(jobs, source.samples, test_jobs, scorer,
                              threshold=cfg.ml.alerts.high_risk_threshold, step_s=source.step_s,
                              interval_s=grid[0], sequence_length=grid[1],
-                             max_ticks=source.max_ticks)
+                             max_ticks=source.max_ticks, groups=source.shapes)
     except ValueError as e:
         raise NomadeError(f"cannot replay the test jobs: {e}") from e
 

@@ -184,11 +184,14 @@ def figures(end_ts: np.ndarray, label: np.ndarray, state: np.ndarray, first: np.
 
 def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndarray, scorer: ScorerLike, *,
            threshold: float, step_s: float, interval_s: float, sequence_length: int,
-           max_ticks: int = DEFAULT_MAX_TICKS, chunk: int = CHUNK) -> dict[str, Any]:
+           max_ticks: int = DEFAULT_MAX_TICKS, chunk: int = CHUNK,
+           groups: np.ndarray | None = None) -> dict[str, Any]:
     """Replay the ended, labelled jobs ``rows`` of ``jobs``/``samples`` through
     ``scorer`` (module doc); ``step_s`` between ticks, ``interval_s`` and
     ``sequence_length`` as the agent's tick. Returns :func:`figures` plus the replay's
-    settings, tick count and wall time (JSON-safe)."""
+    settings, tick count and wall time (JSON-safe). ``groups``: a label per job of
+    ``jobs`` (e.g. its shape; None unknown): then ``by_group`` holds each label's
+    coverage, false alarms and lead times."""
     if not step_s > 0 or max_ticks < 1:
         raise ValueError(f"step_s must be > 0 and max_ticks >= 1, got {step_s}, {max_ticks}")
     t0 = time.monotonic()
@@ -199,9 +202,26 @@ def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndar
     thresholds = [threshold, *(bound for _, bound in LEVEL_BOUNDS)]
     first, top = first_crossings(len(ok), job, t, risk, thresholds)
     out = figures(jobs.end_ts[ok], jobs.label[ok], jobs.state[ok], first, top, threshold)
+    if groups is not None:
+        g = np.asarray(groups, dtype=object)[ok]
+        out["by_group"] = {str(name): _group(jobs, ok[g == name], first[g == name], top[g == name], threshold)
+                           for name in sorted({x for x in g if x is not None})}
     out.update({"step_s": float(step_s), "max_ticks_per_job": int(max_ticks), "ticks": int(len(t)),
                 "skipped_jobs": int(len(rows) - len(ok)), "took_s": time.monotonic() - t0})
     return out
+
+
+def _group(jobs: features.JobTable, rows: np.ndarray, first: np.ndarray, top: np.ndarray,
+           threshold: float) -> dict[str, Any]:
+    """Coverage, false alarms and lead times (also as a share of the job's run) of one group."""
+    f = figures(jobs.end_ts[rows], jobs.label[rows], jobs.state[rows], first, top, threshold)
+    covered = (first[:, 0] <= jobs.end_ts[rows]) & (jobs.label[rows] == 1) & np.isfinite(top)
+    run = (jobs.end_ts - jobs.start_ts)[rows][covered]
+    share = (jobs.end_ts[rows] - first[:, 0])[covered] / np.where(run > 0, run, np.nan)
+    return {"jobs": f["jobs"], "coverage": f["coverage"], "false_alarms": f["false_alarms"],
+            "lead_time_min": f["lead_time_min"],
+            "lead_share_median": float(np.nanmedian(share)) if np.isfinite(share).any() else None,
+            "states": {s: v["jobs"] for s, v in f["by_state"].items()}}
 
 
 # ------------------------------------------------------------------ table
@@ -219,6 +239,13 @@ def format_table(r: dict[str, Any]) -> str:
     lines += _aligned(head, [(s, str(v["jobs"]), str(v["crossed"]),
                               ("" if v["failure"] else "false alarms ") + _pct(v["rate"]),
                               _minutes(v["lead_time_min"], "median")) for s, v in r["by_state"].items()])
+    if r.get("by_group"):
+        head = ("shape", "jobs", "coverage", "false alarms", "lead median", "lead share")
+        lines += ["", *_aligned(head, [(name, str(v["jobs"]), f"{v['coverage']['caught']}/{v['coverage']['failed']}",
+                                        f"{v['false_alarms']['alerted']}/{v['false_alarms']['completed']}",
+                                        _minutes(v["lead_time_min"], "median"),
+                                        _pct(v["lead_share_median"]))
+                                       for name, v in r["by_group"].items()])]
     lines.append("coverage: failed jobs that crossed before they ended; false alarms: completed jobs that "
                  "ever crossed; lead time: end minus first crossing (minutes, covered failed jobs)"
                  + (f"; {r['unscored']} jobs no model could score" if r["unscored"] else ""))
