@@ -113,6 +113,9 @@ class MLConfig:
     class_balance: str = _opt("weights", choices=("weights", "oversample", "none"))
     seed: int = _opt(0, ge=0)
     models_dir: str = _opt("")
+    starter: bool = _opt(True)
+    """Score with the starter model shipped with nomade while the site has no models of
+    its own, or its own did not beat it on their validation jobs (``nomade.ml.starter``)."""
     ensemble: EnsembleConfig = _table(EnsembleConfig)
     alerts: AlertsConfig = _table(AlertsConfig)
     training: TrainingConfig = _table(TrainingConfig)

@@ -415,7 +415,7 @@ class Agent:
                 self.scorer = None
                 return self._no_model(f"{self.models_dir}: {e}")
             if self.scorer is None:
-                return self._no_model(f"no {meta} and no starter model; run `nomade train`")
+                return self._no_model(f"no {meta}, and no starter model ([ml] starter); run `nomade train`")
         self._log_model(None)
         return self.scorer
 
@@ -427,7 +427,7 @@ class Agent:
         from nomade.ml.ensemble import Weights
         from nomade.ml.inference import Scorer
 
-        choice = starter.choose(self.models_dir)
+        choice = starter.choose(self.models_dir, starter.starter_dir_of(self.cfg))
         if choice.which == "none":
             return None
         # Scorer.score runs each op on one thread; this sets its LSTM workers (nomade.ml.inference)

@@ -58,7 +58,7 @@ def status(cfg: Config, models_dir: Path, now: float | None = None) -> dict[str,
     due = persist.retrain_due(meta, cfg.ml.retrain_interval_days, now)
     version = persist.model_version(meta)
     from nomade.ml import starter
-    choice = starter.choose(models_dir)
+    choice = starter.choose(models_dir, starter.starter_dir_of(cfg))
     in_use = {"which": choice.which, "models_dir": str(choice.models_dir), "reason": choice.reason,
               "model_version": persist.model_version(persist.read_metadata(choice.models_dir)),
               "starter_comparison": meta.get(starter.COMPARISON)}

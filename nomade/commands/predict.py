@@ -48,9 +48,9 @@ def predictions(cfg: Config, db: Path, models_dir: Path, job: str | None = None,
     from nomade.ml.inference import Scorer
     from nomade.store import JOB_SAMPLE_FIELDS, Store
     now = time.time() if now is None else now
-    from nomade.ml.starter import choose
+    from nomade.ml.starter import choose, starter_dir_of
     e = cfg.ml.ensemble
-    scorer = Scorer.load(choose(models_dir).models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
+    scorer = Scorer.load(choose(models_dir, starter_dir_of(cfg)).models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
     if not db.exists():
         raise NomadeError(f"{db}: no store here; is the agent running with this config?")
     step_s, length = scorer.grid

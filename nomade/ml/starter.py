@@ -49,24 +49,30 @@ def has_models(models_dir: Path) -> bool:
     return bool(persist.read_metadata(models_dir).get("models"))
 
 
-def choose(models_dir: str | Path, starter_dir: str | Path = STARTER_DIR) -> Choice:
+def choose(models_dir: str | Path, starter_dir: str | Path | None = STARTER_DIR) -> Choice:
     """The site's models unless they lost to the starter on the site's validation jobs
-    (or there are none); then the starter, if one is shipped."""
-    models_dir, starter_dir = Path(models_dir), Path(starter_dir)
-    starter = has_models(starter_dir)
+    (or there are none); then the starter, if one is shipped (``starter_dir`` None: no
+    starter, ``[ml] starter = false``)."""
+    models_dir = Path(models_dir)
+    starter = Path(starter_dir) if starter_dir is not None and has_models(Path(starter_dir)) else None
     if has_models(models_dir):
         verdict = persist.read_metadata(models_dir).get(COMPARISON)
-        if not starter or not verdict:
+        if starter is None or not verdict:
             return Choice(models_dir, "site", f"the site's own models in {models_dir}"
-                          + ("" if starter else " (no starter model shipped)"))
+                          + ("" if starter else " (no starter model)"))
         if verdict.get("use") == "site":
             return Choice(models_dir, "site", f"the site's own models in {models_dir}: {_said(verdict)}")
-        return Choice(starter_dir, "starter", f"the starter model: the site's models in {models_dir} "
+        return Choice(starter, "starter", f"the starter model: the site's models in {models_dir} "
                       f"did not beat it ({_said(verdict)})")
-    if starter:
-        return Choice(starter_dir, "starter", f"the starter model shipped with nomade: no models of the "
+    if starter is not None:
+        return Choice(starter, "starter", f"the starter model shipped with nomade: no models of the "
                       f"site's own in {models_dir} yet")
-    return Choice(models_dir, "none", f"no models in {models_dir} and no starter model shipped")
+    return Choice(models_dir, "none", f"no models in {models_dir} and no starter model")
+
+
+def starter_dir_of(cfg: Any) -> Path | None:
+    """The starter directory ``[ml] starter`` allows (None: off)."""
+    return STARTER_DIR if cfg.ml.starter else None
 
 
 def _said(verdict: dict[str, Any]) -> str:
