@@ -151,7 +151,11 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
                                       scorer.grid[0], chunk=5)
     np.testing.assert_allclose(batched_risk, risk, rtol=1e-5, atol=1e-6)
     thresholds = [cfg.ml.alerts.high_risk_threshold, *(b for _, b in replay.LEVEL_BOUNDS)]
-    first, top = replay.first_crossings(len(test_jobs), job, t, np.array(risk), thresholds)
+    # an alert is confirmed as the agent confirms it ([ml.alerts] confirm_predictions)
+    confirm = cfg.ml.alerts.confirm_predictions
+    first, _ = replay.first_crossings(len(test_jobs), job, t, replay.confirmed(job, np.array(risk), confirm),
+                                      thresholds)
+    top = replay.first_crossings(len(test_jobs), job, t, np.array(risk), [])[1]
     alone = replay.figures(jobs.end_ts[test_jobs], jobs.label[test_jobs], jobs.state[test_jobs], first, top,
                            thresholds[0])
     batched = report["replay"]
@@ -159,7 +163,8 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
         assert alone[key] == batched[key], key
     assert alone["lead_times_s"] == pytest.approx(batched["lead_times_s"])
     again = replay.replay(jobs, samples, test_jobs, scorer, threshold=thresholds[0], step_s=120.0,
-                          interval_s=scorer.grid[0], sequence_length=scorer.grid[1], max_ticks=8, chunk=7)
+                          interval_s=scorer.grid[0], sequence_length=scorer.grid[1], max_ticks=8, chunk=7,
+                          confirm=confirm)
     assert again["coverage"] == batched["coverage"] and again["ticks"] == batched["ticks"]
 
 
@@ -191,3 +196,13 @@ def test_replay_figures_per_group_add_up_to_the_whole(trained: tuple) -> None:
     shares = [g["lead_share_median"] for g in r["by_group"].values() if g["lead_share_median"] is not None]
     assert all(0 < s <= 1 for s in shares)
     assert "shape" in replay.format_table(r)
+
+
+def test_a_crossing_needs_the_confirming_ticks() -> None:
+    job = np.array([0, 0, 0, 0, 1, 1, 2])
+    risk = np.array([0.9, 0.2, 0.8, 0.75, 0.8, 0.9, 0.95])
+    np.testing.assert_array_equal(replay.confirmed(job, risk, 1), risk)
+    got = replay.confirmed(job, risk, 2)
+    np.testing.assert_allclose(got, [np.nan, 0.2, 0.2, 0.75, np.nan, 0.8, np.nan])
+    first, _ = replay.first_crossings(3, job, np.arange(7.0), got, [0.7])
+    np.testing.assert_array_equal(first[:, 0], [3.0, 5.0, np.nan])   # job 2: one tick, never confirmed

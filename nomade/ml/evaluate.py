@@ -238,13 +238,14 @@ def _replay(p: Prepared, cfg: Config, scorer: Any, source: ReplaySource, say: Sa
     if len(jobs) <= int(p.job.max()) or not np.array_equal(jobs.start_ts[p.job], p.start_ts):
         raise NomadeError("cannot replay: the job tables are not the ones the dataset was prepared from")
     test_jobs = np.unique(p.job[p.rows("test")])
-    say(f"replaying {len(test_jobs)} test jobs through the live scorer "
+    say(f"replaying {len(test_jobs)} test jobs through {getattr(scorer, 'name', 'the live scorer')} "
         f"(a tick every {source.step_s:g} s, at most {source.max_ticks} a job)")
     try:
         return replay.replay(jobs, source.samples, test_jobs, scorer,
                              threshold=cfg.ml.alerts.high_risk_threshold, step_s=source.step_s,
                              interval_s=grid[0], sequence_length=grid[1],
-                             max_ticks=source.max_ticks, groups=source.shapes)
+                             max_ticks=source.max_ticks, groups=source.shapes,
+                             confirm=cfg.ml.alerts.confirm_predictions)
     except ValueError as e:
         raise NomadeError(f"cannot replay the test jobs: {e}") from e
 
