@@ -220,6 +220,7 @@ def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndar
     first, _ = first_crossings(len(ok), job, t, confirmed(job, risk, confirm), thresholds)
     top = first_crossings(len(ok), job, t, risk, [])[1]   # scored: by the plain risk
     out = figures(jobs.end_ts[ok], jobs.label[ok], jobs.state[ok], first, top, threshold)
+    out["lead_share_median"] = _group(jobs, ok, first, top, threshold)["lead_share_median"]
     if groups is not None:
         g = np.asarray(groups, dtype=object)[ok]
         out["by_group"] = {str(name): _group(jobs, ok[g == name], first[g == name], top[g == name], threshold)
@@ -254,6 +255,8 @@ def format_table(r: dict[str, Any]) -> str:
     rows = [_row(f"risk >= {r['threshold']:.2f}", r)]
     rows += [_row(f"{name} ({v['bound']:.1f})", v) for name, v in r["levels"].items()]
     lines += _aligned(head, rows)
+    if r.get("lead_share_median") is not None:
+        lines.append(f"median lead time as a share of the failed job's run: {_pct(r['lead_share_median'])}")
     lines.append("")
     head = ("final state", "jobs", f"crossed {r['threshold']:.2f}", "share", "lead median")
     lines += _aligned(head, [(s, str(v["jobs"]), str(v["crossed"]),
