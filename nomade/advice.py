@@ -380,7 +380,14 @@ def factor_phrases(factors: Iterable[Factor | Mapping[str, Any]],
     families: dict[str, list[Factor]] = {}
     for f in _ranked(given):
         families.setdefault(FAMILY[f.name], []).append(f)
-    return [(fam, group[0].text or _safe(_RULES[fam](group, known))) for fam, group in families.items()]
+    out, said = [], set()
+    for fam, group in families.items():
+        phrase = group[0].text or _safe(_RULES[fam](group, known))
+        claim = phrase.split(": ", 1)[0]   # two families may state one fact ("CPU idle for 6 min")
+        if claim not in said:
+            said.add(claim)
+            out.append((fam, phrase))
+    return out
 
 
 def _ranked(given: Iterable[Factor]) -> list[Factor]:
@@ -409,7 +416,7 @@ def wire_factors(factors: Iterable[Factor | Mapping[str, Any]],
     fs = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
     phrases = dict(factor_phrases(fs, values))
     rank = {fam: k for k, fam in enumerate(phrases)}
-    fs = sorted(_ranked(fs), key=lambda f: rank[FAMILY[f.name]])
+    fs = sorted((f for f in _ranked(fs) if FAMILY[f.name] in rank), key=lambda f: rank[FAMILY[f.name]])
     return [{"name": f.name, "value": _short(f.shown), "normal": _short(f.shown_normal),
              "ratio": _short(f.ratio), "text": phrases[FAMILY[f.name]]} for f in fs]
 

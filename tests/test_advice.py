@@ -237,6 +237,11 @@ def test_an_idle_cpu_is_said_with_the_time_left_to_the_limit() -> None:
     assert text == "CPU idle for 6 min, 2min of the time limit left: check the job is not stuck, or request more time (--time)"
     [(_, cpu)] = advice.factor_phrases([f("cpu_eff", 0.1, 0.8)], values=values)
     assert cpu.startswith("CPU idle for 6 min, 2min of the time limit left: check the job is not stalled")
+    # the time and CPU families both see the idle CPU: it is said once
+    both = advice.factor_phrases([f("elapsed_frac", 0.9, 0.4, 0.2), f("cpu_eff", 0.1, 0.8, 0.1)], values=values)
+    assert [fam for fam, _ in both] == ["time"]
+    assert [w["name"] for w in advice.wire_factors([f("elapsed_frac", 0.9, 0.4, 0.2), f("cpu_eff", 0.1, 0.8, 0.1)],
+                                                   values)] == ["elapsed_frac"]
     # busy: no idle claim
     [(_, busy)] = advice.factor_phrases([f("elapsed_frac", 0.9, 0.4)], values={**values, "cpu_idle_min": 0.0})
     assert busy.startswith("At 90% of the time limit (2min left)")
