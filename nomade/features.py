@@ -52,6 +52,7 @@ and per-job sample look-ups use sorted keys and ``searchsorted``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -724,13 +725,19 @@ def snapshots(jobs: JobTable, samples: SampleTable, interval_s: float,
 class Normalizer:
     """Per-feature standardisation fitted on known values only; JSON-safe.
 
-    ``transform`` gives ``clip((x - mean) / std, -CLIP, CLIP)`` and 0 where masked.
-    Follows the estimator contract: ``fit`` returns self and sets ``mean_``/``std_``.
+    ``transform`` gives ``clip((x - mean) / std, -CLIP, CLIP)`` and 0 where masked,
+    after clipping x into the range of the known training values (``lo_``, ``hi_``):
+    a model is never asked about values beyond what it learnt from (a starter trained
+    on light lab jobs scoring a site's busy ones reads them as the busiest it saw,
+    instead of extrapolating). Follows the estimator contract: ``fit`` returns self
+    and sets ``mean_``/``std_``/``lo_``/``hi_``.
     """
 
     CLIP = 10.0
     mean_: np.ndarray | None = None
     std_: np.ndarray | None = None
+    lo_: np.ndarray | None = None
+    hi_: np.ndarray | None = None
 
     def fit(self, X: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> Normalizer:
         """Weighted mean and std of each feature over examples where it is known."""
@@ -742,7 +749,19 @@ class Normalizer:
         var = np.where(tot > 0, (wm * (X - mean) ** 2).sum(axis=0) / np.where(tot > 0, tot, 1.0), 0.0)
         std = np.sqrt(var)
         self.mean_, self.std_ = mean, np.where(std > 1e-9, std, 1.0)
+        known = np.where(mask & (w[:, None] > 0), X, np.nan)
+        seen = np.isfinite(known).any(axis=0)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # "All-NaN slice": never known
+            self.lo_ = np.where(seen, np.nanmin(known, axis=0), -np.inf)
+            self.hi_ = np.where(seen, np.nanmax(known, axis=0), np.inf)
         return self
+
+    def _clipped(self, X: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        if self.lo_ is None or self.hi_ is None:
+            return X
+        return np.clip(X, self.lo_[cols], self.hi_[cols])
 
     def _check(self) -> tuple[np.ndarray, np.ndarray]:
         if self.mean_ is None or self.std_ is None:
@@ -752,21 +771,26 @@ class Normalizer:
     def transform(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Normalised float32[n, 17]; 0 where ``mask`` is False."""
         mean, std = self._check()
-        z = np.clip((np.asarray(X, np.float64) - mean) / std, -self.CLIP, self.CLIP)
+        z = np.clip((self._clipped(X) - mean) / std, -self.CLIP, self.CLIP)
         return np.where(mask, z, 0.0).astype(np.float32)
 
     def transform_sequences(self, S: np.ndarray) -> np.ndarray:
         """Normalise :func:`sequences` output with the stats of features 7-17; NaN
         (padding, unknown) becomes 0."""
         mean, std = self._check()
-        z = np.clip((np.asarray(S, np.float64) - mean[N_START:]) / std[N_START:], -self.CLIP, self.CLIP)
+        S = self._clipped(S, slice(N_START, None))   # NaN stays NaN
+        z = np.clip((S - mean[N_START:]) / std[N_START:], -self.CLIP, self.CLIP)
         return np.nan_to_num(z, nan=0.0).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, with the feature list so a mismatch is caught on load."""
         mean, std = self._check()
-        return {"version": 1, "features": list(FEATURES), "window_s": WINDOW_S,
-                "prior_strength": PRIOR_STRENGTH, "mean": mean.tolist(), "std": std.tolist()}
+        out = {"version": 1, "features": list(FEATURES), "window_s": WINDOW_S,
+               "prior_strength": PRIOR_STRENGTH, "mean": mean.tolist(), "std": std.tolist()}
+        if self.lo_ is not None and self.hi_ is not None:   # JSON has no infinity: None is "unbounded"
+            out["lo"] = [None if not np.isfinite(v) else float(v) for v in self.lo_]
+            out["hi"] = [None if not np.isfinite(v) else float(v) for v in self.hi_]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Normalizer:
@@ -777,4 +801,10 @@ class Normalizer:
         mean, std = np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64)
         if mean.shape != (N_FEATURES,) or std.shape != (N_FEATURES,) or not (std > 0).all():
             raise ValueError("normalisation mean/std must be 17 numbers each, std > 0")
-        return cls(mean_=mean, std_=std)
+        if "lo" not in data:   # saved before the training range was kept: no clipping
+            return cls(mean_=mean, std_=std)
+        lo = np.array([-np.inf if v is None else float(v) for v in data["lo"]])
+        hi = np.array([np.inf if v is None else float(v) for v in data["hi"]])
+        if lo.shape != (N_FEATURES,) or hi.shape != (N_FEATURES,) or not (lo <= hi).all():
+            raise ValueError("normalisation lo/hi must be 17 numbers each, lo <= hi")
+        return cls(mean_=mean, std_=std, lo_=lo, hi_=hi)

@@ -400,3 +400,24 @@ def test_idle_minutes_counts_the_trailing_idle_steps_of_the_window() -> None:
     S[1, -1, change] = 0.0                                                     # busy again at the end
     out = idle_minutes(S, np.array([8, 8, 2]), 15.0)
     np.testing.assert_allclose(out, [5 * 15 / 60, 0.0, 2 * 15 / 60])   # job 2: only 2 valid steps
+
+
+def test_normalizer_reads_values_beyond_the_training_range_as_its_edge() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 0.1, size=(200, 17))
+    mask = np.ones(X.shape, bool)
+    mask[:, 16] = False                                   # never known: unbounded
+    norm = Normalizer().fit(X, mask)
+    busy = X[:2].copy()
+    busy[:, 7] = [0.8, -5.0]                              # far outside what training saw
+    edge = busy.copy()
+    edge[:, 7] = [X[:, 7].max(), X[:, 7].min()]
+    np.testing.assert_allclose(norm.transform(busy, np.ones_like(mask[:2])), norm.transform(edge, np.ones_like(mask[:2])))
+    S = np.full((1, 3, 11), np.nan)
+    S[0, 2, 7 - 6] = 0.8
+    assert norm.transform_sequences(S)[0, 2, 1] == pytest.approx(norm.transform(edge, np.ones_like(mask[:2]))[0, 7])
+    assert norm.transform_sequences(S)[0, 0, 1] == 0.0    # padding stays 0
+    again = Normalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
+    np.testing.assert_array_equal(again.transform(busy, np.ones_like(mask[:2])), norm.transform(busy, np.ones_like(mask[:2])))
+    old = {k: v for k, v in norm.to_dict().items() if k not in ("lo", "hi")}   # a model file of before
+    assert Normalizer.from_dict(old).lo_ is None
