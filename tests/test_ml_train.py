@@ -108,7 +108,7 @@ def test_cli_prepare_train_status_and_errors(tmp_path: Path) -> None:
     out = _nomade("train", "--model", "gnn", env=env)  # table, progress on stderr
     assert out.returncode == 0 and "ensemble" in out.stdout and "gnn" in out.stderr
     (models_dir / "gnn_model.pt").write_bytes(b"broken")
-    out = _nomade("predict", env=env)
+    out = _nomade("predict", "--models-dir", str(models_dir), env=env)
     assert out.returncode == 2 and "gnn_model.pt" in out.stderr and "Traceback" not in out.stderr
     out = _nomade("train", "--data", str(tmp_path / "none.npz"), env=env)
     assert out.returncode == 2 and "--prepare" in out.stderr
