@@ -121,3 +121,5 @@ def test_the_same_job_sampled_every_3_s_and_every_30_s_gets_the_same_risk(scorer
     assert np.isfinite(fine).all() and np.isfinite(coarse).all()
     gap = np.abs(fine - coarse)
     assert gap.max() <= INTERVAL_TOLERANCE, (name, np.round(fine, 3), np.round(coarse, 3))
+    if name == "stall":   # not a constant model: its risk moves with the behaviour, at both intervals
+        assert fine[-1] - fine[0] >= 0.2 and coarse[-1] - coarse[0] >= 0.2, (np.round(fine, 3), np.round(coarse, 3))
