@@ -167,7 +167,8 @@ def submit_jobs(slurm: Slurm, seed: int) -> tuple[str, list[str]]:
 
 def _live(slurm: Slurm, config: Path, ws: Path, seed: int) -> tuple[str, list[str]]:
     _say("live: a job leaking memory toward its --mem, beside ordinary jobs")
-    print(_nomade(config, "ml", "status", check=False, capture=True).splitlines()[0], flush=True)
+    status = _nomade(config, "ml", "status", check=False, capture=True).splitlines()
+    print(f"  {status[0] if status else 'nomade ml status said nothing'}", flush=True)
     leak_id, others = submit_jobs(slurm, seed)
     print(f"  leaking job {leak_id} (user nomadetest, --mem=256M); others: {' '.join(others)}")
     sub_out = open(ws / "subscribe.jsonl", "w")
