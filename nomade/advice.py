@@ -44,6 +44,11 @@ MAX_CHARS = 400
 MAX_FACTORS = 3
 #: A value at least this many times (or at most 1/this) its normal is called out.
 FAR = 1.5
+#: Families known at a job's start: cited after the runtime evidence (``factor_phrases``).
+START_FAMILIES = frozenset({"request", "history"})
+#: Least share of the strongest runtime factor's contribution a start-time factor needs
+#: to be cited beside runtime evidence.
+START_SHARE = 0.5
 #: Feature family of each of the 17 features (``nomade.features.FEATURES``).
 FAMILY: dict[str, str] = {
     "log_req_cpus": "request", "log_req_mem_mb": "request", "log_req_gpus": "request",
@@ -84,6 +89,9 @@ class Factor:
     value: float | None
     normal: float | None = None
     contribution: float | None = None
+    text: str | None = None
+    """The family's phrase as it was made with the job's values (a ``prediction``'s
+    factor): used as it is, not made again without them."""
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> Factor:
@@ -102,7 +110,9 @@ class Factor:
         name = str(raw["name"])
         if name not in FAMILY:
             raise ValueError(f"unknown feature {name!r}; expected one of {sorted(FAMILY)}")
-        return cls(name, _raw(name, _finite(raw.get("value"))), _raw(name, _finite(raw.get("normal"))))
+        text = raw.get("text")
+        return cls(name, _raw(name, _finite(raw.get("value"))), _raw(name, _finite(raw.get("normal"))),
+                   text=_safe(str(text)) if text else None)
 
     @property
     def shown(self) -> float | None:
@@ -202,6 +212,9 @@ def _memory(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
     growth = values.get("mem_growth_frac_h")
     growing = growth is not None and growth > 0.01
     level = by.get("mem_frac") or by.get("mem_peak_frac")
+    limit_mb = _display("log_req_mem_mb", values.get("log_req_mem_mb"))
+    if limit_mb and limit_mb > 0 and (level is None or level.name == "mem_frac" or growing):
+        return _memory_of_mem(by, values, limit_mb, growth if growing else None)
     if level is not None and level.shown is not None:
         what = "Memory" if level.name == "mem_frac" else "Peak memory"
         now = level.shown if level.name == "mem_frac" else values.get("mem_frac")
@@ -215,6 +228,44 @@ def _memory(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
     head = (f"Memory growing fast{at}" if rate >= 1 else
             f"Memory growing {pct(rate)} of the request per hour{at}{far(g, pct)}")
     return f"{head}{_eta(rate, now)}: request more memory or check for a leak"
+
+
+def _memory_of_mem(by: Mapping[str, Factor], values: Mapping[str, float], limit_mb: float,
+                   growth: float | None) -> str:
+    """``'Memory at 85% of --mem, growing about 12 MB/min, at the limit in about 3 min'``:
+    the job's own units, from its request (``--mem``)."""
+    now = values.get("mem_frac")
+    level = by.get("mem_frac")
+    head = "Memory" if now is None else f"Memory at {pct(now)} of --mem{far(level, pct) if level else ''}"
+    if growth is None:
+        return f"{head}: request more memory (--mem)"
+    rate = growth * limit_mb / 60.0
+    trend = f"growing about {num(rate)} MB/min"
+    eta = ""
+    if now is not None and 0 <= now < 1:
+        minutes = (1 - now) / growth * 60
+        eta = f", at the limit in {'under a minute' if minutes < 1 else 'about ' + _duration_min(minutes)}"
+    return f"{head}, {trend}{eta}: request more memory (--mem) or check for a leak"
+
+
+def _time_left(values: Mapping[str, float]) -> str | None:
+    """``'2min'`` of the time limit left, from the limit and the elapsed share; None unknown."""
+    limit = _display("log_time_limit_min", values.get("log_time_limit_min"))
+    frac = values.get("elapsed_frac")
+    if limit is None or frac is None or not limit > 0:
+        return None
+    left = max(0.0, (1.0 - frac) * limit)
+    return "under a minute" if left < 1 else _duration_min(left)
+
+
+def _idle(values: Mapping[str, float]) -> str | None:
+    """``'CPU idle for 6 min, 2min of the time limit left'`` when the job's CPU has been
+    idle (``cpu_idle_min``, from its sequence) a minute or more; else None."""
+    idle = values.get("cpu_idle_min")
+    if idle is None or idle < 1:
+        return None
+    left = _time_left(values)
+    return f"CPU idle for {idle:.0f} min" + (f", {left} of the time limit left" if left else "")
 
 
 def _growth(growth: float, now: float | None, word: str) -> str:
@@ -236,6 +287,9 @@ def _eta(growth: float, now: float | None) -> str:
 def _cpu(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
     f = fs[0]
     v = f.shown or 0.0
+    idle = _idle(values)
+    if idle is not None and (v < 0 if f.name == "cpu_eff_change" else v < 0.5):
+        return f"{idle}: check the job is not stalled"
     if f.name == "cpu_eff_change":
         eff = values.get("cpu_eff")
         now = f" to {pct(eff)}" if eff is not None else ""
@@ -268,9 +322,14 @@ def _io(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
 
 def _time(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
     f = fs[0]
+    idle = _idle(values)
+    if idle is not None:
+        return f"{idle}: check the job is not stuck, or request more time (--time)"
+    left = _time_left(values)
     eff = values.get("cpu_eff")
     slow = f", progress slow (CPU {pct(eff)})" if eff is not None and eff < 0.5 else ""
-    return (f"At {pct(f.shown or 0.0)} of the time limit{slow}: request more time (--time) "
+    left = f" ({left} left)" if (left := _time_left(values)) is not None else ""
+    return (f"At {pct(f.shown or 0.0)} of the time limit{left}{slow}: request more time (--time) "
             "or checkpoint")
 
 
@@ -318,24 +377,48 @@ def factor_phrases(factors: Iterable[Factor | Mapping[str, Any]],
     given = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
     known = {k: float(v) for k, v in (values or {}).items() if _finite(v) is not None}
     known.update({f.name: f.value for f in given if f.value is not None})
-    fs = sorted(filter(cited, given),
-                key=lambda f: -math.inf if f.contribution is None else -f.contribution)
     families: dict[str, list[Factor]] = {}
-    for f in fs:
+    for f in _ranked(given):
         families.setdefault(FAMILY[f.name], []).append(f)
-    return [(fam, _safe(_RULES[fam](group, known))) for fam, group in families.items()]
+    out, said = [], set()
+    for fam, group in families.items():
+        phrase = group[0].text or _safe(_RULES[fam](group, known))
+        claim = phrase.split(": ", 1)[0]   # two families may state one fact ("CPU idle for 6 min")
+        if claim not in said:
+            said.add(claim)
+            out.append((fam, phrase))
+    return out
+
+
+def _ranked(given: Iterable[Factor]) -> list[Factor]:
+    """The ``cited`` factors, strongest first (unknown contribution first, in the order
+    given), with the runtime evidence ahead of the request and the user's history; of
+    those start-time factors, only the ones that raise the risk at least
+    ``START_SHARE`` as much as the strongest runtime factor stay."""
+    fs = sorted(filter(cited, given), key=lambda f: -math.inf if f.contribution is None else -f.contribution)
+    runtime = [f for f in fs if FAMILY[f.name] not in START_FAMILIES]
+    if not runtime:
+        return fs
+    top = runtime[0].contribution
+    start = [f for f in fs if FAMILY[f.name] in START_FAMILIES
+             and (top is None or f.contribution is None or f.contribution >= START_SHARE * top)]
+    return runtime + start
 
 
 def wire_factors(factors: Iterable[Factor | Mapping[str, Any]],
                  values: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """The ``prediction`` message's factors: one ``{name, value, normal, ratio, text}`` per
-    ``cited`` input factor, in the order given (value and normal in display units, text
-    its family's phrase). A factor that raises the risk with a value on the other side
-    of normal than its phrase says is left out."""
-    fs = [f for f in (f if isinstance(f, Factor) else Factor.of(f) for f in factors) if cited(f)]
+    ``cited`` input factor (value and normal in display units, text its family's phrase,
+    made with the job's ``values``), in the order of the phrases (``factor_phrases``:
+    runtime evidence first), within a family in the order given. A factor that raises
+    the risk with a value on the other side of normal than its phrase says is left out,
+    and so is a start-time factor that runtime evidence outweighs."""
+    fs = [f if isinstance(f, Factor) else Factor.of(f) for f in factors]
     phrases = dict(factor_phrases(fs, values))
+    rank = {fam: k for k, fam in enumerate(phrases)}
+    fs = sorted((f for f in _ranked(fs) if FAMILY[f.name] in rank), key=lambda f: rank[FAMILY[f.name]])
     return [{"name": f.name, "value": _short(f.shown), "normal": _short(f.shown_normal),
-             "ratio": _short(f.ratio), "text": phrases.get(FAMILY[f.name], "")} for f in fs]
+             "ratio": _short(f.ratio), "text": phrases[FAMILY[f.name]]} for f in fs]
 
 
 def _short(x: float | None) -> float | None:

@@ -109,10 +109,13 @@ class MLConfig:
     similarity_threshold: float = _opt(0.7, ge=0.0, le=1.0)
     max_neighbors: int = _opt(10, ge=1)
     retrain_interval_days: float = _opt(7.0, gt=0.0)
-    sequence_length: int = _opt(20, ge=1)
+    sequence_length: int = _opt(32, ge=1)
     class_balance: str = _opt("weights", choices=("weights", "oversample", "none"))
     seed: int = _opt(0, ge=0)
     models_dir: str = _opt("")
+    starter: bool = _opt(True)
+    """Score with the starter model shipped with nomade while the site has no models of
+    its own, or its own did not beat it on their validation jobs (``nomade.ml.starter``)."""
     ensemble: EnsembleConfig = _table(EnsembleConfig)
     alerts: AlertsConfig = _table(AlertsConfig)
     training: TrainingConfig = _table(TrainingConfig)
@@ -268,8 +271,8 @@ class StorageConfig:
     28.8 M rows a day; a row takes ~70 bytes on disk with small counter values
     (``python -m bench prune`` measures it) and up to ~150 with large ones: 2-4 GB a day. Ended jobs younger than ``full_samples_days`` keep every sample; older
     ones keep at most ``thin_samples_to`` per node, evenly spaced in time, always the
-    first and the last (240 covers a 2-hour job at 30 s in full and is 12 windows of the
-    LSTM's default ``sequence_length`` of 20); after ``sample_retention_days`` a job's
+    first and the last (240 covers a 2-hour job at 30 s in full and is 15 windows of the
+    LSTM's default 8 minutes); after ``sample_retention_days`` a job's
     samples go and its row (requests, times, final state, label) stays for good. With the
     defaults the samples of the last 14 days dominate: 30-60 GB at that site, plus 240 rows
     per ended job a year. Running jobs are never touched. ``prune_interval_s`` is how often

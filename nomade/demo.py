@@ -1,19 +1,19 @@
-"""``make demo``: NØMADE live on this machine's real Slurm test cluster.
+"""``make demo``: NØMADE live on this machine's real Slurm test cluster, from the first minute.
 
 1. starts the agent and a collector (sampling every few seconds, so the demo is short)
-   with a config of their own under ``$NOMADE_DEMO_DIR`` (default /tmp/nomade-demo);
-2. runs the lab workload (``nomade.lab``): real jobs of several users, some of which
-   leak memory, hang, crash or are cancelled; the agent learns their final states;
-3. trains the three models on that history (``nomade train``) and restarts the agent
-   with them;
-4. submits new jobs, one of them leaking memory toward its ``--mem`` with a comment of
-   its user's own, and shows every few seconds what admins see (``nomade watch``) and
-   what the user sees (``squeue -o "%.10i %.9u %.8T %k"``), until the leaking job ends;
-5. prints the job's stored final state and the predictions a ``nomade subscribe
-   --min-level high`` client received.
+   with a config of their own under ``$NOMADE_DEMO_DIR`` (default /tmp/nomade-demo); the
+   workspace has no models of its own, so the agent scores with the starter model
+   shipped with nomade (trained on the project's lab corpus: ``nomade ml status`` says
+   so), on the shipped alert defaults (threshold 0.7, two confirming predictions);
+2. submits a job leaking memory toward its ``--mem`` with a comment of its user's own,
+   beside ordinary jobs of other users, and shows every few seconds what admins see
+   (``nomade watch``) and what users see (``squeue -o "%.10i %.9u %.8T %k"``), until
+   every one of them has ended;
+3. prints the leaking job's stored final state, the predictions a ``nomade subscribe
+   --min-level high`` client received, and whether each job got a NØMADE Comment.
 
-Needs root and the test cluster (``make demo`` starts it). ``NOMADE_DEMO_JOBS`` sets the
-size of the lab history (default 36 jobs, about 8 minutes).
+Needs root and the test cluster (``make demo`` starts it). ``NOMADE_DEMO_SEED`` picks
+the ordinary jobs (``nomade.lab.plan``; default 11). About two minutes.
 """
 
 from __future__ import annotations
@@ -21,21 +21,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from nomade import lab
-from nomade.lab.pipeline import (
-    CLUSTER,
-    LAB_USERS,
-    TICK_S,
-    Daemons,
-    ensure_users,
-    wait_labelled,
-    write_config,
-)
+from nomade.lab.pipeline import CLUSTER, LAB_USERS, TICK_S, Daemons, ensure_users, wait_labelled, write_config
 from nomade.slurm import Slurm
 from nomade.states import is_final
 
@@ -52,68 +45,89 @@ def _nomade(config: Path, *args: str, check: bool = True, capture: bool = False)
     return proc.stdout if capture else ""
 
 
-def _history(slurm: Slurm, daemons: Daemons, db: Path, n_jobs: int) -> None:
-    _say(f"1/3  history: {n_jobs} lab jobs of {len(LAB_USERS)} users on the real cluster")
-    jobs = lab.plan(n_jobs, list(LAB_USERS), seed=int(time.time()))
-    done = [0]
-
-    def submitted(job: lab.LabJob, job_id: str) -> None:
-        done[0] += 1
-        daemons.check()
-        print(f"  [{done[0]:3d}/{n_jobs}] job {job_id:>6} {job.user:<11} {job.archetype:<8} "
-              f"{' '.join(job.options[:2])}", flush=True)
-
-    ids = lab.run(slurm, jobs, max_running=4, out_dir=str(CLUSTER / "out"), on_submit=submitted)
-    states = wait_labelled(db, list(ids))
-    counts: dict[str, int] = {}
-    for state in states.values():
-        counts[state] = counts.get(state, 0) + 1
-    print(f"  final states learnt by the agent: {json.dumps(counts)}"
-          f" ({len(ids) - len(states)} still unknown)")
+DEMO_WATCH_S = 180.0
+"""Longest the live phase watches (every demo job has ended well before)."""
 
 
-def _live(slurm: Slurm, config: Path, ws: Path) -> str:
-    _say("3/3  live: a job leaking memory toward its --mem, beside ordinary jobs")
-    leak_id = slurm.submit(lab.leak_script(start_mb=40, step_mb=12, steps=20, step_s=2.5), options=["--mem=256M", "--time=2", "--job-name=analysis",
-                                                 "--comment=my analysis run, do not cancel",
-                                                 f"--output={CLUSTER}/out/demo-%j.out"],
+def submit_jobs(slurm: Slurm, seed: int) -> tuple[str, list[str]]:
+    """The leaking job (user nomadetest, ``--mem=256M``: killed by the kernel after about
+    45 s) and three ordinary jobs of the other users that complete (``lab.plan`` of
+    ``seed``); returns (leak id, the others' ids)."""
+    leak_id = slurm.submit(lab.leak_script(start_mb=40, step_mb=12, steps=20, step_s=2.5),
+                           options=["--mem=256M", "--time=2", "--job-name=analysis",
+                                    "--comment=my analysis run, do not cancel",
+                                    f"--output={CLUSTER}/out/demo-%j.out"],
                            as_user="nomadetest")
     others = [slurm.submit(j.script, options=[*j.options, f"--output={CLUSTER}/out/demo-%j.out"],
                            as_user=j.user)
-              for j in [j for j in lab.plan(12, list(LAB_USERS[1:]), seed=11)
+              for j in [j for j in lab.plan(12, list(LAB_USERS[1:]), seed=seed)
                         if j.expected_state == "COMPLETED"][:3]]
+    return leak_id, others
+
+
+def _live(slurm: Slurm, config: Path, ws: Path, seed: int) -> tuple[str, list[str]]:
+    _say("live: a job leaking memory toward its --mem, beside ordinary jobs")
+    status = _nomade(config, "ml", "status", check=False, capture=True).splitlines()
+    print(f"  {status[0] if status else 'nomade ml status said nothing'}", flush=True)
+    leak_id, others = submit_jobs(slurm, seed)
     print(f"  leaking job {leak_id} (user nomadetest, --mem=256M); others: {' '.join(others)}")
     sub_out = open(ws / "subscribe.jsonl", "w")
     subscriber = subprocess.Popen(
         [sys.executable, "-m", "nomade", "--config", str(config), "subscribe", "--min-level", "high"],
         stdout=sub_out, stderr=subprocess.DEVNULL)
     squeue = shutil.which("squeue") or "/usr/bin/squeue"
+    deadline = time.monotonic() + DEMO_WATCH_S
     try:
-        while True:
-            info = {j.job_id: j for j in slurm.list_jobs(job_ids=[leak_id])}.get(leak_id)
+        while time.monotonic() < deadline:
+            info = {j.job_id: j for j in slurm.list_jobs(job_ids=[leak_id, *others])}
             print(f"\n--- {time.strftime('%H:%M:%S')}  admins: nomade watch --once", flush=True)
             _nomade(config, "watch", "--once", "--wait", str(TICK_S + 1), "--no-color", check=False)
             print("--- users: squeue -o \"%.10i %.9u %.8T %k\"", flush=True)
             subprocess.run([squeue, "-o", "%.10i %.9u %.8T %k"], check=False)
-            if info is None or is_final(info.state):
+            if all(j not in info or is_final(info[j].state) for j in [leak_id, *others]):
                 break
     finally:
         subscriber.terminate()
         subscriber.wait()
         sub_out.close()
-    return leak_id
+    return leak_id, others
 
 
-def _report(db: Path, ws: Path, leak_id: str) -> None:
-    states = wait_labelled(db, [leak_id], timeout_s=60)
+def _report(db: Path, ws: Path, leak_id: str, others: list[str]) -> None:
+    states = wait_labelled(db, [leak_id, *others], timeout_s=60)
     print(f"\n  job {leak_id}: stored final state {states.get(leak_id, 'not yet known')}")
     lines = (ws / "subscribe.jsonl").read_text().splitlines()
     mine = [json.loads(line) for line in lines if json.loads(line).get("job_id") == leak_id]
     print(f"  `nomade subscribe --min-level high` received {len(lines)} predictions, "
           f"{len(mine)} for job {leak_id}")
     for p in mine[:3]:
+        texts = list(dict.fromkeys(f["text"] for f in p.get("factors", [])))
         print(f"    {time.strftime('%H:%M:%S', time.localtime(p['ts']))} risk {p['risk']:.2f} "
-              f"{p['level']}: {'; '.join(f['text'] for f in p.get('factors', [])[:2])}")
+              f"{p['level']}: {'; '.join(texts[:2])}")
+    commented = commented_jobs(db)
+    for job_id in [leak_id, *others]:
+        print(f"  job {job_id} ({states.get(job_id, '?')}): "
+              + ("NØMADE wrote a Comment" if job_id in commented else "no Comment"))
+
+
+def commented_jobs(db: Path) -> set[str]:
+    """The jobs the agent flagged in their Comment: those with ``[ml.alerts]
+    confirm_predictions`` consecutive stored predictions at or above the threshold
+    (the policy the agent applies; the shipped defaults, as the demo runs)."""
+    from nomade.config import Config
+    alerts = Config().ml.alerts
+    out = set()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT job_id, risk FROM predictions ORDER BY job_id, ts").fetchall()
+    finally:
+        conn.close()
+    run: dict[str, int] = {}
+    for job_id, risk in rows:
+        run[job_id] = run.get(job_id, 0) + 1 if risk >= alerts.high_risk_threshold else 0
+        if run[job_id] >= alerts.confirm_predictions:
+            out.add(str(job_id))
+    return out
 
 
 def main() -> int:
@@ -129,19 +143,13 @@ def main() -> int:
     ensure_users()
     slurm = Slurm(use_pyslurm="never")
     daemons = Daemons(ws, config)
-    n_jobs = int(os.environ.get("NOMADE_DEMO_JOBS", "36"))
-    print(f"workspace {ws} (config, store, models, daemon logs)")
+    seed = int(os.environ.get("NOMADE_DEMO_SEED", "11"))
+    print(f"workspace {ws} (config, store, daemon logs)")
     try:
         daemons.start("agent")
         daemons.start("collector")
-        _history(slurm, daemons, ws / "nomade.db", n_jobs)
-        _say("2/3  training the GNN, LSTM and autoencoder on that history")
-        _nomade(config, "train", "--prepare", "--ticks-per-job", "16")
-        _nomade(config, "train", "--quiet")
-        daemons.stop("agent")
-        daemons.start("agent")
-        leak_id = _live(slurm, config, ws)
-        _report(ws / "nomade.db", ws, leak_id)
+        leak_id, others = _live(slurm, config, ws, seed)
+        _report(ws / "nomade.db", ws, leak_id, others)
     finally:
         daemons.stop_all()
     print(f"\nlogs: {ws}/agent.log {ws}/collector.log; store: {ws}/nomade.db")

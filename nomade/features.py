@@ -52,6 +52,7 @@ and per-job sample look-ups use sorted keys and ``searchsorted``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,15 @@ START_PART = np.arange(N_FEATURES) < N_START
 CHANNELS: tuple[str, ...] = FEATURES[N_START:]
 WINDOW_S = 90.0
 """How far back a "recent" rate or change looks (3 samples at the 30 s interval)."""
+GRID_STEP_S = 15.0
+"""Step of the LSTM's time grid, whatever the sampling interval (saved with the models:
+``Prepared.summary["grid"]``). A job of 30 s spans two steps and the default 30 s
+sampling loses nothing to it; 3 s samples (the demo) are read every fifth, so the
+LSTM sees one time scale at every site. With ``[ml] sequence_length`` steps (32) the
+window is 8 minutes: the start of a stall, or a leak's whole climb, in a job of hours."""
+AUGMENT_INTERVALS_S: tuple[float, ...] = (6.0, 15.0, 30.0)
+"""Sampling intervals that training thins its samples to (:func:`thin`), beside the
+samples as recorded, so that one model serves 3 s and 30 s sampling alike."""
 PRIOR_STRENGTH = 5.0
 """Pseudo-jobs of the global failure rate added to each user's history."""
 
@@ -617,7 +627,9 @@ def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
               interval_s: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The runtime channels (features 7-17, ``CHANNELS``) on a grid of ``length`` steps
     every ``interval_s`` ending at ``t[e]``, each step as of the last sample at or
-    before it. Left-padded: steps before the job's first sample are padding.
+    before it. Left-padded: steps before the job's first sample are padding. The grid
+    step is the model's (``GRID_STEP_S`` for models of this version, saved in their
+    metadata), never the sampling interval: a model reads one time scale everywhere.
 
     Returns ``(S float32[n, length, 11], lengths int64[n])``; S is NaN at padding and
     where a channel is unknown (see :meth:`Normalizer.transform_sequences`). Working
@@ -636,6 +648,51 @@ def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
     seq = vals.reshape(len(rows), length, len(CHANNELS)).astype(np.float32)
     lengths = (last >= 0).reshape(len(rows), length).sum(axis=1).astype(np.int64)
     return seq, lengths
+
+
+def thin(samples: SampleTable, every_s: float, seed: int = 0) -> SampleTable:
+    """The samples as a collector sampling every ``every_s`` would have sent them: of
+    each job, the first sample in each ``every_s`` bucket of time from a random phase
+    (seeded; one per job). Counters are cumulative, so the kept samples are exact."""
+    if not every_s > 0:
+        raise ValueError(f"every_s must be > 0, got {every_s}")
+    if not len(samples):
+        return samples
+    phase = np.random.default_rng(seed).uniform(0.0, every_s, int(samples.job_index.max()) + 1)
+    bucket = np.floor((samples.ts + phase[samples.job_index]) / every_s)
+    new = np.concatenate([[True], (np.diff(samples.job_index) != 0) | (np.diff(bucket) != 0)])
+    keep = np.flatnonzero(new)
+    return SampleTable(samples.job_index[keep], samples.ts[keep],
+                       {c: v[keep] for c, v in samples.cols.items()})
+
+
+def sampling_interval(samples: SampleTable) -> float:
+    """The median time between a job's consecutive samples (NaN with none)."""
+    if len(samples) < 2:
+        return math.nan
+    same = np.diff(samples.job_index) == 0
+    gaps = np.diff(samples.ts)[same]
+    return float(np.median(gaps)) if len(gaps) else math.nan
+
+
+IDLE_EFF = 0.05
+"""CPU efficiency over the recent window below which a job's CPU counts as idle."""
+
+
+def idle_minutes(S: np.ndarray, lengths: np.ndarray, step_s: float) -> np.ndarray:
+    """float64[n]: how long each job's CPU has been idle (recent efficiency, ``cpu_eff``
+    + ``cpu_eff_change``, below ``IDLE_EFF``) up to its last step, read from its
+    :func:`sequences` output on a grid of ``step_s``: the trailing idle steps of its
+    window (0 when the last step is not idle; at most the window)."""
+    S = np.asarray(S, np.float64)
+    n, T = S.shape[:2]
+    if not n:
+        return np.zeros(0)
+    recent = S[:, :, CHANNELS.index("cpu_eff")] + S[:, :, CHANNELS.index("cpu_eff_change")]
+    valid = np.arange(T)[None, :] >= (T - np.clip(np.asarray(lengths, np.int64), 0, T))[:, None]
+    idle = valid & (recent < IDLE_EFF)
+    busy_after = np.cumsum(~idle[:, ::-1], axis=1) == 0   # reversed: still in the trailing run
+    return busy_after.sum(axis=1) * float(step_s) / 60.0
 
 
 def snapshots(jobs: JobTable, samples: SampleTable, interval_s: float,
@@ -668,13 +725,19 @@ def snapshots(jobs: JobTable, samples: SampleTable, interval_s: float,
 class Normalizer:
     """Per-feature standardisation fitted on known values only; JSON-safe.
 
-    ``transform`` gives ``clip((x - mean) / std, -CLIP, CLIP)`` and 0 where masked.
-    Follows the estimator contract: ``fit`` returns self and sets ``mean_``/``std_``.
+    ``transform`` gives ``clip((x - mean) / std, -CLIP, CLIP)`` and 0 where masked,
+    after clipping x into the range of the known training values (``lo_``, ``hi_``):
+    a model is never asked about values beyond what it learnt from (a starter trained
+    on light lab jobs scoring a site's busy ones reads them as the busiest it saw,
+    instead of extrapolating). Follows the estimator contract: ``fit`` returns self
+    and sets ``mean_``/``std_``/``lo_``/``hi_``.
     """
 
     CLIP = 10.0
     mean_: np.ndarray | None = None
     std_: np.ndarray | None = None
+    lo_: np.ndarray | None = None
+    hi_: np.ndarray | None = None
 
     def fit(self, X: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> Normalizer:
         """Weighted mean and std of each feature over examples where it is known."""
@@ -686,7 +749,19 @@ class Normalizer:
         var = np.where(tot > 0, (wm * (X - mean) ** 2).sum(axis=0) / np.where(tot > 0, tot, 1.0), 0.0)
         std = np.sqrt(var)
         self.mean_, self.std_ = mean, np.where(std > 1e-9, std, 1.0)
+        known = np.where(mask & (w[:, None] > 0), X, np.nan)
+        seen = np.isfinite(known).any(axis=0)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # "All-NaN slice": never known
+            self.lo_ = np.where(seen, np.nanmin(known, axis=0), -np.inf)
+            self.hi_ = np.where(seen, np.nanmax(known, axis=0), np.inf)
         return self
+
+    def _clipped(self, X: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        if self.lo_ is None or self.hi_ is None:
+            return X
+        return np.clip(X, self.lo_[cols], self.hi_[cols])
 
     def _check(self) -> tuple[np.ndarray, np.ndarray]:
         if self.mean_ is None or self.std_ is None:
@@ -696,21 +771,26 @@ class Normalizer:
     def transform(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Normalised float32[n, 17]; 0 where ``mask`` is False."""
         mean, std = self._check()
-        z = np.clip((np.asarray(X, np.float64) - mean) / std, -self.CLIP, self.CLIP)
+        z = np.clip((self._clipped(X) - mean) / std, -self.CLIP, self.CLIP)
         return np.where(mask, z, 0.0).astype(np.float32)
 
     def transform_sequences(self, S: np.ndarray) -> np.ndarray:
         """Normalise :func:`sequences` output with the stats of features 7-17; NaN
         (padding, unknown) becomes 0."""
         mean, std = self._check()
-        z = np.clip((np.asarray(S, np.float64) - mean[N_START:]) / std[N_START:], -self.CLIP, self.CLIP)
+        S = self._clipped(S, slice(N_START, None))   # NaN stays NaN
+        z = np.clip((S - mean[N_START:]) / std[N_START:], -self.CLIP, self.CLIP)
         return np.nan_to_num(z, nan=0.0).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, with the feature list so a mismatch is caught on load."""
         mean, std = self._check()
-        return {"version": 1, "features": list(FEATURES), "window_s": WINDOW_S,
-                "prior_strength": PRIOR_STRENGTH, "mean": mean.tolist(), "std": std.tolist()}
+        out = {"version": 1, "features": list(FEATURES), "window_s": WINDOW_S,
+               "prior_strength": PRIOR_STRENGTH, "mean": mean.tolist(), "std": std.tolist()}
+        if self.lo_ is not None and self.hi_ is not None:   # JSON has no infinity: None is "unbounded"
+            out["lo"] = [None if not np.isfinite(v) else float(v) for v in self.lo_]
+            out["hi"] = [None if not np.isfinite(v) else float(v) for v in self.hi_]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Normalizer:
@@ -721,4 +801,10 @@ class Normalizer:
         mean, std = np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64)
         if mean.shape != (N_FEATURES,) or std.shape != (N_FEATURES,) or not (std > 0).all():
             raise ValueError("normalisation mean/std must be 17 numbers each, std > 0")
-        return cls(mean_=mean, std_=std)
+        if "lo" not in data:   # saved before the training range was kept: no clipping
+            return cls(mean_=mean, std_=std)
+        lo = np.array([-np.inf if v is None else float(v) for v in data["lo"]])
+        hi = np.array([np.inf if v is None else float(v) for v in data["hi"]])
+        if lo.shape != (N_FEATURES,) or hi.shape != (N_FEATURES,) or not (lo <= hi).all():
+            raise ValueError("normalisation lo/hi must be 17 numbers each, lo <= hi")
+        return cls(mean_=mean, std_=std, lo_=lo, hi_=hi)

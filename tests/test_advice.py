@@ -218,3 +218,49 @@ def test_wire_factors_read_back_keep_their_text_and_order() -> None:
     assert all(b.contribution is None and advice.cited(b) for b in back)
     assert advice.segment_text(0.8, "critical", back, TS) == advice.segment_text(0.8, "critical", raw, TS)
     assert advice.wire_factors([f("mem_growth_frac_h", 84.0, -0.31)])[0]["ratio"] is None
+
+
+def test_memory_is_said_in_the_jobs_own_units_with_the_time_to_the_limit() -> None:
+    # --mem=256M, at 85 %, growing 12 MB/min: (1 - 0.85) * 256 / 12 = 3.2 min to the limit
+    values = {"log_req_mem_mb": math.log1p(256), "mem_growth_frac_h": 12 * 60 / 256}
+    [(_, text)] = advice.factor_phrases([f("mem_frac", 0.85, 0.2)], values=values)
+    assert text == ("Memory at 85% of --mem, 4.2x normal, growing about 12 MB/min, at the limit in about 3min: "
+                    "request more memory (--mem) or check for a leak")
+    [(_, growth)] = advice.factor_phrases([f("mem_growth_frac_h", 12 * 60 / 256, 0.0)],
+                                          values={"log_req_mem_mb": math.log1p(256), "mem_frac": 0.5})
+    assert growth.startswith("Memory at 50% of --mem, growing about 12 MB/min, at the limit in about 11min")
+
+
+def test_an_idle_cpu_is_said_with_the_time_left_to_the_limit() -> None:
+    values = {"cpu_idle_min": 6.0, "log_time_limit_min": math.log1p(20), "elapsed_frac": 0.9}
+    [(_, text)] = advice.factor_phrases([f("elapsed_frac", 0.9, 0.4)], values=values)
+    assert text == "CPU idle for 6 min, 2min of the time limit left: check the job is not stuck, or request more time (--time)"
+    [(_, cpu)] = advice.factor_phrases([f("cpu_eff", 0.1, 0.8)], values=values)
+    assert cpu.startswith("CPU idle for 6 min, 2min of the time limit left: check the job is not stalled")
+    # the time and CPU families both see the idle CPU: it is said once
+    both = advice.factor_phrases([f("elapsed_frac", 0.9, 0.4, 0.2), f("cpu_eff", 0.1, 0.8, 0.1)], values=values)
+    assert [fam for fam, _ in both] == ["time"]
+    assert [w["name"] for w in advice.wire_factors([f("elapsed_frac", 0.9, 0.4, 0.2), f("cpu_eff", 0.1, 0.8, 0.1)],
+                                                   values)] == ["elapsed_frac"]
+    # busy: no idle claim
+    [(_, busy)] = advice.factor_phrases([f("elapsed_frac", 0.9, 0.4)], values={**values, "cpu_idle_min": 0.0})
+    assert busy.startswith("At 90% of the time limit (2min left)")
+
+
+def test_runtime_evidence_comes_before_the_request_and_history_and_outweighs_weak_ones() -> None:
+    fs = [f("log_time_limit_min", math.log1p(2), math.log1p(1), 0.30),
+          f("user_last_failed", 1.0, 0.0, 0.25), f("mem_frac", 0.8, 0.2, 0.20),
+          f("log_req_cpus", math.log1p(8), math.log1p(1), 0.05)]
+    phrases = advice.factor_phrases(fs)
+    assert [fam for fam, _ in phrases] == ["memory", "request", "history"]   # 0.05 < half of 0.20: dropped
+    wire_fs = advice.wire_factors(fs)
+    assert [w["name"] for w in wire_fs] == ["mem_frac", "log_time_limit_min", "user_last_failed"]
+    # no runtime evidence: the start-time reasons as ranked
+    assert [fam for fam, _ in advice.factor_phrases(fs[:2])] == ["request", "history"]
+
+
+def test_a_predictions_text_is_kept_when_read_back() -> None:
+    values = {"log_req_mem_mb": math.log1p(256), "mem_growth_frac_h": 3.0}
+    wire_fs = advice.wire_factors([f("mem_frac", 0.85, 0.2)], values)
+    back = [advice.Factor.from_wire(w) for w in wire_fs]
+    assert "MB/min" in advice.segment_text(0.9, "critical", back, TS)

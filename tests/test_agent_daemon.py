@@ -142,6 +142,7 @@ def running_job_batch(seq: int, now: float, n_jobs: int = 3) -> bytes:
 def test_without_a_model_the_tick_publishes_nothing(tmp_path: Path, ctx: zmq.Context,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     cfg = agent_config(tmp_path)
+    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(cfg.ml, starter=False))   # no starter model either
     running = RunningAgent(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, interval_s=0.2)))
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -164,6 +165,30 @@ def test_without_a_model_the_tick_publishes_nothing(tmp_path: Path, ctx: zmq.Con
     assert len(no_model) == 1   # said once, not every tick
     with Store(tmp_path / "agent.db") as store:
         assert store.counts()["predictions"] == 0
+
+
+@pytest.mark.slow
+def test_without_models_of_its_own_the_agent_scores_with_the_starter(tmp_path: Path, ctx: zmq.Context) -> None:
+    from nomade.ml import persist, starter
+    cfg = agent_config(tmp_path)
+    running = RunningAgent(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, interval_s=0.5)))
+    sock = dealer(ctx, running.agent.ingest_endpoint)
+    try:
+        sock.send(running_job_batch(1, time.time()))
+        assert acked(sock) == 1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(running.agent.metrics.predictions_total.values()) < 3:
+            time.sleep(0.2)
+    finally:
+        sock.close()
+        running.stop()
+    shipped = persist.model_version(persist.read_metadata(starter.STARTER_DIR))
+    with Store(tmp_path / "agent.db") as store:
+        stored = store.latest_predictions()
+    assert set(stored) == {"1", "2", "3"} and {p.model_version for p in stored.values()} == {shipped}
+    state = persist.read_agent_state(tmp_path)
+    assert state is not None and state["which"] == "starter" and state["model_version"] == shipped
+    assert "no models of the site's own" in state["reason"]
 
 
 @pytest.fixture(scope="module")

@@ -302,9 +302,12 @@ def test_the_explanation_pass_gives_the_full_explanations(scorer: object) -> Non
     full = scorer.score(inputs.X, inputs.mask, inputs.S, inputs.lengths, inputs.start_ts)
     preds = scoring.score(inputs, scorer, explain_min_risk=0.0, max_explain=100)
     assert len(preds) == 40 and any(p["factors"] for p in preds)
+    idle = features.idle_minutes(inputs.S, inputs.lengths, inputs.step_s)
     for i, p in enumerate(preds):
         assert p["risk"] == pytest.approx(float(full.risk[i]), abs=1e-6) and p["level"] == full.level[i]
-        assert p["factors"] == advice.wire_factors(full.factors(i, scoring.TOP_FACTORS))
+        # phrased with the job's own values (its request, how long its CPU has been idle)
+        assert p["factors"] == advice.wire_factors(full.factors(i, scoring.TOP_FACTORS),
+                                                   scoring.evidence(inputs, i, idle[i]))
         assert p["parts"] == full.parts_of(i)
 
 

@@ -110,8 +110,7 @@ def test_apply_keeps_the_users_text_on_a_real_job(slurm_cluster: SlurmCluster) -
 
 
 def test_decide_takes_a_ticks_prediction_bodies_and_forgets_ended_jobs() -> None:
-    factors = advice.wire_factors(FACTORS + [
-        {"name": "log_write_mbps", "value": 4.795790545596741, "normal": 2.3978952727983707}])
+    factors = advice.wire_factors(factors_raw())
     bodies = [wire.make("prediction", "agent", 1, {
         "job_id": j, "user": "alice", "risk": r, "level": wire.level_for(r),
         "parts": {"gnn": r}, "factors": factors, "ts": T0}).body

@@ -166,7 +166,11 @@ def test_cli_replay_table_and_plots(tmp_path: Path, cfg_file: Path) -> None:
     ns = {"s": "http://www.w3.org/2000/svg"}
     roc = ET.parse(tmp_path / "plots" / "roc.svg").getroot()
     names = [ln.get("data-name") for ln in roc.findall("s:polyline[@class='series']", ns)]
-    assert names == ["GNN", "LSTM", "autoencoder", "ensemble", "logistic regression", "gradient boosting"]
+    assert names == ["GNN", "LSTM", "autoencoder", "ensemble", "logistic regression", "gradient boosting",
+                     "rule: memory >= 90% of limit", "rule: idle, late in the limit", "rules: either"]
+    # the runtime rules, replayed as the models are, beside the models' own row
+    assert "the same test jobs replayed through the runtime rules" in text
+    assert any(line.startswith("rules: either") for line in text.splitlines())
     lead = ET.parse(tmp_path / "plots" / "lead_times.svg").getroot()
     first = lead.find("s:polyline[@class='series']", ns).get("data-name")
     assert first.startswith("all failed (n=") and f"plot: wrote {tmp_path / 'plots' / 'lead_times.svg'}" in text

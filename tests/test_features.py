@@ -375,3 +375,49 @@ def test_job_totals_fill_gaps_on_one_node_and_do_not_depend_on_row_order():
         again = SampleTable.from_records(jobs, shuffled)
         for c in SampleTable.empty().cols:
             np.testing.assert_array_equal(again.cols[c], s.cols[c])
+
+
+def test_thin_keeps_one_sample_per_interval_of_each_job() -> None:
+    from nomade.features import SampleTable, sampling_interval, thin
+    ts = np.concatenate([1000.0 + 3.0 * np.arange(200), 5000.0 + 3.0 * np.arange(50)])
+    job = np.repeat([0, 1], [200, 50])
+    s = SampleTable(job, ts, {"mem_bytes": ts * 10})
+    assert sampling_interval(s) == 3.0
+    t = thin(s, 30.0, seed=1)
+    assert 19 <= (t.job_index == 0).sum() <= 21 and 4 <= (t.job_index == 1).sum() <= 6
+    gaps = np.diff(t.ts)[np.diff(t.job_index) == 0]
+    assert gaps.min() >= 3.0 and abs(np.median(gaps) - 30.0) <= 3.0
+    np.testing.assert_array_equal(t.mem_bytes, t.ts * 10)   # kept samples are kept as they were
+    assert len(thin(s, 1.0)) == len(s)
+
+
+def test_idle_minutes_counts_the_trailing_idle_steps_of_the_window() -> None:
+    from nomade.features import CHANNELS, idle_minutes
+    S = np.full((3, 8, len(CHANNELS)), np.nan)
+    eff, change = CHANNELS.index("cpu_eff"), CHANNELS.index("cpu_eff_change")
+    S[:, :, eff] = 0.5
+    S[:, :, change] = np.array([0.4, 0.4, 0.4, -0.48, -0.49, -0.5, -0.5, -0.5])   # idle from step 3
+    S[1, -1, change] = 0.0                                                     # busy again at the end
+    out = idle_minutes(S, np.array([8, 8, 2]), 15.0)
+    np.testing.assert_allclose(out, [5 * 15 / 60, 0.0, 2 * 15 / 60])   # job 2: only 2 valid steps
+
+
+def test_normalizer_reads_values_beyond_the_training_range_as_its_edge() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 0.1, size=(200, 17))
+    mask = np.ones(X.shape, bool)
+    mask[:, 16] = False                                   # never known: unbounded
+    norm = Normalizer().fit(X, mask)
+    busy = X[:2].copy()
+    busy[:, 7] = [0.8, -5.0]                              # far outside what training saw
+    edge = busy.copy()
+    edge[:, 7] = [X[:, 7].max(), X[:, 7].min()]
+    np.testing.assert_allclose(norm.transform(busy, np.ones_like(mask[:2])), norm.transform(edge, np.ones_like(mask[:2])))
+    S = np.full((1, 3, 11), np.nan)
+    S[0, 2, 7 - 6] = 0.8
+    assert norm.transform_sequences(S)[0, 2, 1] == pytest.approx(norm.transform(edge, np.ones_like(mask[:2]))[0, 7])
+    assert norm.transform_sequences(S)[0, 0, 1] == 0.0    # padding stays 0
+    again = Normalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
+    np.testing.assert_array_equal(again.transform(busy, np.ones_like(mask[:2])), norm.transform(busy, np.ones_like(mask[:2])))
+    old = {k: v for k, v in norm.to_dict().items() if k not in ("lo", "hi")}   # a model file of before
+    assert Normalizer.from_dict(old).lo_ is None

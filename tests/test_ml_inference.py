@@ -78,15 +78,24 @@ def test_explanations_are_occlusion_against_normal(trained: tuple[Path, train.Pr
     s = scorer.score(X, mask, S, lengths, start)
     assert (s.contributions[~mask] == 0).all() and np.isfinite(s.contributions).all()
     # the GNN's neighbourhood is held fixed while occluding; without a GNN the
-    # contribution is exactly the risk change when the feature is set to normal
+    # contribution is exactly the risk change when the feature is set to normal, in the
+    # features and, for a runtime feature, in the LSTM's sequence of that channel
     no_gnn = {k: scorer.models[k] for k in ("lstm", "autoencoder")}
     scorer = Scorer(no_gnn, scorer.normalizers, scorer.weights, scorer.metadata)
     s = scorer.score(X, mask, S, lengths, start)
     f = features.FEATURES.index("mem_peak_frac")
     occluded = X.copy()
     occluded[:, f] = np.where(mask[:, f], s.reference_median[:, f], X[:, f])
+    seq = S.copy()
+    seq[:, :, f - features.N_START] = s.reference_median[:, None, f]
+    again = scorer.score(occluded, mask, seq, lengths, start, explain=False)
+    assert np.allclose(s.contributions[:, f], np.where(mask[:, f], s.risk - again.risk, 0.0), atol=1e-5)
+    start_f = features.FEATURES.index("log_req_mem_mb")   # not an LSTM channel: features only
+    occluded = X.copy()
+    occluded[:, start_f] = np.where(mask[:, start_f], s.reference_median[:, start_f], X[:, start_f])
     again = scorer.score(occluded, mask, S, lengths, start, explain=False)
-    assert np.allclose(s.contributions[:, f], np.where(mask[:, f], s.risk - again.risk, 0.0), atol=1e-6)
+    assert np.allclose(s.contributions[:, start_f], np.where(mask[:, start_f], s.risk - again.risk, 0.0),
+                       atol=1e-5)
     i = int(np.argmax(s.contributions.max(axis=1)))
     top = s.factors(i)
     assert top and top[0]["contribution"] == pytest.approx(float(s.contributions[i].max()))

@@ -98,12 +98,17 @@ def test_cli_prepare_train_status_and_errors(tmp_path: Path) -> None:
     status = json.loads(out.stdout)
     assert status["weights_source"] == "learned" and not status["retrain_due"]
     assert status["agent"]["uses_this_set"] and status["models"]["lstm"]["validation"]["n"] > 0
+    # which set is in use, and why: the site's unless the shipped starter beat it on validation
+    verdict = report.get("starter_comparison")
+    assert status["in_use"]["which"] == ("site" if verdict is None else verdict["use"])
+    assert status["in_use"]["reason"]
     out = _nomade("ml", "status", env=env)
-    assert "uses this model set" in out.stdout and "not due" in out.stdout
+    assert out.stdout.startswith("in use: ") and "not due" in out.stdout
+    assert "uses the site's model set above" in out.stdout
     out = _nomade("train", "--model", "gnn", env=env)  # table, progress on stderr
     assert out.returncode == 0 and "ensemble" in out.stdout and "gnn" in out.stderr
     (models_dir / "gnn_model.pt").write_bytes(b"broken")
-    out = _nomade("predict", env=env)
+    out = _nomade("predict", "--models-dir", str(models_dir), env=env)
     assert out.returncode == 2 and "gnn_model.pt" in out.stderr and "Traceback" not in out.stderr
     out = _nomade("train", "--data", str(tmp_path / "none.npz"), env=env)
     assert out.returncode == 2 and "--prepare" in out.stderr
@@ -248,3 +253,28 @@ def test_a_dead_lstm_process_is_an_error_not_a_hang(tmp_path: Path) -> None:
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert out.returncode != 0
     assert "cannot train the lstm model: its training process ended without a model (exit code 1)" in out.stderr
+
+
+def test_prepare_adds_thinned_copies_of_training_examples_that_keep_each_job_once() -> None:
+    """Samples every 3 s: training and validation examples are also computed from the
+    samples thinned to 6, 15 and 30 s (one model for any sampling interval); test examples
+    are the samples as recorded; every job's examples still weigh 1 in all."""
+    from nomade import features
+    jobs, samples = train.synthetic_tables(60, seed=2, samples_per_job=12)
+    # the same jobs sampled every 3 s over their first 10 minutes
+    n = len(jobs)
+    k = np.arange(200)
+    job = np.repeat(np.arange(n), len(k))
+    ts = jobs.start_ts[job] + 3.0 * np.tile(k + 1, n)
+    keep = ts < jobs.end_ts[job]
+    dense = features.SampleTable(job[keep], ts[keep], {"mem_bytes": 1e6 * (ts[keep] - jobs.start_ts[job[keep]]),
+                                                       "mem_limit_bytes": np.full(keep.sum(), 4e9)})
+    p = train.prepare(jobs, dense, 30.0, 8, max_per_job=4)
+    assert p.summary["augment_intervals_s"] == [6.0, 15.0, 30.0]
+    assert p.summary["grid"] == {"step_s": features.GRID_STEP_S, "length": 8}
+    weight = np.bincount(p.job, weights=p.w, minlength=n)
+    np.testing.assert_allclose(weight[np.unique(p.job)], 1.0, rtol=1e-5)
+    test = p.rows("test")
+    assert len(np.unique(np.stack([p.job[test], p.t[test]]), axis=1)[0]) == len(test)  # no copies in test
+    tr = p.rows("train")
+    assert len(tr) == 4 * len(np.unique(np.stack([p.job[tr], p.t[tr]]), axis=1)[0])

@@ -136,8 +136,8 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
     with torch.inference_mode():
         for r, tt in zip(test_jobs[job], t):
             X, mask = features.asof_features(jobs, samples, np.array([tt]), np.array([r]))
-            S, lengths = features.sequences(jobs, samples, np.array([tt]), cfg.ml.sequence_length,
-                                            cfg.collector.interval_s, np.array([r]))
+            S, lengths = features.sequences(jobs, samples, np.array([tt]), scorer.grid[1], scorer.grid[0],
+                                            np.array([r]))
             # the agent's tick: neighbours by the start-time features as of the job's start
             at_start, known = features.asof_features(jobs, features.SampleTable.empty(), jobs.start_ts[[r]],
                                                      np.array([r]))
@@ -145,11 +145,17 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
             nbrs = scoring.search_neighbours(scorer, start_X.astype(np.float32), jobs.start_ts[[r]])
             risk.append(float(scorer.score(X, mask, S, lengths, jobs.start_ts[[r]], explain=False,
                                            neighbours=nbrs).risk[0]))
-    batched_risk = replay.score_ticks(scorer, jobs, samples, test_jobs[job], t, cfg.ml.sequence_length,
-                                      cfg.collector.interval_s, chunk=5)
+    # the models' own time grid (features.GRID_STEP_S x [ml] sequence_length), as the agent reads it
+    assert scorer.grid == (features.GRID_STEP_S, cfg.ml.sequence_length)
+    batched_risk = replay.score_ticks(scorer, jobs, samples, test_jobs[job], t, scorer.grid[1],
+                                      scorer.grid[0], chunk=5)
     np.testing.assert_allclose(batched_risk, risk, rtol=1e-5, atol=1e-6)
     thresholds = [cfg.ml.alerts.high_risk_threshold, *(b for _, b in replay.LEVEL_BOUNDS)]
-    first, top = replay.first_crossings(len(test_jobs), job, t, np.array(risk), thresholds)
+    # an alert is confirmed as the agent confirms it ([ml.alerts] confirm_predictions)
+    confirm = cfg.ml.alerts.confirm_predictions
+    first, _ = replay.first_crossings(len(test_jobs), job, t, replay.confirmed(job, np.array(risk), confirm),
+                                      thresholds)
+    top = replay.first_crossings(len(test_jobs), job, t, np.array(risk), [])[1]
     alone = replay.figures(jobs.end_ts[test_jobs], jobs.label[test_jobs], jobs.state[test_jobs], first, top,
                            thresholds[0])
     batched = report["replay"]
@@ -157,8 +163,8 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
         assert alone[key] == batched[key], key
     assert alone["lead_times_s"] == pytest.approx(batched["lead_times_s"])
     again = replay.replay(jobs, samples, test_jobs, scorer, threshold=thresholds[0], step_s=120.0,
-                          interval_s=cfg.collector.interval_s, sequence_length=cfg.ml.sequence_length,
-                          max_ticks=8, chunk=7)
+                          interval_s=scorer.grid[0], sequence_length=scorer.grid[1], max_ticks=8, chunk=7,
+                          confirm=confirm)
     assert again["coverage"] == batched["coverage"] and again["ticks"] == batched["ticks"]
 
 
@@ -173,3 +179,30 @@ def test_replay_refuses_tables_the_data_was_not_prepared_from(trained: tuple) ->
     with pytest.raises(ValueError, match="step_s must be > 0"):
         replay.replay(jobs, samples, np.array([0]), Scorer.load(models), threshold=0.7, step_s=0.0,
                       interval_s=30.0, sequence_length=20)
+
+
+def test_replay_figures_per_group_add_up_to_the_whole(trained: tuple) -> None:
+    cfg, jobs, samples, p, models, report = trained
+    test_jobs = np.unique(p.job[p.rows("test")])
+    groups = np.array([None] * len(jobs), dtype=object)
+    groups[test_jobs] = np.where(test_jobs % 2 == 0, "even", "odd")
+    r = replay.replay(jobs, samples, test_jobs, Scorer.load(models), threshold=0.7, step_s=120.0,
+                      interval_s=features.GRID_STEP_S, sequence_length=cfg.ml.sequence_length, max_ticks=8,
+                      groups=groups)
+    assert set(r["by_group"]) == {"even", "odd"}
+    assert sum(g["jobs"] for g in r["by_group"].values()) == r["jobs"]
+    assert sum(g["coverage"]["caught"] for g in r["by_group"].values()) == r["coverage"]["caught"]
+    assert sum(g["false_alarms"]["alerted"] for g in r["by_group"].values()) == r["false_alarms"]["alerted"]
+    shares = [g["lead_share_median"] for g in r["by_group"].values() if g["lead_share_median"] is not None]
+    assert all(0 < s <= 1 for s in shares)
+    assert "shape" in replay.format_table(r)
+
+
+def test_a_crossing_needs_the_confirming_ticks() -> None:
+    job = np.array([0, 0, 0, 0, 1, 1, 2])
+    risk = np.array([0.9, 0.2, 0.8, 0.75, 0.8, 0.9, 0.95])
+    np.testing.assert_array_equal(replay.confirmed(job, risk, 1), risk)
+    got = replay.confirmed(job, risk, 2)
+    np.testing.assert_allclose(got, [np.nan, 0.2, 0.2, 0.75, np.nan, 0.8, np.nan])
+    first, _ = replay.first_crossings(3, job, np.arange(7.0), got, [0.7])
+    np.testing.assert_array_equal(first[:, 0], [3.0, 5.0, np.nan])   # job 2: one tick, never confirmed

@@ -149,7 +149,7 @@ class Agent:
         self.interval_s = cfg.agent.interval_s
         self.spool_interval_s = spool_interval_s
         self.final_interval_s = final_interval_s
-        self.sample_interval_s = cfg.collector.interval_s   # the LSTM's grid, as in training
+        self.sample_interval_s = cfg.collector.interval_s
         self.state = JobState.rebuild(store, time.time(), JOB_SAMPLE_FIELDS,
                                       **options_for(cfg.ml.sequence_length, self.sample_interval_s),
                                       max_jobs=cfg.agent.max_running_jobs,
@@ -163,6 +163,7 @@ class Agent:
         self.model_watch = scoring.ModelWatch()
         self.kept_neighbours = scoring.KeptNeighbours()   # the GNN's, from tick to tick
         self.scorer: scoring.ScorerLike | None = None
+        self.model_choice: Any = None   # nomade.ml.starter.Choice of the loaded set
         self._model_mtime: float | None = None
         self._comment_log = RateLimitedLog(log, 30.0)
         self._max_round_bytes = cfg.agent.max_round_mb << 20
@@ -457,8 +458,8 @@ class Agent:
             self.state.expire(now)
             scorer = self._scorer()
             if scorer is not None:
-                inputs = scoring.tick_inputs(self.state, now, self.cfg.ml.sequence_length,
-                                             self.sample_interval_s)
+                step_s, length = scorer.grid   # the models' own time grid, not the sampling interval
+                inputs = scoring.tick_inputs(self.state, now, length, step_s)
                 predictions = scoring.score(inputs, scorer, kept=self.kept_neighbours)
                 for m in self.publisher.publish(predictions):
                     self.metrics.predictions_total[m.body["level"]] += 1
@@ -490,17 +491,19 @@ class Agent:
         gc.freeze()
 
     def _scorer(self) -> scoring.ScorerLike | None:
-        """The loaded model, (re)loaded when its files change; None (logged once per
-        change of reason) when there is none."""
+        """The loaded model set, (re)loaded when the site's metadata changes: the site's
+        own models, or the starter model shipped with nomade until they beat it
+        (``nomade.ml.starter.choose``); None (logged once per change of reason) when
+        there is none."""
         if not self.cfg.ml.enabled:
             return self._no_model("[ml] enabled = false")
         from nomade.ml import persist
 
         meta = Path(self.models_dir) / persist.METADATA_FILE
         try:
-            mtime = meta.stat().st_mtime
+            mtime: float | None = meta.stat().st_mtime
         except OSError:
-            return self._no_model(f"no {meta}; run `nomade train`")
+            mtime = None
         if self.scorer is None or mtime != self._model_mtime:
             self._model_mtime = mtime
             try:
@@ -508,19 +511,29 @@ class Agent:
             except Exception as e:  # broken or half-written files: say so, retry on change
                 self.scorer = None
                 return self._no_model(f"{self.models_dir}: {e}")
+            if self.scorer is None:
+                return self._no_model(f"no {meta}, and no starter model ([ml] starter); run `nomade train`")
         self._log_model(None)
         return self.scorer
 
-    def _load_scorer(self) -> scoring.ScorerLike:
+    def _load_scorer(self) -> scoring.ScorerLike | None:
+        """The chosen model set loaded (None: there is none), its choice logged."""
         import torch
 
+        from nomade.ml import starter
         from nomade.ml.ensemble import Weights
         from nomade.ml.inference import Scorer
 
+        choice = starter.choose(self.models_dir, starter.starter_dir_of(self.cfg))
+        if choice.which == "none":
+            return None
         # Scorer.score runs each op on one thread; this sets its LSTM workers (nomade.ml.inference)
         torch.set_num_threads(max(1, min(MAX_LSTM_WORKERS, len(os.sched_getaffinity(0)))))
         e = self.cfg.ml.ensemble
-        return Scorer.load(self.models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
+        scorer = Scorer.load(choice.models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
+        self.model_choice = choice
+        log.info("models in use: %s", choice.reason)
+        return scorer
 
     def _no_model(self, reason: str) -> None:
         self.scorer = None
@@ -539,8 +552,12 @@ class Agent:
         from nomade.ml import persist
 
         version = self.scorer.version if self.scorer is not None else None
+        choice = self.model_choice if self.scorer is not None else None
         try:
-            persist.write_agent_state(Path(self.store.path).parent, self.models_dir, version)
+            persist.write_agent_state(Path(self.store.path).parent,
+                                      self.models_dir if choice is None else choice.models_dir, version,
+                                      which=None if choice is None else choice.which,
+                                      reason=None if choice is None else choice.reason)
         except OSError as e:
             log.warning("cannot record the agent state beside the store: %s", e)
 

@@ -14,8 +14,8 @@ last tick; the ended-job history is cached by ``JobState.history_columns``; the 
 graph neighbours are found once a job, as in training (``KeptNeighbours``); the scorer
 runs the LSTM on worker threads beside the other models (``nomade.ml.inference``).
 
-Explanations (occlusion, 17 variants of the GNN and autoencoder inputs, then advice
-text) cost about as much per job as the rest of the tick, so they are bounded:
+Explanations (occlusion, 17 variants of the GNN and autoencoder inputs and 11 of the
+LSTM's sequence, then advice text from the job's values) cost about as much per job as the rest of the tick, so they are bounded:
 
 * only jobs with risk >= ``explain_min_risk`` (moderate and above) carry factors;
 * at most ``max_explain`` jobs are explained a tick: first those whose level differs
@@ -25,9 +25,8 @@ text) cost about as much per job as the rest of the tick, so they are bounded:
   none. Under the cap every candidate is explained every tick; a level change (when
   a Comment is written) comes first, so only more than ``max_explain`` changes in one
   tick (e.g. the first tick after a restart) leave some without factors for a tick.
-* the explanation pass (``Scorer.explain``) reuses the tick's score: its parts, the
-  LSTM's included (occlusion changes only the GNN and autoencoder inputs), and its
-  graph neighbours, so it costs the occlusion only, and the factors are exactly those
+* the explanation pass (``Scorer.explain``) reuses the tick's score: its parts,
+  its normalised sequences and its graph neighbours, so it costs the occlusion only, and the factors are exactly those
   of scoring with ``explain=rows`` (tests/test_agent_state.py checks this).
 """
 
@@ -51,8 +50,8 @@ if TYPE_CHECKING:   # torch only when a tick scores (``nomade --help`` imports n
 EXPLAIN_MIN_RISK = 0.3
 #: Most jobs explained in one tick.
 MAX_EXPLAIN = 300
-#: Factors per prediction.
-TOP_FACTORS = 3
+#: Factors per prediction (before advice keeps the cited ones, runtime evidence first).
+TOP_FACTORS = 6
 _START_PART = features.START_PART
 _REQUEST = ("req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts")
 
@@ -72,6 +71,8 @@ class TickInputs:
     """The start-time features as of each job's start (0 where unknown; the runtime
     part 0): what training finds a job's graph neighbours by (its ``ref_start_X``).
     None: by ``X``'s start-time part, as of the tick."""
+    step_s: float = features.GRID_STEP_S
+    """The grid step of ``S`` (how long the CPU has been idle is read from it)."""
 
 
 class ScoresLike(Protocol):
@@ -91,6 +92,8 @@ class ScorerLike(Protocol):
 
     @property
     def version(self) -> str | None: ...
+    @property
+    def grid(self) -> tuple[float, int]: ...
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
               explain: bool = True, neighbours: Neighbours | None = None) -> ScoresLike: ...
@@ -139,7 +142,9 @@ def _sample_table(rows: SampleRows) -> features.SampleTable:
 
 
 def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: float) -> TickInputs:
-    """The features and sequences of every scorable running job as of ``now``."""
+    """The features and sequences of every scorable running job as of ``now``;
+    sequences on the grid of ``sequence_length`` steps of ``interval_s`` (the loaded
+    models' ``Scorer.grid``)."""
     run = state.scorable()
     jobs = _job_table(run, state)
     samples = _sample_table(state.sample_rows(run))
@@ -147,7 +152,8 @@ def tick_inputs(state: JobState, now: float, sequence_length: int, interval_s: f
     t = np.full(len(run), float(now))
     X, mask = features.asof_features(jobs, samples, t, rows)
     S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
-    return TickInputs(run, now, X, mask, S, lengths, jobs.start_ts[rows], features.start_features(jobs, rows))
+    return TickInputs(run, now, X, mask, S, lengths, jobs.start_ts[rows], features.start_features(jobs, rows),
+                      float(interval_s))
 
 
 # ---------------------------------------------------------------- explanations
@@ -173,9 +179,19 @@ def _explain(inputs: TickInputs, scorer: ScorerLike, scores: ScoresLike, rows: n
     if not len(rows):
         return
     ex = scorer.explain(scores, rows)
-    for i in rows.tolist():
+    idle = features.idle_minutes(inputs.S[rows], inputs.lengths[rows], inputs.step_s)
+    for k, i in enumerate(rows.tolist()):
         inputs.jobs[i].explained = Explained(str(level[i]), inputs.now,
-                                             advice.wire_factors(ex.factors(i, top)))
+                                             advice.wire_factors(ex.factors(i, top), evidence(inputs, i, idle[k])))
+
+
+def evidence(inputs: TickInputs, i: int, idle_min: float) -> dict[str, float]:
+    """Job ``i``'s known raw feature values by name, and how long its CPU has been idle
+    (``cpu_idle_min``): what advice phrases state beside the cited factors (the time
+    left to the limit, MB/min of memory growth)."""
+    known = {name: float(v) for name, v, m in zip(features.FEATURES, inputs.X[i], inputs.mask[i]) if m}
+    known["cpu_idle_min"] = float(idle_min)
+    return known
 
 
 def _factors(job: RunningJob, level: str, risk: float, min_risk: float) -> list[dict[str, Any]]:

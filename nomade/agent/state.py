@@ -68,10 +68,12 @@ _ROW = itemgetter(*(JOB_SAMPLE_FIELDS.index(f) for f in ROW_FIELDS))
 
 def options_for(sequence_length: int, sample_interval_s: float) -> dict[str, float]:
     """``JobState`` keyword arguments for samples taken every ``sample_interval_s``
-    (``[collector] interval_s``, the grid the LSTM reads in training too): rings that
-    hold the LSTM window plus ``features.WINDOW_S``, and node iowait readings up to two
-    sampling intervals old (what ``nomade.ml.train.tables_from_store`` joins)."""
-    return {"horizon_s": (sequence_length + 1) * sample_interval_s + features.WINDOW_S,
+    (``[collector] interval_s``): rings that hold the LSTM window (``sequence_length``
+    steps of ``features.GRID_STEP_S``, or of the sampling interval where it is coarser)
+    plus ``features.WINDOW_S`` and one sample before it, and node iowait readings up to
+    two sampling intervals old (what ``nomade.ml.train.tables_from_store`` joins)."""
+    step = max(features.GRID_STEP_S, sample_interval_s)
+    return {"horizon_s": (sequence_length + 1) * step + features.WINDOW_S + sample_interval_s,
             "iowait_max_age_s": features.iowait_max_age_s(sample_interval_s)}
 
 

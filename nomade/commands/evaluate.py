@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="seconds between replayed ticks (default: [agent] interval_s)")
     rep.add_argument("--replay-max-ticks", metavar="N", type=int, default=64,
                      help="most ticks replayed per job, spread over its run (default 64)")
+    rep.add_argument("--shapes", metavar="FILE",
+                     help="JSON object job id -> shape name (metadata of a lab corpus, never a feature): "
+                          "the replay's figures per shape too")
     parser.add_argument("--plot", metavar="DIR", help="write roc.svg and lead_times.svg into DIR")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         prepared = train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
                                  max_per_job=args.ticks_per_job, source=name)
         if not args.no_replay:
-            source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks)
+            source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks,
+                                           _shapes(Path(args.shapes).expanduser(), jobs) if args.shapes else None)
     reporter = None if args.quiet else train.stderr_reporter()
     models_dir = None if args.models_dir is None else str(Path(args.models_dir).expanduser())
     report = evaluate.compare(prepared, cfg, models_dir, weights_mode(args), reporter, say, source)
@@ -104,6 +108,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         for line in report.get("plots", []):
             print(f"plot: {line}")
     return 0
+
+
+def _shapes(path: Path, jobs: Any) -> Any:
+    """The shape of each job of ``jobs`` (None where the file names none) from a JSON
+    object job id -> shape; ``NomadeError`` naming the file if it is not one."""
+    import numpy as np
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise NomadeError(f"{path}: cannot read the shapes ({e})") from e
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise NomadeError(f"{path}: expected a JSON object of job id -> shape name (strings)")
+    return np.array([data.get(str(j)) for j in jobs.job_id], dtype=object)
 
 
 def _plots(report: dict[str, Any], out: Path) -> list[str]:

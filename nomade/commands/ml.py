@@ -57,10 +57,17 @@ def status(cfg: Config, models_dir: Path, now: float | None = None) -> dict[str,
     weights, source = persist.load_weights(models_dir, default)
     due = persist.retrain_due(meta, cfg.ml.retrain_interval_days, now)
     version = persist.model_version(meta)
+    from nomade.ml import starter
+    choice = starter.choose(models_dir, starter.starter_dir_of(cfg))
+    in_use = {"which": choice.which, "models_dir": str(choice.models_dir), "reason": choice.reason,
+              "model_version": persist.model_version(persist.read_metadata(choice.models_dir)),
+              "starter_comparison": meta.get(starter.COMPARISON)}
     agent = persist.read_agent_state(cfg.paths().db_path.parent)
     if agent is not None:
         agent["uses_this_set"] = agent.get("model_version") == version and version is not None
-    return {"models_dir": str(models_dir), "model_version": version, "nomade_version": meta.get("nomade_version"),
+        agent["uses_chosen_set"] = agent.get("model_version") == in_use["model_version"] is not None
+    return {"in_use": in_use, "models_dir": str(models_dir), "model_version": version,
+            "nomade_version": meta.get("nomade_version"),
             "torch_version": meta.get("torch_version"), "models": models,
             "weights": weights.as_dict(), "weights_source": source,
             "retrain_interval_days": cfg.ml.retrain_interval_days, "retrain_due": due, "agent": agent}
@@ -76,10 +83,13 @@ def _num(v: Any) -> str:
 
 def render(s: dict[str, Any]) -> str:
     """The status for people (see the module docstring)."""
+    use = s["in_use"]
+    head = f"in use: {use['reason']}" + (f" (set {use['model_version']})" if use["model_version"] else "")
     if not s["models"]:
-        return f"no trained models in {s['models_dir']}; run `nomade train --prepare` then `nomade train`"
-    lines = [f"models in {s['models_dir']} (set {s['model_version']}, nomade {s['nomade_version']}, "
-             f"torch {s['torch_version']})",
+        return (f"{head}\nno trained models of the site's own in {s['models_dir']}; run `nomade train --prepare` "
+                "then `nomade train`" + _agent_line(s["agent"], use["model_version"]))
+    lines = [head, (f"models in {s['models_dir']} (set {s['model_version']}, nomade {s['nomade_version']}, "
+                    f"torch {s['torch_version']})"),
              f"{'model':<12} {'trained':<16}  {'age':>6}  {'jobs':>7}  {'data':<24}  {'val AUC':>7}  {'val F1':>6}"]
     for kind, m in s["models"].items():
         d = m["data"]
@@ -93,14 +103,22 @@ def render(s: dict[str, Any]) -> str:
                  f" ({s['weights_source']})")
     lines.append(f"retraining: {'DUE' if s['retrain_due'] else 'not due'} "
                  f"(interval {s['retrain_interval_days']:g} days)")
-    a = s["agent"]
+    return "\n".join(lines) + _agent_line(s["agent"], use["model_version"], s["model_version"])
+
+
+def _agent_line(a: dict[str, Any] | None, chosen: str | None, site: str | None = None) -> str:
+    """What the running agent reported it uses (agent_state.json)."""
     if a is None:
-        lines.append("agent: none has reported which models it uses")
+        return "\nagent: none has reported which models it uses"
+    state = "running" if a["running"] else "not running"
+    version = a.get("model_version")
+    if version is not None and version == site:
+        use = "uses the site's model set above"
+    elif version is not None and version == chosen:
+        use = "uses the model set in use above"
     else:
-        state = "running" if a["running"] else "not running"
-        use = "uses this model set" if a["uses_this_set"] else f"uses model set {a.get('model_version')}"
-        lines.append(f"agent: pid {a['pid']} {state}, {use}")
-    return "\n".join(lines)
+        use = f"uses model set {version}" + (f" ({a['which']})" if a.get("which") else "")
+    return f"\nagent: pid {a['pid']} {state}, {use}"
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

@@ -30,16 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``nomade predict``."""
     parser.add_argument("--job", metavar="ID", help="only this job")
     parser.add_argument("--db", metavar="PATH", help="store (default: [storage] db_path)")
-    parser.add_argument("--models-dir", metavar="DIR", help="models directory (default: [ml] models_dir)")
+    parser.add_argument("--models-dir", metavar="DIR",
+                        help="score with the models in DIR (default: the set the agent would use: [ml] "
+                             "models_dir, or the starter model until the site's own beat it)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per job)")
 
 
 def predictions(cfg: Config, db: Path, models_dir: Path, job: str | None = None,
-                now: float | None = None) -> list[dict[str, Any]]:
+                now: float | None = None, choose: bool = True) -> list[dict[str, Any]]:
     """Score the running jobs of store ``db`` as of ``now`` exactly as the agent's tick
     would after a restart (its job state rebuilt from the store: recent samples, node
     iowait, user history; the same feature functions): one ``prediction``-like dict per
-    job (job_id, user, risk, level, parts, factors, ts), riskiest first."""
+    job (job_id, user, risk, level, parts, factors, ts), riskiest first. ``choose``:
+    the set the agent would load (``nomade.ml.starter.choose``), else ``models_dir``'s."""
     import numpy as np
 
     from nomade.agent import scoring
@@ -48,14 +51,19 @@ def predictions(cfg: Config, db: Path, models_dir: Path, job: str | None = None,
     from nomade.ml.inference import Scorer
     from nomade.store import JOB_SAMPLE_FIELDS, Store
     now = time.time() if now is None else now
+    from nomade.ml.starter import choose as pick
+    from nomade.ml.starter import starter_dir_of
     e = cfg.ml.ensemble
+    if choose:
+        models_dir = pick(models_dir, starter_dir_of(cfg)).models_dir
     scorer = Scorer.load(models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
     if not db.exists():
         raise NomadeError(f"{db}: no store here; is the agent running with this config?")
-    grid = cfg.collector.interval_s
+    step_s, length = scorer.grid
     with Store(db, readonly=True) as store:
-        state = JobState.rebuild(store, now, JOB_SAMPLE_FIELDS, **options_for(cfg.ml.sequence_length, grid))
-    inputs = scoring.tick_inputs(state, now, cfg.ml.sequence_length, grid)
+        state = JobState.rebuild(store, now, JOB_SAMPLE_FIELDS,
+                                 **options_for(length, cfg.collector.interval_s))
+    inputs = scoring.tick_inputs(state, now, length, step_s)
     rows = np.arange(len(inputs.jobs))
     if job is not None:
         rows = np.flatnonzero([r.job_id == job for r in inputs.jobs])
@@ -94,6 +102,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     paths = cfg.paths()
     db = Path(args.db).expanduser() if args.db else paths.db_path
     models_dir = Path(args.models_dir).expanduser() if args.models_dir else paths.models_dir
-    preds = predictions(cfg, db, models_dir, args.job)
+    preds = predictions(cfg, db, models_dir, args.job, choose=not args.models_dir)
     print(json.dumps(clean_json(preds), indent=2) if args.json else render(preds))
     return 0

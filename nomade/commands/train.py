@@ -11,6 +11,12 @@ Examples::
     nomade train --submit                    the same, as a Slurm batch job
     nomade train --if-due                    retrain from the store only when the models are
                                              older than [ml] retrain_interval_days (a timer's job)
+    nomade train --starter --db CORPUS --learn-weights --ticks-per-job 16
+                                             the starter model shipped in nomade/starter/
+
+A site's models are judged against the shipped starter model on the validation split
+(the site's recent jobs): the agent uses them only if they score at least as well
+there (``nomade.ml.starter``); the table says which won.
 
 It prints a table (validation and test AUC-ROC, AUC-PR, precision, recall, F1 per
 model and for the ensemble) or, with ``--json``, the whole report. Progress goes to
@@ -60,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when the data has no samples, as in a trace)")
     add_weights_arguments(parser)
     parser.add_argument("--models-dir", metavar="DIR", help="where model files go (default: [ml] models_dir)")
+    parser.add_argument("--starter", action="store_true",
+                        help="train the starter model shipped with nomade (into nomade/starter/ unless "
+                             "--models-dir), from a lab corpus store (--db); no comparison with the old one")
     parser.add_argument("--submit", action="store_true", help="run this training as a Slurm batch job")
     parser.add_argument("--if-due", action="store_true",
                         help="do nothing (exit 0) unless the models are missing or older than [ml] "
@@ -91,6 +100,9 @@ def weights_mode(args: argparse.Namespace) -> str:
 def _paths(args: argparse.Namespace, cfg: Config) -> tuple[Path, Path]:
     paths = cfg.paths()
     models_dir = Path(args.models_dir).expanduser() if args.models_dir else paths.models_dir
+    if args.starter and not args.models_dir:
+        from nomade.ml.starter import STARTER_DIR
+        models_dir = STARTER_DIR
     data = Path(args.data).expanduser() if args.data else paths.models_dir.parent / "prepared.npz"
     return models_dir, data
 
@@ -120,10 +132,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     else:
         prepared = train.Prepared.load(data)
     reporter = None if args.quiet else train.stderr_reporter()
-    report = train.fit_and_save(prepared, cfg, models_dir, args.model, weights_mode(args), reporter)
+    from nomade.ml.starter import COMPARISON, STARTER_DIR
+    report = train.fit_and_save(prepared, cfg, models_dir, args.model, weights_mode(args), reporter,
+                                starter_dir=None if args.starter or not cfg.ml.starter else STARTER_DIR)
     if reporter is not None:
         sys.stderr.write("\n")
-    _print(args, report, train.format_report(report))
+    text = train.format_report(report)
+    verdict = report.get(COMPARISON)
+    if verdict is not None:
+        text += (f"\nagainst the starter model on the validation jobs: AUC-ROC {verdict['site_auc']:.3f} (these "
+                 f"models) vs {verdict['starter_auc']:.3f} (starter): the agent uses the {verdict['use']}'s")
+    _print(args, report, text)
     return 0
 
 
@@ -205,7 +224,7 @@ def _submit(args: argparse.Namespace, cfg: Config) -> int:
     argv += ["train", "--quiet", f"--models-dir={models_dir.resolve()}", f"--data={data.resolve()}"]
     flags = {"--prepare": args.prepare, "--learn-weights": args.learn_weights,
              "--config-weights": args.config_weights, "--partial": args.partial, "--json": args.json,
-             "--if-due": args.if_due}
+             "--if-due": args.if_due, "--starter": args.starter}
     argv += [flag for flag, on in flags.items() if on]
     values = {"--swf": args.swf and str(Path(args.swf).resolve()), "--db": args.db and str(Path(args.db).resolve()),
               "--synthetic": args.synthetic, "--ticks-per-job": args.ticks_per_job}

@@ -51,7 +51,6 @@ def write_config(ws: Path, *, sample_interval_s: float, tick_s: float = TICK_S,
     text = f"""# written by {header}
 [ml]
 models_dir = "{ws}/models"
-sequence_length = 20
 [ml.training]
 epochs = 60
 [collector]

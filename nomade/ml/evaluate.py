@@ -35,7 +35,7 @@ import numpy as np
 from nomade import features
 from nomade.config import Config
 from nomade.errors import NomadeError
-from nomade.ml import metrics, persist, replay
+from nomade.ml import metrics, persist, replay, rules
 from nomade.ml.baselines import BASELINES
 from nomade.ml.ensemble import PARTS, Choice, Weights, choose_weights, combine
 from nomade.ml.inference import Scorer
@@ -44,13 +44,15 @@ from nomade.ml.train import SPLITS, Prepared, Reporter, build_data, fit_models, 
 Say = Callable[[str], None]
 """``say(line)``: one progress line (stderr in the command)."""
 ORDER = ("gnn", "lstm", "autoencoder", "ensemble", "ensemble_config", "ensemble_learned",
-         "logistic_regression", "gradient_boosting")
+         "logistic_regression", "gradient_boosting", *rules.RULES)
 """Rows of the table, in print order."""
 ROC_POINTS = 200
 """Most points kept of each ROC curve in the report."""
 LABELS = {"gnn": "GNN", "lstm": "LSTM", "autoencoder": "autoencoder", "ensemble": "ensemble",
           "ensemble_config": "  with config weights", "ensemble_learned": "  with learned weights",
-          "logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting"}
+          "logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting",
+          "rule_memory": "rule: memory >= 90% of limit", "rule_idle": "rule: idle, late in the limit",
+          "rules": "rules: either"}
 
 
 def best_threshold(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None) -> float:
@@ -151,6 +153,8 @@ class ReplaySource:
     samples: features.SampleTable
     step_s: float
     max_ticks: int = replay.DEFAULT_MAX_TICKS
+    shapes: np.ndarray | None = None
+    """Per job of ``jobs``, its shape (None unknown): the replay's figures per shape too."""
 
 
 def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mode: str = "auto",
@@ -199,6 +203,11 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mod
             report["models"][name]["weights"] = cand.as_dict()
     baselines, baseline_test = _baselines(p, d.Xn, rows, cfg.ml.seed, say)
     report["models"].update(baselines)
+    rule_test = {name: rules.fire(name, p.X[rows["test"]], p.mask[rows["test"]]) for name in rules.RULES}
+    for name in rules.RULES:
+        report["models"][name] = _judge(p, rows, rules.fire(name, p.X[rows["validation"]], p.mask[rows["validation"]]),
+                                        rule_test[name])
+    baseline_test.update(rule_test)
     te = rows["test"]
     report["roc"] = {name: dict(zip(("fpr", "tpr"), roc_curve(p.y[te], sc, p.w[te])))
                      for name, sc in {**test, **baseline_test}.items()}
@@ -222,23 +231,30 @@ def _save_and_replay(p: Prepared, cfg: Config, saved: tuple[Any, ...], models_di
         if models_dir is not None:
             out["models_dir"] = str(models_dir)
         if source is not None:
-            out["replay"] = _replay(p, cfg, Scorer.load(target, weights), source, say)
+            scorer = Scorer.load(target, weights)
+            out["replay"] = _replay(p, cfg, scorer, source, say)
+            out["replay_rules"] = {name: _replay(p, cfg, rules.RuleScorer(name), source, say, scorer.grid)
+                                   for name in rules.RULES}
     return out
 
 
-def _replay(p: Prepared, cfg: Config, scorer: Scorer, source: ReplaySource, say: Say) -> dict[str, Any]:
-    """The test jobs of ``p`` replayed tick by tick through ``scorer`` (``replay``)."""
+def _replay(p: Prepared, cfg: Config, scorer: Any, source: ReplaySource, say: Say,
+            grid: tuple[float, int] | None = None) -> dict[str, Any]:
+    """The test jobs of ``p`` replayed tick by tick through ``scorer`` (``replay``; a
+    rule's ``RuleScorer`` reads the models' ``grid``)."""
+    grid = scorer.grid if grid is None else grid
     jobs = source.jobs
     if len(jobs) <= int(p.job.max()) or not np.array_equal(jobs.start_ts[p.job], p.start_ts):
         raise NomadeError("cannot replay: the job tables are not the ones the dataset was prepared from")
     test_jobs = np.unique(p.job[p.rows("test")])
-    say(f"replaying {len(test_jobs)} test jobs through the live scorer "
+    say(f"replaying {len(test_jobs)} test jobs through {getattr(scorer, 'name', 'the live scorer')} "
         f"(a tick every {source.step_s:g} s, at most {source.max_ticks} a job)")
     try:
         return replay.replay(jobs, source.samples, test_jobs, scorer,
                              threshold=cfg.ml.alerts.high_risk_threshold, step_s=source.step_s,
-                             interval_s=cfg.collector.interval_s, sequence_length=cfg.ml.sequence_length,
-                             max_ticks=source.max_ticks)
+                             interval_s=grid[0], sequence_length=grid[1],
+                             max_ticks=source.max_ticks, groups=source.shapes,
+                             confirm=cfg.ml.alerts.confirm_predictions)
     except ValueError as e:
         raise NomadeError(f"cannot replay the test jobs: {e}") from e
 
@@ -261,7 +277,20 @@ def format_table(report: dict[str, Any]) -> str:
     rep = report.get("replay")
     if rep is None:
         return text
-    return text + "\n\n" + (f"replay: skipped ({rep['skipped']})" if "skipped" in rep else replay.format_table(rep))
+    if "skipped" in rep:
+        return text + f"\n\nreplay: skipped ({rep['skipped']})"
+    return text + "\n\n" + replay.format_table(rep) + _rules_table(report.get("replay_rules", {}), rep)
+
+
+def _rules_table(by_rule: dict[str, Any], models: dict[str, Any]) -> str:
+    """The runtime rules replayed as the models are, beside the models' own row."""
+    if not by_rule:
+        return ""
+    rows = [replay._row(f"models, risk >= {models['threshold']:.2f}", models)]
+    rows += [replay._row(LABELS[name], r) for name, r in by_rule.items()]
+    head = ("alert by", "coverage", "false alarms", "precision", "lead median", "p10", "p90")
+    return "\n\nthe same test jobs replayed through the runtime rules (nomade.ml.rules):\n" + "\n".join(
+        replay._aligned(head, rows))
 
 
 def _auc_table(report: dict[str, Any]) -> str:

@@ -8,9 +8,10 @@ cannot score the job: the LSTM before a job's first sample) and explanations.
 Explanations are occlusion against "normal": feature f's contribution is
 ``risk(x) - risk(x with f set to the median of COMPLETED training jobs of the same
 shape)``, positive where the feature raises the risk, 0 where it is not known yet.
-The GNN neighbourhood is held fixed (which neighbours a job has is not re-searched)
-and the LSTM reads the metric sequence, not the 17 features, so its part is
-unchanged: contributions explain the GNN and autoencoder parts. The per-feature
+The GNN neighbourhood is held fixed (which neighbours a job has is not re-searched).
+A runtime feature is also the LSTM's channel of the same name: its whole sequence is
+set to that median too, so a contribution says how much the risk falls, whichever
+model raised it, if that one signal had been normal all along. The per-feature
 ``reference`` (median and inter-quartile spread of completed jobs of that shape, in
 the raw feature units) is what advice text compares a value with ("3x normal").
 
@@ -117,6 +118,9 @@ class Scores:
     neighbours: Neighbours | None = None
     """The graph neighbours the GNN part used (None without a GNN): what
     :meth:`Scorer.explain` holds fixed."""
+    sequences: tuple[np.ndarray, np.ndarray] | None = None
+    """The LSTM's normalised sequences and lengths (None without an LSTM part): what
+    :meth:`Scorer.explain` occludes channel by channel."""
 
     def parts_of(self, i: int) -> dict[str, float | None]:
         """``{"gnn": p, "lstm": p, "autoencoder": s}`` of job i, None where unavailable."""
@@ -179,6 +183,16 @@ class Scorer:
         return cls(models, norms, weights, meta, source)
 
     @property
+    def grid(self) -> tuple[float, int]:
+        """``(step_s, length)`` of the LSTM's time grid, as the models were trained on
+        (``features.sequences``); models of before the fixed grid read the sampling
+        interval they were trained on."""
+        data = self.metadata.get("training_data", {})
+        grid = data.get("grid") or {"step_s": data.get("interval_s", features.GRID_STEP_S),
+                                    "length": data.get("sequence_length", 20)}
+        return float(grid["step_s"]), int(grid["length"])
+
+    @property
     def version(self) -> str | None:
         """Identifies the loaded model set (``persist.model_version``)."""
         return persist.model_version(self.metadata)
@@ -204,15 +218,19 @@ class Scorer:
             raise ValueError(f"X and mask must be [n, {features.N_FEATURES}], got {X.shape}, {mask.shape}")
         workers = max(1, torch.get_num_threads())
         parts = np.full((len(X), len(PARTS)), np.nan, np.float32)
+        seq = None
+        if "lstm" in self.models and S is not None and lengths is not None:
+            seq = (self.normalizers["lstm"].transform_sequences(S),
+                   np.minimum(np.asarray(lengths, np.int64), np.shape(S)[1]))
         with _one_thread(), ThreadPoolExecutor(workers, thread_name_prefix="nomade-lstm") as pool:
-            lstm = self._lstm_part(pool, len(X), S, lengths)   # on the workers, while this thread goes on
+            lstm = self._lstm_part(pool, len(X), seq)   # on the workers, while this thread goes on
             nbrs = neighbours if neighbours is not None or "gnn" not in self.models else self.neighbours(
                 X, mask, start_ts)
             parts[:, 0], parts[:, 2] = self._static_parts([X], mask, nbrs)[0]
             parts[:, 1] = lstm()
         risk = combine(parts, self.weights)
         med, spread = reference_for(self.reference, X)
-        scores = Scores(risk, levels(risk), parts, X, mask, med, spread, None, nbrs)
+        scores = Scores(risk, levels(risk), parts, X, mask, med, spread, None, nbrs, seq)
         return scores if explain is False else self.explain(scores, None if explain is True else explain)
 
     def explain(self, scores: Scores, rows: np.ndarray | None = None) -> Scores:
@@ -226,9 +244,10 @@ class Scorer:
         contrib = np.full(scores.values.shape, np.nan, np.float32)
         nbrs = scores.neighbours
         sub = None if nbrs is None else Neighbours(nbrs.idx[rows], nbrs.sim[rows], nbrs.valid[rows])
+        seq = None if scores.sequences is None else tuple(a[rows] for a in scores.sequences)
         with _one_thread():
             contrib[rows] = self._occlusion(scores.values[rows], scores.mask[rows], sub, scores.parts[rows],
-                                            scores.risk[rows], scores.reference_median[rows])
+                                            scores.risk[rows], scores.reference_median[rows], seq)
         return replace(scores, contributions=contrib)
 
     def neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Neighbours:
@@ -245,17 +264,17 @@ class Scorer:
         return Neighbours(*graph.neighbours(ref.x, ref.end_ts, xn, np.asarray(start_ts, np.float64),
                                             start_mask, self.threshold, self.k))
 
-    def _lstm_part(self, pool: ThreadPoolExecutor, n: int, S: np.ndarray | None,
-                   lengths: np.ndarray | None) -> Callable[[], np.ndarray]:
-        """Start the LSTM part on ``pool``, one task per batch of ``LSTM_BATCH`` rows
-        (those ``predict_proba`` would make); returns the wait for it (NaN without an
-        LSTM, without sequences, and for jobs without a sample) of ``n`` jobs."""
+    def _lstm_part(self, pool: ThreadPoolExecutor, n: int,
+                   seq: tuple[np.ndarray, np.ndarray] | None) -> Callable[[], np.ndarray]:
+        """Start the LSTM part of the normalised sequences ``seq`` on ``pool``, one task
+        per batch of ``LSTM_BATCH`` rows (those ``predict_proba`` would make); returns
+        the wait for it (NaN without an LSTM, without sequences, and for jobs without a
+        sample) of ``n`` jobs."""
         out = np.full(n, np.nan, np.float32)
-        if "lstm" not in self.models or S is None or lengths is None:
+        if seq is None:
             return lambda: out
         model: LSTMClassifier = self.models["lstm"]
-        S = self.normalizers["lstm"].transform_sequences(S)
-        lengths = np.minimum(np.asarray(lengths, np.int64), S.shape[1])
+        S, lengths = seq
         rows = np.flatnonzero(lengths > 0)
         batches = [b for b in np.array_split(rows, max(1, -(-len(rows) // LSTM_BATCH))) if len(b)]
         futures = [pool.submit(model.predict_proba, S[b], lengths[b], len(b)) for b in batches]
@@ -283,19 +302,40 @@ class Scorer:
         return list(zip(gnn, ae))
 
     def _occlusion(self, X: np.ndarray, mask: np.ndarray, nbrs: Neighbours | None,
-                   parts: np.ndarray, risk: np.ndarray, med: np.ndarray) -> np.ndarray:
-        """risk − risk with one feature at a time set to its reference median."""
+                   parts: np.ndarray, risk: np.ndarray, med: np.ndarray,
+                   seq: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """risk − risk with one feature at a time set to its reference median (for a
+        runtime feature, in the LSTM's sequence too)."""
         variants = []
         for f in range(X.shape[1]):
             v = X.copy()
             v[:, f] = np.where(mask[:, f], med[:, f], X[:, f])
             variants.append(v)
+        lstm = self._lstm_occluded(seq, med)
         out = np.zeros(X.shape, np.float32)
         for f, (g, a) in enumerate(self._static_parts(variants, mask, nbrs)):
             occluded = parts.copy()
             occluded[:, 0], occluded[:, 2] = g, a
+            if lstm is not None and f >= features.N_START:
+                occluded[:, 1] = np.where(np.isfinite(parts[:, 1]), lstm[f - features.N_START], parts[:, 1])
             out[:, f] = np.where(mask[:, f], risk - combine(occluded, self.weights), 0.0)
         return out
+
+    def _lstm_occluded(self, seq: tuple[np.ndarray, np.ndarray] | None,
+                       med: np.ndarray) -> np.ndarray | None:
+        """float32[11, n]: the LSTM part with each channel's whole sequence set to the
+        job's reference median of that feature (None without an LSTM part)."""
+        if seq is None or not len(med):
+            return None
+        S, lengths = seq
+        normal = self.normalizers["lstm"].transform(med, np.ones(med.shape, bool))[:, features.N_START:]
+        n, channels = len(S), S.shape[2]
+        batch = np.repeat(S[None], channels, axis=0)
+        for c in range(channels):
+            batch[c, :, :, c] = normal[:, c, None]
+        model: LSTMClassifier = self.models["lstm"]
+        flat = model.predict_proba(batch.reshape(channels * n, *S.shape[1:]), np.tile(lengths, channels))
+        return flat.reshape(channels, n)
 
 
 @contextlib.contextmanager

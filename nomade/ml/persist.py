@@ -111,11 +111,12 @@ def read_metadata(models_dir: str | Path) -> dict[str, Any]:
 def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mapping[str, Any],
          info: Mapping[str, Mapping[str, Any]], weights: Weights | None = None,
          summary: Mapping[str, Any] | None = None,
-         reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         reference: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``models`` (kind → fitted estimator), each with ``normalizer`` and its
     ``info[kind]`` (metrics, data range, ...) recorded in the metadata; models of
     other kinds already in the directory are kept. ``weights`` (learned) replace
-    ``ensemble_weights.json``. Returns the metadata written."""
+    ``ensemble_weights.json``. ``extra``: more top-level metadata keys (e.g. the
+    decision against the starter model). Returns the metadata written."""
     out = Path(models_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(out) if (out / METADATA_FILE).exists() else {}
@@ -140,7 +141,7 @@ def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mappin
             "created_ts": now, "features": list(normalizer.get("features", [])),
             "normalizer": dict(normalizer), "models": entries,
             "training_data": dict(summary or meta.get("training_data", {})),
-            "reference": dict(reference or meta.get("reference", {}))}
+            "reference": dict(reference or meta.get("reference", {})), **dict(extra or {})}
     _atomic_write(out / METADATA_FILE, _json_bytes(clean_json(meta)))
     return meta
 
@@ -233,11 +234,12 @@ AGENT_STATE_FILE = "agent_state.json"
 
 
 def write_agent_state(state_dir: str | Path, models_dir: str | Path, model_version: str | None,
-                      pid: int | None = None) -> None:
+                      pid: int | None = None, which: str | None = None, reason: str | None = None) -> None:
     """Record which model set a running agent has loaded (``model_version`` =
-    ``Scorer.version``, None when it runs without models), atomically."""
+    ``Scorer.version``, None when it runs without models; ``which``: "site" or
+    "starter", and why), atomically."""
     state = {"pid": os.getpid() if pid is None else pid, "models_dir": str(models_dir),
-             "model_version": model_version, "updated_ts": time.time()}
+             "model_version": model_version, "updated_ts": time.time(), "which": which, "reason": reason}
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     _atomic_write(Path(state_dir) / AGENT_STATE_FILE, _json_bytes(state))
 

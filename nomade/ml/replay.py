@@ -6,8 +6,8 @@ scoring ticks it would have seen while running: ``start, start + step, ... < end
 (``step`` = ``[agent] interval_s`` or coarser; at most ``max_ticks`` per job, spread
 evenly over the run, as :func:`features.snapshots` spreads training examples). Each
 tick's inputs are built by the functions the agent's tick uses
-(:func:`features.asof_features`, :func:`features.sequences` on the sampling grid,
-``[collector] interval_s``, as in training and the agent), as of the tick: samples stamped at or before it, history of jobs that
+(:func:`features.asof_features`, :func:`features.sequences` on the models' time
+grid, ``Scorer.grid``, as in training and the agent), as of the tick: samples stamped at or before it, history of jobs that
 ended before it. They are scored by a loaded :class:`nomade.ml.inference.Scorer`
 (the model files the agent would load), many jobs' ticks in one call.
 
@@ -110,6 +110,21 @@ def start_neighbours(scorer: ScorerLike, jobs: features.JobTable, job_rows: np.n
     return Neighbours(nb.idx[inverse], nb.sim[inverse], nb.valid[inverse])
 
 
+def confirmed(job: np.ndarray, risk: np.ndarray, confirm: int) -> np.ndarray:
+    """Each tick's lowest risk over it and the job's ``confirm - 1`` ticks before it
+    (NaN until the job has had that many; ticks sorted by job, then time): it reaches
+    a bound exactly where ``confirm`` consecutive ticks did."""
+    if confirm < 1:
+        raise ValueError(f"confirm must be >= 1, got {confirm}")
+    out = np.asarray(risk, np.float64).copy()
+    job = np.asarray(job)
+    for k in range(1, confirm):
+        prev = np.full(len(out), np.nan)
+        prev[k:] = np.where(job[k:] == job[:-k], risk[:-k], np.nan)
+        out = np.where(np.isnan(prev), np.nan, np.fmin(out, prev))
+    return out
+
+
 def first_crossings(n_jobs: int, job: np.ndarray, t: np.ndarray, risk: np.ndarray,
                     thresholds: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Per job (0..n_jobs-1), the first tick time with ``risk >= threshold`` for each
@@ -184,11 +199,16 @@ def figures(end_ts: np.ndarray, label: np.ndarray, state: np.ndarray, first: np.
 
 def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndarray, scorer: ScorerLike, *,
            threshold: float, step_s: float, interval_s: float, sequence_length: int,
-           max_ticks: int = DEFAULT_MAX_TICKS, chunk: int = CHUNK) -> dict[str, Any]:
+           max_ticks: int = DEFAULT_MAX_TICKS, chunk: int = CHUNK,
+           groups: np.ndarray | None = None, confirm: int = 1) -> dict[str, Any]:
     """Replay the ended, labelled jobs ``rows`` of ``jobs``/``samples`` through
     ``scorer`` (module doc); ``step_s`` between ticks, ``interval_s`` and
     ``sequence_length`` as the agent's tick. Returns :func:`figures` plus the replay's
-    settings, tick count and wall time (JSON-safe)."""
+    settings, tick count and wall time (JSON-safe). ``groups``: a label per job of
+    ``jobs`` (e.g. its shape; None unknown): then ``by_group`` holds each label's
+    coverage, false alarms and lead times. ``confirm``: a job crosses a bound at the
+    tick that makes ``confirm`` consecutive ticks at or above it (``[ml.alerts]
+    confirm_predictions``, as the agent writes a Comment)."""
     if not step_s > 0 or max_ticks < 1:
         raise ValueError(f"step_s must be > 0 and max_ticks >= 1, got {step_s}, {max_ticks}")
     t0 = time.monotonic()
@@ -197,11 +217,31 @@ def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndar
     job, t = tick_times(jobs, ok, step_s, max_ticks)
     risk = score_ticks(scorer, jobs, samples, ok[job], t, sequence_length, interval_s, chunk)
     thresholds = [threshold, *(bound for _, bound in LEVEL_BOUNDS)]
-    first, top = first_crossings(len(ok), job, t, risk, thresholds)
+    first, _ = first_crossings(len(ok), job, t, confirmed(job, risk, confirm), thresholds)
+    top = first_crossings(len(ok), job, t, risk, [])[1]   # scored: by the plain risk
     out = figures(jobs.end_ts[ok], jobs.label[ok], jobs.state[ok], first, top, threshold)
+    out["lead_share_median"] = _group(jobs, ok, first, top, threshold)["lead_share_median"]
+    if groups is not None:
+        g = np.asarray(groups, dtype=object)[ok]
+        out["by_group"] = {str(name): _group(jobs, ok[g == name], first[g == name], top[g == name], threshold)
+                           for name in sorted({x for x in g if x is not None})}
     out.update({"step_s": float(step_s), "max_ticks_per_job": int(max_ticks), "ticks": int(len(t)),
+                "confirm": int(confirm),
                 "skipped_jobs": int(len(rows) - len(ok)), "took_s": time.monotonic() - t0})
     return out
+
+
+def _group(jobs: features.JobTable, rows: np.ndarray, first: np.ndarray, top: np.ndarray,
+           threshold: float) -> dict[str, Any]:
+    """Coverage, false alarms and lead times (also as a share of the job's run) of one group."""
+    f = figures(jobs.end_ts[rows], jobs.label[rows], jobs.state[rows], first, top, threshold)
+    covered = (first[:, 0] <= jobs.end_ts[rows]) & (jobs.label[rows] == 1) & np.isfinite(top)
+    run = (jobs.end_ts - jobs.start_ts)[rows][covered]
+    share = (jobs.end_ts[rows] - first[:, 0])[covered] / np.where(run > 0, run, np.nan)
+    return {"jobs": f["jobs"], "coverage": f["coverage"], "false_alarms": f["false_alarms"],
+            "lead_time_min": f["lead_time_min"],
+            "lead_share_median": float(np.nanmedian(share)) if np.isfinite(share).any() else None,
+            "states": {s: v["jobs"] for s, v in f["by_state"].items()}}
 
 
 # ------------------------------------------------------------------ table
@@ -209,16 +249,26 @@ def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndar
 def format_table(r: dict[str, Any]) -> str:
     """The replay figures as text: the alert threshold, each level, each final state."""
     lines = [f"replay of {r['jobs']} test jobs through the live scorer: {r['ticks']} ticks "
-             f"every {r['step_s']:g} s (at most {r['max_ticks_per_job']} a job); took {r['took_s']:.1f} s"]
+             f"every {r['step_s']:g} s (at most {r['max_ticks_per_job']} a job); an alert needs "
+             f"{r.get('confirm', 1)} consecutive ticks at the bound; took {r['took_s']:.1f} s"]
     head = ("alert at", "coverage", "false alarms", "precision", "lead median", "p10", "p90")
     rows = [_row(f"risk >= {r['threshold']:.2f}", r)]
     rows += [_row(f"{name} ({v['bound']:.1f})", v) for name, v in r["levels"].items()]
     lines += _aligned(head, rows)
+    if r.get("lead_share_median") is not None:
+        lines.append(f"median lead time as a share of the failed job's run: {_pct(r['lead_share_median'])}")
     lines.append("")
     head = ("final state", "jobs", f"crossed {r['threshold']:.2f}", "share", "lead median")
     lines += _aligned(head, [(s, str(v["jobs"]), str(v["crossed"]),
                               ("" if v["failure"] else "false alarms ") + _pct(v["rate"]),
                               _minutes(v["lead_time_min"], "median")) for s, v in r["by_state"].items()])
+    if r.get("by_group"):
+        head = ("shape", "jobs", "coverage", "false alarms", "lead median", "lead share")
+        lines += ["", *_aligned(head, [(name, str(v["jobs"]), f"{v['coverage']['caught']}/{v['coverage']['failed']}",
+                                        f"{v['false_alarms']['alerted']}/{v['false_alarms']['completed']}",
+                                        _minutes(v["lead_time_min"], "median"),
+                                        _pct(v["lead_share_median"]))
+                                       for name, v in r["by_group"].items()])]
     lines.append("coverage: failed jobs that crossed before they ended; false alarms: completed jobs that "
                  "ever crossed; lead time: end minus first crossing (minutes, covered failed jobs)"
                  + (f"; {r['unscored']} jobs no model could score" if r["unscored"] else ""))

@@ -114,37 +114,70 @@ class Prepared:
 # ------------------------------------------------------------------ prepare
 
 def prepare(jobs: features.JobTable, samples: features.SampleTable, interval_s: float,
-            sequence_length: int, max_per_job: int = 4, source: str = "") -> Prepared:
-    """As-of examples (at most ``max_per_job`` ticks per job, spread over its run),
-    reference set and time split of the labelled ended jobs that ran. A job with a
-    final state but no start (cancelled while pending) never ran: the live system never
-    scores it, and its missing request would give its label away, so it is neither
-    learnt nor judged (``summary["never_ran"]`` counts them); it stays in the users'
-    history like any ended job."""
+            sequence_length: int, max_per_job: int = 4, source: str = "", augment: bool = True) -> Prepared:
+    """As-of examples (at most ``max_per_job`` ticks per job, ``interval_s`` apart,
+    spread over its run), reference set and time split of the labelled ended jobs that
+    ran. A job with a final state but no start (cancelled while pending) never ran: the
+    live system never scores it, and its missing request would give its label away, so
+    it is neither learnt nor judged (``summary["never_ran"]`` counts them); it stays in
+    the users' history like any ended job. Sequences are on the fixed grid
+    (``features.GRID_STEP_S`` x ``sequence_length``). ``augment``: the training and
+    validation examples are also computed from the samples thinned to each coarser
+    interval of ``features.AUGMENT_INTERVALS_S`` (:func:`augment_intervals`), weighted so
+    that each job still counts once; test examples are the samples as recorded."""
     rows, t, w = features.snapshots(jobs, samples, interval_s, max_per_job=max_per_job)  # started jobs only
     if len(rows) == 0:
         raise NomadeError(f"{source or 'the data'}: no ended job with a known final state and a start to learn from "
                           f"({int(never_ran(jobs).sum())} never ran)")
-    X, mask = features.asof_features(jobs, samples, t, rows)
-    S, lengths = features.sequences(jobs, samples, t, sequence_length, interval_s, rows)
     ended = np.unique(rows)
-    ref_X, ref_mask = features.asof_features(jobs, samples, jobs.end_ts[ended], ended)
-    start_X = features.start_features(jobs, ended)
     train, val, test = time_split(jobs.start_ts[ended])
     job_split = np.full(len(jobs), -1, np.int8)
     for code, part in enumerate((train, val, test)):
         job_split[ended[part]] = code
+    inputs = _example_inputs(jobs, samples, t, rows, sequence_length)
+    every = augment_intervals(samples) if augment else []
+    if every:
+        aug = np.flatnonzero(job_split[rows] < 2)
+        w = np.where(job_split[rows] < 2, w / (1 + len(every)), w)
+        extra = [_example_inputs(jobs, features.thin(samples, e, seed=k + 1), t[aug], rows[aug], sequence_length)
+                 for k, e in enumerate(every)]
+        inputs = tuple(np.concatenate([a, *(x[i] for x in extra)]) for i, a in enumerate(inputs))
+        rows, t = np.concatenate([rows, *[rows[aug]] * len(every)]), np.concatenate([t, *[t[aug]] * len(every)])
+        w = np.concatenate([w, *[w[aug]] * len(every)])
+    X, mask, S, lengths = inputs
+    ref_X, ref_mask = features.asof_features(jobs, samples, jobs.end_ts[ended], ended)
+    start_X = features.start_features(jobs, ended)
     y = jobs.label[rows].astype(np.float32)
     prepared = Prepared(X, mask, S, lengths, y, w.astype(np.float32), rows, t, jobs.start_ts[rows],
                         job_split[rows], ref_X, ref_mask, jobs.start_ts[ended], jobs.end_ts[ended],
                         jobs.label[ended].astype(np.float32), ended, start_X, {})
     prepared.summary = _summary(prepared, jobs, ended, source, interval_s)
+    prepared.summary["grid"] = {"step_s": features.GRID_STEP_S, "length": int(sequence_length)}
+    prepared.summary["augment_intervals_s"] = every
+    prepared.summary["sampling_interval_s"] = features.sampling_interval(samples)
     return prepared
 
 
 def never_ran(jobs: features.JobTable) -> np.ndarray:
     """bool[n]: jobs with a final state but no start (cancelled while pending)."""
     return np.isfinite(jobs.label) & ~np.isfinite(jobs.start_ts)
+
+
+def _example_inputs(jobs: features.JobTable, samples: features.SampleTable, t: np.ndarray, rows: np.ndarray,
+                    length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``X, mask, S, lengths`` of the examples (job ``rows`` as of ``t``), as the agent's tick makes them."""
+    X, mask = features.asof_features(jobs, samples, t, rows)
+    S, lengths = features.sequences(jobs, samples, t, length, features.GRID_STEP_S, rows)
+    return X, mask, S, lengths
+
+
+def augment_intervals(samples: features.SampleTable) -> list[float]:
+    """The intervals of ``features.AUGMENT_INTERVALS_S`` that thin these samples: at
+    least 1.5x their median interval (none without samples)."""
+    base = features.sampling_interval(samples)
+    if not np.isfinite(base):
+        return []
+    return [e for e in features.AUGMENT_INTERVALS_S if e >= 1.5 * base]
 
 
 def _summary(p: Prepared, jobs: features.JobTable, ended: np.ndarray, source: str,
@@ -371,14 +404,17 @@ def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, floa
 
 def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] | None = None,
                  weights_mode: str = "auto", reporter: Reporter | None = None,
-                 parallel: bool | None = None) -> dict[str, Any]:
+                 parallel: bool | None = None, starter_dir: str | Path | None = None) -> dict[str, Any]:
     """Train ``kinds`` (default: every model the data supports; no LSTM for data
     without samples, such as a trace) on ``p``, evaluate them and their ensemble (the
     models of this run only) on validation and test, choose the ensemble weights
     (``ensemble.choose_weights`` with ``weights_mode``; a hand-picked subset keeps the
     config weights and leaves a learned weights file as it is), save; returns the
     report (JSON-safe). ``parallel``: see :func:`fit_models`; ``timings`` holds each
-    model's training seconds and ``models_s``, the wall time of all fits together."""
+    model's training seconds and ``models_s``, the wall time of all fits together.
+    ``starter_dir``: judge the new ensemble against that starter model on the
+    validation split (``starter.compare``); the decision is reported and saved in the
+    metadata."""
     if len(p.rows("train")) == 0:
         raise NomadeError("the training split is empty")
     subset = kinds is not None and set(kinds) != set(PARTS)
@@ -412,8 +448,14 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
     report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
                           for s in SPLITS[1:]}
     report["ensemble_parts"] = list(fitted)
+    extra = None
+    if starter_dir is not None:
+        from nomade.ml import starter
+        verdict = starter.compare(combine(scores["validation"], weights), p, starter_dir, weights)
+        if verdict is not None:
+            report[starter.COMPARISON], extra = verdict, {starter.COMPARISON: verdict}
     save_models(models_dir, fitted, norm, report, weights if choice.source == "learned" else None, cfg, p,
-                forget_weights=not subset)
+                forget_weights=not subset, extra=extra)
     timings["total_s"] = time.monotonic() - t0
     report["timings"], report["models_dir"] = timings, str(models_dir)
     return persist.clean_json(report)
@@ -435,10 +477,11 @@ def score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray
 
 
 def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.Normalizer, report: dict[str, Any],
-                learned: Weights | None, cfg: Config, p: Prepared, forget_weights: bool = False) -> None:
-    """Write the models, their metadata and ``learned`` weights; ``forget_weights``:
-    without learned weights, remove a learned weights file an earlier run left (the
-    ensemble of these models then uses ``[ml.ensemble]``)."""
+                learned: Weights | None, cfg: Config, p: Prepared, forget_weights: bool = False,
+                extra: dict[str, Any] | None = None) -> None:
+    """Write the models, their metadata (with ``extra`` entries) and ``learned``
+    weights; ``forget_weights``: without learned weights, remove a learned weights file
+    an earlier run left (the ensemble of these models then uses ``[ml.ensemble]``)."""
     if "gnn" in fitted:
         fitted["gnn"].keep_recent(REFERENCE_SIZE)
     info = {k: {"metrics": {s: report["models"][k][s] for s in SPLITS[1:]}, "data": _range(p)} for k in fitted}
@@ -447,7 +490,7 @@ def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.N
                                 "reference_size": len(fitted["gnn"].reference_.x)}
     tr = p.rows("train")
     persist.save(models_dir, fitted, norm.to_dict(), info, learned, p.summary,
-                 reference_stats(p.X[tr], p.mask[tr], p.y[tr]))
+                 reference_stats(p.X[tr], p.mask[tr], p.y[tr]), extra)
     if learned is None and forget_weights:
         (Path(models_dir) / persist.WEIGHTS_FILE).unlink(missing_ok=True)
 
