@@ -21,27 +21,18 @@ from nomade.errors import NomadeError
 from nomade.ml import evaluate, train
 
 torch.set_num_threads(1)
-pytest.importorskip("sklearn", reason="the baselines need scikit-learn (the eval extra)")
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "KTH-SP2-1996-2.1-cln.swf.gz"
-JOBS = 1200
+TRACE = Path(__file__).resolve().parent / "data" / "traces" / "kth-sp2-first-1200.swf.gz"
+"""The first 1,200 jobs of the public KTH SP2 trace (see tests/data/traces/README.md)."""
 ROWS = ("GNN", "autoencoder", "ensemble", "logistic regression", "gradient boosting")
 
 
 @pytest.fixture(scope="module")
 def swf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The header and first JOBS jobs of the KTH trace, as a plain SWF file."""
-    if not TRACE.is_file():
-        pytest.skip(f"{TRACE}: public trace not here")
+    """The KTH slice as a plain SWF file."""
     out = tmp_path_factory.mktemp("trace") / "kth-slice.swf"
-    lines, jobs = [], 0
     with gzip.open(TRACE, "rt") as fh:
-        for line in fh:
-            jobs += not line.startswith(";")
-            if jobs > JOBS:
-                break
-            lines.append(line)
-    out.write_text("".join(lines))
+        out.write_text(fh.read())
     return out
 
 
@@ -123,14 +114,19 @@ def test_cli_table_has_every_row_and_one_split(tmp_path: Path, swf: Path, cfg_fi
     assert report["split_sha256"] == expected
     # 120 validation jobs are too few to trust learned weights: the config weights, both shown
     assert set(report["models"]) == {"gnn", "autoencoder", "ensemble", "ensemble_config", "logistic_regression",
-                                     "gradient_boosting"}
+                                     "gradient_boosting", "rule_memory", "rule_idle", "rules"}
     assert report["weights_source"] == "config" and "too small" in report["weights_reason"]
     assert report["weights_check"]["auc_se"] > report["weights_check"]["max_auc_se"]
     assert report["models"]["ensemble_config"]["test"] == report["models"]["ensemble"]["test"]
     for name, m in report["models"].items():
         assert m["split_sha256"] == expected, name
         assert m["test"]["n"] == len(trained.rows("test")), name
-        assert 0.0 <= m["test"]["auc_roc"] <= 1.0 and 0.0 < m["threshold"] <= 1.0, name
+        assert name.startswith("rule") or 0.0 < m["threshold"] <= 1.0, name
+    auc = {name: m["test"]["auc_roc"] for name, m in report["models"].items()}
+    # a trace has no runtime samples: the runtime rules never fire; every learnt model ranks
+    # this slice's later jobs better than chance (measured 0.62-0.70)
+    assert all(auc[name] == 0.5 for name in ("rule_memory", "rule_idle", "rules")), auc
+    assert all(v > 0.55 for name, v in auc.items() if not name.startswith("rule")), auc
     assert "lstm" in report["absent"]
     assert (tmp_path / "models" / "metadata.json").is_file() and (tmp_path / "models" / "gnn_model.pt").is_file()
     # the test jobs replayed through the saved models (a trace: start-time features only)

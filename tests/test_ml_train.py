@@ -89,7 +89,7 @@ def test_cli_prepare_train_status_and_errors(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert set(report["models"]) == {"gnn", "lstm", "autoencoder"}
-    assert 0 <= report["ensemble"]["test"]["auc_roc"] <= 1 and "cv_auc" in report["weights_cv"]
+    assert report["ensemble"]["test"]["auc_roc"] > 0.6 and "cv_auc" in report["weights_cv"]
     models_dir = tmp_path / "data" / "nomade" / "models"
     assert (models_dir / "ensemble_weights.json").is_file()
     persist.write_agent_state(tmp_path / "state", models_dir, persist.model_version(persist.read_metadata(models_dir)))
