@@ -19,6 +19,14 @@ Where Slurm puts a job (``root`` is ``/sys/fs/cgroup``):
   the subtree (root only) and remember it per directory; a directory with no process
   yet is skipped until one appears.
 
+Memory (``mem_bytes``) is what the job holds that the kernel cannot reclaim to keep it
+under its limit: anonymous memory and shmem (tmpfs, ``/dev/shm``), v1 ``total_rss +
+total_shmem``, v2 ``anon + shmem`` of ``memory.stat``. The cgroup's usage also counts
+the page cache of every file the job read or wrote, which the kernel drops before it
+kills anything: a job that writes 300 MB under ``--mem=256M`` sits at its limit and
+completes. ``mem_peak_bytes`` is the highest ``mem_bytes`` this reader has seen (the
+kernel's own peak counts the cache too).
+
 Counters are cumulative as the kernel gives them; ``None`` means unknown, never 0.
 Files are read with ``pread`` on descriptors kept open for the job's life (one
 syscall a read instead of three); a vanished file reads as ``None``.
@@ -339,6 +347,7 @@ class JobReader:
         self._procs = _Files()
         self._tree = _Subtree(job.path)
         self._io_max = (0, 0)
+        self._mem_peak: int | None = None
 
     def close(self) -> None:
         """Release the descriptors."""
@@ -360,6 +369,10 @@ class JobReader:
         nprocs, nthreads = self._count_tasks()
         body = self._read_v1() if self.job.version == 1 else self._read_v2()
         if body is not None:
+            mem = body["mem_bytes"]
+            if isinstance(mem, int):
+                self._mem_peak = mem if self._mem_peak is None else max(self._mem_peak, mem)
+            body["mem_peak_bytes"] = self._mem_peak
             body["nprocs"], body["nthreads"] = nprocs, nthreads
             body["alloc_cpus"] = cpu_count(self._files.read(self.job.cpus_file))
         return body
@@ -390,8 +403,7 @@ class JobReader:
         return {
             "cpu_user_s": _ticks(cpu.get(b"user")),
             "cpu_system_s": _ticks(cpu.get(b"system")),
-            "mem_bytes": _int_or_none(read(self.job.path + "/memory.usage_in_bytes")),
-            "mem_peak_bytes": _int_or_none(read(self.job.path + "/memory.max_usage_in_bytes")),
+            "mem_bytes": _unreclaimable(stat, b"total_rss", b"total_shmem"),
             "mem_limit_bytes": limit if limit is not None and limit < _UNLIMITED else None,
             "mem_limit_hits": hits,
             "oom_kills": ooms,
@@ -429,8 +441,7 @@ class JobReader:
         return {
             "cpu_user_s": _usec(cpu.get(b"user_usec")),
             "cpu_system_s": _usec(cpu.get(b"system_usec")),
-            "mem_bytes": _int_or_none(read(path + "/memory.current")),
-            "mem_peak_bytes": _int_or_none(read(path + "/memory.peak")),
+            "mem_bytes": _unreclaimable(stat, b"anon", b"shmem"),
             "mem_limit_bytes": _int_or_none(read(path + "/memory.max")),
             "mem_limit_hits": _int_or_none(events.get(b"max")),
             "oom_kills": _int_or_none(events.get(b"oom_kill")),
@@ -450,6 +461,12 @@ def _io_v2(data: bytes | None) -> tuple[int, int] | None:
         return None
     devices = (line.partition(b" ")[0] for line in data.splitlines())
     return io_stat_bytes(data, frozenset(d for d in devices if _is_stacked(d)))
+
+
+def _unreclaimable(stat: dict[bytes, bytes], anon: bytes, shmem: bytes) -> int | None:
+    """Anonymous plus shmem bytes of a ``memory.stat``; None without the anon line."""
+    held = _int_or_none(stat.get(anon))
+    return None if held is None else held + (_int_or_none(stat.get(shmem)) or 0)
 
 
 def _ticks(value: bytes | None) -> float | None:

@@ -17,6 +17,7 @@ import pytest
 from slurmtools import SlurmCluster
 
 from nomade import comment, demo
+from nomade.lab import pipeline
 from nomade.store import Store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -31,7 +32,8 @@ def test_the_demo_flags_the_leak_and_spares_the_ordinary_jobs(slurm_cluster: Slu
                                                                monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     slurm = slurm_cluster.slurm
     monkeypatch.setattr(demo, "CLUSTER", slurm_cluster.node_spool.parent.parent)
-    config = demo._config(tmp_path)
+    monkeypatch.setattr(pipeline, "CLUSTER", slurm_cluster.node_spool.parent.parent)
+    config = pipeline.write_config(tmp_path, sample_interval_s=demo.SAMPLE_INTERVAL_S, header="the demo test")
     daemons = demo.Daemons(tmp_path, config)
     seen: dict[str, set[str]] = {}
     ids: list[str] = []
@@ -49,7 +51,7 @@ def test_the_demo_flags_the_leak_and_spares_the_ordinary_jobs(slurm_cluster: Slu
             if all(s is not None for s in slurm.final_states(ids).values()):
                 break
             time.sleep(1.0)
-        states = demo._wait_labelled(tmp_path / "nomade.db", ids, timeout_s=60)
+        states = pipeline.wait_labelled(tmp_path / "nomade.db", ids, timeout_s=60)
     finally:
         for job_id in ids:
             slurm.cancel(job_id)
