@@ -42,15 +42,17 @@ def curve_keys(ws: Path) -> Path:
 
 
 def write_config(ws: Path, *, sample_interval_s: float, tick_s: float = TICK_S,
-                 header: str = "nomade.lab") -> Path:
+                 header: str = "nomade.lab", score: bool = True) -> Path:
     """Write ``ws/nomade.toml``: loopback endpoints on free ports, the given collector
     interval, the test cluster's spools, store and models under ``ws``, CURVE with keys under
-    ``ws/keys``. Its path."""
+    ``ws/keys``. ``score``: False for an agent that only records (no starter model, so
+    no predictions and no Comments). Its path."""
     ingest, pub, metrics = free_port(), free_port(), free_port()
     keys = curve_keys(ws)
     text = f"""# written by {header}
 [ml]
 models_dir = "{ws}/models"
+starter = {str(score).lower()}
 [ml.training]
 epochs = 60
 [collector]

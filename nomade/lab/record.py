@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     rec.prepare()
-    config = write_config(a.dir, sample_interval_s=SAMPLE_INTERVAL_S, header="nomade.lab.record")
+    config = write_config(a.dir, sample_interval_s=SAMPLE_INTERVAL_S, header="nomade.lab.record",
+                          score=False)
     daemons = Daemons(a.dir, config)
     daemons.start("agent")
     daemons.start("collector")
