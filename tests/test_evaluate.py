@@ -176,3 +176,18 @@ def test_cli_replay_table_and_plots(tmp_path: Path, cfg_file: Path) -> None:
     assert "replay" not in json.loads(out.stdout)
     out = _nomade("evaluate", "--synthetic", "400", "--replay-step", "0", env=env)
     assert out.returncode == 2 and "--replay-step must be > 0" in out.stderr
+
+
+def test_leave_one_shape_out_hides_the_shape_from_training_only() -> None:
+    jobs, samples = train.synthetic_tables(120, seed=3)
+    p = train.prepare(jobs, samples, 30.0, 8, max_per_job=2, source="synthetic")
+    shapes = np.array(["leak" if k % 4 == 0 else "compute" for k in range(len(jobs.job_id))], dtype=object)
+    test_before = p.rows("test").copy()
+    out = evaluate.leave_out_shape(p, shapes, "leak")
+    for split in ("train", "validation"):
+        assert not any(shapes[p.job[r]] == "leak" for r in p.rows(split)), split
+    assert np.array_equal(p.rows("test"), test_before)          # every test job is still judged
+    assert out["jobs"] > 0 and out["test_jobs"] == len({j for j in p.job[test_before] if shapes[j] == "leak"})
+    assert p.summary["left_out_shape"]["shape"] == "leak"
+    with pytest.raises(NomadeError, match="no job has the shape 'hang'.*compute, leak"):
+        evaluate.leave_out_shape(p, shapes, "hang")

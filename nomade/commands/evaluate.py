@@ -63,7 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="most ticks replayed per job, spread over its run (default 64)")
     rep.add_argument("--shapes", metavar="FILE",
                      help="JSON object job id -> shape name (metadata of a lab corpus, never a feature): "
-                          "the replay's figures per shape too")
+                          "the replay's figures per shape too (with --corpus: the corpus's own shapes)")
+    rep.add_argument("--leave-out-shape", metavar="SHAPE",
+                     help="leave-one-shape-out: train and validate without the jobs of SHAPE, test on every "
+                          "test job (needs shapes: --corpus or --shapes); how a failure never seen in "
+                          "training is caught")
     parser.add_argument("--plot", metavar="DIR", help="write roc.svg and lead_times.svg into DIR")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -91,9 +95,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         jobs, samples, name = tables_from_args(args, cfg)
         prepared = train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
                                  max_per_job=args.ticks_per_job, source=name)
+        shapes = _job_shapes(args, jobs)
+        if args.leave_out_shape:
+            if shapes is None:
+                raise NomadeError("--leave-out-shape needs the jobs' shapes: --corpus FILE or --shapes FILE")
+            out = evaluate.leave_out_shape(prepared, shapes, args.leave_out_shape)
+            say(f"left out of training and validation: {out['jobs']} jobs of shape {args.leave_out_shape} "
+                f"({out['test_jobs']} in the test split)")
         if not args.no_replay:
-            source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks,
-                                           _shapes(Path(args.shapes).expanduser(), jobs) if args.shapes else None)
+            source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks, shapes)
+    elif args.leave_out_shape:
+        raise NomadeError("--leave-out-shape needs the job tables: use --corpus, --db or --swf, not --data")
     reporter = None if args.quiet else train.stderr_reporter()
     models_dir = None if args.models_dir is None else str(Path(args.models_dir).expanduser())
     report = evaluate.compare(prepared, cfg, models_dir, weights_mode(args), reporter, say, source)
@@ -108,6 +120,23 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         for line in report.get("plots", []):
             print(f"plot: {line}")
     return 0
+
+
+def _job_shapes(args: argparse.Namespace, jobs: Any) -> Any:
+    """The shape of each job of ``jobs`` from ``--shapes``, else from ``--corpus``'s
+    metadata (the corpus's job ids, prefixed ``corpus:`` when mixed with a store); None
+    when neither names shapes."""
+    if args.shapes:
+        return _shapes(Path(args.shapes).expanduser(), jobs)
+    if not args.corpus:
+        return None
+    import numpy as np
+
+    from nomade import corpus
+    meta = corpus.read(Path(args.corpus).expanduser()).meta
+    prefix = "corpus:" if args.with_store else ""
+    by_id = {f"{prefix}{job_id}": m.get("shape") for job_id, m in meta.items()}
+    return np.array([by_id.get(str(j)) for j in jobs.job_id], dtype=object)
 
 
 def _shapes(path: Path, jobs: Any) -> Any:

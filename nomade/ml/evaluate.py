@@ -86,6 +86,30 @@ def split_digest(p: Prepared, rows: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+UNUSED = len(SPLITS)
+"""Split code of examples left out of every split (:func:`leave_out_shape`)."""
+
+
+def leave_out_shape(p: Prepared, job_shapes: np.ndarray, shape: str) -> dict[str, int]:
+    """Leave-one-shape-out, in place: examples of jobs of ``shape`` (``job_shapes``: the
+    shape of each job row, None unknown) are taken out of the training and validation
+    splits, so the models never learn that shape; the test split keeps every job, so
+    the figures per shape show how the unseen shape fares. The held-out jobs stay in the
+    graph's reference set, as a site's ended jobs would. The counts of examples and jobs
+    taken out; ``NomadeError`` if no job has that shape."""
+    of_shape = np.asarray([s == shape for s in job_shapes], bool)
+    if not of_shape.any():
+        known = sorted({str(s) for s in job_shapes if s is not None})
+        raise NomadeError(f"no job has the shape {shape!r}; the shapes are {', '.join(known) or 'unknown'}")
+    out = of_shape[p.job] & (p.split < SPLITS.index("test"))
+    p.split[out] = UNUSED
+    left_test = of_shape[p.job] & (p.split == SPLITS.index("test"))
+    p.summary["left_out_shape"] = {"shape": shape, "examples": int(out.sum()),
+                                   "jobs": int(len(np.unique(p.job[out]))),
+                                   "test_jobs": int(len(np.unique(p.job[left_test])))}
+    return p.summary["left_out_shape"]
+
+
 def roc_curve(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None,
               max_points: int = ROC_POINTS) -> tuple[list[float], list[float]]:
     """Weighted ROC curve ``(fpr, tpr)`` from (0, 0) to (1, 1), one point per distinct
@@ -274,6 +298,10 @@ def format_table(report: dict[str, Any]) -> str:
     """One row per model on the test split, thresholds chosen on validation; then the
     replay's operational figures (or why there are none), when the report has them."""
     text = _auc_table(report)
+    out = (report.get("data") or {}).get("left_out_shape")
+    if out:
+        text = (f"leave-one-shape-out: the {out['jobs']} jobs of shape {out['shape']} were left out of training "
+                f"and validation; {out['test_jobs']} of them are among the test jobs\n\n") + text
     rep = report.get("replay")
     if rep is None:
         return text
