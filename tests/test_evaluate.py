@@ -114,19 +114,20 @@ def test_cli_table_has_every_row_and_one_split(tmp_path: Path, swf: Path, cfg_fi
     assert report["split_sha256"] == expected
     # 120 validation jobs are too few to trust learned weights: the config weights, both shown
     assert set(report["models"]) == {"gnn", "autoencoder", "ensemble", "ensemble_config", "logistic_regression",
-                                     "gradient_boosting", "rule_memory", "rule_idle", "rules"}
+                                     "gradient_boosting", "rule_memory", "rule_idle", "rules", "models_only",
+                                     "evidence"}
     assert report["weights_source"] == "config" and "too small" in report["weights_reason"]
     assert report["weights_check"]["auc_se"] > report["weights_check"]["max_auc_se"]
     assert report["models"]["ensemble_config"]["test"] == report["models"]["ensemble"]["test"]
     for name, m in report["models"].items():
         assert m["split_sha256"] == expected, name
         assert m["test"]["n"] == len(trained.rows("test")), name
-        assert name.startswith("rule") or 0.0 < m["threshold"] <= 1.0, name
+        assert name.startswith("rule") or name == "evidence" or 0.0 < m["threshold"] <= 1.0, name
     auc = {name: m["test"]["auc_roc"] for name, m in report["models"].items()}
     # a trace has no runtime samples: the runtime rules never fire; every learnt model ranks
     # this slice's later jobs better than chance (measured 0.62-0.70)
-    assert all(auc[name] == 0.5 for name in ("rule_memory", "rule_idle", "rules")), auc
-    assert all(v > 0.55 for name, v in auc.items() if not name.startswith("rule")), auc
+    assert all(auc[name] == 0.5 for name in ("rule_memory", "rule_idle", "rules", "evidence")), auc
+    assert all(v > 0.55 for name, v in auc.items() if not name.startswith("rule") and name != "evidence"), auc
     assert "lstm" in report["absent"]
     assert (tmp_path / "models" / "metadata.json").is_file() and (tmp_path / "models" / "gnn_model.pt").is_file()
     # the test jobs replayed through the saved models (a trace: start-time features only)
@@ -162,8 +163,8 @@ def test_cli_replay_table_and_plots(tmp_path: Path, cfg_file: Path) -> None:
     ns = {"s": "http://www.w3.org/2000/svg"}
     roc = ET.parse(tmp_path / "plots" / "roc.svg").getroot()
     names = [ln.get("data-name") for ln in roc.findall("s:polyline[@class='series']", ns)]
-    assert names == ["GNN", "LSTM", "autoencoder", "ensemble", "logistic regression", "gradient boosting",
-                     "rule: memory >= 90% of limit", "rule: idle, late in the limit", "rules: either"]
+    assert names == ["GNN", "LSTM", "autoencoder", "ensemble", "without the evidence", "runtime evidence alone",
+                     "logistic regression", "gradient boosting", "rule: memory >= 90% of limit", "rule: idle, late in the limit", "rules: either"]
     # the runtime rules, replayed as the models are, beside the models' own row
     assert "the same test jobs replayed through the runtime rules" in text
     assert any(line.startswith("rules: either") for line in text.splitlines())

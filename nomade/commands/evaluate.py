@@ -86,6 +86,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if not step > 0 or args.replay_max_ticks < 1:
         raise NomadeError(f"--replay-step must be > 0 and --replay-max-ticks >= 1, got {step:g}, "
                           f"{args.replay_max_ticks}")
+    if args.data and args.leave_out_shape:
+        raise NomadeError("--leave-out-shape needs the job tables: use --corpus, --db or --swf, not --data")
     say = (lambda line: None) if args.quiet else _say
     source = None
     if args.data:
@@ -104,8 +106,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 f"({out['test_jobs']} in the test split)")
         if not args.no_replay:
             source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks, shapes)
-    elif args.leave_out_shape:
-        raise NomadeError("--leave-out-shape needs the job tables: use --corpus, --db or --swf, not --data")
     reporter = None if args.quiet else train.stderr_reporter()
     models_dir = None if args.models_dir is None else str(Path(args.models_dir).expanduser())
     report = evaluate.compare(prepared, cfg, models_dir, weights_mode(args), reporter, say, source)
@@ -157,7 +157,7 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
     line per file saying what was written or why not."""
     from nomade import plot
     from nomade.ml.evaluate import LABELS
-    curves = {LABELS.get(k, k): (c["fpr"], c["tpr"]) for k, c in report["roc"].items() if c["fpr"]}
+    curves = {LABELS.get(k, k).strip(): (c["fpr"], c["tpr"]) for k, c in report["roc"].items() if c["fpr"]}
     lines = [f"wrote {plot.roc_svg(curves, out / 'roc.svg')}"]
     rep = report.get("replay") or {}
     leads = rep.get("lead_times_s") or []

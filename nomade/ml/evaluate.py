@@ -39,17 +39,22 @@ from nomade.ml import metrics, persist, replay, rules
 from nomade.ml.baselines import BASELINES
 from nomade.ml.ensemble import PARTS, Choice, Weights, choose_weights, combine
 from nomade.ml.inference import Scorer
-from nomade.ml.train import SPLITS, Prepared, Reporter, build_data, fit_models, save_models, score_splits
+from nomade.ml.evidence import EVIDENCE_KEY
+from nomade.ml.train import (SPLITS, Prepared, Reporter, build_data, ensemble_risk, fit_evidence, fit_models,
+                             save_models, score_splits)
 
 Say = Callable[[str], None]
 """``say(line)``: one progress line (stderr in the command)."""
-ORDER = ("gnn", "lstm", "autoencoder", "ensemble", "ensemble_config", "ensemble_learned",
+ORDER = ("gnn", "lstm", "autoencoder", "ensemble", "ensemble_config", "ensemble_learned", "models_only", "evidence",
          "logistic_regression", "gradient_boosting", *rules.RULES)
 """Rows of the table, in print order."""
+CANDIDATES = ("ensemble_config", "ensemble_learned")
+"""Rows of the ensemble with each candidate weighting: in the table, not in the ROC plot."""
 ROC_POINTS = 200
 """Most points kept of each ROC curve in the report."""
 LABELS = {"gnn": "GNN", "lstm": "LSTM", "autoencoder": "autoencoder", "ensemble": "ensemble",
           "ensemble_config": "  with config weights", "ensemble_learned": "  with learned weights",
+          "models_only": "  without the evidence", "evidence": "runtime evidence alone",
           "logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting",
           "rule_memory": "rule: memory >= 90% of limit", "rule_idle": "rule: idle, late in the limit",
           "rules": "rules: either"}
@@ -216,15 +221,23 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mod
                               "ensemble_parts": list(fitted), "split_sha256": split_digest(p, rows),
                               "absent": {} if with_samples else {
                                   "lstm": "no per-job samples in the data (an SWF trace has none)"}}
+    ev = fit_evidence(p)
+    report[EVIDENCE_KEY] = ev.to_dict()
     test = {kind: scores["test"][:, PARTS.index(kind)] for kind in fitted}
-    test["ensemble"] = combine(scores["test"], weights)
     for kind in fitted:
         report["models"][kind] = _judge(p, rows, scores["validation"][:, PARTS.index(kind)], test[kind])
-    report["models"]["ensemble"] = _judge(p, rows, combine(scores["validation"], weights), test["ensemble"])
-    for name, cand in (("ensemble_config", choice.config), ("ensemble_learned", choice.learned)):
+    candidates = {"ensemble": weights, "ensemble_config": choice.config, "ensemble_learned": choice.learned}
+    for name, cand in candidates.items():
         if cand is not None:
-            report["models"][name] = _judge(p, rows, combine(scores["validation"], cand), combine(scores["test"], cand))
+            val = ensemble_risk(scores["validation"], cand, ev, p, rows["validation"])
+            test[name] = ensemble_risk(scores["test"], cand, ev, p, rows["test"])
+            report["models"][name] = _judge(p, rows, val, test[name])
             report["models"][name]["weights"] = cand.as_dict()
+    test["models_only"] = combine(scores["test"], weights)
+    report["models"]["models_only"] = _judge(p, rows, combine(scores["validation"], weights), test["models_only"])
+    test["evidence"] = np.nan_to_num(ev.risk(p.X[rows["test"]], p.mask[rows["test"]]))
+    report["models"]["evidence"] = _judge(
+        p, rows, np.nan_to_num(ev.risk(p.X[rows["validation"]], p.mask[rows["validation"]])), test["evidence"])
     baselines, baseline_test = _baselines(p, d.Xn, rows, cfg.ml.seed, say)
     report["models"].update(baselines)
     rule_test = {name: rules.fire(name, p.X[rows["test"]], p.mask[rows["test"]]) for name in rules.RULES}
@@ -234,9 +247,9 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mod
     baseline_test.update(rule_test)
     te = rows["test"]
     report["roc"] = {name: dict(zip(("fpr", "tpr"), roc_curve(p.y[te], sc, p.w[te])))
-                     for name, sc in {**test, **baseline_test}.items()}
+                     for name, sc in {**test, **baseline_test}.items() if name not in CANDIDATES}
     if models_dir is not None or source is not None:
-        saved = (fitted, norm, train_report, weights, learn)
+        saved = (fitted, norm, train_report, weights, learn, ev)
         report.update(_save_and_replay(p, cfg, saved, models_dir, source, say))
     report["took_s"] = time.monotonic() - t0
     return persist.clean_json(report)
@@ -246,12 +259,13 @@ def _save_and_replay(p: Prepared, cfg: Config, saved: tuple[Any, ...], models_di
                      source: ReplaySource | None, say: Say) -> dict[str, Any]:
     """Write the models (to ``models_dir``, else a temporary directory) and, with a
     ``source``, load them as the agent does and replay the test jobs through them."""
-    fitted, norm, train_report, weights, learn = saved
+    fitted, norm, train_report, weights, learn, ev = saved
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nomade-evaluate-") as tmp:
         target = tmp if models_dir is None else models_dir
         say(f"writing the trained models to {target}")
-        save_models(target, fitted, norm, train_report, weights if learn else None, cfg, p, forget_weights=True)
+        save_models(target, fitted, norm, train_report, weights if learn else None, cfg, p, forget_weights=True,
+                    extra={EVIDENCE_KEY: ev.to_dict()})
         if models_dir is not None:
             out["models_dir"] = str(models_dir)
         if source is not None:

@@ -15,6 +15,10 @@ model raised it, if that one signal had been normal all along. The per-feature
 ``reference`` (median and inter-quartile spread of completed jobs of that shape, in
 the raw feature units) is what advice text compares a value with ("3x normal").
 
+The risk is the weighted ensemble of the parts, raised by the calibrated runtime
+evidence stored with the models (``nomade.ml.evidence``), and occlusion covers the
+evidence too: setting a job's memory to normal also removes a memory condition.
+
 Shape = requested-CPU quartile (of the training jobs) × GPU or not.
 
 Graph neighbours are found by the start-time features only (requests and user
@@ -54,6 +58,7 @@ from nomade import features
 from nomade.ml import graph
 from nomade.ml import persist
 from nomade.ml.ensemble import PARTS, Weights, combine, levels
+from nomade.ml.evidence import EVIDENCE_KEY, Evidence, raise_risk
 from nomade.ml.models import AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours
 
 MIN_GROUP = 50
@@ -162,6 +167,7 @@ class Scorer:
         graph_cfg = self.metadata.get("models", {}).get("gnn", {}).get("graph", {})
         self.threshold = float(graph_cfg.get("threshold", 0.7))
         self.k = int(graph_cfg.get("k", 10))
+        self.evidence = Evidence.from_dict(self.metadata.get(EVIDENCE_KEY))
 
     @classmethod
     def load(cls, models_dir: str | Path, default_weights: Weights | None = None) -> Scorer:
@@ -228,7 +234,8 @@ class Scorer:
                 X, mask, start_ts)
             parts[:, 0], parts[:, 2] = self._static_parts([X], mask, nbrs)[0]
             parts[:, 1] = lstm()
-        risk = combine(parts, self.weights)
+        models_risk = combine(parts, self.weights)
+        risk = raise_risk(models_risk, self.evidence.risk(X, mask)).astype(models_risk.dtype)
         med, spread = reference_for(self.reference, X)
         scores = Scores(risk, levels(risk), parts, X, mask, med, spread, None, nbrs, seq)
         return scores if explain is False else self.explain(scores, None if explain is True else explain)
@@ -318,7 +325,8 @@ class Scorer:
             occluded[:, 0], occluded[:, 2] = g, a
             if lstm is not None and f >= features.N_START:
                 occluded[:, 1] = np.where(np.isfinite(parts[:, 1]), lstm[f - features.N_START], parts[:, 1])
-            out[:, f] = np.where(mask[:, f], risk - combine(occluded, self.weights), 0.0)
+            without = raise_risk(combine(occluded, self.weights), self.evidence.risk(variants[f], mask))
+            out[:, f] = np.where(mask[:, f], risk - without, 0.0)
         return out
 
     def _lstm_occluded(self, seq: tuple[np.ndarray, np.ndarray] | None,

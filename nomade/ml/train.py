@@ -37,6 +37,7 @@ from nomade.errors import NomadeError
 from nomade.ml import graph, metrics, persist
 from nomade.ml.baselines import time_split
 from nomade.ml.ensemble import PARTS, Weights, choose_weights, combine
+from nomade.ml.evidence import EVIDENCE_KEY, Evidence, raise_risk
 from nomade.ml.inference import START_PART, reference_stats
 from nomade.ml.models import (AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours,
                               Progress, Reference)
@@ -445,20 +446,34 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
         report["weights_cv"] = choice.detail
     report["weights"], report["weights_source"] = weights.as_dict(), choice.source
     report["weights_reason"] = choice.reason
-    report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], combine(scores[s], weights))
-                          for s in SPLITS[1:]}
+    ev = fit_evidence(p)
+    risk = {s: ensemble_risk(scores[s], weights, ev, p, p.rows(s)) for s in SPLITS[1:]}
+    report["ensemble"] = {s: _evaluate(p.y[p.rows(s)], p.w[p.rows(s)], risk[s]) for s in SPLITS[1:]}
     report["ensemble_parts"] = list(fitted)
-    extra = None
+    report[EVIDENCE_KEY] = ev.to_dict()
+    extra: dict[str, Any] = {EVIDENCE_KEY: ev.to_dict()}
     if starter_dir is not None:
         from nomade.ml import starter
-        verdict = starter.compare(combine(scores["validation"], weights), p, starter_dir, weights)
+        verdict = starter.compare(risk["validation"], p, starter_dir, weights)
         if verdict is not None:
-            report[starter.COMPARISON], extra = verdict, {starter.COMPARISON: verdict}
+            report[starter.COMPARISON] = extra[starter.COMPARISON] = verdict
     save_models(models_dir, fitted, norm, report, weights if choice.source == "learned" else None, cfg, p,
                 forget_weights=not subset, extra=extra)
     timings["total_s"] = time.monotonic() - t0
     report["timings"], report["models_dir"] = timings, str(models_dir)
     return persist.clean_json(report)
+
+
+def fit_evidence(p: Prepared) -> Evidence:
+    """The runtime evidence's rates (``nomade.ml.evidence``) from the training split."""
+    tr = p.rows("train")
+    return Evidence().fit(p.X[tr], p.mask[tr], p.y[tr], p.w[tr], p.job[tr])
+
+
+def ensemble_risk(parts: np.ndarray, weights: Weights, ev: Evidence, p: Prepared, rows: np.ndarray) -> np.ndarray:
+    """The live risk of examples ``rows`` of ``p`` from their model ``parts``: the
+    weighted ensemble raised by the evidence, as ``inference.Scorer`` computes it."""
+    return raise_risk(combine(parts, weights), ev.risk(p.X[rows], p.mask[rows]))
 
 
 def score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

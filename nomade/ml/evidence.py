@@ -1,0 +1,132 @@
+"""Calibrated runtime evidence: what a job's own measurements say, in an admin's terms,
+with the failure rate each such condition had among the training jobs.
+
+A model learns what usually happens to jobs like this one; the evidence says what is
+about to happen to this one. Conditions, from the raw as-of features only:
+
+* ``memory_<a>_<b>min``: at its growth over the last samples the job's memory (what
+  the kernel cannot reclaim) reaches its limit in ``a`` to ``b`` minutes, before its
+  time limit, from at least ``MIN_MEM_FRAC`` of it (or it is at the limit already);
+* ``idle_late``: the runtime rule ``rules.fire("rule_idle")`` (CPU idle now and for
+  half the run, three quarters of the time limit gone).
+
+:meth:`Evidence.fit` gives each condition its weighted failure rate over the training
+examples where it holds (each job's examples weigh one job in all), shrunk toward the
+overall rate by ``PRIOR_JOBS`` pseudo jobs; the memory rates are then made non-increasing in the time to the limit (a
+nearer limit never reads safer). A condition that holds for fewer than ``MIN_JOBS``
+training jobs keeps no rate. The evidence risk of an example is the highest rate of
+the conditions that hold (NaN where none does), and the live risk is the higher of the
+models' ensemble and the evidence (:func:`raise_risk`): evidence can raise a risk,
+never lower it, so a site whose models learnt a failure better keeps their answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nomade import features
+from nomade.ml import rules
+
+EVIDENCE_KEY = "evidence"
+"""Key of the rates in the models' metadata and in training reports."""
+MIN_MEM_FRAC = 0.5
+"""Share of the memory limit from which a projection counts (below it, a job's start-up
+growth projects to the limit within minutes and says nothing)."""
+MEMORY_BINS_MIN = (0.0, 1.0, 3.0, 10.0)
+"""Edges (minutes to the memory limit) of the memory conditions."""
+PRIOR_JOBS = 5.0
+"""Pseudo jobs at the overall failure rate added to each condition's weight."""
+MIN_JOBS = 5
+"""Training jobs a condition must hold for to get a rate."""
+
+_F = {name: k for k, name in enumerate(features.FEATURES)}
+
+
+def memory_minutes(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """float64[n]: minutes until the memory reaches its limit at the current growth,
+    0 at the limit, inf when not growing, not known, below ``MIN_MEM_FRAC``, or when the
+    time limit comes first."""
+    X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
+
+    def known(name: str) -> np.ndarray:
+        return np.where(mask[:, _F[name]], X[:, _F[name]], np.nan)
+
+    mem, growth_h = known("mem_frac"), known("mem_growth_frac_h")
+    left_min = (1.0 - known("elapsed_frac")) * np.expm1(known("log_time_limit_min"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        minutes = np.where(growth_h > 0, (1.0 - mem) / growth_h * 60.0, np.inf)
+        minutes = np.where(mem >= 1.0, 0.0, minutes)
+        soon = (mem >= MIN_MEM_FRAC) & ~(minutes > left_min)   # an unknown time left does not veto
+    return np.where(soon, np.maximum(minutes, 0.0), np.inf)
+
+
+def conditions(X: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Name -> bool[n]: which conditions hold for each example."""
+    minutes = memory_minutes(X, mask)
+    edges = MEMORY_BINS_MIN
+    out = {f"memory_{a:g}_{b:g}min": (minutes >= a) & (minutes < b) for a, b in zip(edges, edges[1:])}
+    out["idle_late"] = rules.fire("rule_idle", X, mask) > 0
+    return out
+
+
+@dataclass
+class Evidence:
+    """The conditions' failure rates learnt from training examples (:meth:`fit`)."""
+
+    rates: dict[str, float] = field(default_factory=dict)
+    support: dict[str, int] = field(default_factory=dict)
+    """Training jobs each condition held for."""
+
+    def fit(self, X: np.ndarray, mask: np.ndarray, y: np.ndarray, w: np.ndarray, job: np.ndarray) -> Evidence:
+        """Rates from training examples ``X``/``mask`` with labels ``y``, weights ``w``
+        (a job's examples summing to one, as ``features.snapshots`` weighs them) and
+        job rows ``job``; returns self."""
+        y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
+        prior = float(np.average(y, weights=w)) if w.sum() > 0 else 0.0
+        held = conditions(X, mask)
+        self.rates, self.support = {}, {}
+        for name, on in held.items():
+            jobs = len(np.unique(np.asarray(job)[on]))
+            self.support[name] = jobs
+            if jobs >= MIN_JOBS:
+                n = float(w[on].sum())
+                rate = float(np.average(y[on], weights=w[on])) if n > 0 else prior
+                self.rates[name] = (rate * n + prior * PRIOR_JOBS) / (n + PRIOR_JOBS)
+        self._monotone_memory()
+        return self
+
+    def _monotone_memory(self) -> None:
+        names = [n for n in conditions(np.zeros((0, features.N_FEATURES)), np.zeros((0, features.N_FEATURES), bool))
+                 if n.startswith("memory_")]
+        floor = 0.0
+        for name in reversed(names):       # farthest first: a nearer limit is at least as risky
+            if name in self.rates:
+                floor = self.rates[name] = max(self.rates[name], floor)
+
+    def risk(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """float64[n]: the highest rate of the conditions that hold, NaN where none does."""
+        out = np.full(len(X), np.nan)
+        for name, on in conditions(X, mask).items():
+            if name in self.rates:
+                out = np.where(on, np.fmax(out, self.rates[name]), out)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (stored in the models' metadata)."""
+        return {"rates": dict(self.rates), "support": dict(self.support)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Evidence:
+        """The inverse of :meth:`to_dict`; empty (no rates) for None or models without one."""
+        if not d:
+            return cls()
+        return cls({str(k): float(v) for k, v in d.get("rates", {}).items()},
+                   {str(k): int(v) for k, v in d.get("support", {}).items()})
+
+
+def raise_risk(risk: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """The live risk: the models' ``risk``, raised to the ``evidence`` where that is higher."""
+    return np.fmax(np.asarray(risk, np.float64), evidence)

@@ -1,0 +1,66 @@
+"""Calibrated runtime evidence (nomade.ml.evidence): the projection, the rates, the raise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nomade import features
+from nomade.ml import evidence
+
+F = {name: k for k, name in enumerate(features.FEATURES)}
+
+
+def _x(mem: float, growth_h: float, elapsed: float = 0.2, limit_min: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+    X = np.zeros((1, features.N_FEATURES))
+    X[0, F["mem_frac"]], X[0, F["mem_growth_frac_h"]] = mem, growth_h
+    X[0, F["elapsed_frac"]], X[0, F["log_time_limit_min"]] = elapsed, np.log1p(limit_min)
+    X[0, F["cpu_eff"]] = 0.9
+    return X, np.ones_like(X, bool)
+
+
+@pytest.mark.parametrize(("mem", "growth_h", "elapsed", "expected"), [
+    (0.8, 0.6, 0.2, 20.0),       # 20 % of the limit left at 60 % an hour
+    (1.02, 0.0, 0.2, 0.0),       # at the limit already
+    (0.4, 60.0, 0.2, np.inf),    # below MIN_MEM_FRAC: start-up growth says nothing
+    (0.8, -0.5, 0.2, np.inf),    # shrinking
+    (0.8, 0.6, 0.9, np.inf),     # 6 min of the time limit left: the time limit comes first
+])
+def test_minutes_to_the_memory_limit(mem: float, growth_h: float, elapsed: float, expected: float) -> None:
+    X, mask = _x(mem, growth_h, elapsed)
+    assert evidence.memory_minutes(X, mask)[0] == pytest.approx(expected)
+
+
+def test_unknown_memory_is_no_evidence() -> None:
+    X, mask = _x(0.95, 10.0)
+    mask[0, F["mem_frac"]] = False
+    assert evidence.memory_minutes(X, mask)[0] == np.inf
+
+
+def _examples(rng: np.random.Generator, n_jobs: int, mem: float, growth_h: float, fail: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    X = np.repeat(_x(mem, growth_h)[0], n_jobs, axis=0)
+    return X, np.ones_like(X, bool), (rng.random(n_jobs) < fail).astype(float)
+
+
+def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
+    rng = np.random.default_rng(0)
+    parts = [_examples(rng, 200, 0.95, 30.0, 0.9),     # about 10 s to the limit: mostly fail
+             _examples(rng, 100, 0.7, 9.0, 0.95),      # 2 min to the limit: fail even more often
+             _examples(rng, 3, 0.6, 3.0, 1.0),          # 8 min: only 3 jobs, no rate
+             _examples(rng, 400, 0.2, 0.0, 0.1)]        # ordinary jobs
+    X = np.concatenate([p[0] for p in parts])
+    mask = np.concatenate([p[1] for p in parts])
+    y = np.concatenate([p[2] for p in parts])
+    ev = evidence.Evidence().fit(X, mask, y, np.ones(len(y)), np.arange(len(y)))
+    assert ev.support == {"memory_0_1min": 200, "memory_1_3min": 100, "memory_3_10min": 3, "idle_late": 0}
+    assert set(ev.rates) == {"memory_0_1min", "memory_1_3min"}
+    prior = y.mean()
+    raw_far = y[200:300].mean()
+    assert prior < ev.rates["memory_1_3min"] < raw_far               # shrunk toward the overall rate
+    assert ev.rates["memory_0_1min"] >= ev.rates["memory_1_3min"]   # a nearer limit never reads safer
+    risk = ev.risk(X, mask)
+    assert risk[0] == ev.rates["memory_0_1min"] and np.isnan(risk[-1])
+    assert evidence.Evidence.from_dict(ev.to_dict()) == ev
+    raised = evidence.raise_risk(np.array([0.2, 0.95, np.nan]), np.array([0.8, 0.8, np.nan]))
+    assert raised[0] == 0.8 and raised[1] == 0.95 and np.isnan(raised[2])
