@@ -154,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's parameter name
         log.debug("metrics %s: " + format, self.client_address[0], *args)
 
 
