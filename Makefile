@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 # The CPU build of torch on this workplace's local index; other versions download GBs.
 TORCH   := torch==2.13.0
 
-.PHONY: help install cluster cluster-stop test test-fast bench demo clean
+.PHONY: help install cluster cluster-stop lint test test-fast bench demo clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,7 +27,11 @@ cluster:  ## start the project's real Slurm test cluster unless it is up (root o
 cluster-stop:  ## stop the test cluster
 	slurm-conf/stop-test-cluster.sh
 
-test: install cluster  ## install, start the test cluster, run every test
+lint: install  ## ruff over the tree, mypy (strict where the logic lives); config in pyproject.toml
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
+
+test: install lint cluster  ## install, lint, start the test cluster, run every test
 	$(BIN)/python -m pytest
 
 test-fast: install  ## the tests that need no Slurm
@@ -40,4 +44,4 @@ demo: install cluster  ## the main job, live, on this machine
 	$(BIN)/python -m nomade.demo
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .mypy_cache

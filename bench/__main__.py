@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} ...", file=sys.stderr, flush=True)
         rows.extend(importlib.import_module(f"bench.bench_{name}").run(args.quick))
         print(f"== {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
-    out = Path(".bench"); out.mkdir(exist_ok=True)
+    out = Path(".bench")
+    out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps([r.as_dict() for r in rows], indent=2))
     print(json.dumps([r.as_dict() for r in rows], indent=2) if args.json else _table(rows))
     return 1 if any(r.ok is False for r in rows) else 0

@@ -101,7 +101,7 @@ class _V1Jobs:
                 os.makedirs(d, exist_ok=True)
             Path(V1, "memory", rel, "memory.limit_in_bytes").write_text(str(1 << 30))
             self.procs.append(subprocess.Popen(
-                ["sleep", "3600"], preexec_fn=lambda dirs=dirs: [  # noqa: B023
+                ["sleep", "3600"], preexec_fn=lambda dirs=dirs: [
                     Path(d, "cgroup.procs").write_text(str(os.getpid())) for d in dirs]))
 
     def close(self) -> None:

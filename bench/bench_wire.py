@@ -69,10 +69,10 @@ def run(quick: bool) -> list[Result]:
         if wire.decode(frame) != batch:
             raise RuntimeError("bench_wire: the batch does not round-trip")
         number = max(1, samples_per_round // size)
-        dec = _best_seconds(lambda: wire.decode(frame), repeat, number)
-        with_rows = _best_seconds(lambda: wire.decode_rows(frame), repeat, number)
-        only = _best_seconds(lambda: wire.decode_rows(frame, sample_items=False), repeat, number)
-        enc = _best_seconds(lambda: wire.encode(batch), repeat, number)
+        dec = _best_seconds(lambda frame=frame: wire.decode(frame), repeat, number)
+        with_rows = _best_seconds(lambda frame=frame: wire.decode_rows(frame), repeat, number)
+        only = _best_seconds(lambda frame=frame: wire.decode_rows(frame, sample_items=False), repeat, number)
+        enc = _best_seconds(lambda batch=batch: wire.encode(batch), repeat, number)
         per_sample = len(frame) / size
         rows += [
             Result(f"wire decode+validate, batch of {size}", size / dec, "samples/s",

@@ -60,7 +60,7 @@ def discover() -> list[ModuleType]:
         qualified = f"{commands.__name__}.{info.name}"
         try:
             module = importlib.import_module(qualified)
-        except Exception as exc:  # noqa: BLE001 - any failure must only disable this command
+        except Exception as exc:  # any failure must only disable this command
             _warn(f"command module {qualified} failed to import ({type(exc).__name__}: {exc}); skipped")
             continue
         missing = [name for name in _CONTRACT if not hasattr(module, name)]

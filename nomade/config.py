@@ -269,7 +269,8 @@ class StorageConfig:
 
     Job samples are most of the file: 10,000 running jobs sampled every 30 s store
     28.8 M rows a day; a row takes ~70 bytes on disk with small counter values
-    (``python -m bench prune`` measures it) and up to ~150 with large ones: 2-4 GB a day. Ended jobs younger than ``full_samples_days`` keep every sample; older
+    (``python -m bench prune`` measures it) and up to ~150 with large ones: 2-4 GB a day.
+    Ended jobs younger than ``full_samples_days`` keep every sample; older
     ones keep at most ``thin_samples_to`` per node, evenly spaced in time, always the
     first and the last (240 covers a 2-hour job at 30 s in full and is 15 windows of the
     LSTM's default 8 minutes); after ``sample_retention_days`` a job's

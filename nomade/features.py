@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,7 +228,7 @@ class SampleTable:
         return len(self.ts)
 
     def __getattr__(self, name: str) -> np.ndarray:
-        cols = self.__dict__.get("cols", {})
+        cols: dict[str, np.ndarray] = self.__dict__.get("cols", {})
         if name in cols:
             return cols[name]
         raise AttributeError(name)
@@ -288,7 +288,7 @@ def job_totals(job_index: np.ndarray, node: np.ndarray, ts: np.ndarray,
     if n == 0:
         return dict(cols)
     order = _time_order(job_index, ts)
-    perm = (lambda a: a) if order is None else (lambda a: a[order])
+    perm: Callable[[np.ndarray], np.ndarray] = (lambda a: a) if order is None else (lambda a: a[order])
     job, nd = perm(job_index), perm(np.asarray(node, np.int64))
     starts = np.concatenate([[True], job[1:] != job[:-1]])
     seg = np.flatnonzero(starts)
@@ -357,7 +357,8 @@ def _cumsum_within(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Cumulative sum restarting where ``starts`` is True."""
     c = np.cumsum(v)
     seg = np.maximum.accumulate(np.where(starts, np.arange(len(v)), 0)) if len(v) else v.astype(np.int64)
-    return c - (c[seg] - v[seg])
+    out: np.ndarray = c - (c[seg] - v[seg])
+    return out
 
 
 def node_asof(node: np.ndarray, ts: np.ndarray, ref_node: np.ndarray, ref_ts: np.ndarray,
@@ -482,7 +483,7 @@ def _running_max(samples: SampleTable, name: str) -> np.ndarray:
     """Per-job running maximum of a column (NaN ignored; NaN until a value is seen),
     exact: a cumulative max over integer keys ``job * span + rank(value)``. Computed
     once per table and column (features and sequences of one table share it)."""
-    cache = samples.__dict__.setdefault("_running_max", {})
+    cache: dict[str, np.ndarray] = samples.__dict__.setdefault("_running_max", {})
     if name not in cache:
         vals = samples.cols[name]
         uniq, inv = np.unique(np.where(np.isnan(vals), -np.inf, vals), return_inverse=True)
@@ -692,7 +693,8 @@ def idle_minutes(S: np.ndarray, lengths: np.ndarray, step_s: float) -> np.ndarra
     valid = np.arange(T)[None, :] >= (T - np.clip(np.asarray(lengths, np.int64), 0, T))[:, None]
     idle = valid & (recent < IDLE_EFF)
     busy_after = np.cumsum(~idle[:, ::-1], axis=1) == 0   # reversed: still in the trailing run
-    return busy_after.sum(axis=1) * float(step_s) / 60.0
+    minutes: np.ndarray = busy_after.sum(axis=1) * float(step_s) / 60.0
+    return minutes
 
 
 def snapshots(jobs: JobTable, samples: SampleTable, interval_s: float,
@@ -761,7 +763,8 @@ class Normalizer:
         X = np.asarray(X, np.float64)
         if self.lo_ is None or self.hi_ is None:
             return X
-        return np.clip(X, self.lo_[cols], self.hi_[cols])
+        clipped: np.ndarray = np.clip(X, self.lo_[cols], self.hi_[cols])
+        return clipped
 
     def _check(self) -> tuple[np.ndarray, np.ndarray]:
         if self.mean_ is None or self.std_ is None:
@@ -780,7 +783,8 @@ class Normalizer:
         mean, std = self._check()
         S = self._clipped(S, slice(N_START, None))   # NaN stays NaN
         z = np.clip((S - mean[N_START:]) / std[N_START:], -self.CLIP, self.CLIP)
-        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+        out: np.ndarray = np.nan_to_num(z, nan=0.0).astype(np.float32)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, with the feature list so a mismatch is caught on load."""

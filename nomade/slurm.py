@@ -449,7 +449,7 @@ class Slurm:
             self._pyslurm = None
             reason = self._pyslurm_refusal()
             if reason is None:
-                import pyslurm  # noqa: PLC0415 - optional, version-locked
+                import pyslurm  # optional and version-locked: imported only when it matches
                 self._pyslurm = pyslurm
             else:
                 log.debug("not using pyslurm: %s; using the Slurm command-line tools", reason)
@@ -459,8 +459,8 @@ class Slurm:
         if self.use_pyslurm == "never":
             return 'use_pyslurm = "never"'
         try:
-            import pyslurm  # noqa: PLC0415
-        except Exception as exc:  # noqa: BLE001 - any import failure means: do not use it
+            import pyslurm
+        except Exception as exc:  # any import failure means: do not use it
             return f"it does not import ({exc})"
         try:
             slurm_version = self.version()
@@ -494,5 +494,5 @@ def _pyslurm_errors(command: Sequence[str]) -> Iterator[None]:
         yield
     except ValueError:
         raise
-    except Exception as exc:  # noqa: BLE001 - pyslurm raises several kinds
+    except Exception as exc:  # pyslurm raises several kinds
         raise _error(command, -1, str(exc)) from exc

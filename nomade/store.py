@@ -285,7 +285,7 @@ def _sample_row(msg: MessageLike, fields: tuple[str, ...], get: itemgetter[Any],
     """The row of a job/node sample in ``fields`` order (absent keys are None); ts falls
     back to the envelope's."""
     try:
-        row = get(msg.body)  # every key present: the common case, and the fast one
+        row: tuple[Any, ...] = get(msg.body)  # every key present: the common case, and the fast one
     except KeyError:
         row = tuple(map(msg.body.get, fields))
     if row[0] is None:
@@ -789,7 +789,7 @@ class Store:
         ``job.sample`` messages are not read again. All batches are checked first: a message
         the store cannot keep raises ``ValueError`` and nothing of any batch is written.
         """
-        checked = [(b[0], b[1], _Rows.of(b[2], b[3] if len(b) > 3 else None))  # type: ignore[misc]
+        checked = [(b[0], b[1], _Rows.of(b[2], b[3] if len(b) > 3 else None))
                    for b in batches]
         now = time.time()
         fresh: list[bool] = []

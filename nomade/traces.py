@@ -50,7 +50,7 @@ history merges with what the agent recorded. Shapes read, by Slurm version:
 Produce the text with::
 
     sacct --allusers --allocations --parsable2 --starttime 2024-01-01 \\
-          --format JobID,User,Partition,Account,ReqCPUS,ReqMem,ReqTRES,AllocTRES,Timelimit,Submit,Start,End,State,ExitCode,NNodes,NodeList
+          --format=JobID,User,Partition,Account,ReqCPUS,ReqMem,ReqTRES,AllocTRES,Timelimit,Submit,Start,End,State,ExitCode,NNodes,NodeList
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgpack
 
@@ -344,7 +344,7 @@ class _Body:
             raise WireError(f"{self.kind} body: expected a dict, got {_show(body)}")
         for i, to_wire in self.to_wires:
             arr[i] = to_wire(arr[i])
-        return arr
+        return cast("list[Any]", arr)
 
 
 def _compile_body(fields: tuple[_Field, ...]) -> Callable[[Any], dict[str, Any] | None]:
@@ -365,7 +365,7 @@ def _compile_body(fields: tuple[_Field, ...]) -> Callable[[Any], dict[str, Any] 
         f"    if {' and '.join(tests) or 'True'}:\n"
         f"        return {{{', '.join(f'{f[0]!r}: {v}' for f, v in zip(fields, names))}}}\n"
         "    return None\n")
-    namespace = dict(_NAMESPACE)
+    namespace: dict[str, Any] = dict(_NAMESPACE)
     exec(source, namespace)  # noqa: S102 (text built from this module's constants only)
     check: Callable[[Any], dict[str, Any] | None] = namespace["check"]
     return check
@@ -408,7 +408,7 @@ def _parse(env: Any, rows: list[tuple[Any, ...]] | None = None,
     if kind == "batch":
         if type(body) is not list or not body:
             raise WireError(f"batch body: expected [items], got {_show(body)}")
-        items, skipped = _parse_items(body[0], version, sender, rows, sample_items)
+        items, skipped = _parse_items(body[0], version, cast(str, sender), rows, sample_items)
         return _message((version, kind, sender, seq, ts, {"items": items, "skipped": skipped}))
     return _message((version, kind, sender, seq, ts, _BODIES[kind].decode(body)))
 
@@ -506,7 +506,7 @@ def _compile_items(kind: str, messages: bool, rows: bool) -> Callable[..., int]:
         "            append(msg)",
         "    return skipped",
         ""])
-    namespace = dict(_NAMESPACE, _message=_message, _row=operator.itemgetter(*keys))
+    namespace: dict[str, Any] = dict(_NAMESPACE, _message=_message, _row=operator.itemgetter(*keys))
     exec(source, namespace)  # noqa: S102 (text built from this module's constants only)
     loop: Callable[..., int] = namespace["loop"]
     return loop

@@ -74,7 +74,7 @@ def test_sigterm_flushes_and_a_restart_loses_and_doubles_nothing(tmp_path: Path,
     sock = dealer(ctx, f"tcp://127.0.0.1:{port}")
     try:
         wait_listening(proc, port)
-        for seq, frame in frames.items():
+        for frame in frames.values():
             sock.send(frame)
         proc.send_signal(signal.SIGTERM)   # while batches are still arriving
         collect_acks(sock, acks, 2000)

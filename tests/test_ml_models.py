@@ -106,8 +106,8 @@ def test_gnn_learns_from_similar_jobs_and_is_reproducible() -> None:
     X, y, start, end, nb = _graph_data()
     ref = Reference.build(X, y, end, nb)
     tr, va = np.arange(900), np.arange(900, 1200)
-    sub = lambda r: Neighbours(nb.idx[r], nb.sim[r], nb.valid[r])  # noqa: E731
-    fit = lambda: GNNClassifier(hidden_dim=16, out_dim=8, epochs=15, patience=5, seed=1).fit(  # noqa: E731
+    sub = lambda r: Neighbours(nb.idx[r], nb.sim[r], nb.valid[r])
+    fit = lambda: GNNClassifier(hidden_dim=16, out_dim=8, epochs=15, patience=5, seed=1).fit(
         ref, X[tr], sub(tr), y[tr], val=(X[va], sub(va), y[va], None))
     a, b = fit(), fit()
     pa = a.predict_proba(X[va], sub(va))

@@ -25,6 +25,7 @@ them through ``Slurm.set_comment`` and never lets a Slurm error stop the tick.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import math
@@ -238,7 +239,7 @@ class Agent:
             try:
                 ready = dict(poller.poll(max(0, int(wait * 1000))))
             except zmq.ZMQError as e:
-                if e.errno == zmq.EINTR:   # a signal: look at should_stop again
+                if e.errno == errno.EINTR:   # a signal: look at should_stop again
                     continue
                 raise
             if self.router in ready:
@@ -260,7 +261,7 @@ class Agent:
             except zmq.Again:
                 break
             except zmq.ZMQError as e:
-                if e.errno == zmq.EINTR:
+                if e.errno == errno.EINTR:
                     break
                 raise
             size = sum(len(f) for f in frames)

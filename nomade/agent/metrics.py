@@ -140,7 +140,7 @@ def _escape(value: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:  # http.server's name for it
         if self.path == "/metrics":
             body, ctype = self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
         elif self.path == "/health":
@@ -154,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's parameter name
         log.debug("metrics %s: " + format, self.client_address[0], *args)
 
 

@@ -15,7 +15,8 @@ graph neighbours are found once a job, as in training (``KeptNeighbours``); the 
 runs the LSTM on worker threads beside the other models (``nomade.ml.inference``).
 
 Explanations (occlusion, 17 variants of the GNN and autoencoder inputs and 11 of the
-LSTM's sequence, then advice text from the job's values) cost about as much per job as the rest of the tick, so they are bounded:
+LSTM's sequence, then advice text from the job's values) cost about as much per job as
+the rest of the tick, so they are bounded:
 
 * only jobs with risk >= ``explain_min_risk`` (moderate and above) carry factors;
 * at most ``max_explain`` jobs are explained a tick: first those whose level differs

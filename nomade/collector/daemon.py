@@ -217,7 +217,7 @@ class Collector:
         try:
             for start in range(0, len(items), _BATCH_ITEMS):
                 chunk = items[start:start + _BATCH_ITEMS]
-                self.outbox.add(lambda seq: self._frame(chunk, seq, ts))
+                self.outbox.add(lambda seq: self._frame(chunk, seq, ts))  # noqa: B023 - add() calls it at once
         except OSError as e:
             self.write_errors += 1
             if not self._write_failing:

@@ -87,7 +87,7 @@ class Daemons:
 
     def start(self, name: str) -> None:
         """Start ``nomade <name>`` (``agent`` or ``collector``) with the workspace config."""
-        log = open(self.ws / f"{name}.log", "ab")  # noqa: SIM115 - the child writes to it until it exits
+        log = open(self.ws / f"{name}.log", "ab")  # no `with`: the child writes to it until it exits
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "nomade", "--config", str(self.config), "-v", name],
             stdout=log, stderr=subprocess.STDOUT)

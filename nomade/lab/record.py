@@ -305,7 +305,7 @@ class Recorder:
             self.ledger.add("recorder_cancel", index=self.live[job_id].job.index, job_id=job_id)
             try:
                 self.slurm.cancel(job_id)
-            except Exception as e:  # noqa: BLE001 - a job that just ended; the poll sees it
+            except Exception as e:  # a job that just ended; the poll sees it
                 log(f"scancel {job_id}: {e}")
         deadline = time.time() + 90
         while self.live and time.time() < deadline:

@@ -7,8 +7,8 @@ scoring ticks it would have seen while running: ``start, start + step, ... < end
 evenly over the run, as :func:`features.snapshots` spreads training examples). Each
 tick's inputs are built by the functions the agent's tick uses
 (:func:`features.asof_features`, :func:`features.sequences` on the models' time
-grid, ``Scorer.grid``, as in training and the agent), as of the tick: samples stamped at or before it, history of jobs that
-ended before it. They are scored by a loaded :class:`nomade.ml.inference.Scorer`
+grid, ``Scorer.grid``, as in training and the agent), as of the tick: samples stamped at
+or before it, history of jobs that ended before it. They are scored by a loaded :class:`nomade.ml.inference.Scorer`
 (the model files the agent would load), many jobs' ticks in one call.
 
 Per job: the first tick whose risk reached the alert threshold (``[ml.alerts]
