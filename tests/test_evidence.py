@@ -45,22 +45,26 @@ def _examples(rng: np.random.Generator, n_jobs: int, mem: float, growth_h: float
 
 def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
     rng = np.random.default_rng(0)
-    parts = [_examples(rng, 200, 0.95, 30.0, 0.9),     # about 10 s to the limit: mostly fail
-             _examples(rng, 100, 0.7, 9.0, 0.95),      # 2 min to the limit: fail even more often
+    parts = [_examples(rng, 200, 0.95, 30.0, 0.9),     # >= 90 %, 10 s to the limit: mostly fail
+             _examples(rng, 100, 0.7, 9.0, 0.95),      # 70 %, 2 min to the limit: fail even more often
+             _examples(rng, 60, 0.6, 40.0, 0.3),       # 60 %, 36 s: fails less
              _examples(rng, 3, 0.6, 3.0, 1.0),          # 8 min: only 3 jobs, no rate
              _examples(rng, 400, 0.2, 0.0, 0.1)]        # ordinary jobs
     X = np.concatenate([p[0] for p in parts])
     mask = np.concatenate([p[1] for p in parts])
     y = np.concatenate([p[2] for p in parts])
     ev = evidence.Evidence().fit(X, mask, y, np.ones(len(y)), np.arange(len(y)))
-    assert ev.support == {"memory_0_1min": 200, "memory_1_3min": 100, "memory_3_10min": 3, "idle_late": 0}
-    assert set(ev.rates) == {"memory_0_1min", "memory_1_3min"}
+    assert {k: v for k, v in ev.support.items() if v} == {
+        "memory_0.9_0_1min": 200, "memory_0.5_1_3min": 100, "memory_0.5_0_1min": 60, "memory_0.5_3_10min": 3}
+    assert set(ev.rates) == {k for k, v in ev.support.items() if v >= evidence.MIN_JOBS}
     prior = y.mean()
     raw_far = y[200:300].mean()
-    assert prior < ev.rates["memory_1_3min"] < raw_far               # shrunk toward the overall rate
-    assert ev.rates["memory_0_1min"] >= ev.rates["memory_1_3min"]   # a nearer limit never reads safer
+    assert prior < ev.rates["memory_0.5_1_3min"] < raw_far              # shrunk toward the overall rate
+    # a nearer limit never reads safer: 36 s to the limit is raised to the 2 min rate
+    assert ev.rates["memory_0.5_0_1min"] == ev.rates["memory_0.5_1_3min"] > y[300:360].mean()
+    assert ev.rates["memory_0.9_0_1min"] >= ev.rates["memory_0.5_0_1min"]  # nor a higher level
     risk = ev.risk(X, mask)
-    assert risk[0] == ev.rates["memory_0_1min"] and np.isnan(risk[-1])
+    assert risk[0] == ev.rates["memory_0.9_0_1min"] and np.isnan(risk[-1])
     assert evidence.Evidence.from_dict(ev.to_dict()) == ev
     raised = evidence.raise_risk(np.array([0.2, 0.95, np.nan]), np.array([0.8, 0.8, np.nan]))
     assert raised[0] == 0.8 and raised[1] == 0.95 and np.isnan(raised[2])

@@ -4,16 +4,18 @@ with the failure rate each such condition had among the training jobs.
 A model learns what usually happens to jobs like this one; the evidence says what is
 about to happen to this one. Conditions, from the raw as-of features only:
 
-* ``memory_<a>_<b>min``: at its growth over the last samples the job's memory (what
-  the kernel cannot reclaim) reaches its limit in ``a`` to ``b`` minutes, before its
-  time limit, from at least ``MIN_MEM_FRAC`` of it (or it is at the limit already);
+* ``memory_<level>_<a>_<b>min``: the job's memory (what the kernel cannot reclaim) is
+  at ``level`` or more of its limit (``MEMORY_LEVELS``, from ``MIN_MEM_FRAC``) and, at
+  its growth over the last samples, reaches the limit in ``a`` to ``b`` minutes, before
+  its time limit (or is at the limit already): the nearer the limit in both senses,
+  the likelier the kill, and one grid learns how much;
 * ``idle_late``: the runtime rule ``rules.fire("rule_idle")`` (CPU idle now and for
   half the run, three quarters of the time limit gone).
 
 :meth:`Evidence.fit` gives each condition its weighted failure rate over the training
 examples where it holds (each job's examples weigh one job in all), shrunk toward the
-overall rate by ``PRIOR_JOBS`` pseudo jobs; the memory rates are then made non-increasing in the time to the limit (a
-nearer limit never reads safer). A condition that holds for fewer than ``MIN_JOBS``
+overall rate by ``PRIOR_JOBS`` pseudo jobs; the memory rates are then made monotone
+(a higher level or a nearer limit never reads safer). A condition that holds for fewer than ``MIN_JOBS``
 training jobs keeps no rate. The evidence risk of an example is the highest rate of
 the conditions that hold (NaN where none does), and the live risk is the higher of the
 models' ensemble and the evidence (:func:`raise_risk`): evidence can raise a risk,
@@ -35,6 +37,8 @@ EVIDENCE_KEY = "evidence"
 MIN_MEM_FRAC = 0.5
 """Share of the memory limit from which a projection counts (below it, a job's start-up
 growth projects to the limit within minutes and says nothing)."""
+MEMORY_LEVELS = (MIN_MEM_FRAC, 0.8, 0.9)
+"""Lower edges (share of the limit held now) of the memory conditions' levels."""
 MEMORY_BINS_MIN = (0.0, 1.0, 3.0, 10.0)
 """Edges (minutes to the memory limit) of the memory conditions."""
 PRIOR_JOBS = 5.0
@@ -63,11 +67,25 @@ def memory_minutes(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(soon, np.maximum(minutes, 0.0), np.inf)
 
 
+def _memory_grid() -> list[list[str]]:
+    """Names of the memory conditions, ``[level][minutes bin]``, lowest level and
+    nearest limit first."""
+    edges = MEMORY_BINS_MIN
+    return [[f"memory_{lv:g}_{a:g}_{b:g}min" for a, b in zip(edges, edges[1:])] for lv in MEMORY_LEVELS]
+
+
 def conditions(X: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Name -> bool[n]: which conditions hold for each example."""
     minutes = memory_minutes(X, mask)
+    with np.errstate(invalid="ignore"):
+        mem = np.where(np.asarray(mask, bool)[:, _F["mem_frac"]], np.asarray(X, np.float64)[:, _F["mem_frac"]], np.nan)
+    tops = (*MEMORY_LEVELS[1:], np.inf)
     edges = MEMORY_BINS_MIN
-    out = {f"memory_{a:g}_{b:g}min": (minutes >= a) & (minutes < b) for a, b in zip(edges, edges[1:])}
+    out = {}
+    for names, lo, hi in zip(_memory_grid(), MEMORY_LEVELS, tops):
+        at = (mem >= lo) & (mem < hi) if np.isfinite(hi) else (mem >= lo)
+        for name, a, b in zip(names, edges, edges[1:]):
+            out[name] = at & (minutes >= a) & (minutes < b)
     out["idle_late"] = rules.fire("rule_idle", X, mask) > 0
     return out
 
@@ -99,12 +117,16 @@ class Evidence:
         return self
 
     def _monotone_memory(self) -> None:
-        names = [n for n in conditions(np.zeros((0, features.N_FEATURES)), np.zeros((0, features.N_FEATURES), bool))
-                 if n.startswith("memory_")]
-        floor = 0.0
-        for name in reversed(names):       # farthest first: a nearer limit is at least as risky
-            if name in self.rates:
-                floor = self.rates[name] = max(self.rates[name], floor)
+        """Each memory rate at least those of the lower level and of the farther limit."""
+        grid = _memory_grid()
+        floor = [[0.0] * len(row) for row in grid]
+        for lv, row in enumerate(grid):
+            for b in reversed(range(len(row))):        # farthest limit first
+                below = floor[lv - 1][b] if lv else 0.0
+                farther = floor[lv][b + 1] if b + 1 < len(row) else 0.0
+                floor[lv][b] = max(below, farther, self.rates.get(row[b], 0.0))
+                if row[b] in self.rates:
+                    self.rates[row[b]] = floor[lv][b]
 
     def risk(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """float64[n]: the highest rate of the conditions that hold, NaN where none does."""
