@@ -10,31 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
-from test_agent_ingest import RunningAgent, acked, agent_config, batch, dealer
+from agenttools import RunningAgent, acked, agent_config, batch, dealer, free_port
 
 from nomade import config, wire
 from nomade.agent.publisher import topics_from
 from nomade.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.term()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_agent(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
