@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import zmq
+from waiting import wait_until
 
 from nomade import wire
 
@@ -62,16 +62,12 @@ class Agent:
         return {seq: wire.decode(data) for seq, data in first.items()}
 
     def wait_for(self, n: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.batches()) < n:
-            assert time.monotonic() < deadline, f"only {len(self.batches())} of {n} batches arrived"
-            time.sleep(0.05)
+        """Until ``n`` distinct batches have arrived."""
+        wait_until(lambda: len(self.batches()) >= n, timeout, f"{n} batches did not arrive")
 
     def wait_for_seq(self, seq: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while seq not in self.batches():
-            assert time.monotonic() < deadline, f"batch {seq} did not arrive"
-            time.sleep(0.05)
+        """Until batch ``seq`` has arrived."""
+        wait_until(lambda: seq in self.batches(), timeout, f"batch {seq} did not arrive")
 
     def close(self) -> None:
         self._stop.set()

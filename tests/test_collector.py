@@ -7,6 +7,7 @@ tree laid out like a real host (tests/fixtures/cgroupv2), so it always finds two
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -15,12 +16,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
 import zmq
 import zmq.auth
 from collectortools import REPO, Agent, start_collector, stop_collector
+from waiting import wait_until
 
 from nomade import curve, wire
 from nomade.collector.daemon import Collector
@@ -67,6 +70,19 @@ spool_dir = "{site / 'spool'}"
     return cfg
 
 
+def pending(outbox: Path) -> list[int]:
+    """The seqs of the batches in an outbox."""
+    return [int(p.stem) for p in outbox.glob("*.batch")]
+
+
+def read_ready(pipe: IO[bytes] | None, into: bytearray) -> bytearray:
+    """Append to ``into`` what ``pipe`` has ready now, without blocking; ``into``."""
+    assert pipe is not None
+    while select.select([pipe], [], [], 0)[0] and (chunk := os.read(pipe.fileno(), 65536)):
+        into += chunk
+    return into
+
+
 def assert_contiguous(batches: dict[int, wire.Message]) -> None:
     assert sorted(batches) == list(range(min(batches), max(batches) + 1)), "a seq is missing"
 
@@ -94,17 +110,18 @@ def test_agent_down_then_up_loses_nothing(site: Path) -> None:
     first = Agent()
     port = first.port
     first.close()                                   # the agent is down from the start
+    outbox = site / "outbox"
     proc = start_collector(write_config(site, port))
     try:
-        time.sleep(2.0)
-        waiting = len(list((site / "outbox").glob("*.batch")))
-        assert waiting >= 3, "batches must wait in the outbox while the agent is down"
+        waiting = wait_until(lambda: (n := len(pending(outbox))) >= 3 and n, 20,
+                             "batches must wait in the outbox while the agent is down")
         agent = Agent(port)
         try:
             agent.wait_for(waiting + 2)
             first_part = dict(agent.batches())
             agent.close()                           # down again, mid-stream
-            time.sleep(1.5)
+            wait_until(lambda: any(seq > max(first_part) for seq in pending(outbox)), 20,
+                       "no batch was made while the agent was down again")
             agent = Agent(port)
             agent.wait_for(3)
             later = agent.batches()
@@ -153,14 +170,12 @@ def test_kill_9_and_restart_loses_nothing(site: Path) -> None:
 def test_spool_events_are_forwarded_with_an_immediate_sample(site: Path, agent: Agent) -> None:
     proc = start_collector(write_config(site, agent.port, interval_s=3600.0))
     try:
-        time.sleep(0.5)
+        agent.wait_for(1)                           # its start-up sample: the loop now waits
         Spool(site / "spool").put({"NOMADE_HOOK": "prolog", "NOMADE_TS": f"{time.time():.3f}",
                                    "SLURM_JOB_ID": "4242", "SLURM_JOB_UID": "1000",
                                    "SLURM_JOB_USER": "alice", "SLURMD_NODENAME": "cn01"}, tag="prolog")
-        deadline = time.monotonic() + 10
-        while not any(i.kind == "job.start" for m in agent.batches().values() for i in m.body["items"]):
-            assert time.monotonic() < deadline, "job.start did not arrive"
-            time.sleep(0.05)
+        wait_until(lambda: any(i.kind == "job.start" for m in agent.batches().values() for i in m.body["items"]),
+                   10, "job.start did not arrive")
     finally:
         err = stop_collector(proc)
     assert proc.returncode == 0, err.decode()
@@ -263,21 +278,24 @@ def test_a_full_disk_is_logged_once_and_retried_without_exiting(site: Path, agen
                "resource.setrlimit(resource.RLIMIT_FSIZE, (8, resource.RLIM_INFINITY)); "
                "sys.argv = ['nomade', 'collector']; runpy.run_module('nomade', run_name='__main__')")
     proc = subprocess.Popen([sys.executable, "-c", starter], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    said = bytearray()   # its stderr so far (a pipe: a file would be under the size limit too)
     try:
-        time.sleep(2.0)                     # ten samples' worth of failed writes
+        wait_until(lambda: b"cannot be written" in read_ready(proc.stderr, said) or proc.poll() is not None,
+                   20, "the collector did not meet the full disk")
         assert proc.poll() is None, "the collector exited on a full disk"
         assert not agent.arrivals and (site / "spool" / event).exists()
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
         agent.wait_for(2)
     finally:
-        err = stop_collector(proc).decode()
+        err = (bytes(said) + stop_collector(proc)).decode()
     assert proc.returncode == 0, err
-    assert err.count("cannot be written") == 1 and "writable again after" in err
+    failed = re.search(r"writable again after (\d+) failed writes", err)
+    assert err.count("cannot be written") == 1 and failed
     assert not (site / "spool" / event).exists()
     items = [i for m in agent.batches().values() for i in m.body["items"]]
     assert any(i.kind == "job.start" and i.body["job_id"] == "4242" for i in items)
     errors = [i.body["outbox_write_errors"] for i in items if i.kind == "node.sample"]
-    assert errors and max(errors) >= 5
+    assert errors and max(errors) == int(failed.group(1)) >= 1   # every failed write reported
 
 
 # ---------------------------------------------------------------- outbox

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import pytest
 from slurmtools import SlurmCluster, submit, wait_state
+from waiting import wait_until
 
 from nomade import curve, wire
+from nomade.collector.watch import SpoolWatch
 from nomade.slurm import JobNotFound
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -169,11 +172,18 @@ def running_jobs(slurm_cluster: SlurmCluster) -> Iterator[list[str]]:
 
 
 def wait_for_a_batch_in_flight(outbox: Path, timeout: float = 30.0) -> None:
-    """Return as soon as a batch file is in the outbox (it lives a few ms when the agent is up)."""
-    deadline = time.monotonic() + timeout
-    while not (outbox.is_dir() and any(n.endswith(".batch") for n in os.listdir(outbox))):
-        assert time.monotonic() < deadline, "no batch in the outbox"
-        time.sleep(0.001)
+    """Return as soon as a batch file is in the outbox (it lives a few ms when the agent is
+    up): woken by inotify when the outbox renames a file into place, not by polling."""
+    wait_until(outbox.is_dir, timeout, "no outbox")
+    watch = SpoolWatch(outbox)
+    try:
+        deadline = time.monotonic() + timeout
+        while not any(n.endswith(".batch") for n in os.listdir(outbox)):
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([watch.fd], [], [], left)[0], "no batch in the outbox"
+            watch.drain()
+    finally:
+        watch.close()
 
 
 def job_rows(site: Site, job_ids: list[str]) -> int:
