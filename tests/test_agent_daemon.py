@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import zmq
 from agenttools import RunningAgent, acked, agent_config, batch, dealer, free_port
+from modeltools import train_small_models
 from waiting import wait_until
 
-from nomade import config, wire
+from nomade import wire
 from nomade.agent.publisher import topics_from
 from nomade.store import Store
 
@@ -178,18 +179,7 @@ def test_without_models_of_its_own_the_agent_scores_with_the_starter(tmp_path: P
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small models trained on synthetic data through the ML pipeline."""
-    import torch
-
-    from nomade.ml import train
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("models")
-    cfg = config.Config()
-    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(cfg.ml, training=dataclasses.replace(
-        cfg.ml.training, epochs=2, patience=1, batch_size=256)))
-    jobs, samples = train.synthetic_tables(600, seed=3)
-    train.fit_and_save(train.prepare(jobs, samples, 30.0, cfg.ml.sequence_length), cfg, out)
-    return out
+    return train_small_models(tmp_path_factory.mktemp("models"), seed=3)
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from agenttools import free_port
 from slurmtools import SlurmCluster, submit, wait_state
 from waiting import wait_until
 
@@ -43,12 +44,6 @@ SLEEP = "exec sleep 300"      # delivery needs running jobs, not busy ones (the 
 Sample = tuple[str, str, float]          # (job_id, node, ts)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Site:
     """Config, outbox, spools and store of one collector and one agent in ``root``."""
 
@@ -61,7 +56,7 @@ class Site:
         for d in ("collector-spool", "agent-spool", "models"):
             (root / d).mkdir()
         self.config = root / "nomade.toml"
-        ingest = f"tcp://127.0.0.1:{_free_port()}"
+        ingest = f"tcp://127.0.0.1:{free_port()}"
         self.config.write_text(f"""
 [collector]
 agent_endpoint = "{ingest}"
@@ -74,7 +69,7 @@ spool_dir = "{root / 'collector-spool'}"
 
 [agent]
 ingest_endpoint = "{ingest}"
-publish_endpoint = "tcp://127.0.0.1:{_free_port()}"
+publish_endpoint = "tcp://127.0.0.1:{free_port()}"
 metrics_address = ""
 interval_s = {INTERVAL_S}
 spool_dirs = ["{root / 'agent-spool'}"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from agenttools import RunningAgent, acked, agent_config, batch, dealer, free_port
+from agenttools import T0, RunningAgent, acked, agent_config, batch, dealer, free_port
 
 from nomade import config, curve, wire
 from nomade.agent.daemon import Agent
@@ -32,7 +32,6 @@ from nomade.errors import NomadeError
 from nomade.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-T0 = 1.7e9
 #: Peak RSS an agent may reach under the floods here (DESIGN: the agent's budget).
 RSS_BOUND = 1 << 30
 NODES = ("n1", "n2", "n3", "n4")
