@@ -38,8 +38,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nomade import slurmfmt
 from nomade.errors import NomadeError
-from nomade.traces import (Issues, Progress, Trace, _duration, _finish, _nodes, _time, json_items,
+from nomade.traces import (Issues, Progress, Trace, _finish, _nodes, _time, json_items,
                            numbered_lines, trace_from_records, tres_gpus, tres_mem)
 
 FILETXT_KEYS = ("JobId", "UserId", "GroupId", "Name", "JobState", "Partition", "TimeLimit", "StartTime",
@@ -102,13 +103,12 @@ def _filetxt_record(f: dict[str, str]) -> dict[str, Any]:
         raise ValueError(f"JobId {job_id!r} is not a job id")
     tres = f.get("Tres", "")
     cpus = _tres_count(tres, "cpu") or _digits(f.get("ProcCnt"), "ProcCnt")
-    limit = f.get("TimeLimit", "")
     nodes = _nodes(f.get("NodeList"))
     start = _time(f.get("StartTime", ""), "StartTime")
     return {"job_id": job_id, "user": f.get("UserId", "").split("(")[0] or None,
             "partition": f.get("Partition") or None, "account": f.get("Account") or None,
             "req_cpus": cpus, "req_mem_bytes": tres_mem(tres), "req_gpus": tres_gpus(tres),
-            "time_limit_s": float(limit) * 60.0 if limit.isdigit() else _duration(limit),
+            "time_limit_s": slurmfmt.time_limit_s(f.get("TimeLimit")),
             "submit_ts": _time(f.get("SubmitTime", ""), "SubmitTime"),
             "start_ts": start if nodes is not None or "NodeList" not in f else None,
             "end_ts": _time(f.get("EndTime", ""), "EndTime"), "state": f["JobState"],

@@ -7,8 +7,10 @@ UTF-8 are kept with ``surrogateescape``: a record read back and put again is
 byte-identical.
 
 Names. An event lives in ``<sec>.<nsec>-<tag>.ev``; names sort by creation time.
-Writers create ``.<name>.tmp``, write, fsync, rename to ``<name>``, fsync the
-directory. Readers see only ``*.ev`` files not starting with a dot, so a writer
+Writers create ``.<name>.tmp``, write, fsync, rename to ``<name>``. ``put`` then fsyncs
+the directory; the Slurm hook does not (a journal commit per job event), so a power cut
+within seconds of its rename may lose that event, never tear it (docs/ARCHITECTURE.md,
+"Slurm hooks"). Readers see only ``*.ev`` files not starting with a dot, so a writer
 killed at any point leaves either nothing, an ignored temp file, or a complete event.
 
 Exactly once. ``take`` returns events without removing them; ``confirm`` removes

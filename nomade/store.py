@@ -191,11 +191,9 @@ CREATE INDEX predictions_job_ts ON predictions (job_id, ts);
 CREATE INDEX batches_received ON batches (received_ts);
 """
 
-# v3: job samples indexed by time instead of (job_id, ts). Samples arrive in time order, so
-# the time index only grows at its end; the (job_id, ts) index took an insert in the middle
-# of every job's range, which cost more the more samples a job had (ingest of a store
-# holding 300 samples a job: 8.5 -> 4.9 µs CPU a sample). A job's samples are found from
-# the time of its first one (``job_sample_first``, one row a job) onwards.
+# v3: job samples indexed by time, not (job_id, ts): samples arrive in time order, so the
+# index grows only at its end. A job's samples are found from the time of its first one
+# (``job_sample_first``, one row a job) onwards.
 _V3 = """
 CREATE TABLE job_sample_first (job_id TEXT PRIMARY KEY, first_ts REAL NOT NULL) WITHOUT ROWID;
 INSERT INTO job_sample_first SELECT job_id, min(ts) FROM job_samples GROUP BY job_id;
@@ -203,13 +201,12 @@ CREATE INDEX job_samples_ts ON job_samples (ts);
 DROP INDEX job_samples_job_ts;
 """
 
-# v4: no index on job samples at all (the time index still cost ingest 1.5 µs a sample).
-# Rows are never deleted and their rowids only grow, in the order they were stored, so:
-# a job's samples are the rows from its first one on (``job_sample_start``: its rowid), and
-# samples since a time t are in the rows from the first span whose newest sample is >= t
-# (``job_sample_spans``: consecutive rowid ranges of about SPAN_ROWS rows, each with the
-# newest ts in it). Both are exact lower bounds of a rowid range scan. (Deleting sample rows
-# would break them; VACUUM does not: rowids without gaps renumber to themselves.)
+# v4: no index on job samples at all (an index costs every insert). Rowids only grow, in
+# the order rows were stored, so a job's samples are the rows from its first one on
+# (``job_sample_start``: its rowid), and samples since a time t are in the rows from the
+# first span whose newest sample is >= t (``job_sample_spans``: consecutive rowid ranges of
+# about SPAN_ROWS rows, each with the newest ts in it): both are lower bounds of a rowid
+# range scan (retention and VACUUM: the module docstring).
 _V4 = """
 CREATE TABLE job_sample_start (job_id TEXT PRIMARY KEY, first_rowid INTEGER NOT NULL)
     WITHOUT ROWID;

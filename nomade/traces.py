@@ -68,7 +68,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from nomade import states
+from nomade import slurmfmt, states, wire
 from nomade.errors import NomadeError
 from nomade.features import JobTable
 
@@ -379,7 +379,7 @@ def _sacct_record(row: dict[str, str], job_id: str) -> dict[str, Any]:
             "account": row.get("Account") or None, "req_cpus": cpus,
             "req_mem_bytes": _req_mem(row.get("ReqMem", ""), cpus, nodes),
             "req_gpus": int(gpus.group(1)) if gpus else 0,
-            "time_limit_s": _duration(row.get("Timelimit", "")),
+            "time_limit_s": slurmfmt.time_limit_s(row.get("Timelimit")),
             "submit_ts": _time(row.get("Submit", ""), "Submit"), "start_ts": start,
             "end_ts": _time(row.get("End", ""), "End"), "state": state, "num_nodes": nodes,
             "nodes": node_list, "exit_code": row.get("ExitCode") or None}
@@ -394,8 +394,12 @@ def _count(text: str | None, name: str) -> int | None:
 
 
 def _nodes(text: Any) -> str | None:
-    """A node list, or None for Slurm's ``None assigned`` / empty."""
-    return text if isinstance(text, str) and text and text not in ("None assigned", "(null)") else None
+    """A node list as written (``n[1-2],g1``), or None for Slurm's ``None assigned`` /
+    empty; ValueError if it is not a host list of at most ``wire.MAX_NODES`` hosts."""
+    if not isinstance(text, str) or not text or text in ("None assigned", "(null)"):
+        return None
+    slurmfmt.expand_hostlist(text, wire.MAX_NODES)
+    return text
 
 
 def _req_mem(text: str, cpus: int | None, nodes: int | None) -> float | None:
@@ -423,21 +427,6 @@ def tres_gpus(tres: str) -> int:
     """GPUs in a TRES string (``gres/gpu=2``; typed ``gres/gpu:a100=2`` if untyped absent)."""
     m = _GPU.search(tres)
     return int(m.group(1)) if m else 0
-
-
-def _duration(text: str) -> float | None:
-    """Slurm durations → seconds: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``,
-    ``D-HH:MM:SS``; ``UNLIMITED``, ``Partition_Limit`` and anything else → None."""
-    days, sep, rest = text.strip().rpartition("-")
-    parts = rest.split(":")
-    if not all(p.isdigit() for p in parts) or (sep and not days.isdigit()) or len(parts) > 3:
-        return None
-    nums = [int(p) for p in parts]
-    if sep:
-        h, m, s = (nums + [0, 0])[:3]
-    else:
-        h, m, s = {1: [0, nums[0], 0], 2: [0, *nums], 3: nums}[len(nums)]
-    return float((int(days) if sep else 0) * 86400 + h * 3600 + m * 60 + s)
 
 
 _LOCAL_OFFSET: dict[str, float] = {}
@@ -552,15 +541,7 @@ def _why(exc: Exception) -> str:
     return f"no {exc.args[0]!r} field" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
 
 
-def _num(value: Any) -> float | None:
-    """A plain number, or Slurm's ``{"set": bool, "infinite": bool, "number": n}``."""
-    if isinstance(value, dict):
-        if not value.get("set", True) or value.get("infinite", False):
-            return None
-        value = value.get("number")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+_num = slurmfmt.number
 
 
 def _json_record(job: dict[str, Any]) -> dict[str, Any]:
@@ -679,5 +660,5 @@ def _split_exit(text: str | None) -> tuple[int | None, int | None]:
 
 
 def _node_names(text: str | None) -> list[str]:
-    """``"n1,n2"`` → names; a compressed hostlist (``n[1-2]``) is not expanded here: []."""
-    return [] if not text or "[" in text else text.split(",")
+    """A node list (checked by :func:`_nodes` when read) → host names: ``n[1-2]`` → n1 n2."""
+    return slurmfmt.expand_hostlist(text, wire.MAX_NODES) if text else []

@@ -10,31 +10,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
-from test_agent_ingest import RunningAgent, acked, agent_config, batch, dealer
+from agenttools import RunningAgent, acked, agent_config, batch, dealer, free_port
+from modeltools import train_small_models
+from waiting import wait_until
 
-from nomade import config, wire
+from nomade import wire
 from nomade.agent.publisher import topics_from
 from nomade.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.term()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_agent(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
@@ -50,14 +38,11 @@ def start_agent(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError("agent did not listen")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    wait_until(listening, 60, "the agent did not listen")
 
 
 def collect_acks(sock: zmq.Socket, acks: set[int], timeout_ms: int) -> None:
@@ -152,7 +137,8 @@ def test_without_a_model_the_tick_publishes_nothing(tmp_path: Path, ctx: zmq.Con
     try:
         sock.send(running_job_batch(1, time.time()))
         assert acked(sock) == 1
-        time.sleep(1.0)   # several ticks
+        ticks = running.agent.metrics.ticks_total
+        wait_until(lambda: running.agent.metrics.ticks_total >= ticks + 3, 30, "the agent did not tick")
         assert not sub.poll(500)
     finally:
         sock.close()
@@ -176,9 +162,8 @@ def test_without_models_of_its_own_the_agent_scores_with_the_starter(tmp_path: P
     try:
         sock.send(running_job_batch(1, time.time()))
         assert acked(sock) == 1
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sum(running.agent.metrics.predictions_total.values()) < 3:
-            time.sleep(0.2)
+        wait_until(lambda: sum(running.agent.metrics.predictions_total.values()) >= 3, 60,
+                   "the starter scored no job")
     finally:
         sock.close()
         running.stop()
@@ -194,18 +179,7 @@ def test_without_models_of_its_own_the_agent_scores_with_the_starter(tmp_path: P
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small models trained on synthetic data through the ML pipeline."""
-    import torch
-
-    from nomade.ml import train
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("models")
-    cfg = config.Config()
-    cfg = dataclasses.replace(cfg, ml=dataclasses.replace(cfg.ml, training=dataclasses.replace(
-        cfg.ml.training, epochs=2, patience=1, batch_size=256)))
-    jobs, samples = train.synthetic_tables(600, seed=3)
-    train.fit_and_save(train.prepare(jobs, samples, 30.0, cfg.ml.sequence_length), cfg, out)
-    return out
+    return train_small_models(tmp_path_factory.mktemp("models"), seed=3)
 
 
 @pytest.mark.slow
@@ -223,7 +197,6 @@ def test_with_a_model_every_running_job_is_scored_published_and_stored(
     sock = dealer(ctx, running.agent.ingest_endpoint)
     got: dict[str, wire.Message] = {}
     try:
-        time.sleep(0.3)   # the subscription reaches the publisher
         sock.send(running_job_batch(1, time.time()))
         assert acked(sock) == 1
         deadline = time.monotonic() + 60

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import random
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,64 +16,11 @@ from pathlib import Path
 
 import pytest
 import zmq
+from agenttools import RunningAgent, acked, agent_config, batch, dealer
 
-from nomade import config, curve, wire
-from nomade.agent.daemon import Agent
+from nomade import curve, wire
 from nomade.config import SecurityConfig
 from nomade.store import Store
-
-T0 = 1.7e9
-
-
-class RunningAgent:
-    """An ``Agent`` serving in a thread until ``stop()``; ``agent`` for its counters."""
-
-    def __init__(self, cfg: config.Config) -> None:
-        self._stop = False
-        self._made: queue.Queue[Agent | BaseException] = queue.Queue()
-        self._thread = threading.Thread(target=self._serve, args=(cfg,), daemon=True)
-        self._thread.start()
-        made = self._made.get(timeout=60)
-        if isinstance(made, BaseException):
-            raise made
-        self.agent = made
-
-    def _serve(self, cfg: config.Config) -> None:
-        try:
-            agent = Agent(cfg, name="agent0")
-        except BaseException as e:  # hand it to the test thread
-            self._made.put(e)
-            return
-        self._made.put(agent)
-        try:
-            agent.run(lambda: self._stop)
-        finally:
-            agent.close()
-
-    def stop(self) -> None:
-        self._stop = True
-        self._thread.join(timeout=30)
-        assert not self._thread.is_alive()
-
-
-def agent_config(tmp_path: Path, **security: object) -> config.Config:
-    cfg = config.Config()
-    return dataclasses.replace(
-        cfg,
-        agent=dataclasses.replace(cfg.agent, ingest_endpoint="tcp://127.0.0.1:*",
-                                  publish_endpoint="tcp://127.0.0.1:*", metrics_address="",
-                                  interval_s=3600.0),
-        ml=dataclasses.replace(cfg.ml, models_dir=str(tmp_path / "no-models")),
-        storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db")),
-        # a test on loopback may run without CURVE; the shipped default is on
-        security=SecurityConfig(**{"curve_enabled": False, **security}))   # type: ignore[arg-type]
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.term()   # hangs if a socket was left open: every test closes its own
 
 
 @pytest.fixture
@@ -83,35 +28,6 @@ def served(tmp_path: Path) -> Iterator[RunningAgent]:
     running = RunningAgent(agent_config(tmp_path))
     yield running
     running.stop()
-
-
-def batch(sender: str, seq: int, n: int = 50, job0: int = 1) -> bytes:
-    items = [wire.make("job.start", sender, seq, {"job_id": str(job0), "user": "u", "start_ts": T0}, T0)]
-    items += [wire.make("job.sample", sender, seq, {"job_id": str(job0 + k % 5), "node": sender,
-                                                   "ts": T0 + k, "mem_bytes": k}, T0 + k)
-              for k in range(n)]
-    return wire.encode(wire.make_batch(sender, seq, items))
-
-
-def dealer(ctx: zmq.Context, endpoint: str, keys: curve.ClientKeys | None = None) -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    # a send the agent never drains fails the test (zmq.Again) instead of hanging the suite:
-    # one clean-clone run stopped here for 10 min, the test thread blocked in a DEALER send
-    sock.setsockopt(zmq.SNDTIMEO, 30_000)
-    if keys is not None:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public, keys.secret, keys.server_public
-    sock.connect(endpoint)
-    return sock
-
-
-def acked(sock: zmq.Socket, timeout_ms: int = 10_000) -> int | None:
-    """The seq of the next ack, or None if none comes in time."""
-    if not sock.poll(timeout_ms):
-        return None
-    msg = wire.decode(sock.recv_multipart()[-1])
-    assert msg.kind == "ack"
-    return int(msg.body["seq"])
 
 
 def samples_in(db: Path) -> int:

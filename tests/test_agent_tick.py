@@ -5,7 +5,6 @@ publisher's single validation (real PUB/SUB sockets on 127.0.0.1, a real store).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,14 +156,14 @@ def _body(job: str, risk: float, **extra: Any) -> dict[str, Any]:
 def test_publisher_sends_and_stores_valid_bodies_and_skips_refused_ones(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ctx = zmq.Context()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pub, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)   # XPUB: a PUB that shows subscriptions
     for s in (pub, sub):
         s.setsockopt(zmq.LINGER, 0)
     try:
         pub.bind("tcp://127.0.0.1:*")
         sub.connect(pub.getsockopt_string(zmq.LAST_ENDPOINT))
         sub.subscribe(b"prediction.")
-        time.sleep(0.3)   # the subscription reaches the publisher
+        assert pub.poll(10_000) and pub.recv() == b"\x01prediction.", "the subscription did not arrive"
         lacking = _body("3", 0.9)
         del lacking["model_version"]
         bodies = [_body("1", 0.1), _body("2", 1.5), lacking, _body("4", 0.5, extra="x")]

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from nomade.ml.baselines import (BoostingBaseline, LogisticBaseline, auc_pr, auc_roc, evaluate, main,
-                                 run_baselines, time_split)
+from nomade.ml import metrics
+from nomade.ml.baselines import BoostingBaseline, LogisticBaseline, evaluate, main, run_baselines, time_split
+from nomade.ml.metrics import auc_pr, auc_roc
 
-metrics = pytest.importorskip("sklearn.metrics")
+skm = pytest.importorskip("sklearn.metrics")
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +28,10 @@ def test_aucs_agree_with_scikit_learn_including_ties_and_weights(seed):
     y = (rng.random(500) < 0.3).astype(float)
     p = np.round(rng.random(500) * 0.6 + 0.4 * y, 1)  # coarse: many ties
     w = rng.uniform(0.1, 2.0, 500)
-    assert auc_roc(y, p) == pytest.approx(metrics.roc_auc_score(y, p))
-    assert auc_roc(y, p, w) == pytest.approx(metrics.roc_auc_score(y, p, sample_weight=w))
-    assert auc_pr(y, p) == pytest.approx(metrics.average_precision_score(y, p))
-    assert auc_pr(y, p, w) == pytest.approx(metrics.average_precision_score(y, p, sample_weight=w))
+    assert auc_roc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
+    assert auc_roc(y, p, w) == pytest.approx(skm.roc_auc_score(y, p, sample_weight=w))
+    assert auc_pr(y, p) == pytest.approx(skm.average_precision_score(y, p))
+    assert auc_pr(y, p, w) == pytest.approx(skm.average_precision_score(y, p, sample_weight=w))
 
 
 def test_evaluate_threshold_scores_by_hand():
@@ -40,14 +41,28 @@ def test_evaluate_threshold_scores_by_hand():
     assert (m.n, m.positives) == (7, 3)
     assert m.precision == pytest.approx(2 / 3) and m.recall == pytest.approx(2 / 3)
     assert m.f1 == pytest.approx(2 / 3)
-    assert m.auc_roc == pytest.approx(metrics.roc_auc_score(y, p))
+    assert m.auc_roc == pytest.approx(skm.roc_auc_score(y, p))
     assert json.dumps(m.as_dict())
     one_class = evaluate(np.zeros(3), np.array([0.1, 0.9, 0.2]))
     assert np.isnan(one_class.auc_roc) and np.isnan(one_class.recall) and one_class.precision == 0.0
     with pytest.raises(ValueError, match="0 or 1"):
         evaluate(np.array([0, 2]), np.array([0.1, 0.2]))
-    with pytest.raises(ValueError, match="one length"):
+    with pytest.raises(ValueError, match="one value per example"):
         evaluate(np.array([0, 1]), np.array([0.1]))
+
+
+def test_evaluate_is_the_one_metrics_module_and_f1_without_a_warning_is_zero():
+    """Baselines and models are judged by the same numbers; a model that warns of nothing
+    while jobs fail gets F1 0 (scikit-learn's value too), not NaN that a comparison skips."""
+    rng = np.random.default_rng(5)
+    y, p, w = (rng.random(300) < 0.2).astype(float), rng.random(300), rng.uniform(0.5, 2, 300)
+    m = evaluate(y, p, 0.6, w)
+    assert {k: v for k, v in m.as_dict().items() if k != "positives"} == \
+        {k: v for k, v in metrics.summary(y, p, 0.6, w).items() if k != "positives"}
+    silent = evaluate(np.array([1, 0, 1, 0]), np.array([0.1, 0.2, 0.3, 0.4]), threshold=0.5)
+    assert silent.f1 == 0.0 == skm.f1_score([1, 0, 1, 0], [0, 0, 0, 0], zero_division=0)
+    assert silent.recall == 0.0 and np.isnan(silent.precision)
+    assert np.isnan(evaluate(np.zeros(3), np.array([0.1, 0.2, 0.3])).f1)  # nothing to find, nothing said
 
 
 def test_time_split_orders_by_time_and_drops_unknown():

@@ -7,20 +7,23 @@ tree laid out like a real host (tests/fixtures/cgroupv2), so it always finds two
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
 import zmq
 import zmq.auth
+from collectortools import REPO, Agent, start_collector, stop_collector
+from waiting import wait_until
 
 from nomade import curve, wire
 from nomade.collector.daemon import Collector
@@ -33,69 +36,6 @@ from nomade.curve import ClientKeys
 from nomade.spool import Spool
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cgroupv2"
-REPO = Path(__file__).parent.parent
-
-
-class Agent:
-    """A ROUTER that acks every batch by seq and records every arrival (duplicates too)."""
-
-    def __init__(self, port: int = 0, server_secret: bytes | None = None, ack: bool = True) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if server_secret is not None:
-            self.sock.curve_server = True
-            self.sock.curve_secretkey = server_secret
-        if port:
-            self.sock.bind(f"tcp://127.0.0.1:{port}")
-            self.port = port
-        else:
-            self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.ack = ack
-        self.arrivals: list[tuple[int, bytes]] = []
-        self.bad = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if not self.sock.poll(50):
-                continue
-            ident, data = self.sock.recv_multipart()
-            try:
-                msg = wire.decode(data)
-            except wire.WireError:
-                self.bad += 1
-                continue
-            self.arrivals.append((msg.seq, data))
-            if self.ack:
-                self.sock.send_multipart([ident, wire.encode(wire.make_ack("agent", msg.seq))])
-
-    def batches(self) -> dict[int, wire.Message]:
-        """First arrival of every seq; asserts that a resent seq carried the same bytes."""
-        first: dict[int, bytes] = {}
-        for seq, data in self.arrivals:
-            assert first.setdefault(seq, data) == data, f"seq {seq} arrived with other content"
-        return {seq: wire.decode(data) for seq, data in first.items()}
-
-    def wait_for(self, n: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.batches()) < n:
-            assert time.monotonic() < deadline, f"only {len(self.batches())} of {n} batches arrived"
-            time.sleep(0.05)
-
-    def wait_for_seq(self, seq: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while seq not in self.batches():
-            assert time.monotonic() < deadline, f"batch {seq} did not arrive"
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close(linger=0)
-        self.ctx.term()
 
 
 @pytest.fixture
@@ -130,16 +70,17 @@ spool_dir = "{site / 'spool'}"
     return cfg
 
 
-def start_collector(cfg: Path) -> subprocess.Popen:
-    env = {**os.environ, "NOMADE_CONFIG": str(cfg)}
-    return subprocess.Popen([sys.executable, "-m", "nomade", "collector"], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE)
+def pending(outbox: Path) -> list[int]:
+    """The seqs of the batches in an outbox."""
+    return [int(p.stem) for p in outbox.glob("*.batch")]
 
 
-def stop_collector(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> bytes:
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=10)
-    return err
+def read_ready(pipe: IO[bytes] | None, into: bytearray) -> bytearray:
+    """Append to ``into`` what ``pipe`` has ready now, without blocking; ``into``."""
+    assert pipe is not None
+    while select.select([pipe], [], [], 0)[0] and (chunk := os.read(pipe.fileno(), 65536)):
+        into += chunk
+    return into
 
 
 def assert_contiguous(batches: dict[int, wire.Message]) -> None:
@@ -169,17 +110,18 @@ def test_agent_down_then_up_loses_nothing(site: Path) -> None:
     first = Agent()
     port = first.port
     first.close()                                   # the agent is down from the start
+    outbox = site / "outbox"
     proc = start_collector(write_config(site, port))
     try:
-        time.sleep(2.0)
-        waiting = len(list((site / "outbox").glob("*.batch")))
-        assert waiting >= 3, "batches must wait in the outbox while the agent is down"
+        waiting = wait_until(lambda: (n := len(pending(outbox))) >= 3 and n, 20,
+                             "batches must wait in the outbox while the agent is down")
         agent = Agent(port)
         try:
             agent.wait_for(waiting + 2)
             first_part = dict(agent.batches())
             agent.close()                           # down again, mid-stream
-            time.sleep(1.5)
+            wait_until(lambda: any(seq > max(first_part) for seq in pending(outbox)), 20,
+                       "no batch was made while the agent was down again")
             agent = Agent(port)
             agent.wait_for(3)
             later = agent.batches()
@@ -228,14 +170,12 @@ def test_kill_9_and_restart_loses_nothing(site: Path) -> None:
 def test_spool_events_are_forwarded_with_an_immediate_sample(site: Path, agent: Agent) -> None:
     proc = start_collector(write_config(site, agent.port, interval_s=3600.0))
     try:
-        time.sleep(0.5)
+        agent.wait_for(1)                           # its start-up sample: the loop now waits
         Spool(site / "spool").put({"NOMADE_HOOK": "prolog", "NOMADE_TS": f"{time.time():.3f}",
                                    "SLURM_JOB_ID": "4242", "SLURM_JOB_UID": "1000",
                                    "SLURM_JOB_USER": "alice", "SLURMD_NODENAME": "cn01"}, tag="prolog")
-        deadline = time.monotonic() + 10
-        while not any(i.kind == "job.start" for m in agent.batches().values() for i in m.body["items"]):
-            assert time.monotonic() < deadline, "job.start did not arrive"
-            time.sleep(0.05)
+        wait_until(lambda: any(i.kind == "job.start" for m in agent.batches().values() for i in m.body["items"]),
+                   10, "job.start did not arrive")
     finally:
         err = stop_collector(proc)
     assert proc.returncode == 0, err.decode()
@@ -338,21 +278,24 @@ def test_a_full_disk_is_logged_once_and_retried_without_exiting(site: Path, agen
                "resource.setrlimit(resource.RLIMIT_FSIZE, (8, resource.RLIM_INFINITY)); "
                "sys.argv = ['nomade', 'collector']; runpy.run_module('nomade', run_name='__main__')")
     proc = subprocess.Popen([sys.executable, "-c", starter], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    said = bytearray()   # its stderr so far (a pipe: a file would be under the size limit too)
     try:
-        time.sleep(2.0)                     # ten samples' worth of failed writes
+        wait_until(lambda: b"cannot be written" in read_ready(proc.stderr, said) or proc.poll() is not None,
+                   20, "the collector did not meet the full disk")
         assert proc.poll() is None, "the collector exited on a full disk"
         assert not agent.arrivals and (site / "spool" / event).exists()
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
         agent.wait_for(2)
     finally:
-        err = stop_collector(proc).decode()
+        err = (bytes(said) + stop_collector(proc)).decode()
     assert proc.returncode == 0, err
-    assert err.count("cannot be written") == 1 and "writable again after" in err
+    failed = re.search(r"writable again after (\d+) failed writes", err)
+    assert err.count("cannot be written") == 1 and failed
     assert not (site / "spool" / event).exists()
     items = [i for m in agent.batches().values() for i in m.body["items"]]
     assert any(i.kind == "job.start" and i.body["job_id"] == "4242" for i in items)
     errors = [i.body["outbox_write_errors"] for i in items if i.kind == "node.sample"]
-    assert errors and max(errors) >= 5
+    assert errors and max(errors) == int(failed.group(1)) >= 1   # every failed write reported
 
 
 # ---------------------------------------------------------------- outbox

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -25,9 +26,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from agenttools import free_port
 from slurmtools import SlurmCluster, submit, wait_state
+from waiting import wait_until
 
 from nomade import curve, wire
+from nomade.collector.watch import SpoolWatch
 from nomade.slurm import JobNotFound
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -38,12 +42,6 @@ GAP_S = 60.0
 SLEEP = "exec sleep 300"      # delivery needs running jobs, not busy ones (the host is shared)
 
 Sample = tuple[str, str, float]          # (job_id, node, ts)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Site:
@@ -58,7 +56,7 @@ class Site:
         for d in ("collector-spool", "agent-spool", "models"):
             (root / d).mkdir()
         self.config = root / "nomade.toml"
-        ingest = f"tcp://127.0.0.1:{_free_port()}"
+        ingest = f"tcp://127.0.0.1:{free_port()}"
         self.config.write_text(f"""
 [collector]
 agent_endpoint = "{ingest}"
@@ -71,7 +69,7 @@ spool_dir = "{root / 'collector-spool'}"
 
 [agent]
 ingest_endpoint = "{ingest}"
-publish_endpoint = "tcp://127.0.0.1:{_free_port()}"
+publish_endpoint = "tcp://127.0.0.1:{free_port()}"
 metrics_address = ""
 interval_s = {INTERVAL_S}
 spool_dirs = ["{root / 'agent-spool'}"]
@@ -169,11 +167,18 @@ def running_jobs(slurm_cluster: SlurmCluster) -> Iterator[list[str]]:
 
 
 def wait_for_a_batch_in_flight(outbox: Path, timeout: float = 30.0) -> None:
-    """Return as soon as a batch file is in the outbox (it lives a few ms when the agent is up)."""
-    deadline = time.monotonic() + timeout
-    while not (outbox.is_dir() and any(n.endswith(".batch") for n in os.listdir(outbox))):
-        assert time.monotonic() < deadline, "no batch in the outbox"
-        time.sleep(0.001)
+    """Return as soon as a batch file is in the outbox (it lives a few ms when the agent is
+    up): woken by inotify when the outbox renames a file into place, not by polling."""
+    wait_until(outbox.is_dir, timeout, "no outbox")
+    watch = SpoolWatch(outbox)
+    try:
+        deadline = time.monotonic() + timeout
+        while not any(n.endswith(".batch") for n in os.listdir(outbox)):
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([watch.fd], [], [], left)[0], "no batch in the outbox"
+            watch.drain()
+    finally:
+        watch.close()
 
 
 def job_rows(site: Site, job_ids: list[str]) -> int:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from collectortools import Agent, start_collector, stop_collector
 from slurmtools import SlurmCluster, submit, wait_state
-from test_collector import Agent, start_collector, stop_collector
 
 from nomade.slurm import JobNotFound
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from agenttools import free_port
 from slurmtools import SlurmCluster
 
 from nomade import comment, curve, lab
@@ -52,12 +53,6 @@ TICK_S = 2.0
 #: ``[ml.alerts]``: the defaults (0.7, 2), which this test does not change.
 THRESHOLD = Config().ml.alerts.high_risk_threshold
 CONFIRM = Config().ml.alerts.confirm_predictions
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(ws: Path, cluster: SlurmCluster) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from test_agent_ingest import RunningAgent, acked, agent_config, batch, dealer
+from agenttools import T0, RunningAgent, acked, agent_config, batch, dealer, free_port
 
 from nomade import config, curve, wire
 from nomade.agent.daemon import Agent
@@ -32,7 +32,6 @@ from nomade.errors import NomadeError
 from nomade.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-T0 = 1.7e9
 #: Peak RSS an agent may reach under the floods here (DESIGN: the agent's budget).
 RSS_BOUND = 1 << 30
 NODES = ("n1", "n2", "n3", "n4")
@@ -57,13 +56,6 @@ def client_keys(directory: Path, node: str) -> curve.ClientKeys:
         client_secret_key_file=str(directory / f"{name}.key_secret")))
     assert found is not None
     return found
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.term()
 
 
 @pytest.fixture
@@ -208,12 +200,6 @@ def test_a_job_of_65536_nodes_is_cheap(secure: RunningAgent, keys: Path, ctx: zm
 
 
 # ---------------------------------------------------------------- floods, in an agent process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class AgentProcess:

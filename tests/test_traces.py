@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nomade.errors import NomadeError
-from nomade.traces import messages, parse_sacct_lines, read_sacct, read_swf
+from nomade.traces import Issues, messages, parse_sacct_json_text, parse_sacct_lines, read_sacct, read_swf
 
 DATA = Path(__file__).parent / "data"
 GB, MB = 2**30, 2**20
@@ -119,6 +119,35 @@ def test_sacct_json_both_layouts():
     assert j.time_limit_s[0] == 3600 and j.time_limit_s[1] == 600 and np.isnan(j.time_limit_s[2])
     assert j.end_ts[1] == 1709290660 and np.isnan(j.start_ts[2]) and np.isnan(j.end_ts[2])
     assert trace.extra["exit_code"][1] == "0:15"
+
+
+SLURM_FORMATS_HEADER = "JobIDRaw|User|ReqCPUS|ReqMem|Timelimit|Submit|Start|End|State|NNodes|NodeList\n"
+
+
+def test_sacct_text_formats_are_slurms():
+    """Time limits, host lists and JSON numbers read as Slurm documents them (nomade.slurmfmt):
+    a time limit of 0 imposes none, a bare number is minutes, a host list is expanded,
+    NO_VAL is unset."""
+    row = "{id}|u|1|1G|{limit}|2024-03-01T10:00:00|2024-03-01T10:00:05|2024-03-01T10:01:00|COMPLETED|2|{nodes}"
+    text = SLURM_FORMATS_HEADER + "\n".join([
+        row.format(id=1, limit="0", nodes="n[01-02]"), row.format(id=2, limit="30", nodes="a1,b[7,9]"),
+        row.format(id=3, limit="UNLIMITED", nodes="n1"), row.format(id=4, limit="1-00:00:00", nodes="n1")])
+    trace = parse_sacct_lines(text.splitlines())
+    lim = trace.jobs.time_limit_s
+    assert np.isnan(lim[0]) and lim[1] == 1800 and np.isnan(lim[2]) and lim[3] == 86400
+    nodes = [start["nodes"] for start, _ in messages(trace)]
+    assert nodes[:2] == [["n01", "n02"], ["a1", "b7", "b9"]]
+    with pytest.raises(NomadeError, match=r"line 2 \(job '1'\): bad range"):
+        parse_sacct_lines((SLURM_FORMATS_HEADER + row.format(id=1, limit="0", nodes="n[2-1]")).splitlines())
+
+    no_val = 0xFFFFFFFE
+    job = {"job_id": 9, "nodes": "n1", "state": {"current": ["COMPLETED"]}, "allocation_nodes": no_val,
+           "required": {"CPUs": 2, "memory_per_cpu": {"set": False, "infinite": False, "number": 0}},
+           "time": {"limit": no_val, "submission": 1709290000, "start": 1709290005, "end": 1709290060}}
+    j = parse_sacct_json_text(json.dumps({"jobs": [job, {**job, "job_id": 10, "time": {**job["time"], "limit": 0}}]}),
+                              Issues("t.json")).jobs
+    assert np.isnan(j.time_limit_s).all() and np.isnan(j.req_mem_bytes[0])
+    assert j.start_ts[0] == 1709290005
 
 
 def test_sacct_from_stdin_and_bad_input(monkeypatch, tmp_path):

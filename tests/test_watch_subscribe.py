@@ -41,13 +41,6 @@ def prediction_parts(job_id: str, user: str, partition: str, risk: float,
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.term()
-
-
-@pytest.fixture
 def pub(ctx: zmq.Context) -> Iterator[tuple[zmq.Socket, str]]:
     sock = ctx.socket(zmq.PUB)
     sock.linger = 0

@@ -1,7 +1,7 @@
 """Plain baselines and the evaluation both they and the ensemble are judged by.
 
 ``time_split`` orders examples by time and cuts 80/10/10; ``evaluate`` gives AUC-ROC,
-AUC-PR (average precision), precision/recall/F1 at a threshold, in numpy only.
+AUC-PR (average precision), precision/recall/F1 at a threshold (``nomade.ml.metrics``).
 ``LogisticBaseline`` and ``BoostingBaseline`` wrap scikit-learn (the ``eval`` extra,
 imported inside ``fit``) behind ``fit(X, y, weight) -> self`` / ``predict_proba(X)``.
 
@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from nomade.ml import metrics
+
 
 def time_split(ts: np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,7 +39,7 @@ def time_split(ts: np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1
 
 @dataclass(frozen=True)
 class Metrics:
-    """Scores of probabilities against 0/1 labels; NaN where undefined (one class)."""
+    """Scores of probabilities against 0/1 labels; NaN where undefined (:mod:`nomade.ml.metrics`)."""
 
     n: int
     positives: int
@@ -52,61 +54,13 @@ class Metrics:
         return asdict(self)
 
 
-def auc_roc(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None) -> float:
-    """Area under the ROC curve (ties count half), weighted; NaN with one class."""
-    y, p, w = _prep(y, p, weight)
-    pos, neg = w[y == 1].sum(), w[y == 0].sum()
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = np.argsort(p, kind="stable")
-    p, y, w = p[order], y[order], w[order]
-    # group tied scores: negatives below + half of tied negatives
-    uniq, start = np.unique(p, return_index=True)
-    wneg = np.add.reduceat(w * (y == 0), start)
-    wpos = np.add.reduceat(w * (y == 1), start)
-    below = np.cumsum(wneg) - wneg
-    return float((wpos * (below + 0.5 * wneg)).sum() / (pos * neg))
-
-
-def auc_pr(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None) -> float:
-    """Average precision (step-wise area under precision-recall), weighted."""
-    y, p, w = _prep(y, p, weight)
-    pos = w[y == 1].sum()
-    if pos == 0:
-        return float("nan")
-    order = np.argsort(-p, kind="stable")
-    p, y, w = p[order], y[order], w[order]
-    _, start = np.unique(-p, return_index=True)
-    tp = np.cumsum(np.add.reduceat(w * (y == 1), start))
-    fp = np.cumsum(np.add.reduceat(w * (y == 0), start))
-    recall = tp / pos
-    precision = tp / (tp + fp)
-    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
-
-
-def _prep(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
-    w = np.ones(len(y)) if weight is None else np.asarray(weight, np.float64)
-    if not (y.shape == p.shape == w.shape) or y.ndim != 1:
-        raise ValueError(f"y, p and weight must be 1-d of one length, got {y.shape}, {p.shape}, {w.shape}")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("labels must be 0 or 1")
-    return y, p, w
-
-
 def evaluate(y: np.ndarray, p: np.ndarray, threshold: float = 0.5,
              weight: np.ndarray | None = None) -> Metrics:
-    """All the scores of DESIGN "Evaluation" for probabilities ``p`` of failure."""
-    y, p, w = _prep(y, p, weight)
-    hit = p >= threshold
-    tp, fp = w[hit & (y == 1)].sum(), w[hit & (y == 0)].sum()
-    fn = w[~hit & (y == 1)].sum()
-    precision = tp / (tp + fp) if tp + fp > 0 else float("nan")
-    recall = tp / (tp + fn) if tp + fn > 0 else float("nan")
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else float("nan")
-    return Metrics(len(y), int((y == 1).sum()), auc_roc(y, p, w), auc_pr(y, p, w),
-                   float(precision), float(recall), float(f1), float(threshold))
+    """All the scores of DESIGN "Evaluation" for probabilities ``p`` of failure
+    (:mod:`nomade.ml.metrics`; ValueError on labels other than 0/1 or lengths that differ)."""
+    precision, recall, f1 = metrics.precision_recall_f1(y, p, threshold, weight)
+    return Metrics(int(np.size(y)), int(np.sum(np.asarray(y) == 1)), metrics.auc_roc(y, p, weight),
+                   metrics.auc_pr(y, p, weight), precision, recall, f1, float(threshold))
 
 
 class _SklearnBaseline:

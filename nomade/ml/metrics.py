@@ -2,8 +2,11 @@
 
 Every function takes labels ``y`` (0/1) and scores (higher = more likely 1), with
 optional example weights ``w`` (as-of snapshots are weighted so each job counts once).
-Where a metric is undefined (one class only, nothing predicted positive) it is NaN,
-never a made-up 0 or 1.
+Where a metric is undefined it is NaN, never a made-up 0 or 1: the AUCs with one class
+only, precision with nothing predicted positive, recall with no positives.
+F1 is ``2TP / (2TP + FP + FN)``: 0.0 when there are positives and none is predicted (every
+failure missed is the worst score, not an unknown one that a comparison would skip), NaN
+only with neither positives nor positive predictions.
 """
 
 from __future__ import annotations
@@ -59,15 +62,15 @@ def auc_pr(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None) -> flo
 
 def precision_recall_f1(y: np.ndarray, score: np.ndarray, threshold: float = 0.5,
                         w: np.ndarray | None = None) -> tuple[float, float, float]:
-    """Precision, recall and F1 when ``score >= threshold`` is predicted positive."""
+    """Precision, recall and F1 when ``score >= threshold`` is predicted positive (NaN
+    where undefined; F1 as in the module docstring)."""
     y, score, w = _inputs(y, score, w)
     hit = score >= threshold
     tp = (w * y * hit).sum()
     predicted, actual = (w * hit).sum(), (w * y).sum()
     precision = tp / predicted if predicted > 0 else float("nan")
     recall = tp / actual if actual > 0 else float("nan")
-    f1 = (2 * precision * recall / (precision + recall)
-          if np.isfinite(precision) and np.isfinite(recall) and precision + recall > 0 else float("nan"))
+    f1 = 2 * tp / (predicted + actual) if predicted + actual > 0 else float("nan")
     return float(precision), float(recall), float(f1)
 
 

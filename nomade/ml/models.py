@@ -17,25 +17,18 @@ ran, capped at ``epoch_size`` (20,000) so that validation and early stopping com
 often enough on large histories; ``epochs`` is the maximum, early stopping keeps the
 best validation epoch.
 
-GNN, two layers without keeping the whole graph in memory. Jobs are nodes; a job
-receives messages only from its ≤ k most similar *reference* jobs (jobs that ended
-before it started; ``ml.graph.neighbours``, searched once per job by its start-time
-features, see ``inference``). Layer 1 of a reference job j uses j's own
-features and the similarity-weighted mean of its neighbours' ``[x, label]``
-(``Reference.agg``, computed once when the reference set is built, since those
-inputs never change). So layer 2 is a true two-hop layer, and scoring a new job needs
-only its k neighbour rows: ``h1`` of every reference job is computed once at load
-time, and a query costs one gather of k×64 numbers. The neighbour message of layer 1
-carries the neighbour's outcome (label) beside its 17 features: an ended job's final
-state is known before the query started, so this leaks nothing, and "similar jobs
-failed" is the signal a job-similarity graph exists for (``neighbour_labels=False``
-zeroes it, giving the plain 17-input GraphConv).
+GNN: jobs are nodes; a job receives messages only from its ≤ k most similar
+*reference* jobs (ended before it started; ``ml.graph.neighbours``). Layer 1 of a
+reference job uses its own features and the similarity-weighted mean of its
+neighbours' ``[x, label]`` (``Reference.agg``, computed once: those inputs never
+change), so layer 2 is a true two-hop layer while scoring a new job needs only its k
+neighbour rows (``h1`` of every reference job is computed at load time). The label is
+an ended job's final state, known before the query started, so it leaks nothing
+(``neighbour_labels=False`` zeroes it: the plain 17-input GraphConv).
 
 Batch sizes: the LSTM uses ``[ml.training] batch_size`` (32) as given; the GNN and
-autoencoder train on as-of snapshots of whole clusters (hundreds of thousands of tiny
-examples), so their default batch is 512: with 32 one epoch would be ~10⁴ optimiser
-steps of a few microseconds of work each and training 100,000 jobs would miss its
-10-minute budget.
+autoencoder, trained on hundreds of thousands of tiny as-of snapshots, default to 512
+so that an epoch is not ~10⁴ optimiser steps of microseconds each.
 """
 
 from __future__ import annotations
@@ -61,18 +54,12 @@ EPOCH_SIZE = 20000
 """Most draws per epoch: validation (and early stopping) happens at least this often,
 so a large history does not spend ``patience`` full passes after the best epoch."""
 MIN_EPOCH_DRAWS = 1024
-"""Fewest draws per epoch. An epoch is one pass over the *jobs*; a site's first
-history of a few dozen jobs would otherwise get one or two optimiser steps an epoch
-(40 epochs of 5 jobs: 40 steps at lr 1e-3) and every model would stay near its prior,
-rating a job leaking to its limit and a steady one alike around 0.5."""
+"""Fewest draws per epoch, so that a first history of a few dozen jobs still gets
+enough optimiser steps to move the models off their prior."""
 FIT_THREADS = 1
-"""Intra-op threads while a model trains (restored afterwards). The steps are small
-(an LSTM batch of 32 × 20 steps, a 512-row GNN/autoencoder batch), so a second thread
-only adds a barrier to every op: with 2 threads on 2 cores a 100,000-job fit took
-190 s (LSTM), 64 s (GNN) and 34 s (autoencoder) on a quiet machine and ~2.5x that
-beside one busy process (each op waits for a descheduled thread: 8 → 420 ms an LSTM
-step); with 1 thread 108 s, 37 s and 8 s of CPU. Parallelism across models, each on
-its own core, is ``train.fit_models``' business."""
+"""Intra-op threads while a model trains (restored afterwards): the steps are so small
+that a second thread only adds a barrier to every op, which a busy core turns into
+long waits. Parallelism across models is ``train.fit_models``' business."""
 
 
 class NotFittedError(RuntimeError):
@@ -458,7 +445,7 @@ def with_padding_flag(S: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The LSTM input: ``S`` (left-padded: the valid steps are the last ``lengths``)
     plus one channel that is 1 on padding steps. Masking by flag rather than packing:
     the whole window runs through the LSTM, which learns to carry nothing across the
-    flagged steps; this is 2-3x faster to train on CPU than packed sequences."""
+    flagged steps; faster to train on CPU than packed sequences."""
     T = S.shape[1]
     pad = np.arange(T)[None, :] < (T - np.clip(np.asarray(lengths, np.int64), 0, T))[:, None]
     return np.concatenate([np.where(pad[:, :, None], 0.0, S), pad[:, :, None]], axis=2).astype(np.float32)
@@ -511,8 +498,7 @@ class LSTMClassifier(_Estimator):
 
     def predict_proba(self, S: np.ndarray, lengths: np.ndarray, batch: int = 1024) -> np.ndarray:
         """P(failure) float32[n]; NaN where ``lengths == 0``. ``batch``: rows a forward
-        pass (1,024 keeps each step's activations in cache: 10,000 jobs cost ~0.38 s of
-        CPU against ~0.45-0.54 s with 8,192)."""
+        pass (small enough that each step's activations stay in cache)."""
         self._check_fitted()
         lengths = np.minimum(np.asarray(lengths, np.int64), S.shape[1])
         out = np.full(len(lengths), np.nan, np.float32)
