@@ -60,7 +60,7 @@ while [ $# -gt 0 ]; do
     --cpus=*) NODE_CPUS=${1#--cpus=} ;;
     --first-job-id) [ $# -ge 2 ] || die "--first-job-id needs a number"; FIRST_JOB_ID=$2; shift ;;
     --first-job-id=*) FIRST_JOB_ID=${1#--first-job-id=} ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (usage: $0 [--if-down] [--nodes N] [--cpus N] [--first-job-id N])" ;;
   esac
   shift

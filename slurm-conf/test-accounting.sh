@@ -87,12 +87,10 @@ skip-name-resolve
 # plenty here, and slurmdbd.log says so in one harmless error line)
 innodb_log_file_size=64M
 innodb_lock_wait_timeout=900
-# a test database, emptied at each start: no fsync per commit or table, and a quick stop
-# (the next start replays the redo log)
+# a test database, emptied at each start: no fsync per commit or table
 innodb_flush_log_at_trx_commit=0
 innodb_doublewrite=0
 innodb_flush_method=nosync
-innodb_fast_shutdown=2
 innodb_buffer_pool_dump_at_shutdown=0
 innodb_buffer_pool_load_at_startup=0
 EOF
@@ -146,6 +144,9 @@ StorageHost=localhost
 StorageUser=slurm
 StorageLoc=$DB_NAME
 EOF
+  # another slurmdbd there would answer the checks below in place of ours
+  ! SLURM_CONF=$CONF sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1 ||
+    die "a slurmdbd that is not this cluster's already answers on port $1; stop it first"
   # the MariaDB client library takes the socket of a "localhost" connection from MYSQL_UNIX_PORT
   SLURM_CONF=$CONF MYSQL_UNIX_PORT=$SOCK "${wrap[@]}" /usr/sbin/slurmdbd ||
     die "slurmdbd failed to start; see $RUN/log/slurmdbd.log"
