@@ -1,11 +1,13 @@
 #!/bin/bash
 # stop-test-cluster.sh - stop the cluster of start-test-cluster.sh: cancel its jobs, shut
-# down slurmctld and every slurmd (by PID file, no pkill), stop munged when the start
-# script started it, and remove the empty Slurm cgroup directories.
+# down slurmctld and every slurmd (by PID file, no pkill), then its slurmdbd and MariaDB
+# (test-accounting.sh stop), stop munged when the start script started it, and remove the
+# empty Slurm cgroup directories.
 #   NOMADE_TEST_CLUSTER=/tmp/nomade-cluster   the same runtime dir as the start script
 #   NOMADE_TEST_CLUSTER_WIPE=1                also delete the runtime dir (state, logs, spools)
 set -u
 RUN=${NOMADE_TEST_CLUSTER:-/tmp/nomade-cluster}
+HERE=$(cd "$(dirname "$0")" && pwd)
 [ "$(id -u)" = 0 ] || { echo "stop-test-cluster: ERROR: must run as root" >&2; exit 1; }
 
 stop_pidfile() {  # $1 = pid file, $2 = name
@@ -26,6 +28,7 @@ for pidfile in "$RUN"/run/slurmd-*.pid; do
   [ -e "$pidfile" ] && stop_pidfile "$pidfile" "$(basename "$pidfile" .pid)"
 done
 stop_pidfile "$RUN/run/slurmctld.pid" slurmctld
+NOMADE_TEST_CLUSTER=$RUN "$HERE/test-accounting.sh" stop   # after slurmctld: it sends job ends to slurmdbd
 if [ -e "$RUN/run/munged.ours" ]; then
   stop_pidfile /run/munge/munged.pid munged
   rm -f "$RUN/run/munged.ours"

@@ -36,12 +36,13 @@ def find_cluster() -> SlurmCluster | str:
     run_dir = Path(os.environ.get("NOMADE_TEST_CLUSTER", "/tmp/nomade-cluster"))
     if os.geteuid() != 0:
         return "the Slurm tests need root (they submit as another user and update Comments)"
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))   # the file Slurm's tools read
     try:
-        first = Path("/etc/slurm/slurm.conf").read_text(errors="replace").splitlines()[:1]
+        first = conf.read_text(errors="replace").splitlines()[:1]
     except OSError as exc:
         return f"no Slurm config ({exc}); run slurm-conf/start-test-cluster.sh"
     if first != [MARKER + str(run_dir)]:
-        return (f"/etc/slurm/slurm.conf is not the test cluster's at {run_dir}; "
+        return (f"{conf} is not the test cluster's at {run_dir}; "
                 "run slurm-conf/start-test-cluster.sh")
     slurm = Slurm(timeout_s=30.0, use_pyslurm="never")
     if not slurm.ping():
