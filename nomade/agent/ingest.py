@@ -11,9 +11,12 @@ returns the replies to send (``[identity, ack-frame]``). It does, in order:
    rate-limited log line: nothing a peer sends can stop the agent;
 2. hold every batch to what a collector may say (``authority``): with CURVE the sender
    is the name of the key that sent it (its ZAP User-Id, ``nomade.curve``); a batch
-   whose ``sender`` differs, or with a sample, node reading or start of a node that key
-   does not speak for, is counted (``refused_total``) and dropped unacked, so the store's
-   duplicate check by (sender, seq) is per authenticated sender. From any collector a
+   whose ``sender`` differs is counted (``refused_total``) and dropped unacked, so the
+   store's duplicate check by (sender, seq) is per authenticated sender. A sample, node
+   reading or start of a node that key does not speak for is counted and dropped, and
+   the rest of the batch is stored and acked: one foreign sample (a misnamed node, a
+   cgroup the collector should not have read) must not hold back, resent for ever, the
+   batch of every real job sampled with it. From any collector a
    ``prediction`` item refuses the batch, and a ``job.end``'s final state (state, exit
    code, signal) is cleared: those come from the controller-side hooks and Slurm only;
 3. write all batches of the round in one store transaction (``Store.write_batches``,
@@ -161,16 +164,16 @@ class Ingest:
                 self._refuse("sender", f"batch of {batch.sender!r} sent with the key of {user!r}", frames)
                 return None
             nodes = self.keys.nodes_of(user) if self.keys is not None else frozenset((user,))
-            if any(row[1] not in nodes for row in rows):
-                self._refuse("node", f"{user!r} sent a sample of a node it does not speak for", frames)
-                return None
-            for item in items:
-                if item.kind == "node.sample" and item.body["node"] not in nodes or (
-                        item.kind == "job.start" and item.body["nodes"]
-                        and nodes.isdisjoint(item.body["nodes"])):
-                    self._refuse("node", f"{user!r} sent a {item.kind} of a node it does not "
-                                 f"speak for", frames)
-                    return None
+            own = [row for row in rows if row[1] in nodes]
+            mine = [item for item in items if not (
+                item.kind == "node.sample" and item.body["node"] not in nodes
+                or item.kind == "job.start" and item.body["nodes"] and nodes.isdisjoint(item.body["nodes"]))]
+            dropped = len(rows) - len(own) + len(items) - len(mine)
+            if dropped:
+                self._refuse("node", f"{user!r} sent {dropped} samples or starts of nodes it does not speak "
+                             f"for (dropped; the rest of its batch {batch.seq} is stored)", frames, dropped)
+                rows, items = own, mine
+                batch = batch._replace(body={**batch.body, "items": items})
         if any(item.kind == "prediction" for item in items):
             self._refuse("prediction", f"{batch.sender!r} sent a prediction", frames)
             return None
@@ -182,9 +185,9 @@ class Ingest:
             batch = batch._replace(body={**batch.body, "items": items})
         return batch, rows
 
-    def _refuse(self, reason: str, why: str, frames: Sequence[Any]) -> None:
-        self.metrics.refused_total[reason] += 1
-        self.bad_log.warning("refused a batch: %s (peer %s)", why, bytes(frames[0]).hex()[:16])
+    def _refuse(self, reason: str, why: str, frames: Sequence[Any], count: int = 1) -> None:
+        self.metrics.refused_total[reason] += count
+        self.bad_log.warning("refused: %s (peer %s)", why, bytes(frames[0]).hex()[:16])
 
     def _bad(self, why: str, frames: Sequence[bytes]) -> None:
         self.metrics.bad_frames_total += 1
