@@ -53,7 +53,7 @@ def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
     X = np.concatenate([p[0] for p in parts])
     mask = np.concatenate([p[1] for p in parts])
     y = np.concatenate([p[2] for p in parts])
-    ev = evidence.Evidence().fit(X, mask, y, np.ones(len(y)), np.arange(len(y)))
+    ev = evidence.Evidence().fit(X, mask, y, np.arange(len(y)))
     assert {k: v for k, v in ev.support.items() if v} == {
         "memory_0.9_0_1min": 200, "memory_0.5_1_3min": 100, "memory_0.5_0_1min": 60, "memory_0.5_3_10min": 3}
     assert set(ev.rates) == {k for k, v in ev.support.items() if v >= evidence.MIN_JOBS}
@@ -66,5 +66,12 @@ def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
     risk = ev.risk(X, mask)
     assert risk[0] == ev.rates["memory_0.9_0_1min"] and np.isnan(risk[-1])
     assert evidence.Evidence.from_dict(ev.to_dict()) == ev
+    # a job counts once, however long it sits in a condition: 300 more examples of one
+    # completed job near its limit change the 0.9 rate by one job's worth
+    many = np.repeat(X[:1], 300, axis=0)
+    again = evidence.Evidence().fit(np.concatenate([X, many]), np.ones((len(X) + 300, X.shape[1]), bool),
+                                    np.concatenate([y, np.zeros(300)]), np.concatenate([np.arange(len(y)),
+                                                                                      np.full(300, -1)]))
+    assert again.support["memory_0.9_0_1min"] == 201
     raised = evidence.raise_risk(np.array([0.2, 0.95, np.nan]), np.array([0.8, 0.8, np.nan]))
     assert raised[0] == 0.8 and raised[1] == 0.95 and np.isnan(raised[2])

@@ -13,8 +13,8 @@ about to happen to this one. Conditions, from the raw as-of features only:
   half the run, three quarters of the time limit gone).
 
 :meth:`Evidence.fit` gives each condition its weighted failure rate over the training
-examples where it holds (each job's examples weigh one job in all), shrunk toward the
-overall rate by ``PRIOR_JOBS`` pseudo jobs; the memory rates are then made monotone
+jobs it held for (each job once), shrunk toward the overall rate by ``PRIOR_JOBS``
+pseudo jobs; the memory rates are then made monotone
 (a higher level or a nearer limit never reads safer). A condition that holds for fewer than ``MIN_JOBS``
 training jobs keeps no rate. The evidence risk of an example is the highest rate of
 the conditions that hold (NaN where none does), and the live risk is the higher of the
@@ -98,21 +98,22 @@ class Evidence:
     support: dict[str, int] = field(default_factory=dict)
     """Training jobs each condition held for."""
 
-    def fit(self, X: np.ndarray, mask: np.ndarray, y: np.ndarray, w: np.ndarray, job: np.ndarray) -> Evidence:
-        """Rates from training examples ``X``/``mask`` with labels ``y``, weights ``w``
-        (a job's examples summing to one, as ``features.snapshots`` weighs them) and
-        job rows ``job``; returns self."""
-        y, w = np.asarray(y, np.float64), np.asarray(w, np.float64)
-        prior = float(np.average(y, weights=w)) if w.sum() > 0 else 0.0
-        held = conditions(X, mask)
+    def fit(self, X: np.ndarray, mask: np.ndarray, y: np.ndarray, job: np.ndarray) -> Evidence:
+        """Rates from training examples ``X``/``mask`` with labels ``y`` and job rows
+        ``job``; returns self. A condition's rate is the share of failures among the
+        jobs it held for at any of their examples, each job counted once: an alert is
+        raised once a job, and a job that sits near its limit for an hour must not
+        outweigh ten that were killed a minute after reaching it."""
+        y, job = np.asarray(y, np.float64), np.asarray(job)
+        first = np.unique(job, return_index=True)[1]
+        prior = float(y[first].mean()) if len(first) else 0.0
         self.rates, self.support = {}, {}
-        for name, on in held.items():
-            jobs = len(np.unique(np.asarray(job)[on]))
-            self.support[name] = jobs
-            if jobs >= MIN_JOBS:
-                n = float(w[on].sum())
-                rate = float(np.average(y[on], weights=w[on])) if n > 0 else prior
-                self.rates[name] = (rate * n + prior * PRIOR_JOBS) / (n + PRIOR_JOBS)
+        for name, on in conditions(X, mask).items():
+            jobs, at = np.unique(job[on], return_index=True)
+            self.support[name] = len(jobs)
+            if len(jobs) >= MIN_JOBS:
+                failed = float(y[on][at].sum())
+                self.rates[name] = (failed + prior * PRIOR_JOBS) / (len(jobs) + PRIOR_JOBS)
         self._monotone_memory()
         return self
 

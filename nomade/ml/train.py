@@ -467,7 +467,7 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
 def fit_evidence(p: Prepared) -> Evidence:
     """The runtime evidence's rates (``nomade.ml.evidence``) from the training split."""
     tr = p.rows("train")
-    return Evidence().fit(p.X[tr], p.mask[tr], p.y[tr], p.w[tr], p.job[tr])
+    return Evidence().fit(p.X[tr], p.mask[tr], p.y[tr], p.job[tr])
 
 
 def ensemble_risk(parts: np.ndarray, weights: Weights, ev: Evidence, p: Prepared, rows: np.ndarray) -> np.ndarray:
