@@ -13,7 +13,7 @@
    --min-level high`` client received, and whether each job got a NØMADE Comment.
 
 Needs root and the test cluster (``make demo`` starts it). ``NOMADE_DEMO_SEED`` picks
-the ordinary jobs (``nomade.lab.plan``; default 11). About two minutes.
+the ordinary jobs (``nomade.lab.plan``; default 11). About three minutes.
 """
 
 from __future__ import annotations
@@ -45,16 +45,17 @@ def _nomade(config: Path, *args: str, check: bool = True, capture: bool = False)
     return proc.stdout if capture else ""
 
 
-DEMO_WATCH_S = 180.0
+DEMO_WATCH_S = 240.0
 """Longest the live phase watches (every demo job has ended well before)."""
 
 
 def submit_jobs(slurm: Slurm, seed: int) -> tuple[str, list[str]]:
-    """The leaking job (user nomadetest, ``--mem=256M``: killed by the kernel after about
-    45 s) and three ordinary jobs of the other users that complete (``lab.plan`` of
+    """The leaking job (user nomadetest, ``--mem=256M``, 1.5 MB/s: killed by the kernel
+    after about 2.5 min; a leak has to show over several samples to be told from a job
+    that grows and stops, see ``nomade.ml.evidence``) and three ordinary jobs of the other users that complete (``lab.plan`` of
     ``seed``); returns (leak id, the others' ids)."""
-    leak_id = slurm.submit(lab.leak_script(start_mb=40, step_mb=12, steps=20, step_s=2.5),
-                           options=["--mem=256M", "--time=2", "--job-name=analysis",
+    leak_id = slurm.submit(lab.leak_script(start_mb=40, step_mb=6, steps=40, step_s=4.0),
+                           options=["--mem=256M", "--time=5", "--job-name=analysis",
                                     "--comment=my analysis run, do not cancel",
                                     f"--output={CLUSTER}/out/demo-%j.out"],
                            as_user="nomadetest")

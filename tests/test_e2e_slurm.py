@@ -127,15 +127,16 @@ def squeue_comments(job_ids: list[str]) -> dict[str, str]:
             for parts in (line.strip().split(" ", 1) for line in out.splitlines() if line.strip())}
 
 
-#: (start MiB, MiB more every 2 s, steps): a leak reaches 256 MiB in about 38 s; a steady job
+#: (start MiB, MiB more every 4 s, steps): a leak reaches 256 MiB in about 2 min (a leak must
+#: show over several samples to be told from a job that grows and stops); a steady job
 #: holds 30 MiB and ends after 30 s.
-LEAK, STEADY = (30, 12, 40), (30, 0, 0)
+LEAK, STEADY = (30, 8, 40), (30, 0, 0)
 
 
 def submit(cluster: SlurmCluster, shape: tuple[int, int, int], name: str, *extra: str) -> str:
     start, step, steps = shape
     return cluster.slurm.submit(
-        lab.leak_script(start_mb=start, step_mb=step, steps=steps, step_s=2.0),
+        lab.leak_script(start_mb=start, step_mb=step, steps=steps, step_s=4.0),
         options=["--mem=256M", "--time=3", f"--output={cluster.out_dir}/e2e-%j.out",
                  f"--chdir={cluster.out_dir}", f"--job-name={name}", *extra],
         as_user=cluster.test_user)
@@ -183,7 +184,7 @@ def test_a_leaking_job_is_flagged_to_its_user_and_admins_before_it_is_killed(
         leak = submit(slurm_cluster, LEAK, "e2e-leak", "--comment=user text")
         flat = submit(slurm_cluster, STEADY, "e2e-flat", "--comment=flat job")
         job_ids += [leak, flat]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             for job_id, text in squeue_comments(job_ids).items():
                 seen.setdefault(job_id, []).append(text)
