@@ -175,3 +175,11 @@ def test_agent_state_round_trip(tmp_path: Path) -> None:
     persist.write_agent_state(tmp_path, "/m", "123.000")
     state = persist.read_agent_state(tmp_path)
     assert state is not None and state["running"] and state["model_version"] == "123.000"
+
+
+def test_weights_say_where_they_came_from(tmp_path: Path) -> None:
+    (tmp_path / persist.WEIGHTS_FILE).write_text('{"gnn": 1, "lstm": 2, "autoencoder": 0}')
+    assert persist.load_weights(tmp_path, Weights()) == (Weights(1, 2, 0), "learned")   # files of before
+    (tmp_path / persist.WEIGHTS_FILE).write_text('{"gnn": 1, "lstm": 2, "autoencoder": 0, "source": "pinned"}')
+    assert persist.load_weights(tmp_path, Weights()) == (Weights(1, 2, 0), "pinned")
+    assert persist.load_weights(tmp_path / "none", Weights()) == (Weights(), "config")

@@ -134,7 +134,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     reporter = None if args.quiet else train.stderr_reporter()
     from nomade.ml.starter import COMPARISON, STARTER_DIR
     report = train.fit_and_save(prepared, cfg, models_dir, args.model, weights_mode(args), reporter,
-                                starter_dir=None if args.starter or not cfg.ml.starter else STARTER_DIR)
+                                starter_dir=None if args.starter or not cfg.ml.starter else STARTER_DIR,
+                                pin_weights=args.starter)
     if reporter is not None:
         sys.stderr.write("\n")
     text = train.format_report(report)

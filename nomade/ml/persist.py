@@ -111,11 +111,13 @@ def read_metadata(models_dir: str | Path) -> dict[str, Any]:
 def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mapping[str, Any],
          info: Mapping[str, Mapping[str, Any]], weights: Weights | None = None,
          summary: Mapping[str, Any] | None = None,
-         reference: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         reference: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+         weights_source: str = "learned") -> dict[str, Any]:
     """Write ``models`` (kind → fitted estimator), each with ``normalizer`` and its
     ``info[kind]`` (metrics, data range, ...) recorded in the metadata; models of
-    other kinds already in the directory are kept. ``weights`` (learned) replace
-    ``ensemble_weights.json``. ``extra``: more top-level metadata keys (e.g. the
+    other kinds already in the directory are kept. ``weights`` replace
+    ``ensemble_weights.json``, which says where they came from (``weights_source``:
+    ``learned``, or ``pinned`` for weights chosen with the models, as the starter's). ``extra``: more top-level metadata keys (e.g. the
     decision against the starter model). Returns the metadata written."""
     out = Path(models_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,8 @@ def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mappin
                          "trained_ts": now, "hyper_parameters": model.get_params(),
                          "best_epoch": model.best_epoch_, **info.get(kind, {})}
     if weights is not None:
-        _atomic_write(out / WEIGHTS_FILE, _json_bytes({**weights.as_dict(), "learned_ts": now}))
+        _atomic_write(out / WEIGHTS_FILE, _json_bytes({**weights.as_dict(), "learned_ts": now,
+                                                       "source": weights_source}))
     meta = {"format": FORMAT, "nomade_version": nomade.__version__, "torch_version": str(torch.__version__),
             "created_ts": now, "features": list(normalizer.get("features", [])),
             "normalizer": dict(normalizer), "models": entries,
@@ -147,11 +150,13 @@ def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mappin
 
 
 def load_weights(models_dir: str | Path, default: Weights) -> tuple[Weights, str]:
-    """Learned weights if ``ensemble_weights.json`` exists, else ``default``; with
-    where they came from (``"learned"`` or ``"config"``)."""
+    """The weights of ``ensemble_weights.json`` if it exists, else ``default``; with
+    where they came from (the file's ``source``, ``"learned"`` by default, or
+    ``"config"``)."""
     path = Path(models_dir) / WEIGHTS_FILE
     try:
-        return Weights.from_dict(json.loads(path.read_text())), "learned"
+        data = json.loads(path.read_text())
+        return Weights.from_dict(data), str(data.get("source", "learned"))
     except FileNotFoundError:
         return default, "config"
     except (OSError, ValueError) as e:

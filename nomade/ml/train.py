@@ -405,7 +405,8 @@ def _evaluate(y: np.ndarray, w: np.ndarray, score: np.ndarray) -> dict[str, floa
 
 def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequence[str] | None = None,
                  weights_mode: str = "auto", reporter: Reporter | None = None,
-                 parallel: bool | None = None, starter_dir: str | Path | None = None) -> dict[str, Any]:
+                 parallel: bool | None = None, starter_dir: str | Path | None = None,
+                 pin_weights: bool = False) -> dict[str, Any]:
     """Train ``kinds`` (default: every model the data supports; no LSTM for data
     without samples, such as a trace) on ``p``, evaluate them and their ensemble (the
     models of this run only) on validation and test, choose the ensemble weights
@@ -415,7 +416,8 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
     model's training seconds and ``models_s``, the wall time of all fits together.
     ``starter_dir``: judge the new ensemble against that starter model on the
     validation split (``starter.compare``); the decision is reported and saved in the
-    metadata."""
+    metadata. ``pin_weights``: save the weights used with the models whatever their
+    source (the starter's travel with it, not with a site's ``[ml.ensemble]``)."""
     if len(p.rows("train")) == 0:
         raise NomadeError("the training split is empty")
     subset = kinds is not None and set(kinds) != set(PARTS)
@@ -457,8 +459,10 @@ def fit_and_save(p: Prepared, cfg: Config, models_dir: str | Path, kinds: Sequen
         verdict = starter.compare(risk["validation"], p, starter_dir, weights)
         if verdict is not None:
             report[starter.COMPARISON] = extra[starter.COMPARISON] = verdict
-    save_models(models_dir, fitted, norm, report, weights if choice.source == "learned" else None, cfg, p,
-                forget_weights=not subset, extra=extra)
+    keep = choice.source == "learned" or pin_weights
+    save_models(models_dir, fitted, norm, report, weights if keep else None, cfg, p,
+                forget_weights=not subset, extra=extra,
+                weights_source="pinned" if pin_weights and choice.source != "learned" else "learned")
     timings["total_s"] = time.monotonic() - t0
     report["timings"], report["models_dir"] = timings, str(models_dir)
     return persist.clean_json(report)
@@ -493,7 +497,7 @@ def score_splits(fitted: dict[str, Any], d: _Data) -> tuple[dict[str, np.ndarray
 
 def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.Normalizer, report: dict[str, Any],
                 learned: Weights | None, cfg: Config, p: Prepared, forget_weights: bool = False,
-                extra: dict[str, Any] | None = None) -> None:
+                extra: dict[str, Any] | None = None, weights_source: str = "learned") -> None:
     """Write the models, their metadata (with ``extra`` entries) and ``learned``
     weights; ``forget_weights``: without learned weights, remove a learned weights file
     an earlier run left (the ensemble of these models then uses ``[ml.ensemble]``)."""
@@ -505,7 +509,7 @@ def save_models(models_dir: str | Path, fitted: dict[str, Any], norm: features.N
                                 "reference_size": len(fitted["gnn"].reference_.x)}
     tr = p.rows("train")
     persist.save(models_dir, fitted, norm.to_dict(), info, learned, p.summary,
-                 reference_stats(p.X[tr], p.mask[tr], p.y[tr]), extra)
+                 reference_stats(p.X[tr], p.mask[tr], p.y[tr]), extra, weights_source)
     if learned is None and forget_weights:
         (Path(models_dir) / persist.WEIGHTS_FILE).unlink(missing_ok=True)
 
