@@ -50,10 +50,11 @@ DEMO_WATCH_S = 240.0
 
 
 def submit_jobs(slurm: Slurm, seed: int) -> tuple[str, list[str]]:
-    """The leaking job (user nomadetest, ``--mem=256M``, 1.5 MB/s: killed by the kernel
-    after about 2.5 min; a leak has to show over several samples to be told from a job
-    that grows and stops, see ``nomade.ml.evidence``) and three ordinary jobs of the other users that complete (``lab.plan`` of
-    ``seed``); returns (leak id, the others' ids)."""
+    """The leaking job (user nomadetest, ``--mem=256M``, 1.5 MB/s: killed by the
+    kernel after about 2.5 min; a leak has to show over several samples to be told
+    from a job that grows and stops, see ``nomade.ml.evidence``) and three ordinary
+    jobs of the other users that complete (``lab.plan`` of ``seed``); returns (leak
+    id, the others' ids)."""
     leak_id = slurm.submit(lab.leak_script(start_mb=40, step_mb=6, steps=40, step_s=4.0),
                            options=["--mem=256M", "--time=5", "--job-name=analysis",
                                     "--comment=my analysis run, do not cancel",

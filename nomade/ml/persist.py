@@ -117,7 +117,8 @@ def save(models_dir: str | Path, models: Mapping[str, Model], normalizer: Mappin
     ``info[kind]`` (metrics, data range, ...) recorded in the metadata; models of
     other kinds already in the directory are kept. ``weights`` replace
     ``ensemble_weights.json``, which says where they came from (``weights_source``:
-    ``learned``, or ``pinned`` for weights chosen with the models, as the starter's). ``extra``: more top-level metadata keys (e.g. the
+    ``learned``, or ``pinned`` for weights chosen with the models, as the
+    starter's). ``extra``: more top-level metadata keys (e.g. the
     decision against the starter model). Returns the metadata written."""
     out = Path(models_dir)
     out.mkdir(parents=True, exist_ok=True)
