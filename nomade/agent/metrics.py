@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -139,34 +139,30 @@ class _Exporter(Collector):
             yield CounterMetricFamily(PREFIX + name, help_, value=getattr(m, name))
         for name, help_ in _GAUGES:
             yield GaugeMetricFamily(PREFIX + name, help_, value=getattr(m, name))
-        yield _labelled(CounterMetricFamily(PREFIX + "predictions_total",
-                                            "Predictions published, by level.", labels=("level",)),
-                        {(k,): n for k, n in m.predictions_total.copy().items()})
-        yield _labelled(CounterMetricFamily(
-            PREFIX + "refused_total", "Batches refused (or final state cleared) for what their "
-            "sender may not say, by reason.", labels=("reason",)),
-            {(k,): n for k, n in m.refused_total.copy().items()})
-        yield _labelled(CounterMetricFamily(PREFIX + "limit_hits_total", "Times a configured "
-                                            "bound was hit, by limit.", labels=("limit",)),
-                        {(k,): n for k, n in m.limit_hits_total.copy().items()})
-        yield _labelled(CounterMetricFamily(PREFIX + "pruned_rows_total",
-                                            "Store rows removed by retention.",
-                                            labels=("table", "step")),
-                        m.pruned_rows_total.copy())
+        yield _counter("predictions_total", "Predictions published, by level.", ("level",),
+                       [((k,), n) for k, n in m.predictions_total.copy().items()])
+        yield _counter("refused_total", "Batches refused (or final state cleared) for what their "
+                       "sender may not say, by reason.", ("reason",),
+                       [((k,), n) for k, n in m.refused_total.copy().items()])
+        yield _counter("limit_hits_total", "Times a configured bound was hit, by limit.", ("limit",),
+                       [((k,), n) for k, n in m.limit_hits_total.copy().items()])
+        yield _counter("pruned_rows_total", "Store rows removed by retention.", ("table", "step"),
+                       list(m.pruned_rows_total.copy().items()))
         outbox = sorted(m.collector_outbox.copy().items())
-        yield _labelled(CounterMetricFamily(
-            PREFIX + "collector_outbox_dropped_total", "Unacknowledged batches a collector's "
-            "full outbox dropped (as its last node sample said).", labels=("sender",)),
-            {(s,): dropped for s, (dropped, _) in outbox})
-        yield _labelled(CounterMetricFamily(
-            PREFIX + "collector_outbox_write_errors_total", "Outbox writes that failed on a "
-            "collector (a full disk; as its last node sample said).", labels=("sender",)),
-            {(s,): errors for s, (_, errors) in outbox})
+        yield _counter("collector_outbox_dropped_total", "Unacknowledged batches a collector's "
+                       "full outbox dropped (as its last node sample said).", ("sender",),
+                       [((s,), dropped) for s, (dropped, _) in outbox])
+        yield _counter("collector_outbox_write_errors_total", "Outbox writes that failed on a "
+                       "collector (a full disk; as its last node sample said).", ("sender",),
+                       [((s,), errors) for s, (_, errors) in outbox])
 
 
-def _labelled(family: CounterMetricFamily, values: dict[tuple[str, ...], int]) -> Metric:
-    for labels, value in values.items():
-        family.add_metric(labels, value)
+def _counter(name: str, help_: str, labels: tuple[str, ...],
+             values: Iterable[tuple[Sequence[str], float]]) -> Metric:
+    """A labelled counter family: one series per (label values, value)."""
+    family = CounterMetricFamily(PREFIX + name, help_, labels=labels)
+    for label_values, value in values:
+        family.add_metric(label_values, value)
     return family
 
 
