@@ -499,7 +499,7 @@ def _num(value: float) -> str:
 
 
 def _unknown_key(dotted: str, raw: Any, prefix: str, valid: list[str]) -> Problem:
-    import difflib   # only on this error path: 0.2 MB of RSS a running collector keeps
+    import difflib  # only on this error path: 0.2 MB of RSS a running collector keeps
 
     name = dotted.rsplit(".", 1)[-1]
     where = f"[{prefix}]" if prefix else "the top level"

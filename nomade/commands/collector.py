@@ -79,7 +79,7 @@ def _release_freed_heap() -> None:
     """Return to the kernel the heap pages start-up allocated and freed: glibc keeps them,
     and the wire validators compiled at import alone leave about 1.5 MB of them in RSS
     (the collector's budget is 25 MB). Nothing happens on a libc without ``malloc_trim``."""
-    import ctypes   # already loaded by the spool watch
+    import ctypes  # already loaded by the spool watch
 
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
