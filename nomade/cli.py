@@ -1,8 +1,9 @@
 """The ``nomade`` command: global options, sub-command discovery, error handling.
 
 Sub-commands live in ``nomade/commands/`` (one module each, see that package's
-docstring). Building the parser imports only those modules, which import no torch or
-zmq at top level, so ``nomade --help`` stays fast. This is the only place that
+docstring). Building the parser imports only the named command's module (every one for
+``nomade --help`` or an unknown name), and those import no torch or zmq at top level: the
+collector's RSS budget has no room for the other commands' imports. This is the only place that
 configures logging. Expected errors (``NomadeError``, which includes ``ConfigError``)
 become one line per problem on stderr and exit status 2; a traceback only with -v.
 """
@@ -47,28 +48,48 @@ Exit status: 0 success, 2 bad usage, bad config or another error explained in on
 """
 
 
-def discover() -> list[ModuleType]:
-    """Import every command module in nomade.commands, sorted by name.
+def discover(only: str | None = None) -> list[ModuleType]:
+    """Import every command module in nomade.commands, sorted by name; with ``only``, just
+    the module of that command (``import_`` for ``import``) when it exists and loads.
 
     A module that fails to import or lacks part of the contract is skipped with one
     warning line on stderr, so one broken command never hides the others.
     """
-    found: list[ModuleType] = []
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        qualified = f"{commands.__name__}.{info.name}"
-        try:
-            module = importlib.import_module(qualified)
-        except Exception as exc:  # any failure must only disable this command
-            _warn(f"command module {qualified} failed to import ({type(exc).__name__}: {exc}); skipped")
-            continue
-        missing = [name for name in _CONTRACT if not hasattr(module, name)]
-        if missing:
-            _warn(f"command module {qualified} lacks {', '.join(missing)}; skipped")
-            continue
-        found.append(module)
-    return found
+    infos = sorted((i for i in pkgutil.iter_modules(commands.__path__) if not i.name.startswith("_")),
+                   key=lambda i: i.name)
+    named = [i.name for i in infos if i.name.rstrip("_") == only]
+    if named:
+        module = _load(named[0])
+        if module is not None and module.NAME == only:
+            return [module]
+    found = (_load(i.name) for i in infos if i.name not in named)
+    return [m for m in found if m is not None]
+
+
+def _load(name: str) -> ModuleType | None:
+    """The command module ``name``, or None (and a warning) if it fails or lacks the contract."""
+    qualified = f"{commands.__name__}.{name}"
+    try:
+        module = importlib.import_module(qualified)
+    except Exception as exc:  # any failure must only disable this command
+        _warn(f"command module {qualified} failed to import ({type(exc).__name__}: {exc}); skipped")
+        return None
+    missing = [attr for attr in _CONTRACT if not hasattr(module, attr)]
+    if missing:
+        _warn(f"command module {qualified} lacks {', '.join(missing)}; skipped")
+        return None
+    return module
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first word of ``argv`` that is neither a global option nor ``--config``'s value."""
+    words = iter(argv)
+    for arg in words:
+        if arg == "--config":
+            next(words, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def build_parser(modules: Sequence[ModuleType]) -> argparse.ArgumentParser:
@@ -92,7 +113,8 @@ def build_parser(modules: Sequence[ModuleType]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nomade`` with ``argv`` (default sys.argv[1:]); returns the exit status."""
-    parser = build_parser(discover())
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(discover(_command_word(argv)))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if args.command is None:

@@ -13,7 +13,6 @@ resolves them (XDG directories, the short host name) at call time.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -501,6 +500,8 @@ def _num(value: float) -> str:
 
 
 def _unknown_key(dotted: str, raw: Any, prefix: str, valid: list[str]) -> Problem:
+    import difflib  # only on this error path: 0.2 MB of RSS a running collector keeps
+
     name = dotted.rsplit(".", 1)[-1]
     where = f"[{prefix}]" if prefix else "the top level"
     close = [f"{prefix}.{match}" if prefix else match

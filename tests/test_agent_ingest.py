@@ -10,6 +10,7 @@ import dataclasses
 import os
 import random
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,11 @@ from pathlib import Path
 import pytest
 import zmq
 from agenttools import RunningAgent, acked, agent_config, batch, dealer
+from prometheus_client.parser import text_string_to_metric_families
 
-from nomade import curve, wire
+from nomade import config, curve, wire
+from nomade.agent.daemon import Agent
+from nomade.agent.metrics import Metrics
 from nomade.config import SecurityConfig
 from nomade.store import Store
 
@@ -98,7 +102,15 @@ def test_garbage_at_full_speed_does_not_stop_the_agent(
     assert m.store_errors_total == 0
 
 
+def scrape(port: int, path: str = "/metrics") -> tuple[str, str]:
+    """(Content-Type, body) of a GET on the agent's metrics listener."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.headers["Content-Type"], r.read().decode()
+
+
 def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, ctx: zmq.Context) -> None:
+    """The agent's own listener serves what prometheus_client's parser reads back exactly,
+    counters past 1e8 included (``{:g}`` printed 123456839 as 1.23457e+08)."""
     import socket as pysocket
 
     with pysocket.socket() as s:
@@ -111,18 +123,40 @@ def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, ctx: zmq.Contex
     try:
         sock.send(b"not a frame")
         sock.send(batch("n1", 1))
-        assert acked(sock) == 1
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert acked(sock) == 1     # the loop is idle now: its first tick ran before the drain
+        running.agent.metrics.samples_total += 123_456_789
+        ctype, text = scrape(port)
+        assert scrape(port, "/health") == ("text/plain; charset=utf-8", "ok\n")
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            scrape(port, "/elsewhere")
     finally:
         sock.close()
         running.stop()
-    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    assert lines["nomade_agent_bad_frames_total"] == "1"
-    assert lines["nomade_agent_samples_total"] == "50"
-    assert lines['nomade_agent_predictions_total{level="high"}'] == "0"
-    assert "nomade_agent_tick_duration_seconds" in lines
+    assert ctype.startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    value = {s.name + str(sorted(s.labels.items())): s.value for f in families.values() for s in f.samples}
+    assert value["nomade_agent_samples_total[]"] == 50 + 123_456_789
+    assert value["nomade_agent_bad_frames_total[]"] == 1
+    assert value["nomade_agent_predictions_total[('level', 'high')]"] == 0
+    assert families["nomade_agent_samples"].type == "counter"
+    assert families["nomade_agent_running_jobs"].type == "gauge"
+    tick = families["nomade_agent_tick_duration_seconds"]
+    assert tick.type == "histogram"
+    assert value["nomade_agent_tick_duration_seconds_count[]"] == value["nomade_agent_ticks_total[]"] == 1
+    assert value["nomade_agent_tick_duration_seconds_bucket[('le', '+Inf')]"] == 1
+    assert value["nomade_agent_tick_duration_seconds_sum[]"] == pytest.approx(
+        value["nomade_agent_last_tick_duration_seconds[]"])
+    assert value["process_resident_memory_bytes[]"] > 0
+    assert not [name for name in families if "per_second" in name]   # rates are PromQL's job
+
+
+def test_each_agent_has_its_own_registry() -> None:
+    """Two agents in one process: no duplicate-series error, no shared values."""
+    one, two = Metrics(), Metrics()
+    one.samples_total = 7
+    assert one.registry is not two.registry
+    assert one.registry.get_sample_value("nomade_agent_samples_total") == 7
+    assert two.registry.get_sample_value("nomade_agent_samples_total") == 0
 
 
 @pytest.fixture

@@ -58,6 +58,19 @@ def test_no_torch_or_zmq_imported(args: tuple[str, ...]) -> None:
     assert not names & HEAVY
 
 
+@pytest.mark.parametrize("args", [("collector", "--help"), ("-v", "--config", "agent", "import", "--help")])
+def test_a_named_command_imports_no_other_command_module(args: tuple[str, ...]) -> None:
+    """The collector's RSS budget has no room for the other commands' imports."""
+    script = ("import sys\nfrom nomade import cli\ntry:\n    cli.main(sys.argv[1:])\n"
+              "except SystemExit:\n    pass\n"
+              "print(*sorted(m for m in sys.modules if m.startswith('nomade.commands.')), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "usage: nomade" in done.stdout
+    assert done.stderr.split() == [f"nomade.commands.{args[-2].replace('import', 'import_')}"]
+
+
 def test_version() -> None:
     done = nomade_cmd("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"nomade {nomade.__version__}"

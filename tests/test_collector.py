@@ -29,7 +29,7 @@ from nomade import curve, wire
 from nomade.collector.daemon import Collector
 from nomade.collector.nfs import NfsWrites, network_mounts
 from nomade.collector.outbox import Outbox
-from nomade.collector.sampler import NodeSampler, parse_cpu, parse_diskstats, parse_meminfo, parse_net_dev
+from nomade.collector.sampler import Counters, NodeSampler, cpu_seconds, rates
 from nomade.collector.sender import Sender
 from nomade.collector.watch import SpoolWatch
 from nomade.curve import ClientKeys
@@ -380,52 +380,34 @@ def test_sender_survives_garbage_from_the_agent_and_uses_curve(tmp_path: Path) -
 
 # ---------------------------------------------------------------- node sample
 
-STAT = b"cpu  464552 1945 86117 4152679 4430 0 2663 3754 120 0\ncpu0 217821 613 40447 2095000 1875 0 58 1824 0 0\n"
-MEMINFO = (b"MemTotal:       24684096 kB\nMemFree:        20000000 kB\nMemAvailable:   22712416 kB\n"
-           b"SwapTotal:       2097148 kB\nSwapFree:        2000000 kB\nHugePages_Total:       0\n")
-DISKSTATS = (b"   7       0 loop0 10 0 80 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
-             b" 253       0 vda 105476 15134 6380122 133702 5915846 120275 202951800 8849058 0 162588\n"
-             b" 253       1 vda1 105000 15000 6000000 133000 5915000 120000 202900000 8849000 0 162000\n")
-NET_DEV = (b"Inter-|   Receive                                                |  Transmit\n"
-           b" face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n"
-           b"    lo: 114784579   79266    0    0    0     0          0         0 114784579   79266    0    0    0     0       0          0\n"
-           b"  eth0: 33476961    1067    0    0    0     0          0         0    92040     770    0    0    0     0       0          0\n")
+def test_node_rates_leave_guest_time_out_and_unknown_as_none() -> None:
+    cpu_type = type(psutil.cpu_times())
+    fields = dict.fromkeys(cpu_type._fields, 0.0)
+    before = cpu_seconds(cpu_type(**fields))
+    # 10 s more of user time, 4 of it a guest's (already inside user), 5 s idle, 5 s iowait
+    after = cpu_seconds(cpu_type(**{**fields, "user": 10.0, "guest": 4.0, "idle": 5.0, "iowait": 5.0}))
+    assert after == (20.0, 10.0, 5.0)
+    body: dict = {}
+    rates(body, 2.0, Counters(before, (0, 0), None), Counters(after, (1000, 4000), (10, 10)))
+    assert body == {"cpu_pct": 50.0, "iowait_pct": 25.0, "disk_read_Bps": 500.0, "disk_write_Bps": 2000.0}
 
 
-def test_node_files_parse_as_psutil_reads_them() -> None:
-    # guest (120) is inside user already: not added to the total
-    assert parse_cpu(STAT) == (464552 + 1945 + 86117 + 4152679 + 4430 + 0 + 2663 + 3754, 4152679 + 4430, 4430)
-    assert parse_cpu(b"intr 1 2\n") is None and parse_cpu(None) is None
-    mem = parse_meminfo(MEMINFO)
-    assert (mem[b"MemTotal:"], mem[b"SwapFree:"], mem[b"HugePages_Total:"]) == (24684096 * 1024, 2000000 * 1024, 0)
-    whole = {b"loop0", b"vda"}.__contains__                 # vda1 is a partition: counted in vda
-    assert parse_diskstats(DISKSTATS, whole) == ((80 + 6380122) * 512, 202951800 * 512)
-    assert parse_net_dev(NET_DEV) == (114784579 + 33476961, 114784579 + 92040)
-
-
-def test_node_sample_agrees_with_psutil_on_this_host() -> None:
+def test_node_sample_agrees_with_the_kernel_on_this_host() -> None:
     nodes = NodeSampler("cn01")
     first = nodes.sample(time.time())
     assert first["cpu_pct"] is None and first["disk_read_Bps"] is None, "no rate without a previous sample"
     time.sleep(0.2)
     body = nodes.sample(time.time())
     wire.make("node.sample", "cn01", 1, body)                # valid on the wire
-    assert body["mem_total_bytes"] == psutil.virtual_memory().total
-    assert body["swap_used_bytes"] == psutil.swap_memory().used
-    assert abs(body["mem_used_bytes"] - (psutil.virtual_memory().total - psutil.virtual_memory().available)) < 2**28
+    meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024
+               for line in Path("/proc/meminfo").read_text().splitlines()}
+    assert body["mem_total_bytes"] == meminfo["MemTotal"]
+    assert abs(body["mem_used_bytes"] - (meminfo["MemTotal"] - meminfo["MemAvailable"])) < 2**28
+    assert abs(body["swap_used_bytes"] - (meminfo["SwapTotal"] - meminfo["SwapFree"])) < 2**28
     for key in ("cpu_pct", "iowait_pct"):
         assert 0.0 <= body[key] <= 100.0
     for key in ("disk_read_Bps", "disk_write_Bps", "net_rx_Bps", "net_tx_Bps"):
         assert body[key] >= 0.0
-    disk = psutil.disk_io_counters()
-    ours = parse_diskstats(Path("/proc/diskstats").read_bytes(), nodes._is_whole_disk)
-    assert ours is not None and abs(ours[0] - disk.read_bytes) < 2**26
-    net = psutil.net_io_counters()
-    rx, tx = parse_net_dev(Path("/proc/net/dev").read_bytes()) or (0, 0)
-    assert abs(rx - net.bytes_recv) < 2**20 and abs(tx - net.bytes_sent) < 2**20
-    missing = NodeSampler("cn01", proc="/nonexistent").sample(time.time())
-    assert missing["mem_total_bytes"] is None and missing["load1"] is not None
-    wire.make("node.sample", "cn01", 2, missing)             # unknown is None, still valid
 
 
 # ---------------------------------------------------------------- NFS estimate

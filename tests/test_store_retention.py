@@ -299,8 +299,8 @@ def test_the_agent_prunes_every_prune_interval_and_counts_it(tmp_path: Path) -> 
         stop.set()
         thread.join(timeout=30)
     assert agent.metrics.pruned_rows_total["job_samples", "drop"] == 4096
-    assert 'nomade_agent_pruned_rows_total{table="job_samples",step="drop"} 4096' in (
-        agent.metrics.render())
+    assert agent.metrics.registry.get_sample_value(
+        "nomade_agent_pruned_rows_total", {"table": "job_samples", "step": "drop"}) == 4096
     with Store(tmp_path / "agent.db", readonly=True) as r:
         assert r.sample_count("1") == 0 and r.sample_count("2") == 1
         assert r.get_job("1") is not None

@@ -473,9 +473,7 @@ class Agent:
             self.metrics.tick_errors_total += 1
             log.exception("scoring tick failed")
         dt = time.perf_counter() - t0
-        self.metrics.ticks_total += 1
-        self.metrics.last_tick_seconds = dt
-        self.metrics.tick_seconds_sum += dt
+        self.metrics.tick_done(dt)
         self.metrics.running_jobs = len(self.state.running)
         self._gc_after_tick()
         return predictions

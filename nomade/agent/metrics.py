@@ -1,24 +1,35 @@
-"""The agent's health and metrics in Prometheus text format, over a tiny HTTP thread.
+"""The agent's health and metrics, exposed with ``prometheus_client`` over a small HTTP thread.
 
-``Metrics`` holds plain counters and gauges that the agent's one thread updates
-(integer/float attribute writes; the HTTP thread only reads them, so a scrape may see
-one update half-applied between two series, never a torn number). ``render()`` is the
-exposition text (format 0.0.4); ``MetricsServer`` serves it on ``GET /metrics`` and a
-one-line ``GET /health``.
+``Metrics`` holds plain counters and gauges that the agent's one thread updates (attribute
+and dict-item writes: no lock on the ingest path; the HTTP thread only reads them, so a
+scrape may see one update half-applied between two series, never a torn number). Its
+``registry`` is the agent's own (never prometheus_client's global one, so several agents in
+one process do not collide): a collector that reads those fields when scraped, the
+tick-duration histogram, and the ``process_*`` figures (RSS, CPU seconds, descriptors).
+``MetricsServer`` serves it on ``GET /metrics`` (prometheus_client's handler: text format
+0.0.4, or OpenMetrics and gzip when the scraper asks) and a one-line ``GET /health``.
+No rate is exported: ``rate(nomade_agent_samples_total[5m])`` is PromQL's job.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from urllib.parse import urlparse
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.exposition import MetricsHandler
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from nomade.wire import LEVELS
 
 log = logging.getLogger(__name__)
 
+PREFIX = "nomade_agent_"
 #: Most collectors whose outbox counters are exported.
 MAX_COLLECTORS = 65536
 #: Reasons a batch is refused or changed: ``nomade.agent.ingest``.
@@ -27,13 +38,37 @@ REFUSALS: tuple[str, ...] = ("sender", "node", "prediction", "final_state")
 #: max_nodes_per_job, max_running_jobs, max_orphan_jobs, max_final_state_jobs.
 LIMITS: tuple[str, ...] = ("round_bytes", "sender_round_bytes", "nodes_per_job", "running_jobs",
                            "orphan_jobs", "final_state_jobs")
+#: Tick-duration buckets (seconds) around the budget of 1 s for 10,000 running jobs.
+TICK_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Unlabelled counters: ``Metrics`` field (also the series name after ``PREFIX``), help.
+_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("frames_total", "Frames received on the ingest socket."),
+    ("bad_frames_total", "Frames dropped as malformed or invalid."),
+    ("batches_total", "Batches stored and acknowledged."),
+    ("duplicate_batches_total", "Batches acknowledged again, not re-stored."),
+    ("samples_total", "Job samples stored."),
+    ("messages_total", "Messages stored (all kinds)."),
+    ("store_errors_total", "Store writes that failed (batches not acked)."),
+    ("spool_events_total", "Hook events drained from the spools."),
+    ("ticks_total", "Scoring ticks run."),
+    ("tick_errors_total", "Scoring ticks that failed."),
+    ("comment_updates_total", "Job Comments written."),
+    ("comment_errors_total", "Job Comment writes that failed."),
+    ("final_states_total", "Final states recorded from Slurm."),
+)
+_GAUGES: tuple[tuple[str, str], ...] = (
+    ("queue_depth", "Frames waiting on the ingest socket after the last drain."),
+    ("running_jobs", "Running jobs in the agent's state."),
+    ("model_loaded", "1 when a trained model is loaded."),
+    ("last_tick_duration_seconds", "Duration of the last scoring tick."),
+)
 
 
 @dataclass
 class Metrics:
-    """Counters (``*_total``, only grow) and gauges of one agent."""
+    """Counters (``*_total``, only grow) and gauges of one agent, and its ``registry``."""
 
-    started_ts: float = field(default_factory=time.time)
     frames_total: int = 0
     bad_frames_total: int = 0
     batches_total: int = 0
@@ -44,8 +79,7 @@ class Metrics:
     spool_events_total: int = 0
     ticks_total: int = 0
     tick_errors_total: int = 0
-    last_tick_seconds: float = 0.0
-    tick_seconds_sum: float = 0.0
+    last_tick_duration_seconds: float = 0.0
     predictions_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
     comment_updates_total: int = 0
     comment_errors_total: int = 0
@@ -65,94 +99,89 @@ class Metrics:
     pruned_rows_total: dict[tuple[str, str], int] = field(default_factory=lambda: dict.fromkeys(
         (("job_samples", "thin"), ("job_samples", "drop"), ("node_samples", "drop"),
          ("predictions", "drop")), 0))
+    registry: CollectorRegistry = field(init=False, repr=False, compare=False)
+    tick_duration: Histogram = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Exporter(self))
+        ProcessCollector(registry=self.registry)
+        self.tick_duration = Histogram(PREFIX + "tick_duration_seconds", "Duration of scoring ticks.",
+                                       buckets=TICK_BUCKETS, registry=self.registry)
+
+    def tick_done(self, seconds: float) -> None:
+        """Count one scoring tick that took ``seconds``."""
+        self.ticks_total += 1
+        self.last_tick_duration_seconds = seconds
+        self.tick_duration.observe(seconds)
 
     def collector_reported(self, sender: str, dropped: int | None, errors: int | None) -> None:
         """Record a collector's outbox counters (from its ``node.sample``)."""
         if sender in self.collector_outbox or len(self.collector_outbox) < MAX_COLLECTORS:
             self.collector_outbox[sender] = (dropped or 0, errors or 0)
 
-    def ingest_rate(self, now: float | None = None) -> float:
-        """Job samples per second since the agent started."""
-        elapsed = (time.time() if now is None else now) - self.started_ts
-        return self.samples_total / elapsed if elapsed > 0 else 0.0
-
     def render(self) -> str:
-        """The Prometheus text exposition of every series."""
-        out: list[str] = []
-        described: set[str] = set()
-
-        def series(name: str, kind: str, help_: str, value: float, labels: str = "") -> None:
-            if name not in described:
-                described.add(name)
-                out.append(f"# HELP nomade_agent_{name} {help_}")
-                out.append(f"# TYPE nomade_agent_{name} {kind}")
-            out.append(f"nomade_agent_{name}{labels} {value:g}")
-
-        series("frames_total", "counter", "Frames received on the ingest socket.", self.frames_total)
-        series("bad_frames_total", "counter", "Frames dropped as malformed or invalid.", self.bad_frames_total)
-        series("batches_total", "counter", "Batches stored and acknowledged.", self.batches_total)
-        series("duplicate_batches_total", "counter", "Batches acknowledged again, not re-stored.",
-               self.duplicate_batches_total)
-        series("samples_total", "counter", "Job samples stored.", self.samples_total)
-        series("messages_total", "counter", "Messages stored (all kinds).", self.messages_total)
-        series("store_errors_total", "counter", "Store writes that failed (batches not acked).",
-               self.store_errors_total)
-        series("spool_events_total", "counter", "Hook events drained from the spools.", self.spool_events_total)
-        series("ingest_samples_per_second", "gauge", "Job samples per second since start.", self.ingest_rate())
-        series("queue_depth", "gauge", "Frames waiting on the ingest socket after the last drain.",
-               self.queue_depth)
-        series("running_jobs", "gauge", "Running jobs in the agent's state.", self.running_jobs)
-        series("model_loaded", "gauge", "1 when a trained model is loaded.", self.model_loaded)
-        series("ticks_total", "counter", "Scoring ticks run.", self.ticks_total)
-        series("tick_errors_total", "counter", "Scoring ticks that failed.", self.tick_errors_total)
-        series("tick_duration_seconds", "gauge", "Duration of the last scoring tick.", self.last_tick_seconds)
-        series("tick_duration_seconds_sum", "counter", "Total time spent in scoring ticks.",
-               self.tick_seconds_sum)
-        for level, n in self.predictions_total.items():
-            series("predictions_total", "counter", "Predictions published, by level.", n,
-                   f'{{level="{level}"}}')
-        series("comment_updates_total", "counter", "Job Comments written.", self.comment_updates_total)
-        series("comment_errors_total", "counter", "Job Comment writes that failed.", self.comment_errors_total)
-        series("final_states_total", "counter", "Final states recorded from Slurm.", self.final_states_total)
-        for reason, n in self.refused_total.items():
-            series("refused_total", "counter", "Batches refused (or final state cleared) for what "
-                   "their sender may not say, by reason.", n, f'{{reason="{reason}"}}')
-        for limit, n in self.limit_hits_total.items():
-            series("limit_hits_total", "counter", "Times a configured bound was hit, by limit.", n,
-                   f'{{limit="{limit}"}}')
-        for sender, (dropped, errors) in sorted(self.collector_outbox.items()):
-            label = f'{{sender="{_escape(sender)}"}}'
-            series("collector_outbox_dropped_total", "counter", "Unacknowledged batches a "
-                   "collector's full outbox dropped (as its last node sample said).", dropped, label)
-            series("collector_outbox_write_errors_total", "counter", "Outbox writes that failed "
-                   "on a collector (a full disk; as its last node sample said).", errors, label)
-        for (table, step), n in self.pruned_rows_total.items():
-            series("pruned_rows_total", "counter", "Store rows removed by retention.", n,
-                   f'{{table="{table}",step="{step}"}}')
-        return "\n".join(out) + "\n"
+        """The Prometheus text exposition (format 0.0.4) of every series."""
+        return generate_latest(self.registry).decode()
 
 
-def _escape(value: str) -> str:
-    """A Prometheus label value: backslash, double quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Exporter(Collector):
+    """Reads a ``Metrics`` into metric families at each scrape (prometheus_client's
+    custom-collector protocol); dicts are copied first (one atomic step under the GIL),
+    as the agent's thread may add a key meanwhile."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        for name, help_ in _COUNTERS:
+            yield CounterMetricFamily(PREFIX + name, help_, value=getattr(m, name))
+        for name, help_ in _GAUGES:
+            yield GaugeMetricFamily(PREFIX + name, help_, value=getattr(m, name))
+        yield _counter("predictions_total", "Predictions published, by level.", ("level",),
+                       [((k,), n) for k, n in m.predictions_total.copy().items()])
+        yield _counter("refused_total", "Batches refused (or final state cleared) for what their "
+                       "sender may not say, by reason.", ("reason",),
+                       [((k,), n) for k, n in m.refused_total.copy().items()])
+        yield _counter("limit_hits_total", "Times a configured bound was hit, by limit.", ("limit",),
+                       [((k,), n) for k, n in m.limit_hits_total.copy().items()])
+        yield _counter("pruned_rows_total", "Store rows removed by retention.", ("table", "step"),
+                       list(m.pruned_rows_total.copy().items()))
+        outbox = sorted(m.collector_outbox.copy().items())
+        yield _counter("collector_outbox_dropped_total", "Unacknowledged batches a collector's "
+                       "full outbox dropped (as its last node sample said).", ("sender",),
+                       [((s,), dropped) for s, (dropped, _) in outbox])
+        yield _counter("collector_outbox_write_errors_total", "Outbox writes that failed on a "
+                       "collector (a full disk; as its last node sample said).", ("sender",),
+                       [((s,), errors) for s, (_, errors) in outbox])
 
 
-class _Handler(BaseHTTPRequestHandler):
-    metrics: Metrics
+def _counter(name: str, help_: str, labels: tuple[str, ...],
+             values: Iterable[tuple[Sequence[str], float]]) -> Metric:
+    """A labelled counter family: one series per (label values, value)."""
+    family = CounterMetricFamily(PREFIX + name, help_, labels=labels)
+    for label_values, value in values:
+        family.add_metric(label_values, value)
+    return family
+
+
+class _Handler(MetricsHandler):
+    """prometheus_client's handler on ``/metrics`` only, plus ``/health``."""
 
     def do_GET(self) -> None:  # http.server's name for it
-        if self.path == "/metrics":
-            body, ctype = self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
-        elif self.path == "/health":
-            body, ctype = b"ok\n", "text/plain; charset=utf-8"
+        path = urlparse(self.path).path
+        if path == "/metrics":
+            super().do_GET()
+        elif path == "/health":
+            body = b"ok\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         else:
             self.send_error(404, "try /metrics or /health")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's parameter name
         log.debug("metrics %s: " + format, self.client_address[0], *args)
@@ -163,7 +192,7 @@ class MetricsServer:
     Port 0 picks a free port (see ``address``)."""
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        handler = type("Handler", (_Handler,), {"metrics": metrics})
+        handler = type("Handler", (_Handler,), {"registry": metrics.registry})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="nomade-metrics",

@@ -1,4 +1,4 @@
-"""Job and node sampling: ``job.sample`` bodies from the job cgroups, ``node.sample`` from /proc.
+"""Job and node sampling: ``job.sample`` bodies from the job cgroups, ``node.sample`` from psutil.
 
 ``JobSampler`` keeps one ``cgroups.JobReader`` per live job (descriptors stay open
 between samples) and adds the NFS write estimate (``nfs.NfsWrites``). A job is named
@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+import psutil
 
 from nomade import cgroups
 from nomade.collector.nfs import NfsWrites
@@ -90,62 +92,66 @@ class JobSampler:
 
 
 class NodeSampler:
-    """``node.sample`` bodies: CPU, iowait, memory, swap, load and disk/network rates.
-
-    The figures are those of psutil (``cpu_times``, ``virtual_memory``,
-    ``swap_memory``, ``disk_io_counters``, ``net_io_counters``), read from the same
-    kernel files directly: ``/proc/stat`` (CPU times; guest time is already inside
-    user/nice and is not added again), ``/proc/meminfo`` (used = MemTotal -
-    MemAvailable; swap used = SwapTotal - SwapFree), ``/proc/diskstats`` (sectors of
-    the whole devices listed in ``/sys/block``, partitions left out so nothing counts
-    twice; 512 bytes a sector, as the kernel reports them there) and ``/proc/net/dev``
-    (every interface, loopback included). Importing psutil alone would cost 0.8 MB of
-    the collector's 25 MB budget. Percentages and rates are over the time since the
-    previous sample; the first sample has them None, as has a figure whose file is
-    missing.
+    """``node.sample`` bodies: CPU, iowait, memory, swap, load and disk/network rates, from
+    psutil: ``cpu_times`` (guest time is already inside user/nice and is not added
+    again), ``virtual_memory`` (used = total - available, what no job can have),
+    ``swap_memory``, ``disk_io_counters`` (whole disks only, so nothing counts twice)
+    and ``net_io_counters`` (every interface, loopback included); both kept monotonic
+    across a kernel counter wrap. Percentages and rates are over the time since the
+    previous sample; the first sample has them None, as has a figure psutil cannot read.
     """
 
-    def __init__(self, node: str, proc: str = "/proc", sys_block: str = "/sys/block") -> None:
+    def __init__(self, node: str) -> None:
         self.node = node
-        self.proc = proc
-        self.sys_block = sys_block
-        self._whole_disk: dict[bytes, bool] = {}
-        self._prev: tuple[float, _Counters] | None = None
+        self._prev: tuple[float, Counters] | None = None
 
     def sample(self, ts: float) -> dict:
         """The node's figures now."""
-        mem = parse_meminfo(_read(self.proc + "/meminfo"))
-        now = _Counters(parse_cpu(_read(self.proc + "/stat")),
-                        parse_diskstats(_read(self.proc + "/diskstats"), self._is_whole_disk),
-                        parse_net_dev(_read(self.proc + "/net/dev")))
+        mem = _read(psutil.virtual_memory)
+        swap = _read(psutil.swap_memory)
+        now = read_counters()
         body: dict = {
             "node": self.node, "ts": ts, "cpu_pct": None, "iowait_pct": None,
-            "mem_used_bytes": _minus(mem.get(b"MemTotal:"), mem.get(b"MemAvailable:")),
-            "mem_total_bytes": mem.get(b"MemTotal:"),
-            "swap_used_bytes": _minus(mem.get(b"SwapTotal:"), mem.get(b"SwapFree:")),
+            "mem_used_bytes": None if mem is None else mem.total - mem.available,
+            "mem_total_bytes": None if mem is None else mem.total,
+            "swap_used_bytes": None if swap is None else swap.used,
             "load1": os.getloadavg()[0],
             "disk_read_Bps": None, "disk_write_Bps": None, "net_rx_Bps": None, "net_tx_Bps": None,
         }
         if self._prev is not None:
-            _rates(body, ts - self._prev[0], self._prev[1], now)
+            rates(body, ts - self._prev[0], self._prev[1], now)
         self._prev = (ts, now)
         return body
 
-    def _is_whole_disk(self, name: bytes) -> bool:
-        known = self._whole_disk.get(name)
-        if known is None:
-            known = self._whole_disk[name] = os.path.exists(
-                os.path.join(self.sys_block, name.decode(errors="replace").replace("/", "!")))
-        return known
 
+class Counters(NamedTuple):
+    """The node's cumulative counters at one instant (None: not readable here)."""
 
-class _Counters(NamedTuple):
-    cpu: tuple[int, int, int] | None          # (total, idle incl. iowait, iowait) in clock ticks
+    cpu: tuple[float, float, float] | None    # (total, idle incl. iowait, iowait) seconds
     disk: tuple[int, int] | None              # (read, written) bytes
     net: tuple[int, int] | None               # (received, sent) bytes
 
 
-def _rates(body: dict, dt: float, before: _Counters, now: _Counters) -> None:
+def read_counters() -> Counters:
+    """The node's counters now, from psutil."""
+    cpu, disk, net = (_read(psutil.cpu_times), _read(psutil.disk_io_counters),
+                      _read(psutil.net_io_counters))
+    return Counters(None if cpu is None else cpu_seconds(cpu),
+                    None if disk is None else (disk.read_bytes, disk.write_bytes),
+                    None if net is None else (net.bytes_recv, net.bytes_sent))
+
+
+def cpu_seconds(times: NamedTuple) -> tuple[float, float, float]:
+    """(total, idle + iowait, iowait) from ``psutil.cpu_times()``: the total leaves out
+    guest and guest_nice, which the kernel already counts in user and nice."""
+    fields = times._asdict()
+    total = sum(v for k, v in fields.items() if k not in ("guest", "guest_nice"))
+    iowait = fields.get("iowait", 0.0)
+    return total, fields["idle"] + iowait, iowait
+
+
+def rates(body: dict, dt: float, before: Counters, now: Counters) -> None:
+    """Fill ``body``'s percentages and per-second rates from two ``Counters`` ``dt`` s apart."""
     if before.cpu is not None and now.cpu is not None:
         total = now.cpu[0] - before.cpu[0]
         if total > 0:
@@ -161,78 +167,16 @@ def _rates(body: dict, dt: float, before: _Counters, now: _Counters) -> None:
         body["net_tx_Bps"] = max(0.0, (now.net[1] - before.net[1]) / dt)
 
 
-def _read(path: str) -> bytes | None:
+_T = TypeVar("_T")
+
+
+def _read(figure: Callable[[], _T]) -> _T | None:
+    """``figure()``, or None (logged at debug) when this host cannot give it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        return figure()
+    except (OSError, RuntimeError, ValueError) as e:
+        log.debug("node figure %s unreadable: %s", figure.__name__, e)
         return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def parse_cpu(stat: bytes | None) -> tuple[int, int, int] | None:
-    """(total, idle + iowait, iowait) clock ticks from the ``cpu`` line of /proc/stat.
-
-    Total is user+nice+system+idle+iowait+irq+softirq+steal: guest and guest_nice are
-    already counted in user and nice."""
-    if not stat or not stat.startswith(b"cpu "):
-        return None
-    fields = stat[4:stat.find(b"\n")].split()
-    try:
-        ticks = [int(f) for f in fields[:8]]
-    except ValueError:
-        return None
-    if len(ticks) < 5:
-        return None
-    return sum(ticks), ticks[3] + ticks[4], ticks[4]
-
-
-def parse_meminfo(data: bytes | None) -> dict[bytes, int]:
-    """``/proc/meminfo`` as {b"MemTotal:": bytes, ...} (the kB figures times 1024)."""
-    out: dict[bytes, int] = {}
-    for line in (data or b"").splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            out[parts[0]] = int(parts[1]) * (1024 if parts[2:3] == [b"kB"] else 1)
-    return out
-
-
-def parse_diskstats(data: bytes | None, whole_disk: Callable[[bytes], bool]) -> tuple[int, int] | None:
-    """Bytes read and written by the whole disks (``whole_disk(name)``) of /proc/diskstats."""
-    if data is None:
-        return None
-    read = written = 0
-    for line in data.splitlines():
-        f = line.split()
-        if len(f) >= 10 and whole_disk(f[2]):
-            read += int(f[5]) * 512
-            written += int(f[9]) * 512
-    return read, written
-
-
-def parse_net_dev(data: bytes | None) -> tuple[int, int] | None:
-    """Bytes received and sent over every interface of /proc/net/dev."""
-    if data is None:
-        return None
-    rx = tx = 0
-    for line in data.splitlines()[2:]:
-        _, sep, counters = line.partition(b":")
-        f = counters.split()
-        if sep and len(f) >= 9:
-            rx += int(f[0])
-            tx += int(f[8])
-    return rx, tx
-
-
-def _minus(a: int | None, b: int | None) -> int | None:
-    return None if a is None or b is None else a - b
 
 
 def _clamp(pct: float) -> float:

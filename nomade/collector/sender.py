@@ -27,7 +27,7 @@ import zmq
 from nomade import wire
 from nomade.collector.outbox import Outbox
 
-if TYPE_CHECKING:     # nomade.curve imports zmq's thread authenticator (~5 MB of RSS): type only
+if TYPE_CHECKING:
     from nomade.curve import ClientKeys
 
 log = logging.getLogger(__name__)
