@@ -12,9 +12,9 @@ over ``RUNNING`` jobs. The file lives under /var/tmp: a real disk, as in product
 from __future__ import annotations
 
 import shutil
-from operator import itemgetter
 import tempfile
 import time
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 

@@ -40,8 +40,19 @@ from typing import Any
 
 from nomade import slurmfmt
 from nomade.errors import NomadeError
-from nomade.traces import (Issues, Progress, Trace, _finish, _nodes, _time, json_items,
-                           numbered_lines, trace_from_records, tres_gpus, tres_mem)
+from nomade.traces import (
+    Issues,
+    Progress,
+    Trace,
+    _finish,
+    _nodes,
+    _time,
+    json_items,
+    numbered_lines,
+    trace_from_records,
+    tres_gpus,
+    tres_mem,
+)
 
 FILETXT_KEYS = ("JobId", "UserId", "GroupId", "Name", "JobState", "Partition", "TimeLimit", "StartTime",
                 "EndTime", "NodeList", "NodeCnt", "ProcCnt", "WorkDir", "ReservationName", "Tres", "Account",

@@ -35,9 +35,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nomade import slurmfmt
+from nomade.errors import NomadeError
 from nomade.slurmfmt import expand_hostlist
 from nomade.states import is_final, normalise
-from nomade.errors import NomadeError
 
 if TYPE_CHECKING:
     from nomade.config import Config

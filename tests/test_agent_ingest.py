@@ -20,8 +20,7 @@ import zmq
 from agenttools import RunningAgent, acked, agent_config, batch, dealer
 from prometheus_client.parser import text_string_to_metric_families
 
-from nomade import config, curve, wire
-from nomade.agent.daemon import Agent
+from nomade import curve, wire
 from nomade.agent.metrics import Metrics
 from nomade.config import SecurityConfig
 from nomade.store import Store

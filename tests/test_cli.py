@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

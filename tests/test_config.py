@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

@@ -8,9 +8,21 @@ import math
 import numpy as np
 import pytest
 
-from nomade.features import (CHANNELS, FEATURES, IOWAIT_MAX_AGE_S, N_START, PRIOR_STRENGTH, JobTable,
-                             Normalizer, SampleTable, asof_features, label_of, node_asof, sequences,
-                             snapshots)
+from nomade.features import (
+    CHANNELS,
+    FEATURES,
+    IOWAIT_MAX_AGE_S,
+    N_START,
+    PRIOR_STRENGTH,
+    JobTable,
+    Normalizer,
+    SampleTable,
+    asof_features,
+    label_of,
+    node_asof,
+    sequences,
+    snapshots,
+)
 
 F = {name: i for i, name in enumerate(FEATURES)}
 GB = 2**30

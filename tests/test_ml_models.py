@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from nomade.ml import graph, metrics
-from nomade.ml.models import (AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours,
-                              NotFittedError, Reference, balance, with_padding_flag)
+from nomade.ml.models import (
+    AutoencoderScorer,
+    GNNClassifier,
+    LSTMClassifier,
+    Neighbours,
+    NotFittedError,
+    Reference,
+    balance,
+    with_padding_flag,
+)
 
 torch.set_num_threads(1)
 

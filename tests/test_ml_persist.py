@@ -3,8 +3,8 @@ clear ModelError (never a traceback-worthy crash) for broken or foreign files.""
 
 from __future__ import annotations
 
-import os
 import json
+import os
 from pathlib import Path
 
 import numpy as np

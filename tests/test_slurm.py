@@ -10,8 +10,15 @@ from slurmtools import SlurmCluster, submit, wait_final, wait_state
 
 from nomade import comment
 from nomade.slurm import (
-    FinalState, JobFinished, JobNotFound, Slurm, SlurmError, expand_hostlist, job_from_json,
-    parse_scontrol_record, pyslurm_mismatch,
+    FinalState,
+    JobFinished,
+    JobNotFound,
+    Slurm,
+    SlurmError,
+    expand_hostlist,
+    job_from_json,
+    parse_scontrol_record,
+    pyslurm_mismatch,
 )
 
 MIB = 1024**2

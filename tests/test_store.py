@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nomade import store as store_mod, wire
-from nomade.store import (JOB_SAMPLE_FIELDS, NODE_SAMPLE_FIELDS, SchemaVersionError, Store,
-                          StoreError, schema_version)
+from nomade import store as store_mod
+from nomade import wire
+from nomade.store import JOB_SAMPLE_FIELDS, NODE_SAMPLE_FIELDS, SchemaVersionError, Store, StoreError, schema_version
 
 
 @dataclass(frozen=True)

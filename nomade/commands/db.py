@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     """Run the action on ``cfg``'s store; 0."""
-    from nomade.store import RetentionPolicy, Store   # lazily: keeps `nomade --help` fast
+    from nomade.store import RetentionPolicy, Store  # lazily: keeps `nomade --help` fast
 
     path = cfg.paths().db_path
     if args.db_action == "stats":

@@ -38,10 +38,19 @@ from nomade.errors import NomadeError
 from nomade.ml import metrics, persist, replay, rules
 from nomade.ml.baselines import BASELINES
 from nomade.ml.ensemble import PARTS, Choice, Weights, choose_weights, combine
-from nomade.ml.inference import Scorer
 from nomade.ml.evidence import EVIDENCE_KEY
-from nomade.ml.train import (SPLITS, Prepared, Reporter, build_data, ensemble_risk, fit_evidence, fit_models,
-                             save_models, score_splits)
+from nomade.ml.inference import Scorer
+from nomade.ml.train import (
+    SPLITS,
+    Prepared,
+    Reporter,
+    build_data,
+    ensemble_risk,
+    fit_evidence,
+    fit_models,
+    save_models,
+    score_splits,
+)
 
 Say = Callable[[str], None]
 """``say(line)``: one progress line (stderr in the command)."""

@@ -55,8 +55,7 @@ import numpy as np
 import torch
 
 from nomade import features
-from nomade.ml import graph
-from nomade.ml import persist
+from nomade.ml import graph, persist
 from nomade.ml.ensemble import PARTS, Weights, combine, levels
 from nomade.ml.evidence import EVIDENCE_KEY, Evidence, raise_risk
 from nomade.ml.models import AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours

@@ -39,8 +39,7 @@ from nomade.ml.baselines import time_split
 from nomade.ml.ensemble import PARTS, Weights, choose_weights, combine
 from nomade.ml.evidence import EVIDENCE_KEY, Evidence, raise_risk
 from nomade.ml.inference import START_PART, reference_stats
-from nomade.ml.models import (AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours,
-                              Progress, Reference)
+from nomade.ml.models import AutoencoderScorer, GNNClassifier, LSTMClassifier, Neighbours, Progress, Reference
 
 Reporter = Callable[[str, int, int, float], None]
 """``reporter(model, epoch, epochs, validation_score)``."""
