@@ -402,7 +402,7 @@ def export(argv: list[str] | None = None) -> int:
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(e["ts"] for e in ledger.events)))]
         if submits else None,
         "rerecord": f"python -m nomade.lab record --dir {a.dir} --jobs N --seed {seeds[0] if seeds else 1} "
-                    "--max-running 24; python -m nomade.lab export --dir DIR --out FILE",
+                    "--max-running 28; python -m nomade.lab export --dir DIR --out FILE",
     }
     header = corpus.export_store(a.dir / "nomade.db", a.out, meta, made_by)
     print(json.dumps(header["counts"], indent=1))
