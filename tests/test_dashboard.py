@@ -1,7 +1,8 @@
-"""The Grafana dashboard in agent/grafana queries only what the agent exports: every metric
-name in every PromQL expression is a series on the /metrics of a real agent (real
-sockets) that scored running jobs with the shipped starter model; a job's series go
-when the job ends."""
+"""The Grafana dashboard in agent/grafana queries only what the agent exports: every
+PromQL expression parses (promql_parser, Prometheus's grammar), and every metric it
+selects is a sample name (``_bucket`` and ``_total`` included, as PromQL names them) on
+the /metrics of a real agent (real sockets) that scored running jobs with the shipped
+starter model; a job's series go when the job ends."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import zmq
 from agenttools import acked, agent_config, dealer, free_port, running_job_batch
@@ -25,25 +27,23 @@ from nomade.agent.daemon import Agent
 from nomade.agent.metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "agent" / "grafana" / "nomade-dashboard.json"
-#: PromQL words that are neither metrics nor followed by "(" (functions and aggregations are).
-KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-            "group_left", "group_right", "inf", "nan"}
 PER_JOB = ("nomade_agent_job_risk", "nomade_agent_job_level")
+#: Grafana's interval variables, replaced by a duration PromQL's parser reads.
+INTERVALS = re.compile(r"\$__(?:rate_interval|interval|range)\b")
 
 
 def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression reads: what is left once strings, label
-    matchers, ranges, grouping clauses, Grafana variables and numbers are removed, except
-    functions and aggregations (a name followed by "(") and operators' keywords."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    e = re.sub(r"\{[^}]*\}", " ", e)
-    e = re.sub(r"\[[^\]]*\]", " ", e)
-    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
-    e = re.sub(r"\$\w+", " ", e)
-    names = set()
-    for m in re.finditer(r"(?<![\w.])[A-Za-z_:][A-Za-z0-9_:]*", e):
-        if m.group() not in KEYWORDS and not e[m.end():].lstrip().startswith("("):
-            names.add(m.group())
+    """The metric names a PromQL expression (Grafana's ``$__rate_interval`` and friends
+    allowed) selects, from its parse tree; ValueError if it is not valid PromQL, or
+    AssertionError for a selector without a metric name."""
+    names: set[str] = set()
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            assert node.name, f"a selector without a metric name in {expr!r}"
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(INTERVALS.sub("5m", expr)), visit)
     return names
 
 
@@ -64,10 +64,13 @@ def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield f"variable {v['name']!r}", m.group(1) if m else q
 
 
-def test_metric_names_strip_everything_but_the_metrics() -> None:
+def test_metric_names_are_the_selected_metrics_only() -> None:
     expr = ('histogram_quantile(0.99, sum by (le) (rate(a_bucket{x="y}[", i=~"$instance"}'
-            '[$__rate_interval]))) / 2^20 + 1e3 and on (job_id) max without (user) (b:rec) > bool 0.5')
-    assert metric_names(expr) == {"a_bucket", "b:rec"}
+            '[$__rate_interval]))) / 2^20 + 1e3 and on (job_id) max without (user) (b:rec) > bool 0.5'
+            ' or max_over_time(c[1h:5m])')
+    assert metric_names(expr) == {"a_bucket", "b:rec", "c"}
+    with pytest.raises(ValueError):
+        metric_names("sum(rate(a[5m])")
 
 
 def test_the_dashboard_uses_its_datasource_variable_only() -> None:
@@ -128,7 +131,10 @@ def test_every_dashboard_query_names_a_metric_a_scoring_agent_exports(tmp_path: 
     dashboard = json.loads(DASHBOARD.read_text())
     used: dict[str, set[str]] = {}
     for where, expr in queries(dashboard):
-        names = metric_names(expr)
+        try:
+            names = metric_names(expr)
+        except ValueError as e:
+            pytest.fail(f"{where}: not PromQL ({e}): {expr!r}")
         assert names, f"{where}: no metric found in {expr!r}"
         for name in names:
             used.setdefault(name, set()).add(where)
