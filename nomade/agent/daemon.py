@@ -477,7 +477,7 @@ class Agent:
         except Exception:  # a bug or a broken model must not stop ingest: log, count, go on
             self.metrics.tick_errors_total += 1
             log.exception("scoring tick failed")
-        self.metrics.scored(predictions)   # none after a failed tick: no stale risk shown
+        self.metrics.scored(predictions)   # none scored (no model, a failure): no stale risk shown
         dt = time.perf_counter() - t0
         self.metrics.tick_done(dt)
         self.metrics.running_jobs = len(self.state.running)
