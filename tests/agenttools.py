@@ -1,6 +1,6 @@
 """The agent in a thread and a client's half of its protocol, for tests on real sockets
-(not a test module): ``RunningAgent``, ``agent_config``, ``batch``, ``dealer``, ``acked``,
-``free_port``."""
+(not a test module): ``RunningAgent``, ``agent_config``, ``batch``, ``running_job_batch``, ``dealer``,
+``acked``, ``free_port``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,24 @@ def batch(sender: str, seq: int, n: int = 50, job0: int = 1) -> bytes:
                                                    "ts": T0 + k, "mem_bytes": k}, T0 + k)
               for k in range(n)]
     return wire.encode(wire.make_batch(sender, seq, items))
+
+
+def running_job_batch(seq: int, now: float, n_jobs: int = 3) -> bytes:
+    """A batch from "n1": jobs 1..n_jobs of users u1.. on partition "cpu", started 600 s
+    before ``now``, each with 20 samples 30 s apart: enough for a model to score."""
+    items = []
+    for j in range(1, n_jobs + 1):
+        items.append(wire.make("job.start", "n1", seq, {
+            "job_id": str(j), "user": f"u{j}", "partition": "cpu", "nodes": ["n1"], "req_cpus": 4,
+            "req_mem_bytes": 4 << 30, "req_gpus": 0, "time_limit_s": 3600.0, "start_ts": now - 600,
+            "submit_ts": now - 700}, now))
+        for k in range(20):
+            ts = now - 600 + 30 * k
+            items.append(wire.make("job.sample", "n1", seq, {
+                "job_id": str(j), "node": "n1", "ts": ts, "alloc_cpus": 4, "cpu_user_s": 30.0 * k * j,
+                "mem_bytes": (k + 1) * (j << 27), "mem_limit_bytes": 4 << 30, "write_bytes": k << 20,
+                "nfs_write_bytes": k << 19}, ts))
+    return wire.encode(wire.make_batch("n1", seq, items))
 
 
 def dealer(ctx: zmq.Context, endpoint: str, keys: curve.ClientKeys | None = None) -> zmq.Socket:

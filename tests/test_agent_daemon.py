@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from agenttools import RunningAgent, acked, agent_config, batch, dealer, free_port
+from agenttools import RunningAgent, acked, agent_config, batch, dealer, free_port, running_job_batch
 from modeltools import train_small_models
 from waiting import wait_until
 
@@ -106,22 +106,6 @@ def test_restart_rebuilds_running_jobs_from_the_store(tmp_path: Path) -> None:
     assert len(state.running["1"].samples) == 5 and state.running["1"].request["req_cpus"] == 2
     assert state.history["3"].state == "FAILED"
     assert running.agent.metrics.running_jobs == 2
-
-
-def running_job_batch(seq: int, now: float, n_jobs: int = 3) -> bytes:
-    items = []
-    for j in range(1, n_jobs + 1):
-        items.append(wire.make("job.start", "n1", seq, {
-            "job_id": str(j), "user": f"u{j}", "partition": "cpu", "nodes": ["n1"], "req_cpus": 4,
-            "req_mem_bytes": 4 << 30, "req_gpus": 0, "time_limit_s": 3600.0, "start_ts": now - 600,
-            "submit_ts": now - 700}, now))
-        for k in range(20):
-            ts = now - 600 + 30 * k
-            items.append(wire.make("job.sample", "n1", seq, {
-                "job_id": str(j), "node": "n1", "ts": ts, "alloc_cpus": 4, "cpu_user_s": 30.0 * k * j,
-                "mem_bytes": (k + 1) * (j << 27), "mem_limit_bytes": 4 << 30, "write_bytes": k << 20,
-                "nfs_write_bytes": k << 19}, ts))
-    return wire.encode(wire.make_batch("n1", seq, items))
 
 
 def test_without_a_model_the_tick_publishes_nothing(tmp_path: Path, ctx: zmq.Context,

@@ -122,11 +122,12 @@ class _StateSink:
     def __init__(self, store: Store, state: JobState) -> None:
         self.store, self.state = store, state
         self.count = 0
+        self.ended: list[str] = []
 
     def write_messages(self, messages: Iterable[Any]) -> None:
         messages = list(messages)
         self.store.write_messages(messages)
-        self.state.apply(messages)
+        self.ended += [e.job_id for e in self.state.apply(messages).ended]
         self.count += len(messages)
 
 
@@ -311,6 +312,7 @@ class Agent:
         for ended in changes.ended:
             if ended.state is None:
                 self.tracker.job_ended(ended.job_id, ended.end_ts)
+        self.metrics.jobs_ended(e.job_id for e in changes.ended)
         self.metrics.running_jobs = len(self.state.running)
 
     # -- timers
@@ -326,6 +328,7 @@ class Agent:
             except Exception as e:  # unreadable dir or store error: the events stay; retry
                 log.warning("spool %s not drained: %s", spool.dir, e)
         self.metrics.spool_events_total += sink.count
+        self.metrics.jobs_ended(sink.ended)
         self.metrics.running_jobs = len(self.state.running)
         return sink.count
 
@@ -350,12 +353,14 @@ class Agent:
             messages += [m for j in chunk if (m := self._end_unless_running(j, listed.get(j), now))]
         if not messages:
             return 0
+        sink = _StateSink(self.store, self.state)
         try:
-            _StateSink(self.store, self.state).write_messages(messages)
+            sink.write_messages(messages)
         except Exception as e:  # store locked or full: the next check finds them again
             log.warning("ends of %d jobs Slurm no longer runs not stored: %s", len(messages), e)
             return 0
         log.info("%d started jobs are no longer running in Slurm: ended", len(messages))
+        self.metrics.jobs_ended(sink.ended)
         self.metrics.running_jobs = len(self.state.running)
         return len(messages)
 
@@ -472,6 +477,7 @@ class Agent:
         except Exception:  # a bug or a broken model must not stop ingest: log, count, go on
             self.metrics.tick_errors_total += 1
             log.exception("scoring tick failed")
+        self.metrics.scored(predictions)   # none scored (no model, a failure): no stale risk shown
         dt = time.perf_counter() - t0
         self.metrics.tick_done(dt)
         self.metrics.running_jobs = len(self.state.running)

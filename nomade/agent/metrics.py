@@ -9,6 +9,13 @@ tick-duration histogram, and the ``process_*`` figures (RSS, CPU seconds, descri
 ``MetricsServer`` serves it on ``GET /metrics`` (prometheus_client's handler: text format
 0.0.4, or OpenMetrics and gzip when the scraper asks) and a one-line ``GET /health``.
 No rate is exported: ``rate(nomade_agent_samples_total[5m])`` is PromQL's job.
+
+Per running job, the last tick's risk (``job_risk``) and level (``job_level``: 0 low .. 3
+critical, the index in ``LEVELS``) with ``job_id``, ``user`` and ``partition`` labels, and
+the count of scored jobs at each level (``jobs_by_level``). Only the jobs the last tick
+scored (so at most ``[agent] max_running_jobs``) have series; a job's go as soon as its end
+is known (``jobs_ended``), not at the next tick. The label is ``job_id``, not ``job``:
+Prometheus gives every scraped series its own ``job`` label (the scrape job).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
@@ -65,6 +73,15 @@ _GAUGES: tuple[tuple[str, str], ...] = (
 )
 
 
+class JobScore(NamedTuple):
+    """A running job's labels and its last tick's risk and level index (``LEVELS``)."""
+
+    user: str
+    partition: str
+    risk: float
+    level: int
+
+
 @dataclass
 class Metrics:
     """Counters (``*_total``, only grow) and gauges of one agent, and its ``registry``."""
@@ -99,6 +116,8 @@ class Metrics:
     pruned_rows_total: dict[tuple[str, str], int] = field(default_factory=lambda: dict.fromkeys(
         (("job_samples", "thin"), ("job_samples", "drop"), ("node_samples", "drop"),
          ("predictions", "drop")), 0))
+    #: The last tick's score of each running job it scored, by job id (``scored``).
+    job_scores: dict[str, JobScore] = field(default_factory=dict)
     registry: CollectorRegistry = field(init=False, repr=False, compare=False)
     tick_duration: Histogram = field(init=False, repr=False, compare=False)
 
@@ -114,6 +133,18 @@ class Metrics:
         self.ticks_total += 1
         self.last_tick_duration_seconds = seconds
         self.tick_duration.observe(seconds)
+
+    def scored(self, predictions: Iterable[dict[str, Any]]) -> None:
+        """The tick's ``prediction`` bodies replace every job's score: a job the tick did
+        not score (ended, or no model) has no series from now on."""
+        self.job_scores = {p["job_id"]: JobScore(p["user"] or "", p["partition"] or "",
+                                                 p["risk"], LEVELS.index(p["level"]))
+                           for p in predictions}
+
+    def jobs_ended(self, job_ids: Iterable[str]) -> None:
+        """Drop the scores of jobs that ended (before the next tick would)."""
+        for job_id in job_ids:
+            self.job_scores.pop(job_id, None)
 
     def collector_reported(self, sender: str, dropped: int | None, errors: int | None) -> None:
         """Record a collector's outbox counters (from its ``node.sample``)."""
@@ -148,6 +179,7 @@ class _Exporter(Collector):
                        [((k,), n) for k, n in m.limit_hits_total.copy().items()])
         yield _counter("pruned_rows_total", "Store rows removed by retention.", ("table", "step"),
                        list(m.pruned_rows_total.copy().items()))
+        yield from _job_families(sorted(m.job_scores.copy().items()))
         outbox = sorted(m.collector_outbox.copy().items())
         yield _counter("collector_outbox_dropped_total", "Unacknowledged batches a collector's "
                        "full outbox dropped (as its last node sample said).", ("sender",),
@@ -155,6 +187,25 @@ class _Exporter(Collector):
         yield _counter("collector_outbox_write_errors_total", "Outbox writes that failed on a "
                        "collector (a full disk; as its last node sample said).", ("sender",),
                        [((s,), errors) for s, (_, errors) in outbox])
+
+
+def _job_families(scores: Sequence[tuple[str, JobScore]]) -> Iterator[Metric]:
+    """The per-job risk and level gauges and the count of jobs at each level."""
+    labels = ("job_id", "user", "partition")
+    risk = GaugeMetricFamily(PREFIX + "job_risk", "Failure risk (0-1) of a running job at the "
+                             "last scoring tick.", labels=labels)
+    level = GaugeMetricFamily(PREFIX + "job_level", "Risk level of a running job at the last "
+                              "scoring tick: 0 low, 1 moderate, 2 high, 3 critical.", labels=labels)
+    counts = [0] * len(LEVELS)
+    for job_id, s in scores:
+        risk.add_metric((job_id, s.user, s.partition), s.risk)
+        level.add_metric((job_id, s.user, s.partition), s.level)
+        counts[s.level] += 1
+    by_level = GaugeMetricFamily(PREFIX + "jobs_by_level", "Running jobs scored at each level "
+                                 "by the last tick.", labels=("level",))
+    for name, n in zip(LEVELS, counts):
+        by_level.add_metric((name,), n)
+    yield from (risk, level, by_level)
 
 
 def _counter(name: str, help_: str, labels: tuple[str, ...],
