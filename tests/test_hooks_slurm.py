@@ -190,7 +190,8 @@ def test_an_agent_killed_while_jobs_start_and_end_loses_and_doubles_no_event(
     config.write_text(f'[agent]\ningest_endpoint = "tcp://127.0.0.1:*"\n'
                       f'publish_endpoint = "tcp://127.0.0.1:*"\nmetrics_address = ""\n'
                       f'spool_dirs = ["{cluster / "spool/ctld"}"]\n'
-                      f'[storage]\ndb_path = "{tmp_path / "agent.db"}"\n')
+                      f'[storage]\ndb_path = "{tmp_path / "agent.db"}"\n'
+                      '[security]\ncurve_enabled = false\n')   # loopback only, no client here
 
     def agent() -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "nomade", "--config", str(config),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from nomade.states import is_final
 from nomade.store import Store
@@ -83,26 +84,32 @@ class Daemons:
 
     def __init__(self, ws: Path, config: Path) -> None:
         self.ws, self.config = ws, config
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, IO[bytes]] = {}
 
     def start(self, name: str) -> None:
         """Start ``nomade <name>`` (``agent`` or ``collector``) with the workspace config."""
-        log = open(self.ws / f"{name}.log", "ab")  # no `with`: the child writes to it until it exits
+        log = self.logs[name] = open(self.ws / f"{name}.log", "ab")  # the child writes to it until stop
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "nomade", "--config", str(self.config), "-v", name],
             stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, name: str) -> None:
-        """SIGTERM (the daemon drains what arrived), SIGKILL after 30 s."""
+        """SIGTERM (the daemon drains what arrived), SIGKILL after 30 s; its log closed."""
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            if proc is None or proc.poll() is not None:
+                return
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        finally:
+            log = self.logs.pop(name, None)
+            if log is not None:
+                log.close()
 
     def check(self) -> None:
         """SystemExit with the log's tail if a daemon died."""
