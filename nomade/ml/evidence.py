@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from nomade import features
 from nomade.ml import rules
 
 EVIDENCE_KEY = "evidence"
@@ -46,20 +45,14 @@ PRIOR_JOBS = 5.0
 MIN_JOBS = 5
 """Training jobs a condition must hold for to get a rate."""
 
-_F = {name: k for k, name in enumerate(features.FEATURES)}
-
 
 def memory_minutes(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """float64[n]: minutes until the memory reaches its limit at the current growth,
     0 at the limit, inf when not growing, not known, below ``MIN_MEM_FRAC``, or when the
     time limit comes first."""
     X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
-
-    def known(name: str) -> np.ndarray:
-        return np.where(mask[:, _F[name]], X[:, _F[name]], np.nan)
-
-    mem, growth_h = known("mem_frac"), known("mem_growth_frac_h")
-    left_min = (1.0 - known("elapsed_frac")) * np.expm1(known("log_time_limit_min"))
+    mem, growth_h = rules.known(X, mask, "mem_frac"), rules.known(X, mask, "mem_growth_frac_h")
+    left_min = (1.0 - rules.known(X, mask, "elapsed_frac")) * np.expm1(rules.known(X, mask, "log_time_limit_min"))
     with np.errstate(divide="ignore", invalid="ignore"):
         minutes = np.where(growth_h > 0, (1.0 - mem) / growth_h * 60.0, np.inf)
         minutes = np.where(mem >= 1.0, 0.0, minutes)
@@ -77,8 +70,7 @@ def _memory_grid() -> list[list[str]]:
 def conditions(X: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Name -> bool[n]: which conditions hold for each example."""
     minutes = memory_minutes(X, mask)
-    with np.errstate(invalid="ignore"):
-        mem = np.where(np.asarray(mask, bool)[:, _F["mem_frac"]], np.asarray(X, np.float64)[:, _F["mem_frac"]], np.nan)
+    mem = rules.known(np.asarray(X, np.float64), np.asarray(mask, bool), "mem_frac")
     tops = (*MEMORY_LEVELS[1:], np.inf)
     edges = MEMORY_BINS_MIN
     out = {}

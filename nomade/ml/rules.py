@@ -32,7 +32,8 @@ RULES = ("rule_memory", "rule_idle", "rules")
 _F = {name: k for k, name in enumerate(features.FEATURES)}
 
 
-def _known(X: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+def known(X: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    """float[n]: raw feature ``name`` of each example, NaN where it is not known."""
     return np.where(mask[:, _F[name]], X[:, _F[name]], np.nan)
 
 
@@ -40,10 +41,10 @@ def fire(name: str, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """float64[n]: 1 where rule ``name`` (of ``RULES``) fires for raw features ``X``, else 0."""
     X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
     with np.errstate(invalid="ignore"):
-        memory = (np.fmax(_known(X, mask, "mem_frac"), _known(X, mask, "mem_peak_frac")) >= MEMORY_FRAC)
-        recent = _known(X, mask, "cpu_eff") + _known(X, mask, "cpu_eff_change")
-        idle = ((recent < features.IDLE_EFF) & (_known(X, mask, "cpu_eff") <= IDLE_SO_FAR)
-                & (_known(X, mask, "elapsed_frac") >= LATE_FRAC))
+        memory = (np.fmax(known(X, mask, "mem_frac"), known(X, mask, "mem_peak_frac")) >= MEMORY_FRAC)
+        recent = known(X, mask, "cpu_eff") + known(X, mask, "cpu_eff_change")
+        idle = ((recent < features.IDLE_EFF) & (known(X, mask, "cpu_eff") <= IDLE_SO_FAR)
+                & (known(X, mask, "elapsed_frac") >= LATE_FRAC))
     out = {"rule_memory": memory, "rule_idle": idle, "rules": memory | idle}
     if name not in out:
         raise ValueError(f"unknown rule {name!r}; expected one of {RULES}")
