@@ -21,7 +21,17 @@ from hypothesis import strategies as st
 
 from nomade import store as store_mod
 from nomade import wire
-from nomade.store import JOB_SAMPLE_FIELDS, NODE_SAMPLE_FIELDS, SchemaVersionError, Store, StoreError, schema_version
+from nomade.store import (
+    JOB_SAMPLE_FIELDS,
+    NODE_SAMPLE_FIELDS,
+    SchemaVersionError,
+    Store,
+    StoreError,
+    reads,
+    schema,
+    schema_version,
+    writes,
+)
 
 
 @dataclass(frozen=True)
@@ -138,8 +148,8 @@ def test_a_job_s_samples_are_found_from_its_earliest_whatever_the_arrival_order(
     with Store(db) as s:
         s.write_batch("n1", 1, [sample("1", 50.0), sample("2", 60.0)])
         s.write_batch("n2", 1, [sample("1", 20.0, node="n2"), sample("3", 5.0)])  # late, earlier
-    monkeypatch.setattr(store_mod, "_STARTS_CACHED", 1)   # a writer that forgets at once
-    monkeypatch.setattr(store_mod, "SPAN_ROWS", 2)        # and many spans
+    monkeypatch.setattr(writes, "_STARTS_CACHED", 1)   # a writer that forgets at once
+    monkeypatch.setattr(writes, "SPAN_ROWS", 2)        # and many spans
     with Store(db) as s:   # and a fresh writer that knows nothing yet
         s.write_batches([("n3", 1, [sample("1", 10.0, node="n3"), sample("2", 70.0)]),
                          ("n3", 2, [sample("1", 5.0, node="n3")])])
@@ -154,7 +164,7 @@ def test_a_job_s_samples_are_found_from_its_earliest_whatever_the_arrival_order(
 
 def test_samples_since_a_time_are_all_found_when_old_ones_arrive_late(
         st_: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "SPAN_ROWS", 3)
+    monkeypatch.setattr(writes, "SPAN_ROWS", 3)
     stored: list[float] = []
     for seq, times in enumerate([[10.0, 11.0], [12.0, 13.0], [1.0, 2.0], [14.0], [3.0, 50.0],
                                  [15.0, 16.0, 17.0, 18.0], [4.0]]):
@@ -173,7 +183,7 @@ def test_reading_samples_scans_rowids_from_a_bound_not_the_whole_table(st_: Stor
         return " | ".join(r[3] for r in st_._conn.execute("EXPLAIN QUERY PLAN " + sql, params))
     ids = '["1"]'
     cols = ", ".join(store_mod.JOB_SAMPLE_FIELDS)
-    for bound, params in [(store_mod._START_OF_JSON, (ids,)), (store_mod._START_SINCE, (5.0,))]:
+    for bound, params in [(reads._START_OF_JSON, (ids,)), (reads._START_SINCE, (5.0,))]:
         sql = f"SELECT {cols} FROM job_samples WHERE ts >= 0 AND rowid >= {bound}"
         assert "SEARCH job_samples USING INTEGER PRIMARY KEY (rowid>?)" in plan(sql, *params)
     assert "job_samples_ts" not in _indexes(st_.path)   # nothing to update a sample
@@ -384,7 +394,7 @@ def _make_v1(path: Path) -> None:
     """A store file exactly as schema v1 wrote it, with some data."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    for statement in store_mod._statements(store_mod.MIGRATIONS[0]):  # the v1 schema as shipped
+    for statement in schema._statements(store_mod.MIGRATIONS[0]):  # the v1 schema as shipped
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO jobs (job_id, user, nodes, start_ts, end_ts, state, label, "
@@ -439,7 +449,7 @@ def test_failed_migration_leaves_file_untouched(tmp_path: Path,
     path = tmp_path / "v1.db"
     _make_v1(path)
     broken = "CREATE TABLE half_done (x); INSERT INTO no_such_table VALUES (1);"
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*store_mod.MIGRATIONS, broken])
     with pytest.raises(StoreError, match=rf"migration to schema v{schema_version()} failed, "
                                          "file left at v1"):
         Store(path)
@@ -467,7 +477,7 @@ def test_function_migration_runs_in_the_same_transaction(tmp_path: Path,
         raise ValueError("half-way")
 
     released = list(store_mod.MIGRATIONS)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*released, add_column, add_index_then_fail])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*released, add_column, add_index_then_fail])
     with pytest.raises(StoreError, match="half-way"):
         Store(path)
     conn = sqlite3.connect(path)
@@ -476,7 +486,7 @@ def test_function_migration_runs_in_the_same_transaction(tmp_path: Path,
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_note'").fetchone()[0] == 0
     conn.close()
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*released, add_column])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*released, add_column])
     with Store(path) as s:
         assert s._conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
         assert s._conn.execute("SELECT job_id, note FROM jobs").fetchall() == [("1", "x")]
@@ -497,10 +507,10 @@ def test_newer_schema_is_refused_by_name(tmp_path: Path, readonly: bool) -> None
 
 def test_statement_splitter_keeps_semicolons_in_literals() -> None:
     script = "CREATE TABLE t (x TEXT DEFAULT 'a;b');\nINSERT INTO t VALUES ('c;d');\n"
-    assert list(store_mod._statements(script)) == [
+    assert list(schema._statements(script)) == [
         "CREATE TABLE t (x TEXT DEFAULT 'a;b');", "\nINSERT INTO t VALUES ('c;d');"]
     with pytest.raises(ValueError, match="incomplete"):
-        list(store_mod._statements("CREATE TABLE t (x TEXT DEFAULT 'a;b)"))
+        list(schema._statements("CREATE TABLE t (x TEXT DEFAULT 'a;b)"))
 
 
 # ---------------------------------------------------------------- concurrency
@@ -606,7 +616,7 @@ def test_other_user_reads_without_write_access_to_the_directory() -> None:
         tmp.chmod(0o755)
         path = tmp / "nomade.db"
         python = _python_for_nobody(tmp)
-        env = {"PYTHONPATH": str(Path(store_mod.__file__).resolve().parents[1])}
+        env = {"PYTHONPATH": str(Path(store_mod.__file__).resolve().parents[2])}
         read = [python, "-c", _COUNT_JOBS, str(path)]
         with Store(path) as agent:
             agent.write_messages([start("1", start_ts=1.0), start("2", start_ts=2.0)])

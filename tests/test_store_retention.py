@@ -14,7 +14,8 @@ import pytest
 
 from nomade import wire
 from nomade.features import JobTable, SampleTable, asof_features
-from nomade.store import DAY_S, JOB_SAMPLE_FIELDS, PruneCounts, RetentionPolicy, Store, _grid_hit, _thin_rows
+from nomade.store import DAY_S, JOB_SAMPLE_FIELDS, PruneCounts, RetentionPolicy, Store
+from nomade.store.retention import _grid_hit, _thin_rows
 
 NOW = 1000 * DAY_S
 STEP = 30.0
