@@ -350,7 +350,7 @@ def test_recent_window_is_measured_in_time():
 def test_last_sample_matches_a_plain_loop(seed):
     """The binary search finds the last sample at or before t of the example's own job,
     with equal times, queries exactly at sample times, before the first and NaN."""
-    from nomade.features import _last_sample
+    from nomade.features.lookups import _last_sample
 
     rng = np.random.default_rng(seed)
     n_jobs = 30
