@@ -40,19 +40,9 @@ from typing import Any
 
 from nomade import slurmfmt
 from nomade.errors import NomadeError
-from nomade.traces import (
-    Issues,
-    Progress,
-    Trace,
-    _finish,
-    _nodes,
-    _time,
-    json_items,
-    numbered_lines,
-    trace_from_records,
-    tres_gpus,
-    tres_mem,
-)
+from nomade.traces import Issues, Progress, Trace, json_items, numbered_lines, trace_from_records, tres_gpus, tres_mem
+from nomade.traces.fields import _nodes, _time
+from nomade.traces.trace import _finish
 
 FILETXT_KEYS = ("JobId", "UserId", "GroupId", "Name", "JobState", "Partition", "TimeLimit", "StartTime",
                 "EndTime", "NodeList", "NodeCnt", "ProcCnt", "WorkDir", "ReservationName", "Tres", "Account",
