@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nomade import cgroups
+from nomade.collector import cgroups
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cgroupv2"
 V1_ROOT = "/sys/fs/cgroup"

@@ -15,7 +15,7 @@ from typing import NamedTuple, TypeVar
 
 import psutil
 
-from nomade import cgroups
+from nomade.collector import cgroups
 from nomade.collector.nfs import NfsWrites
 
 log = logging.getLogger(__name__)
