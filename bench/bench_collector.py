@@ -47,11 +47,11 @@ class _Acker:
     CURVE server with the key set in ``keys`` (as shipped: CURVE on)."""
 
     def __init__(self, keys: Path) -> None:
-        from nomade import curve
+        from nomade import zmqkeys
 
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
-        pair = curve.load_keypair(keys / "server.key", keys / "server.key_secret")
+        pair = zmqkeys.load_keypair(keys / "server.key", keys / "server.key_secret")
         self.sock.curve_server, self.sock.curve_secretkey = True, pair.secret
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.batches = 0
@@ -140,10 +140,10 @@ def _hwm_bytes(pid: int) -> int:
 def run(quick: bool) -> list[Result]:
     """Run the collector for 5.5 min (quick: 65 s) at 30 s with 50 jobs; CPU % and peak RSS."""
     duration = 65.0 if quick else 330.0
-    from nomade import curve
+    from nomade import zmqkeys
 
     work = Path(tempfile.mkdtemp(prefix="nomade-bench-collector-"))
-    keys = curve.setup_keys(work / "keys", "nomadebench")
+    keys = zmqkeys.setup_keys(work / "keys", "nomadebench")
     acker = _Acker(keys)
     jobs = _V1Jobs() if _v1_usable() else None
     root = V1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zmq
 
-from nomade import config, curve, wire
+from nomade import config, wire, zmqkeys
 from nomade.agent.daemon import Agent
 from nomade.config import SecurityConfig
 
@@ -89,7 +89,7 @@ def running_job_batch(seq: int, now: float, n_jobs: int = 3) -> bytes:
     return wire.encode(wire.make_batch("n1", seq, items))
 
 
-def dealer(ctx: zmq.Context, endpoint: str, keys: curve.ClientKeys | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context, endpoint: str, keys: zmqkeys.ClientKeys | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     # a send the agent never drains fails the test (zmq.Again) instead of hanging the suite:

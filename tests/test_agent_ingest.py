@@ -20,7 +20,7 @@ import zmq
 from agenttools import RunningAgent, acked, agent_config, batch, dealer
 from prometheus_client.parser import text_string_to_metric_families
 
-from nomade import curve, wire
+from nomade import wire, zmqkeys
 from nomade.agent.metrics import Metrics
 from nomade.config import SecurityConfig
 from nomade.store import Store
@@ -161,16 +161,16 @@ def test_each_agent_has_its_own_registry() -> None:
 @pytest.fixture
 def keys_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "keys"
-    curve.create_keypair(directory, "server")
-    public, _ = curve.create_keypair(directory, "client")
+    zmqkeys.create_keypair(directory, "server")
+    public, _ = zmqkeys.create_keypair(directory, "client")
     # authorized as n1: the node it speaks for (the batches' sender)
-    curve.authorize(public, SecurityConfig(curve_enabled=True, keys_dir=str(directory)), name="n1")
-    curve.create_keypair(directory, "intruder")   # a valid pair that nobody authorized
+    zmqkeys.authorize(public, SecurityConfig(curve_enabled=True, keys_dir=str(directory)), name="n1")
+    zmqkeys.create_keypair(directory, "intruder")   # a valid pair that nobody authorized
     return directory
 
 
-def client(directory: Path, name: str) -> curve.ClientKeys:
-    keys = curve.client_keys(SecurityConfig(
+def client(directory: Path, name: str) -> zmqkeys.ClientKeys:
+    keys = zmqkeys.client_keys(SecurityConfig(
         curve_enabled=True, keys_dir=str(directory), client_public_key_file=str(directory / f"{name}.key"),
         client_secret_key_file=str(directory / f"{name}.key_secret")))
     assert keys is not None

@@ -25,15 +25,15 @@ import zmq.auth
 from collectortools import REPO, Agent, start_collector, stop_collector
 from waiting import wait_until
 
-from nomade import curve, wire
+from nomade import wire, zmqkeys
 from nomade.collector.daemon import Collector
 from nomade.collector.nfs import NfsWrites, network_mounts
 from nomade.collector.outbox import Outbox
 from nomade.collector.sampler import Counters, NodeSampler, cpu_seconds, rates
 from nomade.collector.sender import Sender
 from nomade.collector.watch import SpoolWatch
-from nomade.curve import ClientKeys
 from nomade.spool import Spool
+from nomade.zmqkeys import ClientKeys
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cgroupv2"
 
@@ -244,9 +244,9 @@ def test_once_delivers_one_sample_or_says_it_could_not(site: Path, agent: Agent)
 
 def test_curve_keys_from_nomade_curve(site: Path) -> None:
     keys = site / "keys"
-    curve.create_keypair(keys, "server")
-    curve.create_keypair(keys, "client")
-    server = curve.load_keypair(keys / "server.key", keys / "server.key_secret")
+    zmqkeys.create_keypair(keys, "server")
+    zmqkeys.create_keypair(keys, "client")
+    server = zmqkeys.load_keypair(keys / "server.key", keys / "server.key_secret")
     secure = Agent(server_secret=server.secret)
     cfg = write_config(site, secure.port, extra=f'[security]\ncurve_enabled = true\nkeys_dir = "{keys}"\n')
     proc = start_collector(cfg)

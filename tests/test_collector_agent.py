@@ -30,7 +30,7 @@ from agenttools import free_port
 from slurmtools import SlurmCluster, submit, wait_state
 from waiting import wait_until
 
-from nomade import curve, wire
+from nomade import wire, zmqkeys
 from nomade.collector.watch import SpoolWatch
 from nomade.slurm import JobNotFound
 
@@ -50,7 +50,7 @@ class Site:
     def __init__(self, root: Path, nodes: tuple[str, ...]) -> None:
         self.root = root
         # CURVE as shipped: the collector's key, named for this host, speaks for every node
-        keys = curve.setup_keys(root / "keys", socket.gethostname().split(".")[0], nodes)
+        keys = zmqkeys.setup_keys(root / "keys", socket.gethostname().split(".")[0], nodes)
         self.db = root / "nomade.db"
         self.outbox = root / "outbox"
         for d in ("collector-spool", "agent-spool", "models"):

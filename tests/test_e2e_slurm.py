@@ -42,7 +42,7 @@ import pytest
 from agenttools import free_port
 from slurmtools import SlurmCluster
 
-from nomade import comment, curve, lab
+from nomade import comment, lab, zmqkeys
 from nomade.config import Config
 from nomade.spool import Spool
 from nomade.store import Store
@@ -59,7 +59,7 @@ def write_config(ws: Path, cluster: SlurmCluster) -> Path:
     """nomade.toml of this test: loopback endpoints, 2 s samples and ticks, own paths,
     CURVE as shipped (the collector's key, named for this host, speaks for every node)."""
     ingest, pub = free_port(), free_port()
-    keys = curve.setup_keys(ws / "keys", socket.gethostname().split(".")[0], cluster.nodes)
+    keys = zmqkeys.setup_keys(ws / "keys", socket.gethostname().split(".")[0], cluster.nodes)
     path = ws / "nomade.toml"
     path.write_text(f"""
 [ml]

@@ -25,7 +25,7 @@ import pytest
 import zmq
 from agenttools import T0, RunningAgent, acked, agent_config, batch, dealer, free_port
 
-from nomade import config, curve, wire
+from nomade import config, wire, zmqkeys
 from nomade.agent.daemon import Agent
 from nomade.agent.publisher import Publisher, topics_from
 from nomade.errors import NomadeError
@@ -41,17 +41,17 @@ NODES = ("n1", "n2", "n3", "n4")
 def keys(tmp_path: Path) -> Path:
     """A key set as ``nomade keys setup`` makes it, plus a key for each of ``NODES``
     (authorized under the node's name, so each speaks for its own node only)."""
-    directory = curve.setup_keys(tmp_path / "keys", "n1")
+    directory = zmqkeys.setup_keys(tmp_path / "keys", "n1")
     security = config.SecurityConfig(keys_dir=str(directory))
     for node in NODES[1:]:
-        public, _ = curve.create_keypair(directory, node)
-        curve.authorize(public, security, name=node)
+        public, _ = zmqkeys.create_keypair(directory, node)
+        zmqkeys.authorize(public, security, name=node)
     return directory
 
 
-def client_keys(directory: Path, node: str) -> curve.ClientKeys:
+def client_keys(directory: Path, node: str) -> zmqkeys.ClientKeys:
     name = "client" if node == "n1" else node
-    found = curve.client_keys(config.SecurityConfig(
+    found = zmqkeys.client_keys(config.SecurityConfig(
         keys_dir=str(directory), client_public_key_file=str(directory / f"{name}.key"),
         client_secret_key_file=str(directory / f"{name}.key_secret")))
     assert found is not None
@@ -370,15 +370,15 @@ def test_one_sender_cannot_take_a_round(tmp_path: Path, keys: Path, ctx: zmq.Con
 def test_predictions_reach_authorized_subscribers_only_and_a_slow_one_blocks_nothing(
         tmp_path: Path, keys: Path, ctx: zmq.Context) -> None:
     security = config.SecurityConfig(keys_dir=str(keys))
-    auth = curve.start_authenticator(ctx, security)
+    auth = zmqkeys.start_authenticator(ctx, security)
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     subs: list[zmq.Socket] = []
     try:
-        curve.secure_server(pub, security, auth)
+        zmqkeys.secure_server(pub, security, auth)
         port = pub.bind_to_random_port("tcp://127.0.0.1")
 
-        def subscriber(keys_: curve.ClientKeys | None) -> zmq.Socket:
+        def subscriber(keys_: zmqkeys.ClientKeys | None) -> zmq.Socket:
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, 10)
@@ -393,10 +393,10 @@ def test_predictions_reach_authorized_subscribers_only_and_a_slow_one_blocks_not
 
         reader, slow = subscriber(client_keys(keys, "n1")), subscriber(client_keys(keys, "n2"))
         plain = subscriber(None)
-        stranger_keys = curve.create_keypair(tmp_path / "other", "client")
-        other = curve.load_keypair(*stranger_keys)
+        stranger_keys = zmqkeys.create_keypair(tmp_path / "other", "client")
+        other = zmqkeys.load_keypair(*stranger_keys)
         assert other.secret is not None
-        stranger = subscriber(curve.ClientKeys(other.public, other.secret,
+        stranger = subscriber(zmqkeys.ClientKeys(other.public, other.secret,
                                                client_keys(keys, "n1").server_public))
         time.sleep(1.0)   # handshakes and subscriptions
         with Store(tmp_path / "pub.db") as store:

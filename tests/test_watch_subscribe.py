@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from nomade import advice, curve, wire
+from nomade import advice, wire, zmqkeys
 from nomade.commands import subscribe, watch
 
 JOBS = [  # job, user, partition, risk
@@ -185,18 +185,18 @@ def test_subscribe_with_curve_keys(ctx: zmq.Context, tmp_path: Path) -> None:
     from nomade.config import SecurityConfig
 
     keys = tmp_path / "keys"
-    curve.create_keypair(keys, "server")
-    curve.create_keypair(keys, "client")
-    curve.create_keypair(tmp_path / "other", "client")
+    zmqkeys.create_keypair(keys, "server")
+    zmqkeys.create_keypair(keys, "client")
+    zmqkeys.create_keypair(tmp_path / "other", "client")
     (keys / "authorized_clients").mkdir()
-    curve.authorize(keys / "client.key", SecurityConfig(curve_enabled=True, keys_dir=str(keys)))
+    zmqkeys.authorize(keys / "client.key", SecurityConfig(curve_enabled=True, keys_dir=str(keys)))
     security = SecurityConfig(curve_enabled=True, keys_dir=str(keys))
-    auth = curve.start_authenticator(ctx, security)
+    auth = zmqkeys.start_authenticator(ctx, security)
     assert auth is not None
     sock = ctx.socket(zmq.PUB)
     sock.linger = 0
     try:
-        curve.secure_server(sock, security, auth)
+        zmqkeys.secure_server(sock, security, auth)
         endpoint = f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
         cfg = tmp_path / "curve.toml"
         cfg.write_text(f'[security]\ncurve_enabled = true\nkeys_dir = "{keys}"\n')

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from nomade import curve, finalstate, wire
+from nomade import finalstate, wire, zmqkeys
 from nomade.agent import requests, scoring
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
@@ -174,9 +174,9 @@ class Agent:
                               ("agent.publish_endpoint", cfg.agent.publish_endpoint)):
             check_endpoint(cfg, key, endpoint)
         self._ctx = zmq.Context()
-        self._auth = curve.start_authenticator(self._ctx, cfg.security)
+        self._auth = zmqkeys.start_authenticator(self._ctx, cfg.security)
         self.ingest = Ingest(store, self.state, self.metrics, self.name,
-                             keys=curve.authorized_keys(self._auth))
+                             keys=zmqkeys.authorized_keys(self._auth))
         self.router = self._socket(zmq.ROUTER, cfg.agent.ingest_endpoint)
         self.pub = self._socket(zmq.PUB, cfg.agent.publish_endpoint)
         self.publisher = Publisher(self.pub, store, self.name)
@@ -195,7 +195,7 @@ class Agent:
             sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a restarted collector keeps its identity
             sock.setsockopt(zmq.RCVHWM, self.cfg.agent.receive_hwm)
-        curve.secure_server(sock, self.cfg.security, self._auth)
+        zmqkeys.secure_server(sock, self.cfg.security, self._auth)
         sock.bind(endpoint)
         return sock
 
@@ -298,7 +298,7 @@ class Agent:
 
     def _user_id(self, frame: zmq.Frame) -> str | None:
         """With CURVE, the ZAP User-Id of ``frame``: the name of the key that sent it
-        (``nomade.curve``; "" for a key no longer authorized, which matches no sender);
+        (``nomade.zmqkeys``; "" for a key no longer authorized, which matches no sender);
         None without CURVE."""
         if self._auth is None:
             return None

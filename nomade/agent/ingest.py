@@ -10,7 +10,7 @@ returns the replies to send (``[identity, ack-frame]``). It does, in order:
    a frame that fails, or that is not a ``batch``, is counted and dropped with a
    rate-limited log line: nothing a peer sends can stop the agent;
 2. hold every batch to what a collector may say (``authority``): with CURVE the sender
-   is the name of the key that sent it (its ZAP User-Id, ``nomade.curve``); a batch
+   is the name of the key that sent it (its ZAP User-Id, ``nomade.zmqkeys``); a batch
    whose ``sender`` differs is counted (``refused_total``) and dropped unacked, so the
    store's duplicate check by (sender, seq) is per authenticated sender. A sample, node
    reading or start of a node that key does not speak for is counted and dropped, and
@@ -55,7 +55,7 @@ class BatchStore(Protocol):
 
 
 class KeyNodes(Protocol):
-    """What ingest needs of ``nomade.curve.AuthorizedKeys``."""
+    """What ingest needs of ``nomade.zmqkeys.AuthorizedKeys``."""
 
     def nodes_of(self, name: str) -> frozenset[str]: ...
 

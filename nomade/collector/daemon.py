@@ -34,7 +34,7 @@ from nomade.collector.watch import SpoolWatch
 from nomade.spool import Spool, SpoolError, SpoolItem
 
 if TYPE_CHECKING:
-    from nomade.curve import ClientKeys
+    from nomade.zmqkeys import ClientKeys
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from nomade import wire
 from nomade.collector.outbox import Outbox
 
 if TYPE_CHECKING:
-    from nomade.curve import ClientKeys
+    from nomade.zmqkeys import ClientKeys
 
 log = logging.getLogger(__name__)
 

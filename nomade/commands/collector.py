@@ -7,7 +7,7 @@ ZeroMQ, keeping unacknowledged batches on disk (``outbox_dir``). With
 collector per slurmd); empty, every Slurm job of the host is, named by its node.
 SIGTERM or SIGINT stops it after the current step (the signal wakes its loop at
 once); a second SIGINT exits at once. With ``[security] curve_enabled`` the socket
-uses the CURVE keys that ``nomade.curve.client_keys`` loads and checks.
+uses the CURVE keys that ``nomade.zmqkeys.client_keys`` loads and checks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from nomade.config import Config, check_endpoint
 
 if TYPE_CHECKING:
-    from nomade.curve import ClientKeys
+    from nomade.zmqkeys import ClientKeys
 
 NAME = "collector"
 HELP = "run the node collector: sample jobs and node, forward hook events to the agent"
@@ -67,10 +67,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def curve_keys(cfg: Config) -> ClientKeys | None:
     """The client's CURVE keys when ``[security] curve_enabled``, else None (and then
-    ``nomade.curve`` is not imported). Raises ``NomadeError`` naming a missing or bad key file."""
+    ``nomade.zmqkeys`` is not imported). Raises ``NomadeError`` naming a missing or bad key file."""
     if not cfg.security.curve_enabled:
         return None
-    from nomade.curve import client_keys
+    from nomade.zmqkeys import client_keys
 
     return client_keys(cfg.security)
 

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     """Generate or authorize keys; prints what was written. Returns 0."""
-    from nomade import curve  # imports zmq: only when the command runs
+    from nomade import zmqkeys  # imports zmq: only when the command runs
 
     if args.keys_action == "generate":
         names = (["server"] if args.server else []) + ([args.client] if args.client else [])
@@ -64,16 +64,16 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             raise NomadeError("keys generate: say which pair: --server, --client, or both")
         directory = args.dir or cfg.security.key_files().keys_dir
         for name in names:
-            public, secret = curve.create_keypair(directory, name, overwrite=args.force)
+            public, secret = zmqkeys.create_keypair(directory, name, overwrite=args.force)
             print(f"wrote {public} (public: copy it to the other side)")
             print(f"wrote {secret} (secret: stays on this host)")
         return 0
     if args.keys_action == "setup":
         name = args.name or cfg.paths().node_name
         nodes = [n for n in args.nodes.split(",") if n]
-        directory = curve.setup_keys(args.dir or cfg.security.key_files().keys_dir, name, nodes)
+        directory = zmqkeys.setup_keys(args.dir or cfg.security.key_files().keys_dir, name, nodes)
         print(f"keys in {directory}: server and client pairs, client authorized as {name}")
         return 0
-    dest, new = curve.authorize(args.public_key_file, cfg.security, args.name)
+    dest, new = zmqkeys.authorize(args.public_key_file, cfg.security, args.name)
     print(f"{'authorized' if new else 'already authorized'}: {dest}")
     return 0

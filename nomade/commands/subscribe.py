@@ -235,12 +235,12 @@ def _secure(sock: Any, security: SecurityConfig, server_key: Path | None,
             client_key: Path | None) -> None:
     """CURVE on ``sock``: from the command line when ``server_key`` is given, else as
     the config says (nothing when ``curve_enabled`` is false)."""
-    from nomade import curve
+    from nomade import zmqkeys
 
     if server_key is None:
         if client_key is not None:
             raise NomadeError("--client-key needs --server-key (the agent's public server.key)")
-        curve.secure_client(sock, security)
+        zmqkeys.secure_client(sock, security)
         return
     files = security.key_files()
     public = client_key or files.client_public_key_file
@@ -249,10 +249,10 @@ def _secure(sock: Any, security: SecurityConfig, server_key: Path | None,
         if not path.is_file():
             raise NomadeError(f"CURVE client key file {path} is missing; create a pair with: "
                               "nomade keys generate --client, then authorize its .key on the agent")
-    pair = curve.load_keypair(public, secret)
+    pair = zmqkeys.load_keypair(public, secret)
     sock.curve_publickey = pair.public
     sock.curve_secretkey = pair.secret
-    sock.curve_serverkey = curve.load_public_key(server_key)
+    sock.curve_serverkey = zmqkeys.load_public_key(server_key)
 
 
 def _positive_int(text: str) -> int:

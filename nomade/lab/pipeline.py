@@ -32,14 +32,14 @@ def free_port() -> int:
 
 
 def curve_keys(ws: Path) -> Path:
-    """CURVE keys for the agent, the collector and subscribers (``nomade.curve.setup_keys``)
+    """CURVE keys for the agent, the collector and subscribers (``nomade.zmqkeys.setup_keys``)
     under ``ws/keys``: the collector's key, named for this host, speaks for every node of
     the test cluster. The keys directory."""
-    from nomade import curve
+    from nomade import zmqkeys
     from nomade.slurm import Slurm
 
     host = socket.gethostname().split(".")[0]   # the collector's sender ([collector] node_name "")
-    return curve.setup_keys(ws / "keys", host, Slurm(use_pyslurm="never").nodes())
+    return zmqkeys.setup_keys(ws / "keys", host, Slurm(use_pyslurm="never").nodes())
 
 
 def write_config(ws: Path, *, sample_interval_s: float, tick_s: float = TICK_S,

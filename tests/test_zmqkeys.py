@@ -1,4 +1,4 @@
-"""nomade.curve and `nomade keys`: key files, and real CURVE ROUTER/DEALER sockets on 127.0.0.1."""
+"""nomade.zmqkeys and `nomade keys`: key files, and real CURVE ROUTER/DEALER sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from nomade import curve
+from nomade import zmqkeys
 from nomade.config import SecurityConfig
 from nomade.errors import NomadeError
 
@@ -36,9 +36,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 def keys_dir(tmp_path: Path) -> Path:
     """A keys directory with a server pair and an authorized client pair."""
     directory = tmp_path / "keys"
-    curve.create_keypair(directory, "server")
-    public, _ = curve.create_keypair(directory, "client")
-    curve.authorize(public, server_security(directory))
+    zmqkeys.create_keypair(directory, "server")
+    public, _ = zmqkeys.create_keypair(directory, "client")
+    zmqkeys.authorize(public, server_security(directory))
     return directory
 
 
@@ -82,9 +82,9 @@ def zmq_sockets() -> Iterator[Sockets]:
 
 
 def start_server(sockets: Sockets, security: SecurityConfig) -> tuple[zmq.Socket, int]:
-    sockets.auth = curve.start_authenticator(sockets.context, security)
+    sockets.auth = zmqkeys.start_authenticator(sockets.context, security)
     router = sockets.socket(zmq.ROUTER)
-    assert curve.secure_server(router, security, sockets.auth)
+    assert zmqkeys.secure_server(router, security, sockets.auth)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     return router, port
 
@@ -92,7 +92,7 @@ def start_server(sockets: Sockets, security: SecurityConfig) -> tuple[zmq.Socket
 def dealer(sockets: Sockets, port: int, security: SecurityConfig | None) -> zmq.Socket:
     sock = sockets.socket(zmq.DEALER)
     if security is not None:
-        assert curve.secure_client(sock, security)
+        assert zmqkeys.secure_client(sock, security)
     sock.connect(f"tcp://127.0.0.1:{port}")
     return sock
 
@@ -112,8 +112,8 @@ def test_authorized_client_exchanges_messages(keys_dir: Path, zmq_sockets: Socke
 
 def test_unknown_key_gets_nothing_through(keys_dir: Path, zmq_sockets: Sockets,
                                           caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="nomade.curve")
-    curve.create_keypair(keys_dir, "intruder")
+    caplog.set_level(logging.WARNING, logger="nomade.zmqkeys")
+    zmqkeys.create_keypair(keys_dir, "intruder")
     router, port = start_server(zmq_sockets, server_security(keys_dir))
     intruder = dealer(zmq_sockets, port, client_security(keys_dir, "intruder"))
     intruder.send(b"let me in")
@@ -134,9 +134,9 @@ def test_plain_client_gets_nothing_through(keys_dir: Path, zmq_sockets: Sockets)
 
 
 def test_authorization_takes_effect_without_restart(keys_dir: Path, zmq_sockets: Sockets) -> None:
-    newcomer_public, _ = curve.create_keypair(keys_dir, "newcomer")
+    newcomer_public, _ = zmqkeys.create_keypair(keys_dir, "newcomer")
     router, port = start_server(zmq_sockets, server_security(keys_dir))
-    curve.authorize(newcomer_public, server_security(keys_dir))
+    zmqkeys.authorize(newcomer_public, server_security(keys_dir))
     newcomer = dealer(zmq_sockets, port, client_security(keys_dir, "newcomer"))
     newcomer.send(b"new here")
     assert router.poll(PATIENCE_MS) == zmq.POLLIN
@@ -145,96 +145,96 @@ def test_authorization_takes_effect_without_restart(keys_dir: Path, zmq_sockets:
 
 def test_disabled_curve_changes_nothing(zmq_sockets: Sockets) -> None:
     off = SecurityConfig(curve_enabled=False)
-    assert curve.start_authenticator(zmq_sockets.context, off) is None
+    assert zmqkeys.start_authenticator(zmq_sockets.context, off) is None
     router = zmq_sockets.socket(zmq.ROUTER)
     client = zmq_sockets.socket(zmq.DEALER)
-    assert curve.secure_server(router, off, None) is False
-    assert curve.secure_client(client, off) is False
+    assert zmqkeys.secure_server(router, off, None) is False
+    assert zmqkeys.secure_client(client, off) is False
     assert router.get(zmq.MECHANISM) == zmq.NULL and client.get(zmq.MECHANISM) == zmq.NULL
 
 
 def test_missing_key_files_are_clear_errors(tmp_path: Path, zmq_sockets: Sockets) -> None:
     security = server_security(tmp_path / "empty")
     with pytest.raises(NomadeError, match="nomade keys generate --client") as info:
-        curve.secure_client(zmq_sockets.socket(zmq.DEALER), security)
+        zmqkeys.secure_client(zmq_sockets.socket(zmq.DEALER), security)
     assert str(tmp_path / "empty" / "client.key") in str(info.value)
     with pytest.raises(NomadeError, match="authorized clients directory .* does not exist"):
-        curve.start_authenticator(zmq_sockets.context, security)
+        zmqkeys.start_authenticator(zmq_sockets.context, security)
     (tmp_path / "empty" / "authorized_clients").mkdir(parents=True)
-    zmq_sockets.auth = curve.start_authenticator(zmq_sockets.context, security)
+    zmq_sockets.auth = zmqkeys.start_authenticator(zmq_sockets.context, security)
     with pytest.raises(NomadeError, match="server.key is missing; create them with: "
                                          "nomade keys generate --server"):
-        curve.secure_server(zmq_sockets.socket(zmq.ROUTER), security, zmq_sockets.auth)
+        zmqkeys.secure_server(zmq_sockets.socket(zmq.ROUTER), security, zmq_sockets.auth)
 
 
 def test_client_keys_match_files(keys_dir: Path) -> None:
-    keys = curve.client_keys(client_security(keys_dir, "client"))
+    keys = zmqkeys.client_keys(client_security(keys_dir, "client"))
     assert keys is not None
-    assert keys.server_public == curve.load_public_key(keys_dir / "server.key")
-    pair = curve.load_keypair(keys_dir / "client.key", keys_dir / "client.key_secret")
+    assert keys.server_public == zmqkeys.load_public_key(keys_dir / "server.key")
+    pair = zmqkeys.load_keypair(keys_dir / "client.key", keys_dir / "client.key_secret")
     assert (keys.public, keys.secret) == (pair.public, pair.secret)
-    assert curve.client_keys(SecurityConfig(curve_enabled=False)) is None
+    assert zmqkeys.client_keys(SecurityConfig(curve_enabled=False)) is None
 
 
 def test_client_needs_server_public_key(tmp_path: Path, zmq_sockets: Sockets) -> None:
-    curve.create_keypair(tmp_path, "client")
+    zmqkeys.create_keypair(tmp_path, "client")
     with pytest.raises(NomadeError, match="server.key is missing; the agent host's server.key"):
-        curve.secure_client(zmq_sockets.socket(zmq.DEALER), server_security(tmp_path))
+        zmqkeys.secure_client(zmq_sockets.socket(zmq.DEALER), server_security(tmp_path))
 
 
 def test_create_keypair_modes_and_refusal(tmp_path: Path) -> None:
-    public, secret = curve.create_keypair(tmp_path / "new", "server")
+    public, secret = zmqkeys.create_keypair(tmp_path / "new", "server")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert stat.S_IMODE(public.stat().st_mode) == 0o644
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["server.key", "server.key_secret"]
-    first = curve.load_keypair(public, secret)
+    first = zmqkeys.load_keypair(public, secret)
     assert len(first.public) == 40 and first.secret is not None and len(first.secret) == 40
     with pytest.raises(NomadeError, match="already exist"):
-        curve.create_keypair(tmp_path / "new", "server")
-    curve.create_keypair(tmp_path / "new", "server", overwrite=True)
-    assert curve.load_keypair(public, secret).public != first.public
+        zmqkeys.create_keypair(tmp_path / "new", "server")
+    zmqkeys.create_keypair(tmp_path / "new", "server", overwrite=True)
+    assert zmqkeys.load_keypair(public, secret).public != first.public
     with pytest.raises(NomadeError, match="plain file name"):
-        curve.create_keypair(tmp_path, "../escape")
+        zmqkeys.create_keypair(tmp_path, "../escape")
 
 
 def test_load_keypair_checks_files(tmp_path: Path) -> None:
-    a_public, a_secret = curve.create_keypair(tmp_path, "a")
-    b_public, b_secret = curve.create_keypair(tmp_path, "b")
+    a_public, a_secret = zmqkeys.create_keypair(tmp_path, "a")
+    b_public, b_secret = zmqkeys.create_keypair(tmp_path, "b")
     with pytest.raises(NomadeError, match="not a pair"):
-        curve.load_keypair(a_public, b_secret)
+        zmqkeys.load_keypair(a_public, b_secret)
     with pytest.raises(NomadeError, match="holds no secret key"):
-        curve.load_keypair(a_public, b_public)
+        zmqkeys.load_keypair(a_public, b_public)
     with pytest.raises(NomadeError, match="cannot read key file"):
-        curve.load_keypair(tmp_path / "absent.key")
+        zmqkeys.load_keypair(tmp_path / "absent.key")
     junk = tmp_path / "junk.key"
     junk.write_text("curve\n    public-key = \"tooshort\"\n", encoding="utf-8")
     with pytest.raises(NomadeError, match="not a 40-character Z85 CURVE key"):
-        curve.load_keypair(junk)
+        zmqkeys.load_keypair(junk)
     junk.write_text("hello\n", encoding="utf-8")
     with pytest.raises(NomadeError, match="not a CURVE certificate"):
-        curve.load_keypair(junk)
+        zmqkeys.load_keypair(junk)
 
 
 def test_exposed_secret_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    public, secret = curve.create_keypair(tmp_path, "a")
+    public, secret = zmqkeys.create_keypair(tmp_path, "a")
     os.chmod(secret, 0o644)
-    with caplog.at_level(logging.WARNING, logger="nomade.curve"):
-        curve.load_keypair(public, secret)
+    with caplog.at_level(logging.WARNING, logger="nomade.zmqkeys"):
+        zmqkeys.load_keypair(public, secret)
     assert "readable by others" in caplog.text
 
 
 def test_authorize_rules(tmp_path: Path) -> None:
     security = server_security(tmp_path)
-    public, secret = curve.create_keypair(tmp_path / "node", "client")
-    dest, new = curve.authorize(public, security, "node01")
+    public, secret = zmqkeys.create_keypair(tmp_path / "node", "client")
+    dest, new = zmqkeys.authorize(public, security, "node01")
     assert new and dest == tmp_path / "authorized_clients" / "node01.key"
-    assert curve.load_public_key(dest) == curve.load_public_key(public)
-    assert curve.authorize(public, security, "node01") == (dest, False)
-    other, _ = curve.create_keypair(tmp_path / "other", "client")
+    assert zmqkeys.load_public_key(dest) == zmqkeys.load_public_key(public)
+    assert zmqkeys.authorize(public, security, "node01") == (dest, False)
+    other, _ = zmqkeys.create_keypair(tmp_path / "other", "client")
     with pytest.raises(NomadeError, match="already holds a different client key"):
-        curve.authorize(other, security, "node01")
+        zmqkeys.authorize(other, security, "node01")
     with pytest.raises(NomadeError, match="holds a secret key"):
-        curve.authorize(secret, security)
+        zmqkeys.authorize(secret, security)
     assert [p.name for p in dest.parent.iterdir()] == ["node01.key"]
 
 
@@ -242,11 +242,11 @@ def test_authorized_keys_skip_bad_files_and_reload(tmp_path: Path) -> None:
     directory = tmp_path / "authorized"
     directory.mkdir()
     (directory / "broken.key").write_text("nothing here\n", encoding="utf-8")
-    keys = curve.AuthorizedKeys(directory)
+    keys = zmqkeys.AuthorizedKeys(directory)
     assert keys.keys() == frozenset()
-    public, _ = curve.create_keypair(tmp_path, "n1")
-    curve.authorize(public, SecurityConfig(authorized_clients_dir=str(directory)))
-    key = curve.load_public_key(public)
+    public, _ = zmqkeys.create_keypair(tmp_path, "n1")
+    zmqkeys.authorize(public, SecurityConfig(authorized_clients_dir=str(directory)))
+    key = zmqkeys.load_public_key(public)
     assert keys.callback("*", key) is True
     assert keys.name_of(key) == "n1" and keys.nodes_of("n1") == {"n1"}
     (directory / "n1.nodes").write_text("n2\n# a comment\nn3\n", encoding="utf-8")
@@ -257,7 +257,7 @@ def test_authorized_keys_skip_bad_files_and_reload(tmp_path: Path) -> None:
 
 
 def test_setup_keys_makes_a_private_working_set(tmp_path: Path, zmq_sockets: Sockets) -> None:
-    directory = curve.setup_keys(tmp_path / "keys", "host1", ["n1", "n2"])
+    directory = zmqkeys.setup_keys(tmp_path / "keys", "host1", ["n1", "n2"])
     assert directory.stat().st_mode & 0o777 == 0o700
     files = [p for p in directory.rglob("*") if p.is_file()]
     assert {p.relative_to(directory).as_posix() for p in files} == {
@@ -265,21 +265,21 @@ def test_setup_keys_makes_a_private_working_set(tmp_path: Path, zmq_sockets: Soc
         "authorized_clients/host1.key", "authorized_clients/host1.nodes"}
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in files)
     before = (directory / "server.key_secret").read_bytes()
-    assert curve.setup_keys(directory, "host1", ["n1", "n2"]) == directory   # idempotent
+    assert zmqkeys.setup_keys(directory, "host1", ["n1", "n2"]) == directory   # idempotent
     assert (directory / "server.key_secret").read_bytes() == before
     security = SecurityConfig(curve_enabled=True, keys_dir=str(directory))
-    zmq_sockets.auth = curve.start_authenticator(zmq_sockets.context, security)
+    zmq_sockets.auth = zmqkeys.start_authenticator(zmq_sockets.context, security)
     router = zmq_sockets.socket(zmq.ROUTER)
-    curve.secure_server(router, security, zmq_sockets.auth)
+    zmqkeys.secure_server(router, security, zmq_sockets.auth)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     dealer_ = zmq_sockets.socket(zmq.DEALER)
-    curve.secure_client(dealer_, security)
+    zmqkeys.secure_client(dealer_, security)
     dealer_.connect(f"tcp://127.0.0.1:{port}")
     dealer_.send(b"hello")
     assert router.poll(PATIENCE_MS) == zmq.POLLIN
     frames = router.recv_multipart(copy=False)
     assert frames[-1].get("User-Id") == "host1"     # the key's name, not its Z85 text
-    assert curve.authorized_keys(zmq_sockets.auth).nodes_of("host1") == {"host1", "n1", "n2"}
+    assert zmqkeys.authorized_keys(zmq_sockets.auth).nodes_of("host1") == {"host1", "n1", "n2"}
 
 
 def test_keys_command_generate_and_authorize(tmp_path: Path) -> None:
