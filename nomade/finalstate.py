@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nomade import states
-from nomade.backoff import Backoff, Watch
+from nomade.agent.backoff import Backoff, Watch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class FinalStateTracker:
 
     A job is first asked ``first_delay_s`` after its end, then after doubling delays
     (capped at ``max_delay_s``), and given up ``give_up_after_s`` after its end
-    (``nomade.backoff``). Only a final state (``states.is_final``) settles a job;
+    (``nomade.agent.backoff``). Only a final state (``states.is_final``) settles a job;
     COMPLETING, RUNNING (requeued) or "unknown to Slurm" keep it waiting.
     """
 

@@ -1,8 +1,8 @@
-"""nomade.backoff: the per-job batched-query backoff both Slurm trackers share (pure)."""
+"""nomade.agent.backoff: the per-job batched-query backoff both Slurm trackers share (pure)."""
 
 from __future__ import annotations
 
-from nomade.backoff import Backoff
+from nomade.agent.backoff import Backoff
 
 T0 = 1000.0
 

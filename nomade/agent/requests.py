@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nomade.backoff import Backoff, Watch
+from nomade.agent.backoff import Backoff, Watch
 from nomade.slurm import Job
 
 #: Where a request completed from Slurm comes from (``job.start`` source).
