@@ -4,7 +4,7 @@ The agent asks slurmctld about jobs it watches (final states, requested resource
 submitit's ``InfoWatcher`` does: one batched query for every due job, doubling delays per
 job while the answer is not yet useful (2, 4, 8 ... s, capped), and a bound after which it
 gives up. ``Backoff`` is that policy alone, pure and stdlib-only: keyed by job id, it
-never asks Slurm, logs or knows what an answer means; ``nomade.finalstate`` and
+never asks Slurm, logs or knows what an answer means; ``nomade.agent.outcomes`` and
 ``nomade.agent.requests`` feed it their stimuli and word their own give-up reasons.
 
 A settled job (answered, or given up) is remembered so that it is not watched again until

@@ -5,7 +5,7 @@ timeout is the next timer, and timers for the scoring tick (``[agent] interval_s
 the hook-spool drain (``[agent] spool_dirs``, every ``spool_interval_s``), and, every
 ``final_interval_s``, the Slurm rounds: requests of started jobs that no hook saw
 (memory, GPUs, time limit: ``nomade.agent.requests``) and final states of ended jobs
-(``nomade.finalstate``), each one batched query through ``nomade.slurm``. The
+(``nomade.agent.outcomes``), each one batched query through ``nomade.slurm``. The
 decisions live in ``state``, ``ingest``, ``scoring``, ``requests`` and ``finalstate``;
 this module only moves bytes and calls them. A request answered by Slurm becomes a
 ``job.start`` message (source ``"slurm"``) that is stored and fed to the job state like
@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 import zmq
 
-from nomade import finalstate, wire, zmqkeys
-from nomade.agent import requests, scoring
+from nomade import wire, zmqkeys
+from nomade.agent import outcomes, requests, scoring
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
 from nomade.agent.publisher import Publisher
@@ -158,7 +158,7 @@ class Agent:
                                       max_orphans=cfg.agent.max_orphan_jobs,
                                       max_nodes=cfg.agent.max_nodes_per_job)
         self.state.limit_hits = self.metrics.limit_hits_total   # JobState counts into the metric
-        self.tracker = finalstate.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s,
+        self.tracker = outcomes.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s,
                                                     max_jobs=cfg.agent.max_final_state_jobs)
         self.requests = requests.RequestTracker()
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
@@ -367,7 +367,7 @@ class Agent:
     def _end_unless_running(self, job_id: str, job: Any, now: float) -> wire.Message | None:
         """The ``job.end`` of a started job given Slurm's view of it (``job``; None: Slurm
         does not list it), None while Slurm says it is not final (running, requeued)."""
-        body: dict[str, Any] = {"job_id": job_id, "source": finalstate.SOURCE, "end_ts": now}
+        body: dict[str, Any] = {"job_id": job_id, "source": outcomes.SOURCE, "end_ts": now}
         if job is not None and job.state is not None:
             if not is_final(job.state):
                 return None
@@ -424,13 +424,13 @@ class Agent:
         if self.slurm is None:
             return
         try:
-            decisions = finalstate.poll_once(self.tracker, self.store, self.slurm, time.time())
+            decisions = outcomes.poll_once(self.tracker, self.store, self.slurm, time.time())
         except Exception as e:  # store trouble: try again next round
             log.warning("final-state round failed: %s", e)
             return
         self.metrics.limit_hits_total["final_state_jobs"] += self.tracker.full
         for d in decisions:
-            if isinstance(d, finalstate.Final):
+            if isinstance(d, outcomes.Final):
                 self.state.final_state(d.job_id, d.state)
                 self.metrics.final_states_total += 1
 

@@ -6,7 +6,7 @@ the time limit only at the end. The agent completes a started job's request from
 ``squeue --json`` (``nomade.slurm.Slurm.list_jobs``): one batched query per round for
 every job that is due, a job first asked as soon as it is seen lacking, then after
 doubling delays (2, 4, 8 ... s, capped) while Slurm does not list it or the query fails,
-and given up after a bound with a logged reason (as ``nomade.finalstate`` does for final
+and given up after a bound with a logged reason (as ``nomade.agent.outcomes`` does for final
 states, submitit's ``InfoWatcher`` habit).
 
 ``RequestTracker`` is the pure decision part: stimuli in (which running jobs lack request

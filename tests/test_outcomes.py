@@ -1,8 +1,8 @@
-"""nomade.finalstate: the final-state tracker as a pure state machine (no Slurm, no store)."""
+"""nomade.agent.outcomes: the final-state tracker as a pure state machine (no Slurm, no store)."""
 
 from __future__ import annotations
 
-from nomade.finalstate import Final, FinalStateTracker, GiveUp
+from nomade.agent.outcomes import Final, FinalStateTracker, GiveUp
 
 END = 1000.0
 
@@ -107,7 +107,7 @@ def test_poll_once_reads_only_the_give_up_window_and_forgets_the_rest(tmp_path) 
     """A real store with 50 ended jobs: only those that ended within give_up_after_s, at
     most max_jobs, are read and asked about; the tracker remembers nothing else."""
     from nomade import wire
-    from nomade.finalstate import poll_once
+    from nomade.agent.outcomes import poll_once
     from nomade.store import Store
 
     asked: list[list[str]] = []
