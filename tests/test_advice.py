@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from nomade import advice, comment, wire
+from nomade import comment, wire
+from nomade.agent import advice
 from nomade.features import FEATURES
 
 TS = 1_700_000_000.0

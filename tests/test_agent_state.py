@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nomade import advice, features, wire
-from nomade.agent import scoring
+from nomade import features, wire
+from nomade.agent import advice, scoring
 from nomade.agent.state import Explained, JobState, RunningJob
 from nomade.store import JOB_SAMPLE_FIELDS, Store
 

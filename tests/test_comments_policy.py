@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from slurmtools import SlurmCluster, submit, wait_final, wait_state
 
-from nomade import advice, comment, wire
+from nomade import comment, wire
+from nomade.agent import advice
 from nomade.agent.comments import ALERT, FELL, CommentPolicy, apply
 from nomade.config import AlertsConfig
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from nomade import advice, wire, zmqkeys
+from nomade import wire, zmqkeys
+from nomade.agent import advice
 from nomade.commands import subscribe, watch
 
 JOBS = [  # job, user, partition, risk

@@ -31,7 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nomade import advice, comment
+from nomade import comment
+from nomade.agent import advice
 from nomade.config import AlertsConfig
 from nomade.wire import LEVELS
 
@@ -74,7 +75,7 @@ class CommentPolicy:
     def decide(self, predictions: Iterable[Mapping[str, Any]],
                running: Iterable[str] | None = None) -> list[CommentUpdate]:
         """The updates one scoring tick calls for. ``predictions`` are ``prediction``
-        bodies (job_id, risk, level, ts, factors as ``nomade.advice.wire_factors`` makes
+        bodies (job_id, risk, level, ts, factors as ``nomade.agent.advice.wire_factors`` makes
         them); with ``running`` (the ids of the running jobs), ended jobs are forgotten."""
         out = []
         for p in predictions:
@@ -93,7 +94,7 @@ class CommentPolicy:
         """The update that job ``job_id``'s new prediction calls for, or None.
 
         ``factors`` and ``values`` are the scorer's top factors and the job's known raw
-        feature values (see ``nomade.advice.segment_text``). Records the decision as
+        feature values (see ``nomade.agent.advice.segment_text``). Records the decision as
         written: call :func:`apply` with it (a failed write is not retried until the
         level changes again).
         """

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from nomade import advice, features
+from nomade import features
+from nomade.agent import advice
 from nomade.agent.state import ROW_FIELDS, Explained, JobState, RunningJob, SampleRows
 from nomade.ml.ensemble import PARTS
 
