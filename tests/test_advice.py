@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from nomade import comment, wire
-from nomade.agent import advice
+from nomade import wire
+from nomade.agent import advice, comment_segment
 from nomade.features import FEATURES
 
 TS = 1_700_000_000.0
@@ -128,9 +128,9 @@ def test_segment_fits_the_comment_next_to_a_long_user_text() -> None:
     many = [f(n, 0.9, 0.1, 1.0 - i / 20) for i, n in enumerate(FEATURES)]
     text = advice.segment_text(0.9, "critical", many, TS)
     user = "u" * 700
-    merged = comment.merge(user, text)
-    assert merged.startswith(user + " ") and len(merged.encode()) <= comment.MAX_BYTES
-    segment = comment.extract(merged)[1]
+    merged = comment_segment.merge(user, text)
+    assert merged.startswith(user + " ") and len(merged.encode()) <= comment_segment.MAX_BYTES
+    segment = comment_segment.extract(merged)[1]
     assert segment is not None and segment.startswith("risk critical 0.90 at ")
     assert segment == text or (segment.endswith("~") and text.startswith(segment[:-1]))
 

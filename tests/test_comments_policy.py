@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from slurmtools import SlurmCluster, submit, wait_final, wait_state
 
-from nomade import comment, wire
-from nomade.agent import advice
+from nomade import wire
+from nomade.agent import advice, comment_segment
 from nomade.agent.comments import ALERT, FELL, CommentPolicy, apply
 from nomade.config import AlertsConfig
 
@@ -79,9 +79,9 @@ def test_jobs_that_never_alerted_get_no_mark_and_ended_jobs_are_forgotten() -> N
 
 def test_restore_reads_the_level_back_from_the_comment() -> None:
     p = policy()
-    p.restore("10", comment.merge("mine", advice.segment_text(0.9, "critical", FACTORS, T0)))
+    p.restore("10", comment_segment.merge("mine", advice.segment_text(0.9, "critical", FACTORS, T0)))
     assert p.decide_job("10", 0.95, "critical", T0, FACTORS) is None
-    p.restore("11", comment.merge("", advice.fell_text("low", 0.1, T0, "high")))
+    p.restore("11", comment_segment.merge("", advice.fell_text("low", 0.1, T0, "high")))
     assert p.written("11") == "fell" and p.decide_job("11", 0.2, "low", T0) is None
     p.restore("12", "only the user's [text]")
     assert p.written("12") is None
@@ -97,14 +97,14 @@ def test_apply_keeps_the_users_text_on_a_real_job(slurm_cluster: SlurmCluster) -
         p = policy()
         update = p.decide_job(job_id, 0.75, "high", T0, FACTORS)
         assert update is not None and apply(slurm, update) is True
-        assert comment.extract(slurm.get_comment(job_id)) == ("my run 3", update.segment)
+        assert comment_segment.extract(slurm.get_comment(job_id)) == ("my run 3", update.segment)
         assert apply(slurm, update) is False                          # already there
         slurm.set_comment(job_id, "edited by me " + slurm.get_comment(job_id))  # the user edits
         fell = p.decide_job(job_id, 0.2, "low", T0 + 60)
         assert fell is not None and apply(slurm, fell) is True
         stored = slurm.get_comment(job_id)
-        assert comment.extract(stored) == ("edited by me my run 3", fell.segment)
-        assert len(stored.encode()) <= comment.MAX_BYTES
+        assert comment_segment.extract(stored) == ("edited by me my run 3", fell.segment)
+        assert len(stored.encode()) <= comment_segment.MAX_BYTES
     finally:
         slurm.cancel(job_id)
     wait_final(slurm, job_id, timeout=30)
@@ -156,7 +156,7 @@ def test_the_agents_comment_writer_applies_the_policy(slurm_cluster: SlurmCluste
         assert daemon.apply_comment_updates(policy_.decide([body]), slurm, metrics, errors) == 0  # unconfirmed
         body = {**body, "ts": T0 + 30}
         assert daemon.apply_comment_updates(policy_.decide([body]), slurm, metrics, errors) == 1
-        user, segment = comment.extract(slurm.get_comment(job_id))
+        user, segment = comment_segment.extract(slurm.get_comment(job_id))
         assert user == "keep me" and segment is not None
         assert segment.startswith("risk critical 0.93") and "Memory at 93% of the request" in segment
         assert daemon.apply_comment_updates(policy_.decide([body]), slurm, metrics, errors) == 0

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from slurmtools import SlurmCluster
 
-from nomade import comment, demo
+from nomade import demo
+from nomade.agent import comment_segment
 from nomade.lab import pipeline
 from nomade.store import Store
 
@@ -46,7 +47,7 @@ def test_the_demo_flags_the_leak_and_spares_the_ordinary_jobs(slurm_cluster: Slu
         while time.monotonic() < deadline:
             daemons.check()
             for job_id, text in _comments(slurm_cluster, ids).items():
-                if comment.START in text:
+                if comment_segment.START in text:
                     seen.setdefault(job_id, set()).add(text)
             if all(s is not None for s in slurm.final_states(ids).values()):
                 break
@@ -59,7 +60,7 @@ def test_the_demo_flags_the_leak_and_spares_the_ordinary_jobs(slurm_cluster: Slu
     assert states.get(leak) == "OUT_OF_MEMORY", states
     assert all(states.get(j) == "COMPLETED" for j in others), states
     # the leak's Comment held a high or critical NØMADE segment while it ran
-    flagged = [t for t in seen.get(leak, ()) if any(f"{comment.START}risk {lv} " in t for lv in ("high", "critical"))]
+    flagged = [t for t in seen.get(leak, ()) if any(f"{comment_segment.START}risk {lv} " in t for lv in ("high", "critical"))]
     assert flagged, (seen, (tmp_path / "agent.log").read_text()[-3000:])
     with Store(tmp_path / "nomade.db", readonly=True) as store:
         end = store.get_job(leak).end_ts

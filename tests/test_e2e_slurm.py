@@ -42,7 +42,8 @@ import pytest
 from agenttools import free_port
 from slurmtools import SlurmCluster
 
-from nomade import comment, lab, zmqkeys
+from nomade import lab, zmqkeys
+from nomade.agent import comment_segment
 from nomade.config import Config
 from nomade.spool import Spool
 from nomade.store import Store
@@ -234,7 +235,7 @@ def test_a_leaking_job_is_flagged_to_its_user_and_admins_before_it_is_killed(
     # threshold (the agent writes it in the tick that crosses it), next to the user's
     # text, which survives the job
     for job_id, user_text in ((leak, "user text"), (flat, "flat job")):
-        flagged = [c for c in seen.get(job_id, []) if comment.START + "risk " in c]
+        flagged = [c for c in seen.get(job_id, []) if comment_segment.START + "risk " in c]
         crossed = confirmed(risks[job_id])
         assert bool(flagged) == crossed, (job_id, risks[job_id], seen.get(job_id))
         assert all(c.startswith(user_text + " ") for c in flagged), flagged

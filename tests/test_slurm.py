@@ -8,7 +8,7 @@ import time
 import pytest
 from slurmtools import SlurmCluster, submit, wait_final, wait_state
 
-from nomade import comment
+from nomade.agent import comment_segment
 from nomade.slurm import (
     FinalState,
     JobFinished,
@@ -191,17 +191,17 @@ def test_comment_keeps_the_users_text(slurm_cluster: SlurmCluster) -> None:
         wait_state(slurm, job_id, ["RUNNING", "PENDING"], timeout=30)
         assert slurm.get_comment(job_id) == mine
         for text in ("risk high 0.74: memory grows", "risk low 0.12"):
-            merged = comment.merge(slurm.get_comment(job_id), text)
+            merged = comment_segment.merge(slurm.get_comment(job_id), text)
             slurm.set_comment(job_id, merged)
             stored = slurm.get_comment(job_id)
-            assert stored == merged and comment.extract(stored) == (mine, text)
+            assert stored == merged and comment_segment.extract(stored) == (mine, text)
         assert slurm.show_job(job_id)["Comment"].startswith("my note:")
         with pytest.raises(ValueError):
             slurm.set_comment(job_id, "x" * 1025)
     finally:
         slurm.cancel(job_id)
     wait_final(slurm, job_id, timeout=30)
-    assert comment.remove(slurm.get_comment(job_id)) == mine
+    assert comment_segment.remove(slurm.get_comment(job_id)) == mine
     with pytest.raises(JobFinished, match="already finished"):
         slurm.set_comment(job_id, "late")
 

@@ -26,7 +26,7 @@ phrase; families come in the order of their strongest contribution. Values come 
 model inputs, never from fixed strings; "how far from normal" is the ratio of the value to
 the reference in display units (``3x normal`` at >= 1.5x, ``normal N`` at <= 1/1.5x).
 
-Output is printable ASCII without ``[``, ``]`` or ``|`` (``nomade.comment`` reserves
+Output is printable ASCII without ``[``, ``]`` or ``|`` (``nomade.agent.comment_segment`` reserves
 them) and is kept within ``max_chars`` by dropping whole factors, never cutting one.
 """
 

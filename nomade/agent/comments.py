@@ -19,7 +19,7 @@ After an agent restart :meth:`CommentPolicy.restore` reads the level back from a
 current Comment, so a job at the same level is not rewritten.
 
 :func:`apply` is the I/O edge: it reads the Comment, merges the segment with
-``nomade.comment.merge`` (the user's text, which they may have changed since, is kept)
+``nomade.agent.comment_segment.merge`` (the user's text, which they may have changed since, is kept)
 and writes it only if it changed.
 """
 
@@ -31,8 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nomade import comment
-from nomade.agent import advice
+from nomade.agent import advice, comment_segment
 from nomade.config import AlertsConfig
 from nomade.wire import LEVELS
 
@@ -117,7 +116,7 @@ class CommentPolicy:
     def restore(self, job_id: str, existing_comment: str) -> None:
         """Take job ``job_id``'s state from its Comment as it stands (after a restart):
         the level of NØMADE's segment, or the fall-back mark; nothing if there is none."""
-        segment = comment.extract(existing_comment)[1]
+        segment = comment_segment.extract(existing_comment)[1]
         found = _LEVEL_IN_SEGMENT.match(segment or "")
         if found is not None:
             self._written[job_id] = _FELL_STATE if found.group(1) else found.group(2)
@@ -147,7 +146,7 @@ def apply(slurm: SlurmComments, update: CommentUpdate) -> bool:
     the Comment was changed, False if it already held exactly that. Slurm errors
     (``SlurmError``: the job ended, is unknown, Slurm is down) propagate to the caller."""
     existing = slurm.get_comment(update.job_id)
-    merged = comment.merge(existing, update.segment)
+    merged = comment_segment.merge(existing, update.segment)
     if merged == existing:
         return False
     slurm.set_comment(update.job_id, merged)

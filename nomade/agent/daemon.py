@@ -70,7 +70,7 @@ MAX_LSTM_WORKERS = 4
 
 class CommentUpdate(Protocol):
     """One decision of the comment policy: set NØMADE's segment of ``job_id``'s
-    Comment to ``segment`` (the user's text is kept by ``nomade.comment.merge``)."""
+    Comment to ``segment`` (the user's text is kept by ``nomade.agent.comment_segment.merge``)."""
 
     job_id: str
     segment: str
@@ -108,7 +108,7 @@ def apply_comment_updates(updates: Iterable[CommentUpdate], slurm: CommentSlurm,
     written = 0
     for update in updates:
         try:
-            written += apply(slurm, update)   # keeps the user's text (nomade.comment.merge)
+            written += apply(slurm, update)   # keeps the user's text (nomade.agent.comment_segment.merge)
         except Exception as e:  # a Slurm failure must not stop the tick: count, log, go on
             metrics.comment_errors_total += 1
             errors.warning("job %s: Comment not updated: %s", update.job_id, e)

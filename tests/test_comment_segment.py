@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nomade import comment
-from nomade.comment import END, MAX_BYTES, START, extract, merge, remove
+from nomade.agent import comment_segment
+from nomade.agent.comment_segment import END, MAX_BYTES, START, extract, merge, remove
 
 #: User text as Slurm can hold it: printable, within the limit, without NØMADE's start marker.
 user_texts = st.text(max_size=1100).filter(
@@ -93,7 +93,7 @@ def test_our_text_is_shortened_never_the_users() -> None:
 def test_no_room_for_a_segment_leaves_the_user_text_alone() -> None:
     user = "é" * 508                       # 1016 bytes: no room for the markers and text
     assert merge(user + f" {START}old{END}", "risk high") == user
-    assert merge("x" * (MAX_BYTES - len(START) - len(END) - 1 - comment.MIN_TEXT), "0123456789")\
+    assert merge("x" * (MAX_BYTES - len(START) - len(END) - 1 - comment_segment.MIN_TEXT), "0123456789")\
         .endswith(f"{START}0123456~{END}")
 
 
