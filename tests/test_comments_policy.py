@@ -7,7 +7,7 @@ from slurmtools import SlurmCluster, submit, wait_final, wait_state
 
 from nomade import wire
 from nomade.agent import advice, comment_segment
-from nomade.agent.comments import ALERT, FELL, CommentPolicy, apply
+from nomade.agent.comment_policy import ALERT, FELL, CommentPolicy, apply
 from nomade.config import AlertsConfig
 
 T0 = 1_700_000_000.0

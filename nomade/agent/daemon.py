@@ -18,7 +18,7 @@ store. A
 collector whose last acks were lost resends; the store drops the duplicates. Nothing
 acked is ever lost, because the store commits before the ack.
 
-Comment advice: ``comments`` is the pure policy of ``nomade.agent.comments`` (another
+Comment advice: ``comments`` is the pure policy of ``nomade.agent.comment_policy`` (another
 module) that turns predictions into Comment updates; ``apply_comment_updates`` writes
 them through ``Slurm.set_comment`` and never lets a Slurm error stop the tick.
 """
@@ -77,7 +77,7 @@ class CommentUpdate(Protocol):
 
 
 class CommentPolicy(Protocol):
-    """What the agent needs of ``nomade.agent.comments.CommentPolicy``."""
+    """What the agent needs of ``nomade.agent.comment_policy.CommentPolicy``."""
 
     def decide(self, predictions: list[dict[str, Any]],
                running: Iterable[str] | None = None) -> Iterable[CommentUpdate]: ...
@@ -89,9 +89,9 @@ class CommentSlurm(Protocol):
 
 
 def load_comment_policy(cfg: Config) -> CommentPolicy | None:
-    """The comment policy of ``nomade.agent.comments`` (None while that module is absent)."""
+    """The comment policy of ``nomade.agent.comment_policy`` (None while that module is absent)."""
     try:
-        from nomade.agent.comments import CommentPolicy as Policy
+        from nomade.agent.comment_policy import CommentPolicy as Policy
     except ImportError as e:
         log.info("job Comment advice unavailable (%s): predictions are published only", e)
         return None
@@ -103,7 +103,7 @@ def apply_comment_updates(updates: Iterable[CommentUpdate], slurm: CommentSlurm,
                           metrics: Metrics, errors: RateLimitedLog) -> int:
     """Write each update into its job's Comment, keeping the user's text; how many were
     written. A Slurm error (the job ended, slurmctld down) is counted and logged, never raised."""
-    from nomade.agent.comments import apply
+    from nomade.agent.comment_policy import apply
 
     written = 0
     for update in updates:
