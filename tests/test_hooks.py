@@ -311,7 +311,7 @@ def test_without_proc_the_environment_comes_from_env(tmp_path: Path) -> None:
     assert {k: v for k, v in record.items() if not k.startswith("NOMADE_")} == SLURM_ENV
 
 
-# --- nomade.hooks.drain: real scripts -> spool -> real wire -> real store ------------
+# --- nomade.agent.hook_drain: real scripts -> spool -> real wire -> real store ------------
 
 def _job_rows(db: Path) -> list[tuple[object, ...]]:
     """Every jobs row, ``updated_ts`` last."""
@@ -323,7 +323,7 @@ def _job_rows(db: Path) -> list[tuple[object, ...]]:
 
 
 def test_drain_stores_each_event_once_even_if_killed_before_confirm(tmp_path: Path) -> None:
-    from nomade.hooks.drain import drain_spool
+    from nomade.agent.hook_drain import drain_spool
     from nomade.store import Store
 
     spool_dir = tmp_path / "spool"
@@ -355,7 +355,7 @@ def test_drain_stores_each_event_once_even_if_killed_before_confirm(tmp_path: Pa
 
 
 def test_drain_moves_unusable_events_aside(tmp_path: Path) -> None:
-    from nomade.hooks.drain import drain_spool
+    from nomade.agent.hook_drain import drain_spool
     from nomade.store import Store
 
     spool = Spool(tmp_path / "spool")

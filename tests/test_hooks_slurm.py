@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from nomade import jobenv
+from nomade.agent.hook_drain import drain_spool
 from nomade.agent.outcomes import FinalStateTracker, poll_once
-from nomade.hooks.drain import drain_spool
 from nomade.spool import Spool
 from nomade.store import Store, StoreError
 

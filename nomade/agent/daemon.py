@@ -319,7 +319,7 @@ class Agent:
 
     def drain_spools(self) -> int:
         """Move the hook events of ``[agent] spool_dirs`` into the store and the state."""
-        from nomade.hooks.drain import drain_spool
+        from nomade.agent.hook_drain import drain_spool
 
         sink = _StateSink(self.store, self.state)
         for spool in self.spools:
