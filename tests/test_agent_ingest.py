@@ -21,7 +21,7 @@ from agenttools import RunningAgent, acked, agent_config, batch, dealer
 from prometheus_client.parser import text_string_to_metric_families
 
 from nomade import wire, zmqkeys
-from nomade.agent.metrics import Metrics
+from nomade.agent.exporter import Metrics
 from nomade.config import SecurityConfig
 from nomade.store import Store
 

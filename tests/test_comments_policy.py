@@ -138,8 +138,8 @@ def test_the_agents_comment_writer_applies_the_policy(slurm_cluster: SlurmCluste
     import logging
 
     from nomade.agent import daemon
+    from nomade.agent.exporter import Metrics
     from nomade.agent.ingest import RateLimitedLog
-    from nomade.agent.metrics import Metrics
     from nomade.config import Config
 
     c, slurm = slurm_cluster, slurm_cluster.slurm

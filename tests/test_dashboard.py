@@ -24,7 +24,7 @@ from waiting import wait_until
 
 from nomade import wire
 from nomade.agent.daemon import Agent
-from nomade.agent.metrics import Metrics
+from nomade.agent.exporter import Metrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "agent" / "grafana" / "nomade-dashboard.json"
 PER_JOB = ("nomade_agent_job_risk", "nomade_agent_job_level")

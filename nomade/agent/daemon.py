@@ -40,8 +40,8 @@ import zmq
 
 from nomade import wire, zmqkeys
 from nomade.agent import outcomes, requests, scoring
+from nomade.agent.exporter import Metrics, MetricsServer
 from nomade.agent.ingest import Ingest, RateLimitedLog
-from nomade.agent.metrics import Metrics, MetricsServer
 from nomade.agent.publisher import Publisher
 from nomade.agent.state import JobState, options_for
 from nomade.config import Config, check_endpoint

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from nomade import wire
-from nomade.agent.metrics import Metrics
+from nomade.agent.exporter import Metrics
 from nomade.agent.state import Changes, JobState
 
 log = logging.getLogger(__name__)

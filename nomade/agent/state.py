@@ -274,7 +274,7 @@ class JobState:
         self.iowait_max_age_s = iowait_max_age_s
         self.max_readings = max_readings
         self.max_jobs, self.max_orphans, self.max_nodes = max_jobs, max_orphans, max_nodes
-        #: Times a bound kept something out, by ``nomade.agent.metrics.LIMITS`` name.
+        #: Times a bound kept something out, by ``nomade.agent.exporter.LIMITS`` name.
         self.limit_hits: dict[str, int] = {}
         self._orphans: set[str] = set()   # running jobs without a start yet
         self.running: dict[str, RunningJob] = {}
