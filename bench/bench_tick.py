@@ -35,7 +35,7 @@ import numpy as np
 from bench.result import Result
 from nomade import config, features, wire
 from nomade.agent import scoring
-from nomade.agent.state import JobState
+from nomade.agent.jobstate import JobState
 from nomade.store import JOB_SAMPLE_FIELDS
 
 BUDGET_S = 1.0

@@ -10,7 +10,7 @@ import pytest
 
 from nomade import features, wire
 from nomade.agent import advice, scoring
-from nomade.agent.state import Explained, JobState, RunningJob
+from nomade.agent.jobstate import Explained, JobState, RunningJob
 from nomade.store import JOB_SAMPLE_FIELDS, Store
 
 T0 = 1.7e9

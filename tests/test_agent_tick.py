@@ -17,8 +17,8 @@ from modeltools import train_small_models
 
 from nomade import features, wire
 from nomade.agent import scoring
+from nomade.agent.jobstate import JobState
 from nomade.agent.publisher import Publisher
-from nomade.agent.state import JobState
 from nomade.ml.inference import Scorer
 from nomade.store import Store
 

@@ -42,8 +42,8 @@ from nomade import wire, zmqkeys
 from nomade.agent import outcomes, requests, scoring
 from nomade.agent.exporter import Metrics, MetricsServer
 from nomade.agent.ingest import Ingest, RateLimitedLog
+from nomade.agent.jobstate import JobState, options_for
 from nomade.agent.publisher import Publisher
-from nomade.agent.state import JobState, options_for
 from nomade.config import Config, check_endpoint
 from nomade.spool import Spool
 from nomade.states import is_final

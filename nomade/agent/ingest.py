@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from nomade import wire
 from nomade.agent.exporter import Metrics
-from nomade.agent.state import Changes, JobState
+from nomade.agent.jobstate import Changes, JobState
 
 log = logging.getLogger(__name__)
 

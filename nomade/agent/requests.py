@@ -12,7 +12,7 @@ states, submitit's ``InfoWatcher`` habit).
 ``RequestTracker`` is the pure decision part: stimuli in (which running jobs lack request
 fields, Slurm's answer, a failed query), what to do out; it never touches Slurm, the
 store or the job state. ``start_body`` turns one of Slurm's answers into a ``job.start``
-body (source ``"slurm"``) that the store and ``nomade.agent.state`` merge like any hook
+body (source ``"slurm"``) that the store and ``nomade.agent.jobstate`` merge like any hook
 event: unknown fields are filled, known ones kept, the earliest start kept. The agent
 daemon does the I/O.
 

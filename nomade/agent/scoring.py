@@ -42,7 +42,7 @@ import numpy as np
 
 from nomade import features
 from nomade.agent import advice
-from nomade.agent.state import ROW_FIELDS, Explained, JobState, RunningJob, SampleRows
+from nomade.agent.jobstate import ROW_FIELDS, Explained, JobState, RunningJob, SampleRows
 from nomade.ml.ensemble import PARTS
 
 if TYPE_CHECKING:   # torch only when a tick scores (``nomade --help`` imports no torch)

@@ -46,7 +46,7 @@ def predictions(cfg: Config, db: Path, models_dir: Path, job: str | None = None,
     import numpy as np
 
     from nomade.agent import scoring
-    from nomade.agent.state import JobState, options_for
+    from nomade.agent.jobstate import JobState, options_for
     from nomade.ml.ensemble import Weights
     from nomade.ml.inference import Scorer
     from nomade.store import JOB_SAMPLE_FIELDS, Store
