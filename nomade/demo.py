@@ -30,7 +30,7 @@ from pathlib import Path
 from nomade import lab
 from nomade.lab.pipeline import CLUSTER, LAB_USERS, TICK_S, Daemons, ensure_users, wait_labelled, write_config
 from nomade.slurm import Slurm
-from nomade.states import is_final
+from nomade.slurmstates import is_final
 
 SAMPLE_INTERVAL_S = 3.0
 

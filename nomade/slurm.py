@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from nomade import slurmfmt
 from nomade.errors import NomadeError
 from nomade.slurmfmt import expand_hostlist
-from nomade.states import is_final, normalise
+from nomade.slurmstates import is_final, normalise
 
 if TYPE_CHECKING:
     from nomade.config import Config
@@ -84,7 +84,7 @@ class FinalState(NamedTuple):
 class Job:
     """One job as ``squeue --json`` reports it, in NØMADE's units (seconds, bytes, POSIX ts).
 
-    ``state`` is normalised (``nomade.states.normalise``). ``start_ts`` is None while
+    ``state`` is normalised (``nomade.slurmstates.normalise``). ``start_ts`` is None while
     pending, ``end_ts``, ``exit_code`` and ``exit_signal`` while not final (Slurm shows
     predictions there). ``comment`` is for display: Slurm 22.05's JSON doubles
     backslashes, so ``Slurm.get_comment`` is the exact one. ``job_id`` of an array task is

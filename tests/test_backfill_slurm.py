@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from slurmtools import SlurmCluster, submit, wait_final, wait_state
 
-from nomade import backfill, states
+from nomade import backfill, slurmstates
 from nomade.store import Job, Store
 from nomade.traces import SACCT_FORMAT, Trace, parse_sacct_lines, read_sacct
 
@@ -69,7 +69,7 @@ def ended(slurm_cluster: SlurmCluster) -> dict[str, object]:
         text = c.slurm.accounting(backfill.sacct_time(t0), backfill.sacct_time(time.time() + 1), backfill.FIELDS)
         trace = parse_sacct_lines(text.splitlines(keepends=True), "sacct")
         listed = {j: s for j, s in zip(trace.jobs.job_id.tolist(), trace.jobs.state.tolist())}
-        if all(states.is_final(listed.get(i)) for i in ids.values()):
+        if all(slurmstates.is_final(listed.get(i)) for i in ids.values()):
             break
         assert time.monotonic() < deadline, f"sacct does not list {ids} ended after 60 s: {listed}"
         time.sleep(0.5)
@@ -94,7 +94,7 @@ def test_import_since_stores_real_accounting_and_resumes(ended, tmp_path, capsys
     for name, (_, _, as_test_user, state, exit_code) in JOBS.items():
         job = jobs[name]
         assert job is not None, f"{name} (job {ids[name]}) is not in the store"
-        assert (job.state, job.label) == (state, states.label_for(state)), name
+        assert (job.state, job.label) == (state, slurmstates.label_for(state)), name
         assert job.state == finals[name].state, f"{name}: sacct and slurmctld disagree"
         assert (job.req_cpus, job.req_mem_bytes, job.time_limit_s) == REQUESTS[name], name
         assert job.user == (ended["user"] if as_test_user else "root") and job.account == "nomade", name
@@ -156,7 +156,7 @@ def test_this_slurms_sacct_text_and_json_parse_as_the_fixtures_claim(ended, slur
     assert never["State"].startswith("CANCELLED by ") and never["NodeList"] == "None assigned"
     got = _by_id(t)
     for name, job_id in ids.items():
-        assert got[job_id][:2] == (JOBS[name][3], states.label_for(JOBS[name][3])), name
+        assert got[job_id][:2] == (JOBS[name][3], slurmstates.label_for(JOBS[name][3])), name
         assert got[job_id][2:5] == REQUESTS[name], name
     # sacct --json of this release (openapi/dbv0.0.38): the same jobs, the same values
     js = tmp_path / "sacct.json"

@@ -45,8 +45,8 @@ from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.jobstate import JobState, options_for
 from nomade.agent.publisher import Publisher
 from nomade.config import Config, check_endpoint
+from nomade.slurmstates import is_final
 from nomade.spool import Spool
-from nomade.states import is_final
 from nomade.store import JOB_SAMPLE_FIELDS, RetentionPolicy, Store
 
 log = logging.getLogger(__name__)

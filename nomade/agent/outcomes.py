@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from nomade import states
+from nomade import slurmstates
 from nomade.agent.backoff import Backoff, Watch
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class FinalStateTracker:
 
     A job is first asked ``first_delay_s`` after its end, then after doubling delays
     (capped at ``max_delay_s``), and given up ``give_up_after_s`` after its end
-    (``nomade.agent.backoff``). Only a final state (``states.is_final``) settles a job;
+    (``nomade.agent.backoff``). Only a final state (``slurmstates.is_final``) settles a job;
     COMPLETING, RUNNING (requeued) or "unknown to Slurm" keep it waiting.
     """
 
@@ -95,8 +95,8 @@ class FinalStateTracker:
         for job_id, answer in answers.items():
             if self._backoff.get(job_id) is None:
                 continue
-            state = states.normalise(answer[0]) if answer else None
-            label = states.label_for(state)
+            state = slurmstates.normalise(answer[0]) if answer else None
+            label = slurmstates.label_for(state)
             if state is not None and label is not None:
                 out.append(Final(job_id, state, answer[1] if answer else None, label))
                 self._backoff.settle(job_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from nomade import states
+from nomade import slurmstates
 
 FEATURES: tuple[str, ...] = (
     "log_req_cpus", "log_req_mem_mb", "log_req_gpus", "log_time_limit_min",
@@ -59,7 +59,7 @@ def iowait_max_age_s(sample_interval_s: float) -> float:
 
 def label_of(state: Any) -> float:
     """The DESIGN label of a Slurm state as a float: 0 COMPLETED, 1 a failure, NaN not
-    final or unknown (any spelling :func:`nomade.states.normalise` accepts)."""
-    label = states.label_for(state)
+    final or unknown (any spelling :func:`nomade.slurmstates.normalise` accepts)."""
+    label = slurmstates.label_for(state)
     return math.nan if label is None else float(label)
 

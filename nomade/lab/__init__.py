@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nomade.states import is_final
+from nomade.slurmstates import is_final
 
 if TYPE_CHECKING:
     from nomade.slurm import Slurm

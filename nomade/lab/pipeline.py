@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from nomade.states import is_final
+from nomade.slurmstates import is_final
 from nomade.store import Store
 
 CLUSTER = Path(os.environ.get("NOMADE_TEST_CLUSTER", "/tmp/nomade-cluster"))

@@ -45,7 +45,7 @@ from nomade.lab.pipeline import (
     write_config,
 )
 from nomade.slurm import Slurm, SlurmError
-from nomade.states import is_final, normalise
+from nomade.slurmstates import is_final, normalise
 
 SAMPLE_INTERVAL_S = 3.0
 N_SCRATCH = 4

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from nomade import states
+from nomade import slurmstates
 from nomade.store.records import (
     _PREDICTION_FIELDS,
     _START_FILL,
@@ -130,9 +130,9 @@ def _merge_end(job: dict[str, Any], body: Mapping[str, Any], ts: float) -> dict[
     new = dict(job)
     end_ts = body.get("end_ts")
     new["end_ts"] = _min(new["end_ts"], ts if end_ts is None else end_ts)
-    state = states.normalise(body.get("state"))
-    if new["state"] is None and states.is_final(state):
-        new.update(state=state, label=states.label_for(state), state_source=body.get("source"))
+    state = slurmstates.normalise(body.get("state"))
+    if new["state"] is None and slurmstates.is_final(state):
+        new.update(state=state, label=slurmstates.label_for(state), state_source=body.get("source"))
         for f in ("exit_code", "signal"):
             if body.get(f) is not None:
                 new[f] = body[f]

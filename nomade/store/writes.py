@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from nomade import states
+from nomade import slurmstates
 from nomade.store.base import StoreBase
 from nomade.store.records import JOB_FIELDS, MessageLike
 from nomade.store.rows import (
@@ -155,11 +155,11 @@ class Writes(StoreBase):
                         source: str) -> None:
         """Record a job's final state and its label (replacing any earlier one).
 
-        ``state`` is any spelling ``states.normalise`` accepts; a state that is not final
+        ``state`` is any spelling ``slurmstates.normalise`` accepts; a state that is not final
         raises ``ValueError``. A job the store has not seen gets a row of its own.
         """
-        name = states.normalise(state)
-        if name is None or not states.is_final(name):
+        name = slurmstates.normalise(state)
+        if name is None or not slurmstates.is_final(name):
             raise ValueError(f"job {job_id}: {state!r} is not a final Slurm state")
         with self._transaction() as conn:
             conn.execute(
@@ -169,7 +169,7 @@ class Writes(StoreBase):
                 "state_source = excluded.state_source, "
                 "exit_code = coalesce(excluded.exit_code, exit_code), "
                 "updated_ts = excluded.updated_ts",
-                (str(job_id), name, states.label_for(name), source, exit_code, time.time()))
+                (str(job_id), name, slurmstates.label_for(name), source, exit_code, time.time()))
 
     def add_predictions(self, predictions: Iterable[Mapping[str, Any]]) -> int:
         """Store predictions (the ``prediction`` body: job_id, ts, risk, level, parts,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nomade import slurmfmt, states, wire
+from nomade import slurmfmt, slurmstates, wire
 from nomade.features import JobTable
 from nomade.traces.trace import Trace, _Codes, _state
 
@@ -31,7 +31,7 @@ def trace_from_records(records: list[dict[str, Any]], source: str, shape: str = 
     named = [_state(r.get("state")) for r in records]
     state = np.array([name for name, _ in named], dtype=object)
     label = np.array([lab for _, lab in named], dtype=np.float64)
-    final = np.array([name in states.FINAL_STATES for name, _ in named], dtype=bool)
+    final = np.array([name in slurmstates.FINAL_STATES for name, _ in named], dtype=bool)
     users, cats = _Codes(), {c: _Codes() for c in ("partition", "account")}
     jobs = JobTable(
         job_id=np.array([r["job_id"] for r in records], dtype=object),

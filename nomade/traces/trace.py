@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from nomade import states
+from nomade import slurmstates
 from nomade.errors import NomadeError
 from nomade.features import JobTable
 
@@ -167,8 +167,8 @@ def _state(raw: Any) -> tuple[str | None, float]:
     key = tuple(raw) if isinstance(raw, list) else raw
     got = _STATES.get(key)
     if got is None:
-        name = states.normalise(raw)
-        label = states.label_for(name)
+        name = slurmstates.normalise(raw)
+        label = slurmstates.label_for(name)
         got = (name, math.nan if label is None else float(label))
         if len(_STATES) < 10000:
             _STATES[key] = got
