@@ -14,7 +14,7 @@ are the site's own history and go into the store unless ``--dry-run``. An SWF tr
 (another machine's public log) is only summarised unless ``--into-store``; give it its
 own store with ``--db`` (SWF job ids would otherwise meet the site's own ids). Only
 what is known at submit or start becomes a feature; runtime and final state are kept
-for labels (see ``nomade/traces.py``).
+for labels (see ``nomade/traces/``).
 
 A malformed or truncated file stops the import with an error naming the line and
 record, and nothing is written; ``--partial`` imports the records that can be read and
