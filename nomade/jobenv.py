@@ -24,9 +24,9 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from typing import TypedDict
 
-from nomade import slurmfmt
+from nomade import jobrecord, slurmfmt
+from nomade.jobrecord import Body
 
 HOOKS = ("prolog", "prolog_slurmctld", "epilog", "epilog_slurmctld", "jobcomp")
 START_HOOKS = frozenset({"prolog", "prolog_slurmctld"})
@@ -37,37 +37,6 @@ _JOB_ID = re.compile(r"[0-9]{1,12}(?:[_+][0-9]{1,12})?")
 _STATE = re.compile(r"[A-Z][A-Z_]{1,30}")
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
 _CPUS_PART = re.compile(r"([0-9]{1,7})(?:\(x([0-9]{1,7})\))?")
-
-
-class JobStart(TypedDict):
-    """Body of a ``job.start`` message."""
-
-    job_id: str
-    user: str | None
-    uid: int | None
-    partition: str | None
-    account: str | None
-    nodes: list[str] | None
-    num_nodes: int | None
-    req_cpus: int | None
-    req_mem_bytes: int | None
-    req_gpus: int | None
-    time_limit_s: float | None
-    submit_ts: float | None
-    start_ts: float | None
-    source: str
-    cluster: str | None
-
-
-class JobEnd(TypedDict):
-    """Body of a ``job.end`` message; ``state`` only where the hook knows it (jobcomp)."""
-
-    job_id: str
-    end_ts: float | None
-    exit_code: int | None
-    signal: int | None
-    state: str | None
-    source: str
 
 
 def _first(env: Mapping[str, str], *names: str) -> str | None:
@@ -153,7 +122,7 @@ def job_id(env: Mapping[str, str]) -> str | None:
     return value if value is not None and _JOB_ID.fullmatch(value) else None
 
 
-def job_start(env: Mapping[str, str], source: str) -> JobStart | None:
+def job_start(env: Mapping[str, str], source: str) -> Body | None:
     """``job.start`` body from a start hook's (or jobcomp's) variables; None without a job id."""
     jid = job_id(env)
     if jid is None:
@@ -162,7 +131,7 @@ def job_start(env: Mapping[str, str], source: str) -> JobStart | None:
     num_nodes = to_int(_first(env, "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "NODECNT"), 1, slurmfmt.MAX_HOSTS)
     cpus = total_cpus(_first(env, "SLURM_JOB_CPUS_PER_NODE", "SLURM_CPUS_PER_NODE"))
     cpus = cpus if cpus is not None else to_int(env.get("PROCS"), 1)
-    return JobStart(
+    return jobrecord.start_body(
         job_id=jid,
         user=to_name(_first(env, "SLURM_JOB_USER", "USERNAME")),
         uid=to_int(_first(env, "SLURM_JOB_UID", "UID"), 0, 2**32 - 1),
@@ -202,7 +171,7 @@ def _req_gpus(env: Mapping[str, str]) -> int | None:
     return None
 
 
-def job_end(env: Mapping[str, str], source: str) -> JobEnd | None:
+def job_end(env: Mapping[str, str], source: str) -> Body | None:
     """``job.end`` body from an end hook's variables; None without a job id."""
     jid = job_id(env)
     if jid is None:
@@ -217,18 +186,18 @@ def job_end(env: Mapping[str, str], source: str) -> JobEnd | None:
             code, sig = exit_and_signal(env.get("SLURM_JOB_EXIT_CODE"))
         state = ""
         end_ts = to_ts(_first(env, "SLURM_JOB_END_TIME", "NOMADE_TS"))
-    return JobEnd(job_id=jid, end_ts=end_ts, exit_code=code, signal=sig,
-                  state=state if _STATE.fullmatch(state) else None, source=source)
+    return jobrecord.end_body(job_id=jid, end_ts=end_ts, exit_code=code, signal=sig,
+                               state=state if _STATE.fullmatch(state) else None, source=source)
 
 
-def events(env: Mapping[str, str]) -> list[tuple[str, JobStart | JobEnd]]:
+def events(env: Mapping[str, str]) -> list[tuple[str, Body]]:
     """The wire (kind, body) pairs a hook record stands for, in order; [] if it says nothing.
 
     Start hooks give ``job.start``; epilogs give ``job.end``; jobcomp gives both (it
     knows the start, limits and final state of a job no node hook may have reported).
     """
     hook = hook_of(env)
-    out: list[tuple[str, JobStart | JobEnd]] = []
+    out: list[tuple[str, Body]] = []
     if hook in START_HOOKS or hook == "jobcomp":
         start = job_start(env, hook)
         if start is not None:
@@ -248,6 +217,6 @@ def from_environ(hook: str) -> dict[str, str]:
     return record
 
 
-__all__ = ["HOOKS", "JobEnd", "JobStart", "events", "exit_and_signal", "expand_hostlist",
+__all__ = ["HOOKS", "events", "exit_and_signal", "expand_hostlist",
            "from_environ", "hook_of", "job_end", "job_id", "job_start", "time_limit_s",
            "to_int", "to_name", "to_ts", "total_cpus"]

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from nomade import jobrecord
+
 
 class MessageLike(Protocol):
     """What the store reads of a ``nomade.wire.Message``."""
@@ -42,9 +44,10 @@ NODE_SAMPLE_FIELDS: tuple[str, ...] = (
 
 _PREDICTION_FIELDS = ("job_id", "ts", "risk", "level", "parts", "factors", "model_version")
 
-# job.start fields that the first message that knows them fills in.
-_START_FILL = ("cluster", "user", "uid", "account", "partition", "num_nodes", "req_cpus",
-               "req_mem_bytes", "req_gpus", "time_limit_s")
+# job.start fields that the first message that knows them fills in (the times and the
+# nodes merge otherwise; a field the jobs table has no column for is not kept).
+_START_FILL = tuple(f for f in jobrecord.START_FIELDS
+                    if f in JOB_FIELDS and f not in ("job_id", "nodes", "submit_ts", "start_ts"))
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from nomade import slurmfmt, slurmstates, wire
+from nomade import jobrecord, slurmfmt, slurmstates, wire
 from nomade.features import JobTable
 from nomade.traces.trace import Trace, _Codes, _state
 
-START_KEYS = ("job_id", "user", "uid", "partition", "account", "nodes", "num_nodes", "req_cpus",
-              "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts", "source", "cluster")
-END_KEYS = ("job_id", "end_ts", "exit_code", "signal", "state", "source")
+START_KEYS = jobrecord.START_FIELDS
+END_KEYS = jobrecord.END_FIELDS
 """The keys of :func:`messages`' bodies: the ``job.start`` and ``job.end`` fields in wire order."""
 
 

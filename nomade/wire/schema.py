@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from nomade import jobrecord
 from nomade.wire.envelope import WireError, _show
 from nomade.wire.values import (
     _KEYSETS,
     AMOUNT,
-    CODE,
+    BY_NAME,
     COUNT,
     FACTORS,
     FRACTION,
@@ -23,26 +24,17 @@ from nomade.wire.values import (
     SCORES,
     SECONDS,
     TS,
-    UID,
     _compile_body,
     _Field,
     _record,
     _record_to_wire,
 )
 
-#: Body fields of every kind in wire order: (name, type, nullable). Append only.
+#: Body fields of every kind in wire order: (name, type, nullable). Append only. The job
+#: events' fields are declared once, in ``nomade.jobrecord``.
 SCHEMAS: dict[str, tuple[_Field, ...]] = {
-    "job.start": (
-        ("job_id", JOB_ID, REQ), ("user", NAME, OPT), ("uid", UID, OPT),
-        ("partition", NAME, OPT), ("account", NAME, OPT), ("nodes", NAMES, OPT),
-        ("num_nodes", COUNT, OPT), ("req_cpus", COUNT, OPT), ("req_mem_bytes", COUNT, OPT),
-        ("req_gpus", COUNT, OPT), ("time_limit_s", SECONDS, OPT), ("submit_ts", TS, OPT),
-        ("start_ts", TS, OPT), ("source", NAME, OPT), ("cluster", NAME, OPT),
-    ),
-    "job.end": (
-        ("job_id", JOB_ID, REQ), ("end_ts", TS, OPT), ("exit_code", CODE, OPT),
-        ("signal", CODE, OPT), ("state", NAME, OPT), ("source", NAME, OPT),
-    ),
+    "job.start": tuple((f.name, BY_NAME[f.type], f.nullable) for f in jobrecord.START),
+    "job.end": tuple((f.name, BY_NAME[f.type], f.nullable) for f in jobrecord.END),
     "job.sample": (
         ("job_id", JOB_ID, REQ), ("node", NAME, REQ), ("ts", TS, REQ),
         ("alloc_cpus", COUNT, OPT), ("cpu_user_s", SECONDS, OPT),

@@ -158,6 +158,12 @@ NAMES = _Type(f"a list of at most {MAX_NODES} names", "_is_names({x})", to_wire=
 LEVEL = _Type(f"one of {LEVELS}", "(type({x}) is str and {x} in _levels)")
 SCORES = _Type(f"a list of scores {PARTS}", "True", _parts_convert, _parts_to_wire)
 FACTORS = _Type("a list of factors", "True", _factors_convert, _factors_to_wire)
+#: The value types by name, as ``nomade.jobrecord`` names them.
+BY_NAME: dict[str, _Type] = {
+    "COUNT": COUNT, "UID": UID, "CODE": CODE, "TS": TS, "SECONDS": SECONDS, "AMOUNT": AMOUNT,
+    "PERCENT": PERCENT, "FRACTION": FRACTION, "REAL": REAL, "JOB_ID": JOB_ID, "NAME": NAME,
+    "TEXT": TEXT, "NAMES": NAMES, "LEVEL": LEVEL, "SCORES": SCORES, "FACTORS": FACTORS,
+}
 
 REQ, OPT = False, True
 _Field = tuple[str, _Type, bool]   # (name, type, nullable)
