@@ -6,10 +6,10 @@ the hook-spool drain (``[agent] spool_dirs``, every ``spool_interval_s``), and, 
 ``final_interval_s``, the Slurm rounds: requests of started jobs that no hook saw
 (memory, GPUs, time limit: ``nomade.agent.requests``) and final states of ended jobs
 (``nomade.agent.outcomes``), each one batched query through ``nomade.slurm``. The
-decisions live in ``state``, ``ingest``, ``scoring``, ``requests`` and ``finalstate``;
+decisions live in ``jobstate``, ``ingest``, ``scoring``, ``requests`` and ``outcomes``;
 this module only moves bytes and calls them. A request answered by Slurm becomes a
 ``job.start`` message (source ``"slurm"``) that is stored and fed to the job state like
-a hook event, so the next scoring tick sees it. A second thread serves the metrics (``metrics``).
+a hook event, so the next scoring tick sees it. A second thread serves the metrics (``exporter``).
 
 Shutdown (``close``, after ``run`` returns because ``should_stop()`` became true):
 stop polling, drain and store what had already arrived and send its acks, drain the
