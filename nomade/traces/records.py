@@ -70,14 +70,16 @@ def messages(trace: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any] | No
     exit_codes = trace.extra.get("exit_code", [None] * n)
     for i in range(n):
         job_id = j.job_id[i]
-        body = dict(zip(START_KEYS, (
-            job_id, user[i], None, part[i], acct[i], _node_names(nodes[i]),
-            None if num_nodes[i] is None else int(num_nodes[i]), cpus[i], mem[i], gpus[i], limit[i],
-            submit[i], start[i], "import", None)))
+        body = jobrecord.start_body(
+            job_id=job_id, user=user[i], partition=part[i], account=acct[i], nodes=_node_names(nodes[i]),
+            num_nodes=None if num_nodes[i] is None else int(num_nodes[i]), req_cpus=cpus[i],
+            req_mem_bytes=mem[i], req_gpus=gpus[i], time_limit_s=limit[i], submit_ts=submit[i],
+            start_ts=start[i], source="import")
         done = None
         if end[i] is not None:
             code, signal = _split_exit(exit_codes[i])
-            done = dict(zip(END_KEYS, (job_id, end[i], code, signal, j.state[i], "import")))
+            done = jobrecord.end_body(job_id=job_id, end_ts=end[i], exit_code=code, signal=signal,
+                                       state=j.state[i], source="import")
         yield body, done
 
 
