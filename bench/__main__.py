@@ -23,8 +23,8 @@ def _table(rows: list[Result]) -> str:
     head = ("benchmark", "value", "unit", "budget", "verdict")
     body = [(r.name, f"{r.value:.4g}", r.unit, r.budget,
              {True: "ok", False: "OVER BUDGET", None: "-"}[r.ok]) for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
     return "\n".join([line(head), line("-" * w for w in widths), *map(line, body)])
 
 

@@ -80,7 +80,7 @@ def _next_samples(state: JobState, ts: float) -> None:
     """One more sample for every running job, ``INTERVAL_S`` after the last tick."""
     msgs = []
     for run in state.running.values():
-        last = dict(zip(JOB_SAMPLE_FIELDS, run.samples[-1]))
+        last = dict(zip(JOB_SAMPLE_FIELDS, run.samples[-1], strict=True))
         cpus = last.get("alloc_cpus") or 1
         last.update(ts=ts, cpu_user_s=(last.get("cpu_user_s") or 0.0) + 0.7 * cpus * INTERVAL_S,
                     read_bytes=(last.get("read_bytes") or 0) + 10**6,

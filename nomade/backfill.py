@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def windows(since: float, until: float, days: float, cursor: tuple[float, float]
         start, since = cursor[1], cursor[0]
     step = days * 86400.0
     edges = [start + i * step for i in range(int(math.ceil((until - start) / step)))] + [until]
-    return since, [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    return since, [(a, b) for a, b in pairwise(edges) if b > a]
 
 
 def backfill(slurm: Any, db: Path, since: float, until: float | None = None, days: float = WINDOW_DAYS,

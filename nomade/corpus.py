@@ -177,7 +177,7 @@ def _table(path: Path, z: Mapping[str, np.ndarray], prefix: str, names: Sequence
         cols.append(z[key])
     n = {len(c) for c in cols}
     if len(n) > 1:
-        lengths = {f"{prefix}/{name}": len(c) for name, c in zip(names, cols)}
+        lengths = {f"{prefix}/{name}": len(c) for name, c in zip(names, cols, strict=True)}
         raise CorpusError(f"{path}: the {prefix} columns differ in length: {lengths}")
     return cols
 
@@ -188,18 +188,21 @@ def read(path: str | Path) -> Corpus:
     z = _load(path)
     header = _header(path, z)
     jobs_cols = _table(path, z, "jobs", JOB_FIELDS)
-    jobs_vals = [_back(c, f in _TEXT_JOB, f in _INT_JOB) for f, c in zip(JOB_FIELDS, jobs_cols)]
-    jobs = [dict(zip(JOB_FIELDS, r)) for r in zip(*jobs_vals)]
+    jobs_vals = [_back(c, f in _TEXT_JOB, f in _INT_JOB) for f, c in zip(JOB_FIELDS, jobs_cols, strict=True)]
+    jobs = [dict(zip(JOB_FIELDS, r, strict=True)) for r in zip(*jobs_vals, strict=True)]
     for j in jobs:
         try:
             j["nodes"] = tuple(json.loads(j["nodes"] or "[]"))
         except ValueError:
             raise CorpusError(f"{path}: job {j['job_id']}: column 'jobs/nodes' is not a JSON list") from None
     s_cols = _table(path, z, "samples", JOB_SAMPLE_FIELDS)
-    samples = list(zip(*[_back(c, f in _TEXT_SAMPLE, f in _INT_SAMPLE) for f, c in zip(JOB_SAMPLE_FIELDS, s_cols)]))
+    samples = list(zip(*[_back(c, f in _TEXT_SAMPLE, f in _INT_SAMPLE)
+                         for f, c in zip(JOB_SAMPLE_FIELDS, s_cols, strict=True)], strict=True))
     n_cols = _table(path, z, "nodes", NODE_SAMPLE_FIELDS)
-    nodes = list(zip(*[_back(c, f == "node", f in _INT_NODE) for f, c in zip(NODE_SAMPLE_FIELDS, n_cols)]))
+    nodes = list(zip(*[_back(c, f == "node", f in _INT_NODE)
+                       for f, c in zip(NODE_SAMPLE_FIELDS, n_cols, strict=True)], strict=True))
     m_cols = _table(path, z, "meta", META_FIELDS)
-    meta_vals = [_back(c, f in _TEXT_META, f in ("plan_index", "seed")) for f, c in zip(META_FIELDS, m_cols)]
-    meta = {r[0]: dict(zip(META_FIELDS[1:], r[1:])) for r in zip(*meta_vals)}
+    meta_vals = [_back(c, f in _TEXT_META, f in ("plan_index", "seed"))
+                 for f, c in zip(META_FIELDS, m_cols, strict=True)]
+    meta = {r[0]: dict(zip(META_FIELDS[1:], r[1:], strict=True)) for r in zip(*meta_vals, strict=True)}
     return Corpus(header, HistoryRows(jobs, samples, nodes), meta)

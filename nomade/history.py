@@ -73,7 +73,7 @@ def tables(rows: HistoryRows, iowait_max_age_s: float = features.IOWAIT_MAX_AGE_
     jobs = features.JobTable.from_records(rows.jobs)
     iowait = sample_iowait(rows.job_samples, rows.node_samples, iowait_max_age_s).tolist()
     samples = features.SampleTable.from_records(
-        jobs, (r + (w,) for r, w in zip(rows.job_samples, iowait)),
+        jobs, (r + (w,) for r, w in zip(rows.job_samples, iowait, strict=True)),
         fields=(*JOB_SAMPLE_FIELDS, "iowait_pct"))
     return jobs, samples
 

@@ -93,7 +93,7 @@ def split_filetxt(text: str) -> dict[str, str]:
     if not marks or marks[0].group(1) != "JobId" or text[:marks[0].start()].strip():
         raise ValueError("not a jobcomp/filetxt line (it starts with JobId=)")
     out = {}
-    for m, nxt in zip(marks, [*marks[1:], None]):
+    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
         out[m.group(1)] = text[m.end():nxt.start() if nxt else len(text)].strip()
     return out
 

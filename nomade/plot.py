@@ -110,7 +110,7 @@ def _series(root: ET.Element, frame: Frame, data: Mapping[str, tuple[Sequence[fl
         if len(xs) != len(ys):
             raise ValueError(f"series {name!r}: {len(xs)} x values but {len(ys)} y values")
         colour = COLOURS[k % len(COLOURS)]
-        points = " ".join("{:.2f},{:.2f}".format(*frame.px(x, y)) for x, y in zip(xs, ys))
+        points = " ".join("{:.2f},{:.2f}".format(*frame.px(x, y)) for x, y in zip(xs, ys, strict=True))
         attrs = {"class": "series", "data-name": name, "points": points, "fill": "none",
                  "stroke": colour, "stroke-width": "2"}
         ET.SubElement(root, "polyline", attrs)

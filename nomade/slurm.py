@@ -121,7 +121,7 @@ def parse_scontrol_record(line: str) -> dict[str, str]:
     """
     matches = list(_SCONTROL_KEY.finditer(line))
     record: dict[str, str] = {}
-    for m, nxt in zip(matches, [*matches[1:], None]):
+    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
         end = nxt.start() if nxt else len(line)
         record.setdefault(m.group(1), line[m.end():end].rstrip())
     return record

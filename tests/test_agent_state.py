@@ -186,7 +186,7 @@ def reference_inputs(st: JobState, now: float, length: int,
     records += [{"job_id": j, "user": h.user, "end_ts": h.end_ts, "state": h.state}
                 for j, h in st.history.items()]
     jobs = features.JobTable.from_records(records)
-    srecs = [dict(zip(JOB_SAMPLE_FIELDS, b)) for r in run for b in r.samples]
+    srecs = [dict(zip(JOB_SAMPLE_FIELDS, b, strict=True)) for r in run for b in r.samples]
     code = {f"n{k}": k for k in range(10)}
     iowait = features.node_asof(
         np.array([code[s["node"]] for s in srecs]), np.array([s["ts"] for s in srecs]),
@@ -194,7 +194,7 @@ def reference_inputs(st: JobState, now: float, length: int,
         np.array([m.body["ts"] for m in readings]),
         np.array([m.body["iowait_pct"] for m in readings], dtype=np.float64))
     samples = features.SampleTable.from_records(jobs, [dict(s, iowait_pct=w)
-                                                       for s, w in zip(srecs, iowait)])
+                                                       for s, w in zip(srecs, iowait, strict=True)])
     rows, t = np.arange(len(run)), np.full(len(run), now)
     return (*features.asof_features(jobs, samples, t, rows),
             *features.sequences(jobs, samples, t, length, 30.0, rows))
@@ -260,7 +260,7 @@ def test_tick_inputs_stay_equal_to_the_feature_functions_tick_after_tick(seed: i
 
 def fake_jobs(levels: list[str | None], ts: list[float]) -> list[RunningJob]:
     return [RunningJob(str(i), explained=None if lv is None else Explained(lv, t, []))
-            for i, (lv, t) in enumerate(zip(levels, ts))]
+            for i, (lv, t) in enumerate(zip(levels, ts, strict=True))]
 
 
 def test_explanations_go_to_changed_levels_first_then_to_the_oldest() -> None:

@@ -68,7 +68,7 @@ def ended(slurm_cluster: SlurmCluster) -> dict[str, object]:
     while True:   # slurmctld sends job ends to slurmdbd on its own schedule
         text = c.slurm.accounting(backfill.sacct_time(t0), backfill.sacct_time(time.time() + 1), backfill.FIELDS)
         trace = parse_sacct_lines(text.splitlines(keepends=True), "sacct")
-        listed = {j: s for j, s in zip(trace.jobs.job_id.tolist(), trace.jobs.state.tolist())}
+        listed = {j: s for j, s in zip(trace.jobs.job_id.tolist(), trace.jobs.state.tolist(), strict=True)}
         if all(slurmstates.is_final(listed.get(i)) for i in ids.values()):
             break
         assert time.monotonic() < deadline, f"sacct does not list {ids} ended after 60 s: {listed}"
@@ -131,7 +131,7 @@ def _by_id(trace: Trace) -> dict[str, tuple]:
     cols = (j.state.tolist(), j.label.tolist(), j.req_cpus.tolist(), j.req_mem_bytes.tolist(),
             j.time_limit_s.tolist(), j.submit_ts.tolist(), j.start_ts.tolist(), j.end_ts.tolist())
     return {job_id: tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in row)
-            for job_id, *row in zip(j.job_id.tolist(), *cols)}
+            for job_id, *row in zip(j.job_id.tolist(), *cols, strict=True)}
 
 
 def test_this_slurms_sacct_text_and_json_parse_as_the_fixtures_claim(ended, slurm_cluster, tmp_path):
@@ -152,7 +152,7 @@ def test_this_slurms_sacct_text_and_json_parse_as_the_fixtures_claim(ended, slur
     assert t.never_ran == 1 and t.shape == "sacct --parsable2"
     raw = {ln.split("|")[0]: ln.split("|") for ln in lines[1:]}
     head = lines[0].split("|")
-    never = dict(zip(head, raw[ids["never_ran"]]))
+    never = dict(zip(head, raw[ids["never_ran"]], strict=True))
     assert never["State"].startswith("CANCELLED by ") and never["NodeList"] == "None assigned"
     got = _by_id(t)
     for name, job_id in ids.items():

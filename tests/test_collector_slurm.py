@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_samples_are_plausible(slurm_cluster: SlurmCluster, jobs: dict[str, str]
     busy = samples(agent, jobs["busy"])
     cpu = [s["cpu_user_s"] + s["cpu_system_s"] for s in busy]
     assert cpu[-1] - cpu[0] >= 0.3 * (busy[-1]["ts"] - busy[0]["ts"]), "a busy job's CPU time grows"
-    assert all(b >= a for a, b in zip(cpu, cpu[1:]))
+    assert all(b >= a for a, b in pairwise(cpu))
     assert busy[-1]["alloc_cpus"] >= 1 and busy[-1]["nprocs"] >= 1
     hold = samples(agent, jobs["hold"])[-1]
     assert 200 << 20 <= hold["mem_bytes"] <= hold["mem_limit_bytes"] == 600 << 20

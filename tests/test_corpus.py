@@ -185,6 +185,6 @@ def test_corpus_info_prints_counts_by_shape_and_state(db: Path, tmp_path: Path,
     assert "4 jobs, 19 job samples" in out and "seed: 7" in out
     row = next(line.split() for line in out.splitlines() if line.startswith("multinode"))
     states = next(line.split() for line in out.splitlines() if line.startswith("shape"))[2:]
-    assert dict(zip(states, map(int, row[2:]))) == {"COMPLETED": 0, "OUT_OF_MEMORY": 1, "FAILED": 0, "TIMEOUT": 0}
+    assert dict(zip(states, map(int, row[2:]), strict=True)) == {"COMPLETED": 0, "OUT_OF_MEMORY": 1, "FAILED": 0, "TIMEOUT": 0}
     assert _cli(tmp_path, "corpus", "info", "--json", str(tmp_path / "c.npz")) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["by_state"]["TIMEOUT"] == 1

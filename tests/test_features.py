@@ -55,7 +55,7 @@ def test_runtime_values_by_hand():
     jobs = JobTable.from_records([job("1")])
     samples = SampleTable.from_records(jobs, [sample("1", 1000 + 30 * i, i) for i in range(1, 6)])
     X, mask = asof_features(jobs, samples, np.array([1000 + 30 * 5 + 7.0]))
-    x = dict(zip(FEATURES, X[0].astype(float)))
+    x = dict(zip(FEATURES, X[0].astype(float), strict=True))
     assert mask[0].sum() == 16 and not mask[0, F["user_last_failed"]]  # no ended job yet
     assert x["log_req_cpus"] == pytest.approx(math.log1p(4))
     assert x["log_req_mem_mb"] == pytest.approx(math.log1p(8192))
@@ -80,7 +80,7 @@ def test_recent_change_and_peak_follow_the_last_samples():
     recs += [sample("1", 1000 + 30 * i, i, cpu_user_s=240.0, mem_bytes=0.5 * GB) for i in range(5, 9)]
     samples = SampleTable.from_records(jobs, recs)
     X, _ = asof_features(jobs, samples, np.array([1240.0]))
-    x = dict(zip(FEATURES, X[0].astype(float)))
+    x = dict(zip(FEATURES, X[0].astype(float), strict=True))
     assert x["cpu_eff"] == pytest.approx(240 / (4 * 240))
     assert x["cpu_eff_change"] == pytest.approx(-0.25)
     assert x["mem_frac"] == pytest.approx(0.125)
@@ -120,7 +120,7 @@ def test_user_history_smoothed_and_last_failed():
 
 def brute_history(jobs, rows, t):
     rate, last = [], []
-    for r, tt in zip(rows, t):
+    for r, tt in zip(rows, t, strict=True):
         done = np.isfinite(jobs.end_ts) & np.isfinite(jobs.label) & (jobs.end_ts < tt)
         g = jobs.label[done]
         prior = (g.sum() + 1) / (len(g) + 2)
@@ -182,7 +182,7 @@ def test_the_future_does_not_change_a_feature(seed):
         srecs = [dict(s, io_pressure=None) for s in srecs]
         iowait = node_asof(np.zeros(len(srecs)), np.array([s["ts"] for s in srecs]),
                            np.zeros(len(nodes)), *np.array(nodes).T)
-        srecs = [dict(s, iowait_pct=w) for s, w in zip(srecs, iowait)]
+        srecs = [dict(s, iowait_pct=w) for s, w in zip(srecs, iowait, strict=True)]
         return jobs, SampleTable.from_records(jobs, srecs)
     base_rng = rng.bit_generator.state
     jobs_a, samp_a = world(False)
@@ -201,8 +201,8 @@ def test_the_future_does_not_change_a_feature(seed):
 
 def brute_node_asof(node, ts, ref_node, ref_ts, ref_value, max_age_s):
     out = []
-    for n, t in zip(node, ts):
-        cand = [(rt, v) for rn, rt, v in zip(ref_node, ref_ts, ref_value)
+    for n, t in zip(node, ts, strict=True):
+        cand = [(rt, v) for rn, rt, v in zip(ref_node, ref_ts, ref_value, strict=True)
                 if rn == n and rt <= t and np.isfinite(v) and np.isfinite(rt)]
         best = max(cand, default=None)   # latest time, then the largest value
         out.append(best[1] if best is not None and t - best[0] <= max_age_s else np.nan)
@@ -362,7 +362,7 @@ def test_last_sample_matches_a_plain_loop(seed):
     t = np.where(rng.random(300) < 0.5, rng.integers(-1, 41, 300) * 30.0, rng.uniform(-50, 1250, 300))
     t[:5] = np.nan
     last, first = _last_sample(samples, rows, t)
-    for e, (r, tt) in enumerate(zip(rows, t)):
+    for e, (r, tt) in enumerate(zip(rows, t, strict=True)):
         mine = np.flatnonzero(samples.job_index == r)
         ok = mine[samples.ts[mine] <= tt]
         assert last[e] == (ok[-1] if len(ok) else -1)

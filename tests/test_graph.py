@@ -71,8 +71,8 @@ def test_edge_list_sends_from_reference_to_query():
     src, dst, w = edge_list(idx, sim, valid)
     assert len(src) == valid.sum() > 0
     assert (end[src] < start[dst]).all()
-    assert sorted(zip(dst.tolist(), w.tolist())) == sorted(
-        (i, float(s)) for i, row in enumerate(sim) for s, v in zip(row, valid[i]) if v)
+    assert sorted(zip(dst.tolist(), w.tolist(), strict=True)) == sorted(
+        (i, float(s)) for i, row in enumerate(sim) for s, v in zip(row, valid[i], strict=True) if v)
 
 
 def test_equal_end_and_start_is_not_before():

@@ -307,7 +307,7 @@ def test_since_asks_sacct_for_what_the_parser_reads(tmp_path, capsys):
     cols = backfill.FIELDS.split(",")
     src = (DATA / "sacct-23.02.txt").read_text().splitlines()
     head = src[0].split("|")
-    rows = ["|".join(dict(zip(head, ln.split("|"))).get(c, "") for c in cols) for ln in src[1:]]
+    rows = ["|".join(dict(zip(head, ln.split("|"), strict=True)).get(c, "") for c in cols) for ln in src[1:]]
     t = parse_sacct_lines(["|".join(cols) + "\n", *(r + "\n" for r in rows)], "sacct")
     assert t.jobs.job_id.tolist() == ["401", "402", "403", "404", "406"] and t.never_ran == 1
     assert backfill.sacct_time(backfill.parse_date("2024-01-02")) == "2024-01-02T00:00:00"

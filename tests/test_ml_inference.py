@@ -167,7 +167,7 @@ def same_factors(a: list[dict], b: list[dict]) -> bool:
     return len(a) == len(b) and all(
         x.keys() == y.keys() and all(x[k] == y[k] if isinstance(x[k], str) else
                                      np.isclose(x[k], y[k], rtol=1e-5, atol=1e-6) for k in x)
-        for x, y in zip(a, b))
+        for x, y in zip(a, b, strict=True))
 
 
 def test_auc_standard_error_shrinks_with_the_counts() -> None:

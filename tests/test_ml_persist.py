@@ -48,7 +48,7 @@ def test_save_then_load_gives_identical_scores(tmp_path: Path, fitted: dict) -> 
     meta = persist.save(tmp_path, fitted["models"], fitted["norm"], {"gnn": {"graph": {"k": 4}}},
                         Weights(0.5, 0.3, 0.2), {"jobs": 200})
     loaded = {k: persist.load_model(tmp_path, k)[0] for k in persist.FILES}
-    for a, b in zip(_scores(fitted["models"], fitted), _scores(loaded, fitted)):
+    for a, b in zip(_scores(fitted["models"], fitted), _scores(loaded, fitted), strict=True):
         assert np.array_equal(a, b, equal_nan=True)
     assert persist.load_model(tmp_path, "gnn")[1] == fitted["norm"]
     assert meta["models"]["gnn"]["graph"] == {"k": 4}

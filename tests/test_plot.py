@@ -51,10 +51,10 @@ def test_roc_svg_polylines_are_the_curves(tmp_path: Path) -> None:
     lines = root.findall("s:polyline[@class='series']", NS)
     assert [ln.get("data-name") for ln in lines] == list(curves)
     frame = plot.Frame((0.0, 1.0), (0.0, 1.0))
-    for line, (fpr, tpr) in zip(lines, curves.values()):
+    for line, (fpr, tpr) in zip(lines, curves.values(), strict=True):
         got = _points(line)
         assert len(got) == len(fpr)
-        for (x, y), fx, fy in zip(got, fpr, tpr):
+        for (x, y), fx, fy in zip(got, fpr, tpr, strict=True):
             ex, ey = frame.px(fx, fy)
             assert x == pytest.approx(ex, abs=0.006) and y == pytest.approx(ey, abs=0.006)
     legend = [t.text for t in root.findall("s:g[@class='legend']/s:text", NS)]
@@ -77,7 +77,7 @@ def test_lead_time_svg_linear_and_log(tmp_path: Path) -> None:
     assert line.get("data-name") == "all (n=3)"
     frame = plot.Frame((0.0, 3.0), (0.0, 1.0))
     xs, ys = plot.ecdf([1.0, 2.0, 3.0])
-    assert _points(line) == [pytest.approx(frame.px(x, y), abs=0.006) for x, y in zip(xs, ys)]
+    assert _points(line) == [pytest.approx(frame.px(x, y), abs=0.006) for x, y in zip(xs, ys, strict=True)]
 
     root = _parse(plot.lead_time_svg({"all": [0.5, 40.0, 2000.0], "TIMEOUT": [40.0]}, tmp_path / "b.svg"))
     ticks = [float(t.text) for t in root.findall("s:text[@class='xtick']", NS)]

@@ -134,7 +134,7 @@ def test_replay_equals_scoring_each_tick_alone(trained: tuple) -> None:
     job, t = replay.tick_times(jobs, test_jobs, 120.0, 8)
     risk = []
     with torch.inference_mode():
-        for r, tt in zip(test_jobs[job], t):
+        for r, tt in zip(test_jobs[job], t, strict=True):
             X, mask = features.asof_features(jobs, samples, np.array([tt]), np.array([r]))
             S, lengths = features.sequences(jobs, samples, np.array([tt]), scorer.grid[1], scorer.grid[0],
                                             np.array([r]))

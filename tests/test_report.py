@@ -58,7 +58,7 @@ def test_report_plot_writes_the_lead_time_ecdf(tmp_path: Path) -> None:
     frame = plot.Frame((0.0, 15.0), (0.0, 1.0))
     xs, ys = plot.ecdf([1.0, 5.0, 15.0])
     got = [tuple(map(float, p.split(","))) for p in line.get("points").split()]
-    assert got == [pytest.approx(frame.px(x, y), abs=0.006) for x, y in zip(xs, ys)]
+    assert got == [pytest.approx(frame.px(x, y), abs=0.006) for x, y in zip(xs, ys, strict=True)]
     assert "risk >= 0.70" in root.find("s:title", NS).text
 
 

@@ -203,7 +203,7 @@ def _job_families(scores: Sequence[tuple[str, JobScore]]) -> Iterator[Metric]:
         counts[s.level] += 1
     by_level = GaugeMetricFamily(PREFIX + "jobs_by_level", "Running jobs scored at each level "
                                  "by the last tick.", labels=("level",))
-    for name, n in zip(LEVELS, counts):
+    for name, n in zip(LEVELS, counts, strict=True):
         by_level.add_metric((name,), n)
     yield from (risk, level, by_level)
 

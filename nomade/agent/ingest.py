@@ -117,7 +117,7 @@ class Ingest:
             return []
         fresh = self._write(batches)
         replies: list[list[bytes]] = []
-        for (identity, batch, rows), is_fresh in zip(batches, fresh):
+        for (identity, batch, rows), is_fresh in zip(batches, fresh, strict=True):
             replies.append([identity, wire.encode(wire.make_ack(self.agent_name, batch.seq))])
             items = batch.body["items"]
             if is_fresh:

@@ -442,7 +442,7 @@ class JobState:
         if state.running:
             rows = store.job_samples(list(state.running), since_ts=now - state.horizon_s)
             if tuple(fields) != JOB_SAMPLE_FIELDS:
-                rows = [tuple(map(dict(zip(fields, row)).get, JOB_SAMPLE_FIELDS)) for row in rows]
+                rows = [tuple(map(dict(zip(fields, row, strict=True)).get, JOB_SAMPLE_FIELDS)) for row in rows]
             state.apply_rows(rows)
         state._rebuild_readings(store, now)
         return state

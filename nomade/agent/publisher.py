@@ -75,7 +75,7 @@ class Publisher:
             self.store.add_predictions(m.body for m in messages)
         topics = {level: topic(level) for level in wire.LEVELS}
         send, more = self.sock.send, zmq.SNDMORE
-        for m, frame in zip(messages, frames):   # PUB drops for slow subscribers rather than blocking
+        for m, frame in zip(messages, frames, strict=True):   # PUB drops for slow subscribers rather than blocking
             send(topics[m.body["level"]], more)
             send(frame)
         return messages

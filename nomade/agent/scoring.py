@@ -115,7 +115,7 @@ def _job_table(run: list[RunningJob], state: JobState) -> features.JobTable:
     user = np.array([-1 if (u := r.request.get("user")) is None else users.setdefault(u, len(users))
                      for r in run], np.int64)
     nan = np.full(len(hist.end_ts), np.nan)
-    col = dict(zip(_REQUEST, req))
+    col = dict(zip(_REQUEST, req, strict=True))
     return features.JobTable(
         job_id=np.concatenate([np.array([r.job_id for r in run], dtype=object), hist.job_id]),
         user=np.concatenate([user, hist.user]),
@@ -168,7 +168,7 @@ def explain_rows(jobs: list[RunningJob], risk: np.ndarray, level: np.ndarray, no
     if len(cand) <= limit:
         return cand
     memo = [jobs[i].explained for i in cand]
-    changed = np.array([m is None or m.level != level[i] for m, i in zip(memo, cand)], bool)
+    changed = np.array([m is None or m.level != level[i] for m, i in zip(memo, cand, strict=True)], bool)
     age = np.array([math.inf if m is None else now - m.ts for m in memo])
     order = np.lexsort((np.where(changed, -np.asarray(risk)[cand], -age), ~changed))
     return np.sort(cand[order[:limit]])
@@ -191,7 +191,7 @@ def evidence(inputs: TickInputs, i: int, idle_min: float) -> dict[str, float]:
     """Job ``i``'s known raw feature values by name, and how long its CPU has been idle
     (``cpu_idle_min``): what advice phrases state beside the cited factors (the time
     left to the limit, MB/min of memory growth)."""
-    known = {name: float(v) for name, v, m in zip(features.FEATURES, inputs.X[i], inputs.mask[i]) if m}
+    known = {name: float(v) for name, v, m in zip(features.FEATURES, inputs.X[i], inputs.mask[i], strict=True) if m}
     known["cpu_idle_min"] = float(idle_min)
     return known
 
@@ -246,7 +246,7 @@ class KeptNeighbours:
                 found = search_neighbours(scorer, start_X[new], inputs.start_ts[new])
                 nbrs.idx[new], nbrs.sim[new], nbrs.valid[new] = found.idx, found.sim, found.valid
         self._scorer, self._key, self._nbrs = scorer, key, nbrs
-        self._row = dict(zip(job_ids, range(len(job_ids))))
+        self._row = dict(zip(job_ids, range(len(job_ids)), strict=True))
         return nbrs
 
 
@@ -299,12 +299,12 @@ def _bodies(inputs: TickInputs, scores: ScoresLike, risk: np.ndarray, level: np.
     scored = np.flatnonzero(np.isfinite(risk))   # the others: no model could score them
     risks, levels = np.clip(risk[scored], 0.0, 1.0).tolist(), level[scored].astype(str).tolist()
     now, jobs, out = inputs.now, inputs.jobs, []
-    for i, r, lv, p in zip(scored.tolist(), risks, levels, parts[scored].tolist()):
+    for i, r, lv, p in zip(scored.tolist(), risks, levels, parts[scored].tolist(), strict=True):
         run = jobs[i]
         request = run.request
         out.append({
             "job_id": run.job_id, "user": request.get("user"), "partition": request.get("partition"),
-            "nodes": list(run.nodes), "risk": r, "level": lv, "parts": dict(zip(PARTS, p)),
+            "nodes": list(run.nodes), "risk": r, "level": lv, "parts": dict(zip(PARTS, p, strict=True)),
             "factors": _factors(run, lv, r, min_risk), "ts": now, "model_version": version})
     return out
 

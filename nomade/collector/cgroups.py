@@ -201,7 +201,7 @@ def _keyed(data: bytes | None) -> dict[bytes, bytes]:
     if not data:
         return {}
     words = data.split()
-    return dict(zip(words[::2], words[1::2]))
+    return dict(zip(words[::2], words[1::2], strict=False))  # an odd last word is dropped
 
 
 def _int_or_none(value: bytes | None) -> int | None:

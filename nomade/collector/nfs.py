@@ -53,7 +53,7 @@ def _fdinfo(pid: int, fd: str) -> tuple[int, int, int, int] | None:
             fields = f.read().split()
     except OSError:
         return None
-    info = dict(zip(fields[::2], fields[1::2]))
+    info = dict(zip(fields[::2], fields[1::2], strict=False))  # an odd last word is dropped
     try:
         return (int(info[b"pos:"]), int(info[b"flags:"], 8), int(info[b"mnt_id:"]),
                 int(info.get(b"ino:", b"0")))

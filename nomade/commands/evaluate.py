@@ -166,7 +166,7 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         return lines + [f"{out / 'lead_times.svg'} not written: no lead times ({why})"]
     series: dict[str, list[float]] = {"all failed": [v / 60 for v in leads]}
     if len(set(rep["lead_states"])) > 1:   # one line per final state, where there are several
-        for v, state in zip(leads, rep["lead_states"]):
+        for v, state in zip(leads, rep["lead_states"], strict=True):
             series.setdefault(state, []).append(v / 60)
     title = f"Alert lead time (risk >= {rep['threshold']:.2f}), test jobs replayed"
     return lines + [f"wrote {plot.lead_time_svg(series, out / 'lead_times.svg', title)}"]

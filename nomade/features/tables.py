@@ -144,7 +144,7 @@ class SampleTable:
         or from tuples in the order ``fields`` (the store's ``JOB_SAMPLE_FIELDS``).
         Samples of jobs not in ``jobs`` are skipped."""
         if fields is not None:
-            records = (dict(zip(fields, r)) for r in records)
+            records = (dict(zip(fields, r, strict=True)) for r in records)
         row_of = {jid: i for i, jid in enumerate(jobs.job_id)}
         rows = [r for r in records if str(r.get("job_id")) in row_of]
         cols = {c: _floats(r.get(c) for r in rows) for c in SAMPLE_COLUMNS}

@@ -55,7 +55,7 @@ class Weights:
         return np.array([self.gnn, self.lstm, self.autoencoder], dtype=np.float64)
 
     def as_dict(self) -> dict[str, float]:
-        return dict(zip(PARTS, map(float, self.as_array())))
+        return dict(zip(PARTS, map(float, self.as_array()), strict=True))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, float]) -> Weights:

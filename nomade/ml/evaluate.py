@@ -255,7 +255,7 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mod
                                         rule_test[name])
     baseline_test.update(rule_test)
     te = rows["test"]
-    report["roc"] = {name: dict(zip(("fpr", "tpr"), roc_curve(p.y[te], sc, p.w[te])))
+    report["roc"] = {name: dict(zip(("fpr", "tpr"), roc_curve(p.y[te], sc, p.w[te]), strict=True))
                      for name, sc in {**test, **baseline_test}.items() if name not in CANDIDATES}
     if models_dir is not None or source is not None:
         saved = (fitted, norm, train_report, weights, learn, ev)
@@ -356,7 +356,7 @@ def _auc_table(report: dict[str, Any]) -> str:
         elif name in report["absent"]:
             rows.append((LABELS[name], "absent: " + report["absent"][name]))
     widths = [max(len(r[i]) for r in (head, *rows) if len(r) == len(head)) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     data, w = report["data"], report["weights"]
     sp = data["splits"]
     parts = " + ".join(f"{w[k]:.2f} {k}" for k in report["ensemble_parts"])

@@ -25,6 +25,7 @@ never lower it, so a site whose models learnt a failure better keeps their answe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ def _memory_grid() -> list[list[str]]:
     """Names of the memory conditions, ``[level][minutes bin]``, lowest level and
     nearest limit first."""
     edges = MEMORY_BINS_MIN
-    return [[f"memory_{lv:g}_{a:g}_{b:g}min" for a, b in zip(edges, edges[1:])] for lv in MEMORY_LEVELS]
+    return [[f"memory_{lv:g}_{a:g}_{b:g}min" for a, b in pairwise(edges)] for lv in MEMORY_LEVELS]
 
 
 def conditions(X: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -74,9 +75,9 @@ def conditions(X: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     tops = (*MEMORY_LEVELS[1:], np.inf)
     edges = MEMORY_BINS_MIN
     out = {}
-    for names, lo, hi in zip(_memory_grid(), MEMORY_LEVELS, tops):
+    for names, lo, hi in zip(_memory_grid(), MEMORY_LEVELS, tops, strict=True):
         at = (mem >= lo) & (mem < hi) if np.isfinite(hi) else (mem >= lo)
-        for name, a, b in zip(names, edges, edges[1:]):
+        for name, (a, b) in zip(names, pairwise(edges), strict=True):
             out[name] = at & (minutes >= a) & (minutes < b)
     out["idle_late"] = rules.fire("rule_idle", X, mask) > 0
     return out

@@ -128,7 +128,7 @@ class Scores:
 
     def parts_of(self, i: int) -> dict[str, float | None]:
         """``{"gnn": p, "lstm": p, "autoencoder": s}`` of job i, None where unavailable."""
-        return {k: (float(v) if np.isfinite(v) else None) for k, v in zip(PARTS, self.parts[i])}
+        return {k: (float(v) if np.isfinite(v) else None) for k, v in zip(PARTS, self.parts[i], strict=True)}
 
     def factors(self, i: int, top: int = 3) -> list[dict[str, Any]]:
         """The ``top`` known features that raise job i's risk most: name, raw value,
@@ -286,7 +286,7 @@ class Scorer:
         futures = [pool.submit(model.predict_proba, S[b], lengths[b], len(b)) for b in batches]
 
         def wait() -> np.ndarray:
-            for b, f in zip(batches, futures):
+            for b, f in zip(batches, futures, strict=True):
                 out[b] = f.result()
             return out
         return wait
@@ -305,7 +305,7 @@ class Scorer:
             norm = self.normalizers["autoencoder"]
             stacked = np.concatenate([norm.transform(v, mask) for v in variants])
             ae = np.split(model.score(stacked, np.tile(mask, (len(variants), 1))), len(variants))
-        return list(zip(gnn, ae))
+        return list(zip(gnn, ae, strict=True))
 
     def _occlusion(self, X: np.ndarray, mask: np.ndarray, nbrs: Neighbours | None,
                    parts: np.ndarray, risk: np.ndarray, med: np.ndarray,

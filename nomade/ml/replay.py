@@ -46,7 +46,7 @@ DEFAULT_MAX_TICKS = 64
 CHUNK = 16384
 """Ticks scored per ``Scorer.score`` call (sequences need ~200 B x length each)."""
 LEVEL_BOUNDS: tuple[tuple[str, float], ...] = tuple(
-    zip([name for _, name in LEVELS[1:]] + ["critical"], [bound for bound, _ in LEVELS]))
+    zip([name for _, name in LEVELS[1:]] + ["critical"], [bound for bound, _ in LEVELS], strict=True))
 """Lower bound of each level above low: moderate 0.3, high 0.6, critical 0.8."""
 
 
@@ -284,7 +284,7 @@ def _row(name: str, v: dict[str, Any]) -> tuple[str, ...]:
 
 def _aligned(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     return [line(head), line(tuple("-" * w for w in widths)), *map(line, rows)]
 
 

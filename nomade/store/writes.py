@@ -122,7 +122,7 @@ class Writes(StoreBase):
         ids = list(map(_GET_JOB_ID, samples))
         new = set(ids).difference(self._started)
         if new:   # a job's first row here: its first occurrence (the dict keeps the last)
-            rowid_of = dict(zip(reversed(ids), range(first + len(ids) - 1, first - 1, -1)))
+            rowid_of = dict(zip(reversed(ids), range(first + len(ids) - 1, first - 1, -1), strict=True))
             conn.executemany("INSERT OR IGNORE INTO job_sample_start VALUES (?, ?)",
                              [(j, rowid_of[j]) for j in new])
         return new
@@ -138,7 +138,7 @@ class Writes(StoreBase):
                     events: list[tuple[str, Mapping[str, Any], float]], now: float) -> None:
         """Apply job.start / job.end events in order onto the stored rows; write the changed."""
         ids = list(dict.fromkeys(str(body["job_id"]) for _, body, _ in events))
-        jobs = {row[0]: dict(zip(JOB_FIELDS, row)) for row in conn.execute(
+        jobs = {row[0]: dict(zip(JOB_FIELDS, row, strict=True)) for row in conn.execute(
             f"SELECT {_JOB_COLS} FROM jobs WHERE job_id {_IN_JSON}", (json.dumps(ids),))}
         for job in jobs.values():
             job["nodes"] = tuple(json.loads(job["nodes"]))

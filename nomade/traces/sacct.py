@@ -64,7 +64,7 @@ def _parse_lines(lines: Iterable[tuple[int, str]], issues: Issues) -> Trace:
         if len(parts) != len(names):
             issues.bad(f"line {n}", f"{len(parts)} '|'-separated fields where the header has {len(names)}", text)
             continue
-        row = dict(zip(names, parts))
+        row = dict(zip(names, parts, strict=True))
         job_id = row.get("JobIDRaw") or row.get("JobID", "")
         if _STEP.match(job_id) or _ARRAY_RANGE.match(job_id):
             ignored += 1

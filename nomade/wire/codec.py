@@ -166,7 +166,7 @@ def level_for(risk: float) -> str:
     """
     if not 0.0 <= risk <= 1.0:
         raise ValueError(f"risk must be in [0, 1], got {risk!r}")
-    for level, threshold in zip(LEVELS, LEVEL_THRESHOLDS):
+    for level, threshold in zip(LEVELS, LEVEL_THRESHOLDS, strict=False):  # the last level has no upper bound
         if risk < threshold:
             return level
     return LEVELS[-1]

@@ -110,14 +110,14 @@ def _compile_items(kind: str, messages: bool, rows: bool) -> Callable[..., int]:
     fields = SCHEMAS[kind]
     names = [f"f{i}" for i in range(len(fields))]
     tests = []
-    for var, (_, typ, nullable) in zip(names, fields):
+    for var, (_, typ, nullable) in zip(names, fields, strict=True):
         if typ.convert is not None:
             raise ValueError(f"{kind}: a nested field cannot be checked inline")
         test = typ.expr.format(x=var)
         tests.append(f"({test} or {var} is None)" if nullable else test)
     keys = [f[0] for f in fields]
     made = (f"append(_message((version, {kind!r}, sender, seq, ts, "
-            f"{{{', '.join(f'{k!r}: {v}' for k, v in zip(keys, names))}}})))")
+            f"{{{', '.join(f'{k!r}: {v}' for k, v in zip(keys, names, strict=True))}}})))")
     taken = [made] * messages + [f"row_sink(({', '.join(names)},))"] * rows
     slow_taken = ["append(msg)"] * messages + ["row_sink(_row(msg.body))"] * rows
     source = "\n".join([

@@ -93,7 +93,7 @@ def _fit(arr: list[Any], n: int) -> list[Any]:
 def _check_record(fields: tuple[_Field, ...], arr: list[Any], prefix: str = "") -> None:
     """WireError naming the first invalid field of ``arr`` (already fitted), if any;
     ``prefix`` is the path of a nested record (``"parts."``)."""
-    for (name, typ, nullable), v in zip(fields, arr):
+    for (name, typ, nullable), v in zip(fields, arr, strict=True):
         if not ((nullable and v is None) or (v is not None and typ.ok(v))):
             missing = " (missing)" if v is None else ""
             raise WireError(f"field {prefix + name!r}: expected {typ.desc}"
@@ -183,7 +183,7 @@ def _compile_body(fields: tuple[_Field, ...]) -> Callable[[Any], dict[str, Any] 
     valid (structured fields not yet converted); None otherwise."""
     names = [f"f{i}" for i in range(len(fields))]
     tests = []
-    for var, (_, typ, nullable) in zip(names, fields):
+    for var, (_, typ, nullable) in zip(names, fields, strict=True):
         if typ.convert is None:
             test = typ.expr.format(x=var)
             # Present values are the common case: test them first.
@@ -194,7 +194,7 @@ def _compile_body(fields: tuple[_Field, ...]) -> Callable[[Any], dict[str, Any] 
         "        return None\n"
         f"    {', '.join(names)}, = arr\n"
         f"    if {' and '.join(tests) or 'True'}:\n"
-        f"        return {{{', '.join(f'{f[0]!r}: {v}' for f, v in zip(fields, names))}}}\n"
+        f"        return {{{', '.join(f'{f[0]!r}: {v}' for f, v in zip(fields, names, strict=True))}}}\n"
         "    return None\n")
     namespace: dict[str, Any] = dict(_NAMESPACE)
     exec(source, namespace)  # noqa: S102 (text built from this module's constants only)

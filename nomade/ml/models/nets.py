@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -118,7 +119,7 @@ class AENet(nn.Module):
         super().__init__()
         sizes = [n_in, 12, 8, 4, 8, 12]
         layers: list[nn.Module] = []
-        for a, b in zip(sizes, sizes[1:]):
+        for a, b in pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.net = nn.Sequential(*layers, nn.Linear(12, n_in), nn.Sigmoid())
 

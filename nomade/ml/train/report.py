@@ -19,8 +19,8 @@ def format_report(report: dict[str, Any]) -> str:
             m = entry.get(s, {})
             rows.append((name, s, *(_num(m.get(c)) for c in ("auc_roc", "auc_pr", "precision", "recall", "f1")),
                          str(m.get("n", 0))))
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     w = report["weights"]
     tail = [f"ensemble weights: gnn {w['gnn']:.2f}  lstm {w['lstm']:.2f}  autoencoder {w['autoencoder']:.2f}"
             + f"  ({report['weights_source']}: {report['weights_reason']})"
