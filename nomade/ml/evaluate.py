@@ -356,7 +356,8 @@ def _auc_table(report: dict[str, Any]) -> str:
         elif name in report["absent"]:
             rows.append((LABELS[name], "absent: " + report["absent"][name]))
     widths = [max(len(r[i]) for r in (head, *rows) if len(r) == len(head)) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    # an absent model's row has two cells
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
     data, w = report["data"], report["weights"]
     sp = data["splits"]
     parts = " + ".join(f"{w[k]:.2f} {k}" for k in report["ensemble_parts"])
