@@ -73,7 +73,7 @@ JOB_SAMPLE_FIELDS: tuple[str, ...] = (
     "job_id", "node", "ts", "alloc_cpus", "cpu_user_s", "cpu_system_s", "mem_bytes",
     "mem_peak_bytes", "mem_limit_bytes", "mem_limit_hits", "oom_kills", "page_faults",
     "major_faults", "swap_bytes", "read_bytes", "write_bytes", "nfs_write_bytes",
-    "nprocs", "nthreads", "io_pressure", "mem_pressure")
+    "nprocs", "nthreads", "io_pressure", "mem_pressure", "fs_used_pct")
 
 #: Column order of the tuples ``node_samples`` returns (the ``node.sample`` body).
 NODE_SAMPLE_FIELDS: tuple[str, ...] = (
@@ -230,10 +230,15 @@ CREATE TABLE job_sample_thin (
     WITHOUT ROWID;
 """
 
+# v6: how full the fullest filesystem a job writes to is (``fs_used_pct``, percent).
+_V6 = """
+ALTER TABLE job_samples ADD COLUMN fs_used_pct REAL;
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 #: ``MIGRATIONS[i]`` takes the schema from version i to i + 1: an SQL script or a function.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6]
 
 
 def schema_version() -> int:
