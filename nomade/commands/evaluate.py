@@ -20,6 +20,14 @@ precision and lead times at ``[ml.alerts] high_risk_threshold`` and at each leve
 and per final state. The replay needs the job tables, so it is skipped for
 ``--data``. ``--plot DIR`` writes ``roc.svg`` (test ROC curve of every model) and
 ``lead_times.svg`` (ECDF of the replay's lead times) there.
+
+With the jobs' behaviours (``--corpus``, ``--shapes``) a last table judges the
+behaviour-visible failures of the test part alone, models beside each baseline and
+rule, at the shipped threshold and at the operating point of at most 5 % false alarms
+chosen on validation (``nomade.ml.judging``; ``--plot``: ``behaviour_roc.svg``,
+``behaviour_lead.svg``). ``--leave-out-shape SHAPE`` also judges every job of SHAPE
+alone; ``--leave-out-shape all`` (or ``S1,S2``) trains once per failure shape and prints
+one row per shape and scorer.
 """
 
 from __future__ import annotations

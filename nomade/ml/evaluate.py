@@ -18,7 +18,10 @@ Given the job tables the data was prepared from (:class:`ReplaySource`), ``compa
 also replays the test jobs tick by tick through the live scorer (``replay``): the
 trained models are written to ``models_dir`` (or a temporary directory), loaded with
 ``Scorer.load`` as the agent loads them, and every test job is scored at its scoring
-ticks; the report's ``replay`` holds coverage, false-alarm rate and lead times.
+ticks; the report's ``replay`` holds coverage, false-alarm rate and lead times. The
+validation jobs, and every job of a left-out shape, are replayed with them, through the
+baselines and the rules too, for ``judging``'s tables (``behaviour``, ``left_out``);
+:func:`leave_out_each` runs one leave-one-shape-out per shape.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ def format_behaviour(b: dict[str, Any], labels: Mapping[str, str]) -> str:
     shipped = f"{b['shipped_threshold']:.2f}"
     head = ("alert by", "AUC ticks", "AUC jobs", f"coverage@{shipped}", f"false al.@{shipped}", f"lead@{shipped}",
             "threshold (val FA)", "coverage@thr", "false al.@thr", "lead@thr")
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, s in b["scorers"].items():
         sp, bp = s["shipped"], s["bounded"]
         rows.append((labels.get(name, name).strip(), _num(s["auc_ticks"]), _num(s["auc_jobs"]),
@@ -257,7 +257,7 @@ _LEGEND = ("AUC ticks: each replayed tick a case, each job weighing one; AUC job
 
 
 def _shape_rows(s: dict[str, Any], labels: Mapping[str, str], shape: str = "") -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for k, (name, v) in enumerate(s["scorers"].items()):
         own, test = v["own"], v["test"]
         rows.append(((shape if k == 0 else ""), labels.get(name, name).strip(), _num(own["auc_jobs"]),
