@@ -166,12 +166,16 @@ def _leave_out_each(args: argparse.Namespace, cfg: Config, prepared: Any, source
 
 
 def _progress_bar(done: int, total: int, shape: str, elapsed_s: float) -> None:
-    """One line on stderr, rewritten in place: shapes done, time spent, time left."""
+    """Shapes done, time spent, time left: one line on stderr, rewritten in place on a
+    terminal, a new line each time otherwise (a log file)."""
     bar = "#" * round(20 * done / total) + "." * (20 - round(20 * done / total))
     left = f"; about {elapsed_s / done * (total - done) / 60:.1f} min left" if done else ""
     last = f", {shape} done" if shape else ""
-    sys.stderr.write(f"\rleave-one-shape-out [{bar}] {done}/{total} shapes{last}, "
-                     f"{elapsed_s / 60:.1f} min{left}\x1b[K" + ("\n" if done == total else ""))
+    line = f"leave-one-shape-out [{bar}] {done}/{total} shapes{last}, {elapsed_s / 60:.1f} min{left}"
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{line}\x1b[K" + ("\n" if done == total else ""))
+    else:
+        sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
 
