@@ -7,7 +7,8 @@ Format (``FORMAT`` version ``VERSION``): a NumPy ``.npz`` (zip, deflated), read 
   (jobs, job_samples, node_samples, by final state, by shape) and what the maker adds
   (``made_by``: how it was recorded, seed, the re-record command).
 - ``jobs/<field>`` for every field of ``nomade.store.Job`` (``nodes`` as a JSON list);
-- ``samples/<field>`` in ``nomade.store.JOB_SAMPLE_FIELDS``;
+- ``samples/<field>`` in ``nomade.store.JOB_SAMPLE_FIELDS`` (version 2 added
+  ``fs_used_pct``: a version-1 file reads it as unknown);
 - ``nodes/<field>`` in ``nomade.store.NODE_SAMPLE_FIELDS``;
 - ``meta/<field>`` per job: ``job_id``, ``shape``, ``variant``, ``plan_index``, ``seed``,
   ``user`` (metadata for evaluation per shape, never a feature).
@@ -39,7 +40,10 @@ from nomade.history import HistoryRows, rows_from_store
 from nomade.store import JOB_SAMPLE_FIELDS, NODE_SAMPLE_FIELDS, Job
 
 FORMAT = "nomade-corpus"
-VERSION = 1
+VERSION = 2
+#: Columns added after version 1, with the version that added them: a file older than
+#: that reads them as unknown.
+ADDED_IN = {"samples/fs_used_pct": 2}
 JOB_FIELDS = tuple(f.name for f in fields(Job))
 META_FIELDS = ("job_id", "shape", "variant", "plan_index", "seed", "user")
 _TEXT_JOB = frozenset({"job_id", "cluster", "user", "account", "partition", "state", "state_source", "nodes"})
@@ -48,7 +52,7 @@ _TEXT_META = frozenset({"job_id", "shape", "variant", "user"})
 _INT_JOB = frozenset({"uid", "num_nodes", "req_cpus", "req_mem_bytes", "req_gpus", "exit_code", "signal", "label"})
 #: Job sample columns that are counts or bytes in the store (read back as int).
 _INT_SAMPLE = frozenset(JOB_SAMPLE_FIELDS) - {"job_id", "node", "ts", "alloc_cpus", "cpu_user_s",
-                                              "cpu_system_s", "io_pressure", "mem_pressure"}
+                                              "cpu_system_s", "io_pressure", "mem_pressure", "fs_used_pct"}
 _INT_NODE = frozenset({"mem_used_bytes", "mem_total_bytes", "swap_used_bytes"})
 
 
@@ -161,15 +165,20 @@ def _header(path: Path, z: Mapping[str, np.ndarray]) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CorpusError(f"{path}: header format is {header.get('format') if isinstance(header, dict) else header!r}, "
                           f"expected {FORMAT!r}")
-    if header.get("version") != VERSION:
-        raise CorpusError(f"{path}: corpus version {header.get('version')!r}; this NØMADE reads version {VERSION}")
+    if header.get("version") not in range(1, VERSION + 1):
+        raise CorpusError(f"{path}: corpus version {header.get('version')!r}; "
+                          f"this NØMADE reads versions 1 to {VERSION}")
     return header
 
 
-def _table(path: Path, z: Mapping[str, np.ndarray], prefix: str, names: Sequence[str]) -> list[np.ndarray]:
+def _table(path: Path, z: Mapping[str, np.ndarray], prefix: str, names: Sequence[str],
+           version: int = VERSION) -> list[np.ndarray]:
     cols = []
     for name in names:
         key = f"{prefix}/{name}"
+        if key not in z and ADDED_IN.get(key, 1) > version:
+            cols.append(np.full(len(cols[0]) if cols else 0, math.nan))
+            continue
         if key not in z:
             raise CorpusError(f"{path}: column {key!r} is missing")
         if z[key].ndim != 1:
@@ -195,7 +204,7 @@ def read(path: str | Path) -> Corpus:
             j["nodes"] = tuple(json.loads(j["nodes"] or "[]"))
         except ValueError:
             raise CorpusError(f"{path}: job {j['job_id']}: column 'jobs/nodes' is not a JSON list") from None
-    s_cols = _table(path, z, "samples", JOB_SAMPLE_FIELDS)
+    s_cols = _table(path, z, "samples", JOB_SAMPLE_FIELDS, header["version"])
     samples = list(zip(*[_back(c, f in _TEXT_SAMPLE, f in _INT_SAMPLE)
                          for f, c in zip(JOB_SAMPLE_FIELDS, s_cols, strict=True)], strict=True))
     n_cols = _table(path, z, "nodes", NODE_SAMPLE_FIELDS)

@@ -27,7 +27,7 @@ from waiting import wait_until
 
 from nomade import wire, zmqkeys
 from nomade.collector.daemon import Collector
-from nomade.collector.nfs import NfsWrites, network_mounts
+from nomade.collector.openfiles import OpenFiles, network_mounts, used_pct
 from nomade.collector.outbox import Outbox
 from nomade.collector.sampler import Counters, NodeSampler, cpu_seconds, rates
 from nomade.collector.sender import Sender
@@ -426,18 +426,67 @@ def test_nfs_estimate_follows_write_offsets(tmp_path: Path) -> None:
     """The method, exercised on the test directory's filesystem standing in for NFS."""
     fstype = _fstype_of(tmp_path)
     assert network_mounts(frozenset({fstype}))
-    nfs = NfsWrites(frozenset({fstype}))
-    nfs.refresh_mounts()
+    files = OpenFiles(frozenset({fstype}))
+    files.begin_sample()
     pid = os.getpid()
     with open(tmp_path / "out.dat", "wb") as out, open(tmp_path / "in.dat", "wb+") as _:
         out.write(b"x" * 1000)
         out.flush()
-        assert nfs.job_bytes("j", [pid]) >= 1000
-        base = nfs.job_bytes("j", [pid])
+        assert files.look("j", [pid])[0] >= 1000
+        base = files.look("j", [pid])[0]
         out.write(b"y" * 500)
         out.flush()
-        assert nfs.job_bytes("j", [pid]) == base + 500
-    assert nfs.job_bytes("j", [pid]) == base + 500          # closed: the count stays
-    none = NfsWrites(frozenset({"no-such-fs"}))
-    none.refresh_mounts()
-    assert none.job_bytes("j", [pid]) == 0
+        assert files.look("j", [pid])[0] == base + 500
+    assert files.look("j", [pid])[0] == base + 500          # closed: the count stays
+    none = OpenFiles(frozenset({"no-such-fs"}))
+    none.begin_sample()
+    assert none.look("j", [pid])[0] == 0
+
+
+def _df_pct(path: Path) -> float:
+    v = os.statvfs(path)
+    blocks = 100 * (v.f_blocks - v.f_bfree) / (v.f_blocks - v.f_bfree + v.f_bavail)
+    inodes = 100 * (v.f_files - v.f_ffree) / (v.f_files - v.f_ffree + v.f_favail) if v.f_files else 0.0
+    return max(blocks, inodes)
+
+
+_OPENER = """
+import sys
+opened = []
+for line in sys.stdin:
+    mode, path = line.split()
+    opened.append(open(path, mode))
+    print("open", flush=True)
+"""
+
+
+def test_fullness_is_that_of_the_filesystem_written_to(tmp_path: Path) -> None:
+    """df's figure for the directory the job writes in; a job with only pipes, devices
+    and files open for reading gives no figure."""
+    (tmp_path / "in.dat").write_bytes(b"x")
+    child = subprocess.Popen([sys.executable, "-c", _OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    files = OpenFiles()
+
+    def open_in_child(mode: str, path: Path) -> None:
+        child.stdin.write(f"{mode} {path}\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "open\n"
+
+    try:
+        open_in_child("rb", tmp_path / "in.dat")
+        files.begin_sample()
+        assert files.look("j", [child.pid])[1] is None
+        open_in_child("ab", tmp_path / "out.dat")
+        files.begin_sample()
+        assert files.look("j", [child.pid])[1] == pytest.approx(_df_pct(tmp_path), abs=0.5)
+        r, w = os.pipe()
+        try:
+            assert used_pct(os.getpid(), str(w)) is None
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        child.kill()
+        child.communicate()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nomade import corpus, features, history, wire
-from nomade.store import Store
+from nomade.store import JOB_SAMPLE_FIELDS, Store
 
 T0 = 1.7e9
 
@@ -147,6 +147,26 @@ def test_a_corrupt_column_or_a_missing_one_is_named(db: Path, tmp_path: Path) ->
         corpus.read(tmp_path / "flip.npz")
     with pytest.raises(corpus.CorpusError, match="no such corpus file"):
         corpus.read(tmp_path / "absent.npz")
+
+
+def test_a_version_1_file_reads_the_later_columns_as_unknown(db: Path, tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    corpus.export_store(db, path, META)
+    with np.load(path) as z:
+        cols = {k: z[k] for k in z.files}
+    header = json.loads(cols["header"].tobytes().decode())
+    v1 = {k: v for k, v in cols.items() if corpus.ADDED_IN.get(k, 1) <= 1}
+    v1["header"] = np.frombuffer(json.dumps({**header, "version": 1}).encode(), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "v1.npz", **v1)
+    old, new = corpus.read(tmp_path / "v1.npz"), corpus.read(path)
+    at = JOB_SAMPLE_FIELDS.index("fs_used_pct")
+    assert len(old.rows.job_samples) == len(new.rows.job_samples) > 0
+    assert {r[at] for r in old.rows.job_samples} == {None}
+    assert [r[:at] for r in old.rows.job_samples] == [r[:at] for r in new.rows.job_samples]
+    gone = dict(v1, **{"header": cols["header"]})            # a version-2 file must have it
+    np.savez_compressed(tmp_path / "gone.npz", **gone)
+    with pytest.raises(corpus.CorpusError, match="'samples/fs_used_pct' is missing"):
+        corpus.read(tmp_path / "gone.npz")
 
 
 def _cli(tmp_path: Path, *args: str) -> int:

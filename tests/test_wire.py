@@ -22,7 +22,7 @@ SAMPLE: dict[str, Any] = {
     "mem_limit_bytes": 16 * 2**30, "mem_limit_hits": 0, "oom_kills": 0, "page_faults": 123456,
     "major_faults": 17, "swap_bytes": 0, "read_bytes": 2**40, "write_bytes": 2**33,
     "nfs_write_bytes": 2**31, "nprocs": 4, "nthreads": 40, "io_pressure": 1.25,
-    "mem_pressure": None,
+    "mem_pressure": None, "fs_used_pct": 97.5,
 }
 BODIES: dict[str, dict[str, Any]] = {
     "job.start": {
@@ -339,9 +339,11 @@ def test_an_oversized_frame_is_refused_both_ways() -> None:
 # ---------------------------------------------------------------- compatibility
 
 def test_an_older_peer_without_the_newest_fields_reads_as_unknown() -> None:
-    msg = w.decode(frame(sample_array()[:-2]))
+    msg = w.decode(frame(sample_array()[:-3]))
     assert msg.body["io_pressure"] is None and msg.body["mem_pressure"] is None
+    assert msg.body["fs_used_pct"] is None
     assert msg.body["nthreads"] == SAMPLE["nthreads"]
+    assert w.decode(frame(sample_array()[:-1])).body["io_pressure"] == SAMPLE["io_pressure"]
 
 
 def test_a_newer_peer_s_extra_fields_and_keys_are_ignored() -> None:

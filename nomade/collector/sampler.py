@@ -1,7 +1,8 @@
 """Job and node sampling: ``job.sample`` bodies from the job cgroups, ``node.sample`` from psutil.
 
 ``JobSampler`` keeps one ``cgroups.JobReader`` per live job (descriptors stay open
-between samples) and adds the NFS write estimate (``nfs.NfsWrites``). A job is named
+between samples) and adds what the job's open files say (``openfiles.OpenFiles``: NFS writes, the fullest
+filesystem written to). A job is named
 by the node of its cgroup directory (``slurm_<node>``, ``<node>_slurmstepd.scope``),
 else by ``default_node``: one collector serves a host with several slurmd.
 """
@@ -16,7 +17,7 @@ from typing import NamedTuple, TypeVar
 import psutil
 
 from nomade.collector import cgroups
-from nomade.collector.nfs import NfsWrites
+from nomade.collector.openfiles import OpenFiles
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,12 @@ class JobSampler:
     """Samples every Slurm job cgroup of this host (or of ``node_filter``'s directories)."""
 
     def __init__(self, root: str, default_node: str, node_filter: str | None = None,
-                 nfs: NfsWrites | None = None) -> None:
+                 files: OpenFiles | None = None) -> None:
         self.root = root
         self.version = cgroups.detect_version(root)
         self.default_node = default_node
         self.node_filter = node_filter
-        self.nfs = nfs or NfsWrites()
+        self.files = files or OpenFiles()
         self._readers: dict[tuple[str | None, str], cgroups.JobReader] = {}
 
     def _discover(self) -> list[cgroups.JobCgroup]:
@@ -38,11 +39,11 @@ class JobSampler:
 
     def sample_all(self, ts: float) -> list[dict]:
         """One ``job.sample`` body per job cgroup present now; readers of ended jobs are closed."""
-        self.nfs.refresh_mounts()
+        self.files.begin_sample()
         present = {(j.node, j.job_id): j for j in self._discover()}
         for key in [k for k in self._readers if k not in present]:
             self._readers.pop(key).close()
-            self.nfs.forget(f"{key[0]}/{key[1]}")
+            self.files.forget(f"{key[0]}/{key[1]}")
         bodies = []
         for key, job in present.items():
             reader = self._readers.get(key)
@@ -56,7 +57,7 @@ class JobSampler:
     def sample_jobs(self, job_ids: set[str], ts: float) -> tuple[list[dict], set[str]]:
         """Sample just these jobs now (a start event arrived); return the bodies and the
         ids whose cgroup does not exist yet."""
-        self.nfs.refresh_mounts()
+        self.files.begin_sample()
         bodies, found = [], set()
         for job in self._discover():
             if job.job_id not in job_ids:
@@ -80,7 +81,8 @@ class JobSampler:
         if counters is None:
             return None
         job = reader.job
-        counters["nfs_write_bytes"] = self.nfs.job_bytes(f"{job.node}/{job.job_id}", reader.pids)
+        counters["nfs_write_bytes"], counters["fs_used_pct"] = self.files.look(
+            f"{job.node}/{job.job_id}", reader.pids)
         counters.update(job_id=job.job_id, node=job.node or self.default_node, ts=ts)
         return counters
 

@@ -35,7 +35,7 @@ JOB_SAMPLE_FIELDS: tuple[str, ...] = (
     "job_id", "node", "ts", "alloc_cpus", "cpu_user_s", "cpu_system_s", "mem_bytes",
     "mem_peak_bytes", "mem_limit_bytes", "mem_limit_hits", "oom_kills", "page_faults",
     "major_faults", "swap_bytes", "read_bytes", "write_bytes", "nfs_write_bytes",
-    "nprocs", "nthreads", "io_pressure", "mem_pressure")
+    "nprocs", "nthreads", "io_pressure", "mem_pressure", "fs_used_pct")
 
 #: Column order of the tuples ``node_samples`` returns (the ``node.sample`` body).
 NODE_SAMPLE_FIELDS: tuple[str, ...] = (

@@ -90,10 +90,15 @@ CREATE TABLE job_sample_thin (
     WITHOUT ROWID;
 """
 
+# v6: how full the fullest filesystem a job writes to is (``fs_used_pct``, percent).
+_V6 = """
+ALTER TABLE job_samples ADD COLUMN fs_used_pct REAL;
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 #: ``MIGRATIONS[i]`` takes the schema from version i to i + 1: an SQL script or a function.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6]
 
 
 def schema_version() -> int:

@@ -45,6 +45,7 @@ SCHEMAS: dict[str, tuple[_Field, ...]] = {
         ("swap_bytes", COUNT, OPT), ("read_bytes", COUNT, OPT), ("write_bytes", COUNT, OPT),
         ("nfs_write_bytes", COUNT, OPT), ("nprocs", COUNT, OPT), ("nthreads", COUNT, OPT),
         ("io_pressure", PERCENT, OPT), ("mem_pressure", PERCENT, OPT),
+        ("fs_used_pct", PERCENT, OPT),
     ),
     "node.sample": (
         ("node", NAME, REQ), ("ts", TS, REQ), ("cpu_pct", PERCENT, OPT),
