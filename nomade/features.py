@@ -4,7 +4,7 @@ A job's features are computed *as of* a time ``t``: runtime parts from its sampl
 stamped ``ts <= t`` only, history parts from jobs that ended strictly before ``t``.
 Nothing known only at the end of a job (final runtime, state, totals) is a feature.
 
-The 17 features (DESIGN.md), in this order (``FEATURES``):
+The 19 features (DESIGN.md's 17, and the filesystem pair 18-19), in this order (``FEATURES``):
 
 ====  =====================  ==========================================================
  #     name                   value (raw, before normalisation)
@@ -28,10 +28,15 @@ The 17 features (DESIGN.md), in this order (``FEATURES``):
  16    io_pressure            job io PSI "some avg10" / 100, else node iowait / 100
  17    mem_pressure           log1p((major faults + limit hits + OOM kills) per minute
                               over the last samples) + swap / limit
+ 18    fs_used_frac           how full the fullest filesystem the job writes to is, in
+                              [0, 1] (``fs_used_pct`` / 100; the collector's ``openfiles``)
+ 19    fs_fill_frac_h         its growth per hour over the last samples (share of the
+                              filesystem per hour): a full disk is ENOSPC for every job
+                              writing to it, and a static, nearly full one is not news
 ====  =====================  ==========================================================
 
 ``mask[i, j]`` is True where feature j is known for example i at its as-of time.
-Runtime features (7-17) need at least one sample at or before t; any feature whose
+Runtime features (7-19) need at least one sample at or before t; any feature whose
 inputs are unknown (NaN) is masked. Masked entries are 0 in the raw matrix and stay
 0 after :meth:`Normalizer.transform`.
 
@@ -68,10 +73,11 @@ FEATURES: tuple[str, ...] = (
     "mem_frac", "mem_peak_frac", "mem_growth_frac_h",
     "log_read_mbps", "log_write_mbps", "nfs_write_share",
     "io_pressure", "mem_pressure",
+    "fs_used_frac", "fs_fill_frac_h",
 )
 N_FEATURES = len(FEATURES)
 N_START = 6
-"""Features 1-6 are known at start; 7-17 are runtime features (the LSTM channels)."""
+"""Features 1-6 are known at start; 7-19 are runtime features (the LSTM channels)."""
 START_PART = np.arange(N_FEATURES) < N_START
 """Mask of the start-time features, by which graph neighbours are found."""
 CHANNELS: tuple[str, ...] = FEATURES[N_START:]
@@ -93,7 +99,7 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "alloc_cpus", "cpu_user_s", "cpu_system_s", "mem_bytes", "mem_peak_bytes",
     "mem_limit_bytes", "mem_limit_hits", "oom_kills", "page_faults", "major_faults",
     "swap_bytes", "read_bytes", "write_bytes", "nfs_write_bytes", "nprocs", "nthreads",
-    "io_pressure", "mem_pressure", "iowait_pct",
+    "io_pressure", "mem_pressure", "fs_used_pct", "iowait_pct",
 )
 """Float columns of :class:`SampleTable`: the ``job.sample`` body fields, plus
 ``iowait_pct`` (the node's iowait at that time, from ``node.sample``; NaN unknown)."""
@@ -124,7 +130,7 @@ class JobTable:
     """One row per job (ARCHITECTURE "ML arrays"); times in POSIX s, NaN unknown.
 
     ``cat`` holds optional extra categorical columns known at submit (int codes,
-    -1 unknown), e.g. ``group``, ``executable``, ``queue`` from a trace; the 17
+    -1 unknown), e.g. ``group``, ``executable``, ``queue`` from a trace; the
     features do not use them, baselines may.
     """
 
@@ -260,7 +266,7 @@ class SampleTable:
         return cls(job_index[ok], ts[ok], cols)
 
 
-SUMMED = frozenset(SAMPLE_COLUMNS) - {"io_pressure", "mem_pressure", "iowait_pct"}
+SUMMED = frozenset(SAMPLE_COLUMNS) - {"io_pressure", "mem_pressure", "fs_used_pct", "iowait_pct"}
 """Columns that add up over a job's nodes (counters, memory, limits, CPU and task counts)."""
 
 
@@ -533,6 +539,7 @@ def _runtime(jobs: JobTable, samples: SampleTable, rows: np.ndarray,
         *_cpu(jobs, w, rows, since_start, dt),
         *_memory(samples, w, limit, dt),
         *_io(w, dt, limit),
+        *_filesystem(w, dt),
     ])
     out[~has] = np.nan
     return out
@@ -573,6 +580,12 @@ def _io(w: _Window, dt: np.ndarray, limit: np.ndarray) -> list[np.ndarray]:
             share, io / 100.0, pressure]
 
 
+def _filesystem(w: _Window, dt: np.ndarray) -> list[np.ndarray]:
+    """How full the fullest filesystem written to is, and its growth per hour (needs 2 samples)."""
+    growth = w.delta("fs_used_pct") / 100.0 / np.where(w.has_base, dt, np.nan) * 3600.0
+    return [w.now("fs_used_pct") / 100.0, growth]
+
+
 def _nansum_known(parts: list[np.ndarray]) -> np.ndarray:
     """Sum ignoring NaN parts; NaN only where every part is NaN."""
     stacked = np.stack(parts)
@@ -595,7 +608,7 @@ def _rows(jobs: JobTable, t: np.ndarray, rows: np.ndarray | None) -> tuple[np.nd
 
 
 def start_features(jobs: JobTable, rows: np.ndarray) -> np.ndarray:
-    """float32[n, 17]: the start-time features of jobs ``rows`` as of each one's start
+    """float32[n, N_FEATURES]: the start-time features of jobs ``rows`` as of each one's start
     (0 where unknown, the runtime part 0): what a job's graph neighbours are found by,
     in training, in the agent's tick and in the replay alike."""
     rows = np.asarray(rows, np.int64)
@@ -605,10 +618,10 @@ def start_features(jobs: JobTable, rows: np.ndarray) -> np.ndarray:
 
 def asof_features(jobs: JobTable, samples: SampleTable, t: np.ndarray,
                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The 17 raw features of each example as of its time ``t[e]``.
+    """The raw features of each example as of its time ``t[e]``.
 
     Examples are ``rows[e]`` (job rows; default every job once, ``t`` per job). Returns
-    ``(X float32[n, 17], mask bool[n, 17])`` with X = 0 where the mask is False.
+    ``(X float32[n, N_FEATURES], mask bool[n, N_FEATURES])`` with X = 0 where the mask is False.
     Uses only samples with ``ts <= t[e]`` and history of jobs with ``end_ts < t[e]``.
     """
     t, rows = _rows(jobs, t, rows)
@@ -626,7 +639,7 @@ def asof_features(jobs: JobTable, samples: SampleTable, t: np.ndarray,
 
 def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
               interval_s: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The runtime channels (features 7-17, ``CHANNELS``) on a grid of ``length`` steps
+    """The runtime channels (features 7-19, ``CHANNELS``) on a grid of ``length`` steps
     every ``interval_s`` ending at ``t[e]``, each step as of the last sample at or
     before it. Left-padded: steps before the job's first sample are padding. The grid
     step is the model's (``GRID_STEP_S`` for models of this version, saved in their
@@ -772,13 +785,13 @@ class Normalizer:
         return self.mean_, self.std_
 
     def transform(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Normalised float32[n, 17]; 0 where ``mask`` is False."""
+        """Normalised float32[n, N_FEATURES]; 0 where ``mask`` is False."""
         mean, std = self._check()
         z = np.clip((self._clipped(X) - mean) / std, -self.CLIP, self.CLIP)
         return np.where(mask, z, 0.0).astype(np.float32)
 
     def transform_sequences(self, S: np.ndarray) -> np.ndarray:
-        """Normalise :func:`sequences` output with the stats of features 7-17; NaN
+        """Normalise :func:`sequences` output with the stats of features 7-19; NaN
         (padding, unknown) becomes 0."""
         mean, std = self._check()
         S = self._clipped(S, slice(N_START, None))   # NaN stays NaN
@@ -804,11 +817,11 @@ class Normalizer:
                              f"(version {data.get('version')!r}, features {data.get('features')!r})")
         mean, std = np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64)
         if mean.shape != (N_FEATURES,) or std.shape != (N_FEATURES,) or not (std > 0).all():
-            raise ValueError("normalisation mean/std must be 17 numbers each, std > 0")
+            raise ValueError(f"normalisation mean/std must be {N_FEATURES} numbers each, std > 0")
         if "lo" not in data:   # saved before the training range was kept: no clipping
             return cls(mean_=mean, std_=std)
         lo = np.array([-np.inf if v is None else float(v) for v in data["lo"]])
         hi = np.array([np.inf if v is None else float(v) for v in data["hi"]])
         if lo.shape != (N_FEATURES,) or hi.shape != (N_FEATURES,) or not (lo <= hi).all():
-            raise ValueError("normalisation lo/hi must be 17 numbers each, lo <= hi")
+            raise ValueError(f"normalisation lo/hi must be {N_FEATURES} numbers each, lo <= hi")
         return cls(mean_=mean, std_=std, lo_=lo, hi_=hi)

@@ -6,7 +6,7 @@ forked torch RNG inside ``fit`` so two fits with the same data and seed give the
 weights; ``to_state``/``from_state`` give plain containers and tensors that
 ``torch.load(..., weights_only=True)`` reads back.
 
-Inputs are already normalised (``features.Normalizer``): ``X`` float32[n, 17] with 0
+Inputs are already normalised (``features.Normalizer``): ``X`` float32[n, 19] with 0
 where masked, ``S`` float32[n, T, C] left-padded (valid steps last) with NaN→0,
 ``lengths`` int[n] valid steps. The LSTM reads the whole window plus a padding-flag
 channel (:func:`with_padding_flag`) instead of packed sequences.
@@ -24,7 +24,7 @@ neighbours' ``[x, label]`` (``Reference.agg``, computed once: those inputs never
 change), so layer 2 is a true two-hop layer while scoring a new job needs only its k
 neighbour rows (``h1`` of every reference job is computed at load time). The label is
 an ended job's final state, known before the query started, so it leaks nothing
-(``neighbour_labels=False`` zeroes it: the plain 17-input GraphConv).
+(``neighbour_labels=False`` zeroes it: the plain 19-input GraphConv).
 
 Batch sizes: the LSTM uses ``[ml.training] batch_size`` (32) as given; the GNN and
 autoencoder, trained on hundreds of thousands of tiny as-of snapshots, default to 512
@@ -87,7 +87,7 @@ class Neighbours:
 
 
 def messages(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Layer-1 message of each reference job: its 17 features and its label."""
+    """Layer-1 message of each reference job: its 19 features and its label."""
     return np.concatenate([np.asarray(x, np.float32), np.asarray(y, np.float32)[:, None]], axis=1)
 
 
@@ -120,10 +120,10 @@ class Reference:
 # ------------------------------------------------------------------ networks
 
 class GNNNet(nn.Module):
-    """GraphConv 17→64 → 64→32 (ReLU; ``h' = W_self h + W_nbr mean_sim(h_nbr)``),
+    """GraphConv 19→64 → 64→32 (ReLU; ``h' = W_self h + W_nbr mean_sim(h_nbr)``),
     neighbourhood pooling by the similarity-weighted mean, dense 32→1 (logit)."""
 
-    def __init__(self, n_in: int = 17, hidden: int = 64, out: int = 32, dropout: float = 0.2) -> None:
+    def __init__(self, n_in: int = 19, hidden: int = 64, out: int = 32, dropout: float = 0.2) -> None:
         super().__init__()
         self.self1, self.nbr1 = nn.Linear(n_in, hidden), nn.Linear(n_in + 1, hidden, bias=False)
         self.self2, self.nbr2 = nn.Linear(hidden, out), nn.Linear(hidden, out, bias=False)
@@ -135,7 +135,7 @@ class GNNNet(nn.Module):
         return self.drop(torch.relu(self.self1(x) + self.nbr1(agg)))
 
     def forward(self, x: torch.Tensor, agg: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits of queries ``x`` [B,17] with layer-1 input ``agg`` [B,18] and the
+        """Logits of queries ``x`` [B,19] with layer-1 input ``agg`` [B,20] and the
         pooled neighbour embeddings ``pooled`` [B,64] (see :func:`pool`)."""
         return self.from_neighbour_terms(x, self.nbr1(agg), self.nbr2(pooled))
 
@@ -171,9 +171,9 @@ class LSTMNet(nn.Module):
 
 
 class AENet(nn.Module):
-    """17→12→8→4→8→12→17, ReLU inside, sigmoid out."""
+    """19→12→8→4→8→12→19, ReLU inside, sigmoid out."""
 
-    def __init__(self, n_in: int = 17) -> None:
+    def __init__(self, n_in: int = 19) -> None:
         super().__init__()
         sizes = [n_in, 12, 8, 4, 8, 12]
         layers: list[nn.Module] = []
