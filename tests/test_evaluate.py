@@ -18,7 +18,7 @@ import torch
 
 from nomade import config
 from nomade.errors import NomadeError
-from nomade.ml import evaluate, train
+from nomade.ml import evaluate, rules, train
 
 torch.set_num_threads(1)
 
@@ -195,3 +195,108 @@ def test_leave_one_shape_out_hides_the_shape_from_training_only() -> None:
     assert p.summary["left_out_shape"]["shape"] == "leak"
     with pytest.raises(NomadeError, match="no job has the shape 'hang'.*compute, leak"):
         evaluate.leave_out_shape(p, shapes, "hang")
+
+
+# ------------------------------------------------------------------ issue #10's judgement, on a corpus slice
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "nomade-lab-v1.npz"
+"""The lab corpus shipped in the repo (corpus/README.md)."""
+VISIBLE = {("mem_grow", "OUT_OF_MEMORY"), ("mem_grow", "FAILED"), ("procs", "OUT_OF_MEMORY"),
+           ("threads", "OUT_OF_MEMORY"), ("stall", "TIMEOUT"), ("starve", "TIMEOUT"), ("scratch_fill", "FAILED")}
+"""The behaviour-visible failures as issue #10 names them, (behaviour, final state), written out here."""
+
+
+@pytest.fixture(scope="module")
+def corpus_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 300 jobs of the shipped corpus, evenly over its start times, with their samples and metadata."""
+    from nomade import corpus
+    from nomade.history import HistoryRows
+    c = corpus.read(CORPUS)
+    by_start = sorted(c.rows.jobs, key=lambda j: (j.get("start_ts") or 0.0, j["job_id"]))
+    keep = by_start[::max(1, len(by_start) // 300)]
+    ids = {j["job_id"] for j in keep}
+    at = corpus.JOB_SAMPLE_FIELDS.index("job_id")
+    rows = HistoryRows(keep, [s for s in c.rows.job_samples if s[at] in ids], c.rows.node_samples)
+    out = tmp_path_factory.mktemp("corpus") / "slice.npz"
+    corpus.write(out, rows, {k: m for k, m in c.meta.items() if k in ids})
+    return out
+
+
+def _test_jobs(path: Path) -> tuple[list[dict], dict]:
+    """The slice's test-part jobs (as `nomade evaluate --ticks-per-job 4` splits it) and its metadata."""
+    from nomade import corpus, history
+    c = corpus.read(path)
+    jobs, samples = history.tables(c.rows, 6.0)
+    p = train.prepare(jobs, samples, 3.0, 32, max_per_job=4, source=str(path))
+    test = {str(jobs.job_id[r]) for r in np.unique(p.job[p.rows("test")])}
+    return [j for j in c.rows.jobs if j["job_id"] in test], c.meta
+
+
+def test_cli_judges_the_behaviour_visible_failures(tmp_path: Path, corpus_slice: Path, cfg_file: Path) -> None:
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg_file), "OMP_NUM_THREADS": "1",
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+    out = _nomade("evaluate", "--corpus", str(corpus_slice), "--ticks-per-job", "4", "--replay-step", "15",
+                  "--json", "--quiet", "--plot", str(tmp_path / "plots"), env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    b = report["behaviour"]
+    test, meta = _test_jobs(corpus_slice)
+    visible = [j for j in test if (meta[j["job_id"]]["variant"], j["state"]) in VISIBLE]
+    completed = [j for j in test if j["state"] == "COMPLETED"]
+    assert 0 < len(visible) < len(test) and completed
+    assert set(b["scorers"]) == {"models", "logistic_regression", "gradient_boosting", *rules.RULES}
+    for name, s in b["scorers"].items():
+        assert (s["failed"], s["completed"], s["unscored"]) == (len(visible), len(completed), 0), name
+        # the operating point alerted at most 5 % of the validation part's completed jobs
+        v = s["validation"]
+        assert v["alerted"] <= 0.05 * v["completed"] and v["completed"] > 0, name
+        assert s["bounded"]["threshold"] is None or 0.0 <= s["bounded"]["threshold"] <= 1.0, name
+    # at the shipped threshold, the false alarms are those of the whole test part's replay: the same jobs
+    assert b["scorers"]["models"]["shipped"]["false_alarms"] == report["replay"]["false_alarms"]
+    for name in rules.RULES:
+        assert b["scorers"][name]["shipped"]["false_alarms"] == report["replay_rules"][name]["false_alarms"], name
+        assert b["scorers"][name]["bounded"]["threshold"] in (None, 0.0, 1.0), name
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    roc = ET.parse(tmp_path / "plots" / "behaviour_roc.svg").getroot()
+    names = [ln.get("data-name") for ln in roc.findall("s:polyline[@class='series']", ns)]
+    assert names[:3] == ["models (live scorer)", "logistic regression", "gradient boosting"]
+    text = evaluate.format_table(report)
+    assert "behaviour-visible failures of the test part" in text and f"{len(completed)} completed jobs" in text
+
+
+def test_cli_leaves_out_a_shape_and_judges_it_alone(tmp_path: Path, corpus_slice: Path, cfg_file: Path) -> None:
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg_file), "OMP_NUM_THREADS": "1",
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+    from nomade import corpus
+    c = corpus.read(corpus_slice)
+    stall = [j for j in c.rows.jobs if c.meta[j["job_id"]]["shape"] == "stall"]
+    out = _nomade("evaluate", "--corpus", str(corpus_slice), "--ticks-per-job", "4", "--replay-step", "15",
+                  "--leave-out-shape", "stall", "--json", "--quiet", env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    s = report["left_out"]
+    assert s["jobs"] == len(stall) and s["failed"] == sum(j["state"] != "COMPLETED" for j in stall) > 0
+    assert s["completed"] == sum(j["state"] == "COMPLETED" for j in stall) > 0
+    assert s["test_completed"] == report["replay"]["false_alarms"]["completed"]
+    for name, v in s["scorers"].items():
+        assert (v["own"]["failed"], v["own"]["completed"], v["test"]["completed"]) == (
+            s["failed"], s["completed"], s["test_completed"]), name
+        # the same failures, caught or not whatever they are compared with
+        assert v["own"]["shipped"]["coverage"] == v["test"]["shipped"]["coverage"], name
+    text = evaluate.format_table(report)
+    assert f"the left-out shape stall alone: its {len(stall)} jobs" in text
+
+    out = _nomade("evaluate", "--corpus", str(corpus_slice), "--ticks-per-job", "4", "--replay-step", "15",
+                  "--leave-out-shape", "stall,mem_grow", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("leave-one-shape-out, one training per shape")
+    labels = [evaluate.LABELS[k] for k in ("models", "logistic_regression", "gradient_boosting", *rules.RULES)]
+    for shape in ("stall", "mem_grow"):
+        at = next(k for k, ln in enumerate(lines) if ln.startswith(f"{shape} "))
+        block = lines[at:at + len(labels)]
+        assert all(label in ln for label, ln in zip(labels, block)), block
+        assert all(ln.startswith(" ") for ln in block[1:]), block      # one shape cell per block
+    assert "2/2 shapes" in out.stderr
+    out = _nomade("evaluate", "--corpus", str(corpus_slice), "--leave-out-shape", "all", "--plot", "x", env=env)
+    assert out.returncode == 2 and "drop --no-replay and --plot" in out.stderr

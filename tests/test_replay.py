@@ -174,7 +174,7 @@ def test_replay_refuses_tables_the_data_was_not_prepared_from(trained: tuple) ->
     cfg, jobs, samples, p, models, report = trained
     other, other_samples = train.synthetic_tables(700, seed=4)
     with pytest.raises(NomadeError, match="not the ones the dataset was prepared from"):
-        evaluate._replay(p, cfg, Scorer.load(models), evaluate.ReplaySource(other, other_samples, 60.0),
+        evaluate._replay(p, cfg, {"models": Scorer.load(models)}, evaluate.ReplaySource(other, other_samples, 60.0),
                          lambda line: None)
     with pytest.raises(ValueError, match="step_s must be > 0"):
         replay.replay(jobs, samples, np.array([0]), Scorer.load(models), threshold=0.7, step_s=0.0,

@@ -20,6 +20,14 @@ precision and lead times at ``[ml.alerts] high_risk_threshold`` and at each leve
 and per final state. The replay needs the job tables, so it is skipped for
 ``--data``. ``--plot DIR`` writes ``roc.svg`` (test ROC curve of every model) and
 ``lead_times.svg`` (ECDF of the replay's lead times) there.
+
+With the jobs' behaviours (``--corpus``, ``--shapes``) a last table judges the
+behaviour-visible failures of the test part alone, models beside each baseline and
+rule, at the shipped threshold and at the operating point of at most 5 % false alarms
+chosen on validation (``nomade.ml.judging``; ``--plot``: ``behaviour_roc.svg``,
+``behaviour_lead.svg``). ``--leave-out-shape SHAPE`` also judges every job of SHAPE
+alone; ``--leave-out-shape all`` (or ``S1,S2``) trains once per failure shape and prints
+one row per shape and scorer.
 """
 
 from __future__ import annotations
@@ -66,9 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "the replay's figures per shape too (with --corpus: the corpus's own shapes)")
     rep.add_argument("--leave-out-shape", metavar="SHAPE",
                      help="leave-one-shape-out: train and validate without the jobs of SHAPE, test on every "
-                          "test job (needs shapes: --corpus or --shapes); how a failure never seen in "
-                          "training is caught")
-    parser.add_argument("--plot", metavar="DIR", help="write roc.svg and lead_times.svg into DIR")
+                          "test job and judge every job of SHAPE on its own (needs shapes: --corpus or "
+                          "--shapes); how a failure never seen in training is caught. Several shapes "
+                          "(S1,S2) or 'all' (every failure shape): one training per shape, one table "
+                          "row per shape and scorer")
+    parser.add_argument("--plot", metavar="DIR",
+                        help="write roc.svg, lead_times.svg and, with job behaviours, behaviour_roc.svg and "
+                             "behaviour_lead.svg into DIR")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -89,6 +101,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.data and args.leave_out_shape:
         raise NomadeError("--leave-out-shape needs the job tables: use --corpus, --db or --swf, not --data")
     say = (lambda line: None) if args.quiet else _say
+    each = args.leave_out_shape is not None and (args.leave_out_shape == "all" or "," in args.leave_out_shape)
+    if each and (args.no_replay or args.plot):
+        raise NomadeError("several left-out shapes are judged by replay, one table: drop --no-replay and --plot")
     source = None
     if args.data:
         prepared = train.Prepared.load(Path(args.data).expanduser())
@@ -97,22 +112,26 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         jobs, samples, name = tables_from_args(args, cfg)
         prepared = train.prepare(jobs, samples, cfg.collector.interval_s, cfg.ml.sequence_length,
                                  max_per_job=args.ticks_per_job, source=name)
-        shapes = _job_shapes(args, jobs)
+        shapes, variants = _job_shapes(args, jobs)
+        if args.leave_out_shape and shapes is None:
+            raise NomadeError("--leave-out-shape needs the jobs' shapes: --corpus FILE or --shapes FILE")
+        if each:
+            return _leave_out_each(args, cfg, prepared, evaluate.ReplaySource(
+                jobs, samples, step, args.replay_max_ticks, shapes, variants), say)
         if args.leave_out_shape:
-            if shapes is None:
-                raise NomadeError("--leave-out-shape needs the jobs' shapes: --corpus FILE or --shapes FILE")
             out = evaluate.leave_out_shape(prepared, shapes, args.leave_out_shape)
             say(f"left out of training and validation: {out['jobs']} jobs of shape {args.leave_out_shape} "
                 f"({out['test_jobs']} in the test split)")
         if not args.no_replay:
-            source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks, shapes)
+            source = evaluate.ReplaySource(jobs, samples, step, args.replay_max_ticks, shapes, variants)
     reporter = None if args.quiet else train.stderr_reporter()
     models_dir = None if args.models_dir is None else str(Path(args.models_dir).expanduser())
     report = evaluate.compare(prepared, cfg, models_dir, weights_mode(args), reporter, say, source)
     if args.data and not args.no_replay:
         report["replay"] = {"skipped": "a prepared dataset holds no job tables; use --swf, --db or --synthetic"}
     if args.plot:
-        report["plots"] = _plots(report, Path(args.plot).expanduser())
+        report["plots"] = _plots(report, Path(args.plot).expanduser()) + _behaviour_plots(
+            report, Path(args.plot).expanduser())
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -122,21 +141,63 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _job_shapes(args: argparse.Namespace, jobs: Any) -> Any:
-    """The shape of each job of ``jobs`` from ``--shapes``, else from ``--corpus``'s
-    metadata (the corpus's job ids, prefixed ``corpus:`` when mixed with a store); None
+def _leave_out_each(args: argparse.Namespace, cfg: Config, prepared: Any, source: Any, say: Any) -> int:
+    """``--leave-out-shape all`` or ``S1,S2,...``: one training per shape, one table."""
+    from nomade.ml import evaluate, judging
+    if args.leave_out_shape == "all":
+        shapes = judging.failure_shapes(source.shapes, source.jobs.state)
+    else:
+        shapes = [s.strip() for s in args.leave_out_shape.split(",") if s.strip()]
+    known = {str(s) for s in source.shapes if s is not None}
+    unknown = [s for s in shapes if s not in known]
+    if unknown or not shapes:
+        raise NomadeError(f"no job has the shape {', '.join(map(repr, unknown)) or 'given'}; "
+                          f"the shapes are {', '.join(sorted(known)) or 'unknown'}")
+    say(f"leave-one-shape-out for {len(shapes)} shapes ({', '.join(shapes)}): one training each")
+    progress = None if args.quiet else _progress_bar
+    if progress is not None:
+        progress(0, len(shapes), "", 0.0)
+    report = evaluate.leave_out_each(prepared, cfg, source, shapes, weights_mode(args), progress)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(judging.format_each(report, evaluate.LABELS))
+    return 0
+
+
+def _progress_bar(done: int, total: int, shape: str, elapsed_s: float) -> None:
+    """Shapes done, time spent, time left: one line on stderr, rewritten in place on a
+    terminal, a new line each time otherwise (a log file)."""
+    bar = "#" * round(20 * done / total) + "." * (20 - round(20 * done / total))
+    left = f"; about {elapsed_s / done * (total - done) / 60:.1f} min left" if done else ""
+    last = f", {shape} done" if shape else ""
+    line = f"leave-one-shape-out [{bar}] {done}/{total} shapes{last}, {elapsed_s / 60:.1f} min{left}"
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{line}\x1b[K" + ("\n" if done == total else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _job_shapes(args: argparse.Namespace, jobs: Any) -> tuple[Any, Any]:
+    """The shape and the behaviour of each job of ``jobs``: from ``--shapes`` (its
+    behaviour: its shape), else from ``--corpus``'s metadata (``shape``, ``variant``;
+    the corpus's job ids prefixed ``corpus:`` when mixed with a store); (None, None)
     when neither names shapes."""
     if args.shapes:
-        return _shapes(Path(args.shapes).expanduser(), jobs)
+        shapes = _shapes(Path(args.shapes).expanduser(), jobs)
+        return shapes, shapes
     if not args.corpus:
-        return None
+        return None, None
     import numpy as np
 
     from nomade import corpus
     meta = corpus.read(Path(args.corpus).expanduser()).meta
     prefix = "corpus:" if args.with_store else ""
-    by_id = {f"{prefix}{job_id}": m.get("shape") for job_id, m in meta.items()}
-    return np.array([by_id.get(str(j)) for j in jobs.job_id], dtype=object)
+    by_id = {f"{prefix}{job_id}": m for job_id, m in meta.items()}
+    of = [by_id.get(str(j), {}) for j in jobs.job_id]
+    return (np.array([m.get("shape") for m in of], dtype=object),
+            np.array([m.get("variant") or m.get("shape") for m in of], dtype=object))
 
 
 def _shapes(path: Path, jobs: Any) -> Any:
@@ -170,6 +231,26 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
             series.setdefault(state, []).append(v / 60)
     title = f"Alert lead time (risk >= {rep['threshold']:.2f}), test jobs replayed"
     return lines + [f"wrote {plot.lead_time_svg(series, out / 'lead_times.svg', title)}"]
+
+
+def _behaviour_plots(report: dict[str, Any], out: Path) -> list[str]:
+    """behaviour_roc.svg (each scorer's job-level ROC on the behaviour-visible failures of
+    the test part) and behaviour_lead.svg (lead times as a share of the run, at each
+    scorer's operating point of at most 5 % false alarms); one line per file."""
+    from nomade import plot
+    from nomade.ml.evaluate import LABELS
+    b = report.get("behaviour") or {}
+    if "scorers" not in b:
+        why = b.get("skipped") or "no replay"
+        return [f"behaviour_roc.svg, behaviour_lead.svg not written ({why})"]
+    label = {k: LABELS.get(k, k).strip() for k in b["scorers"]}
+    curves = {label[k]: (s["roc"]["fpr"], s["roc"]["tpr"]) for k, s in b["scorers"].items() if s["roc"]["fpr"]}
+    lines = [f"wrote {plot.roc_svg(curves, out / 'behaviour_roc.svg', 'ROC per job, behaviour-visible failures')}"]
+    series = {label[k]: [100 * v for v in s["bounded"]["lead_shares"]] for k, s in b["scorers"].items()}
+    if not any(series.values()):
+        return lines + [f"{out / 'behaviour_lead.svg'} not written: no scorer caught a failure at its operating point"]
+    title = "Lead time at <= 5% false alarms (validation threshold)"
+    return lines + [f"wrote {plot.lead_time_svg(series, out / 'behaviour_lead.svg', title, unit='% of the run')}"]
 
 
 def _say(line: str) -> None:

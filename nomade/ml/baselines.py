@@ -106,6 +106,37 @@ class BoostingBaseline(_SklearnBaseline):
 BASELINES = {"logistic_regression": LogisticBaseline, "gradient_boosting": BoostingBaseline}
 
 
+def inputs(Xn: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """What a baseline reads: the normalised features and the mask of which are known."""
+    return np.concatenate([Xn, np.asarray(mask).astype(np.float32)], axis=1)
+
+
+@dataclass
+class _Risk:
+    risk: np.ndarray
+
+
+class BaselineScorer:
+    """A fitted baseline with the scorer interface ``nomade.ml.replay`` needs, so it is
+    replayed tick by tick as the models are: the raw as-of features normalised by the
+    models' ``Normalizer`` (``norm.transform(X, mask)``), as it was fitted on them."""
+
+    def __init__(self, name: str, model: _SklearnBaseline, norm: Any) -> None:
+        self.name, self.model, self.norm = name, model, norm
+        self.models: dict[str, Any] = {}
+
+    def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
+              lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
+              explain: bool = False, neighbours: Any = None) -> _Risk:
+        """The baseline's probability of failure of each row as its risk."""
+        if not len(X):
+            return _Risk(np.zeros(0))
+        return _Risk(self.model.predict_proba(inputs(self.norm.transform(X, mask), mask)))
+
+    def neighbours(self, X: np.ndarray, mask: np.ndarray, start_ts: np.ndarray | None) -> Any:
+        raise ValueError("a baseline has no graph neighbours")
+
+
 def run_baselines(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
                   threshold: float = 0.5, seed: int = 0) -> dict[str, Metrics]:
     """Fit every baseline on the training part and score it on the test part."""

@@ -18,11 +18,16 @@ Given the job tables the data was prepared from (:class:`ReplaySource`), ``compa
 also replays the test jobs tick by tick through the live scorer (``replay``): the
 trained models are written to ``models_dir`` (or a temporary directory), loaded with
 ``Scorer.load`` as the agent loads them, and every test job is scored at its scoring
-ticks; the report's ``replay`` holds coverage, false-alarm rate and lead times.
+ticks; the report's ``replay`` holds coverage, false-alarm rate and lead times. The
+validation jobs, and every job of a left-out shape, are replayed with them, through the
+baselines and the rules too, for ``judging``'s tables (``behaviour``, ``left_out``);
+:func:`leave_out_each` runs one leave-one-shape-out per shape.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import tempfile
 import time
@@ -35,8 +40,8 @@ import numpy as np
 from nomade import features
 from nomade.config import Config
 from nomade.errors import NomadeError
-from nomade.ml import metrics, persist, replay, rules
-from nomade.ml.baselines import BASELINES
+from nomade.ml import judging, metrics, persist, replay, rules
+from nomade.ml.baselines import BASELINES, BaselineScorer, inputs
 from nomade.ml.ensemble import PARTS, Choice, Weights, choose_weights, combine
 from nomade.ml.evidence import EVIDENCE_KEY
 from nomade.ml.inference import Scorer
@@ -59,9 +64,8 @@ ORDER = ("gnn", "lstm", "autoencoder", "ensemble", "ensemble_config", "ensemble_
 """Rows of the table, in print order."""
 CANDIDATES = ("ensemble_config", "ensemble_learned")
 """Rows of the ensemble with each candidate weighting: in the table, not in the ROC plot."""
-ROC_POINTS = 200
-"""Most points kept of each ROC curve in the report."""
-LABELS = {"gnn": "GNN", "lstm": "LSTM", "autoencoder": "autoencoder", "ensemble": "ensemble",
+LABELS = {"models": "models (live scorer)", "gnn": "GNN",
+          "lstm": "LSTM", "autoencoder": "autoencoder", "ensemble": "ensemble",
           "ensemble_config": "  with config weights", "ensemble_learned": "  with learned weights",
           "models_only": "  without the evidence", "evidence": "runtime evidence alone",
           "logistic_regression": "logistic regression", "gradient_boosting": "gradient boosting",
@@ -124,29 +128,6 @@ def leave_out_shape(p: Prepared, job_shapes: np.ndarray, shape: str) -> dict[str
     return p.summary["left_out_shape"]
 
 
-def roc_curve(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None,
-              max_points: int = ROC_POINTS) -> tuple[list[float], list[float]]:
-    """Weighted ROC curve ``(fpr, tpr)`` from (0, 0) to (1, 1), one point per distinct
-    score (NaN scores left out), thinned evenly to at most ``max_points`` (ends kept);
-    ([], []) when either class is missing."""
-    y, score = np.asarray(y, np.float64), np.asarray(score, np.float64)
-    w = np.ones_like(y) if w is None else np.asarray(w, np.float64)
-    ok = np.isfinite(score)
-    y, score, w = y[ok], score[ok], w[ok]
-    pos, neg = (w * y).sum(), (w * (1 - y)).sum()
-    if pos <= 0 or neg <= 0:
-        return [], []
-    order = np.argsort(-score, kind="mergesort")
-    s = score[order]
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    tpr = np.r_[0.0, np.cumsum((w * y)[order])[ends] / pos]
-    fpr = np.r_[0.0, np.cumsum((w * (1 - y))[order])[ends] / neg]
-    if len(fpr) > max_points:
-        keep = np.unique(np.round(np.linspace(0, len(fpr) - 1, max_points)).astype(np.int64))
-        fpr, tpr = fpr[keep], tpr[keep]
-    return fpr.tolist(), tpr.tolist()
-
-
 def _judge(p: Prepared, rows: dict[str, np.ndarray], val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     """Threshold from validation scores ``val``, metrics on validation and test."""
     va, te = rows["validation"], rows["test"]
@@ -161,12 +142,12 @@ def _judge(p: Prepared, rows: dict[str, np.ndarray], val: np.ndarray, test: np.n
 
 
 def _baselines(p: Prepared, Xn: np.ndarray, rows: dict[str, np.ndarray], seed: int, say: Say
-               ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], dict[str, Any]]:
     """Each baseline fitted on the training rows of the same normalised features:
-    its report entry, and its test scores."""
-    Z = np.concatenate([Xn, p.mask.astype(np.float32)], axis=1)
+    its report entry, its test scores, and the fitted baseline."""
+    Z = inputs(Xn, p.mask)
     tr = rows["train"]
-    out, test = {}, {}
+    out, test, fitted = {}, {}, {}
     for name, cls in BASELINES.items():
         say(f"fitting {LABELS[name]} on {len(tr)} training examples")
         t0 = time.monotonic()
@@ -176,10 +157,11 @@ def _baselines(p: Prepared, Xn: np.ndarray, rows: dict[str, np.ndarray], seed: i
             raise NomadeError(f"cannot fit {LABELS[name]}: {e}") from e
         except ImportError as e:
             raise NomadeError(f"the baselines need scikit-learn (pip install 'nomade[eval]'): {e}") from e
+        fitted[name] = model
         test[name] = model.predict_proba(Z[rows["test"]])
         out[name] = _judge(p, rows, model.predict_proba(Z[rows["validation"]]), test[name])
         out[name]["fit_s"] = time.monotonic() - t0
-    return out, test
+    return out, test, fitted
 
 
 @dataclass
@@ -193,6 +175,9 @@ class ReplaySource:
     max_ticks: int = replay.DEFAULT_MAX_TICKS
     shapes: np.ndarray | None = None
     """Per job of ``jobs``, its shape (None unknown): the replay's figures per shape too."""
+    variants: np.ndarray | None = None
+    """Per job of ``jobs``, its behaviour (a corpus's ``variant``; None unknown): the
+    behaviour-visible failures are judged on their own (``judging``)."""
 
 
 def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mode: str = "auto",
@@ -247,7 +232,7 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mod
     test["evidence"] = np.nan_to_num(ev.risk(p.X[rows["test"]], p.mask[rows["test"]]))
     report["models"]["evidence"] = _judge(
         p, rows, np.nan_to_num(ev.risk(p.X[rows["validation"]], p.mask[rows["validation"]])), test["evidence"])
-    baselines, baseline_test = _baselines(p, d.Xn, rows, cfg.ml.seed, say)
+    baselines, baseline_test, baseline_fits = _baselines(p, d.Xn, rows, cfg.ml.seed, say)
     report["models"].update(baselines)
     rule_test = {name: rules.fire(name, p.X[rows["test"]], p.mask[rows["test"]]) for name in rules.RULES}
     for name in rules.RULES:
@@ -255,10 +240,10 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mod
                                         rule_test[name])
     baseline_test.update(rule_test)
     te = rows["test"]
-    report["roc"] = {name: dict(zip(("fpr", "tpr"), roc_curve(p.y[te], sc, p.w[te])))
+    report["roc"] = {name: dict(zip(("fpr", "tpr"), metrics.roc_curve(p.y[te], sc, p.w[te])))
                      for name, sc in {**test, **baseline_test}.items() if name not in CANDIDATES}
     if models_dir is not None or source is not None:
-        saved = (fitted, norm, train_report, weights, learn, ev)
+        saved = (fitted, norm, train_report, weights, learn, ev, baseline_fits)
         report.update(_save_and_replay(p, cfg, saved, models_dir, source, say))
     report["took_s"] = time.monotonic() - t0
     return persist.clean_json(report)
@@ -267,8 +252,9 @@ def compare(p: Prepared, cfg: Config, models_dir: str | None = None, weights_mod
 def _save_and_replay(p: Prepared, cfg: Config, saved: tuple[Any, ...], models_dir: str | None,
                      source: ReplaySource | None, say: Say) -> dict[str, Any]:
     """Write the models (to ``models_dir``, else a temporary directory) and, with a
-    ``source``, load them as the agent does and replay the test jobs through them."""
-    fitted, norm, train_report, weights, learn, ev = saved
+    ``source``, load them as the agent does and replay the jobs through them, the
+    baselines and the rules (:func:`_replay`)."""
+    fitted, norm, train_report, weights, learn, ev, baseline_fits = saved
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nomade-evaluate-") as tmp:
         target = tmp if models_dir is None else models_dir
@@ -278,32 +264,76 @@ def _save_and_replay(p: Prepared, cfg: Config, saved: tuple[Any, ...], models_di
         if models_dir is not None:
             out["models_dir"] = str(models_dir)
         if source is not None:
-            scorer = Scorer.load(target, weights)
-            out["replay"] = _replay(p, cfg, scorer, source, say)
-            out["replay_rules"] = {name: _replay(p, cfg, rules.RuleScorer(name), source, say, scorer.grid)
-                                   for name in rules.RULES}
+            scorers: dict[str, replay.ScorerLike] = {"models": Scorer.load(target, weights)}
+            scorers.update({name: BaselineScorer(name, model, norm) for name, model in baseline_fits.items()})
+            scorers.update({name: rules.RuleScorer(name) for name in rules.RULES})
+            out.update(_replay(p, cfg, scorers, source, say))
     return out
 
 
-def _replay(p: Prepared, cfg: Config, scorer: Any, source: ReplaySource, say: Say,
-            grid: tuple[float, int] | None = None) -> dict[str, Any]:
-    """The test jobs of ``p`` replayed tick by tick through ``scorer`` (``replay``; a
-    rule's ``RuleScorer`` reads the models' ``grid``)."""
-    grid = scorer.grid if grid is None else grid
+def _replay(p: Prepared, cfg: Config, scorers: dict[str, Any], source: ReplaySource, say: Say) -> dict[str, Any]:
+    """The validation and test jobs of ``p`` (and every job of a left-out shape) replayed
+    tick by tick through every scorer at once (``replay.replay_ticks``; the rules and
+    baselines on the models' ``grid``): the test jobs' replay figures of the models
+    (``replay``) and rules (``replay_rules``), and the judgements of ``judging``:
+    ``behaviour`` (with ``source.variants``) and ``left_out`` (with a left-out shape)."""
+    grid = scorers["models"].grid
     jobs = source.jobs
     if len(jobs) <= int(p.job.max()) or not np.array_equal(jobs.start_ts[p.job], p.start_ts):
         raise NomadeError("cannot replay: the job tables are not the ones the dataset was prepared from")
-    test_jobs = np.unique(p.job[p.rows("test")])
-    say(f"replaying {len(test_jobs)} test jobs through {getattr(scorer, 'name', 'the live scorer')} "
-        f"(a tick every {source.step_s:g} s, at most {source.max_ticks} a job)")
+    val_jobs, test_jobs = (np.unique(p.job[p.rows(s)]) for s in ("validation", "test"))
+    left = (p.summary.get("left_out_shape") or {}).get("shape") if source.shapes is not None else None
+    shape_jobs = np.flatnonzero(np.asarray(source.shapes, dtype=object) == left) if left else np.zeros(0, np.int64)
+    rows = np.union1d(np.union1d(val_jobs, test_jobs), shape_jobs)
+    say(f"replaying {len(rows)} jobs ({len(test_jobs)} test, {len(val_jobs)} validation"
+        + (f", {len(shape_jobs)} of the left-out shape" if left else "")
+        + f") through {', '.join(scorers)} (a tick every {source.step_s:g} s, at most {source.max_ticks} a job)")
     try:
-        return replay.replay(jobs, source.samples, test_jobs, scorer,
-                             threshold=cfg.ml.alerts.high_risk_threshold, step_s=source.step_s,
-                             interval_s=grid[0], sequence_length=grid[1],
-                             max_ticks=source.max_ticks, groups=source.shapes,
-                             confirm=cfg.ml.alerts.confirm_predictions)
+        ticks = replay.replay_ticks(jobs, source.samples, rows, scorers, step_s=source.step_s, interval_s=grid[0],
+                                    sequence_length=grid[1], max_ticks=source.max_ticks)
     except ValueError as e:
-        raise NomadeError(f"cannot replay the test jobs: {e}") from e
+        raise NomadeError(f"cannot replay the jobs: {e}") from e
+    alerts = cfg.ml.alerts
+    in_test = np.isin(ticks.rows, test_jobs)
+    test = ticks.subset(in_test, requested=len(test_jobs))
+    out: dict[str, Any] = {
+        "replay": replay.summarise(jobs, test, "models", threshold=alerts.high_risk_threshold, groups=source.shapes,
+                                   confirm=alerts.confirm_predictions),
+        "replay_rules": {name: replay.summarise(jobs, test, name, threshold=alerts.high_risk_threshold,
+                                                confirm=alerts.confirm_predictions) for name in rules.RULES}}
+    bounds = judging.thresholds(jobs, ticks, list(scorers), np.isin(ticks.rows, val_jobs),
+                                alerts.confirm_predictions)
+    args = (bounds, alerts.confirm_predictions, alerts.high_risk_threshold)
+    out["behaviour"] = ({"skipped": "no job behaviours: use --corpus, or --shapes"} if source.variants is None
+                        else judging.behaviour(jobs, ticks, source.variants, in_test, *args))
+    if left:
+        out["left_out"] = judging.left_out(jobs, ticks, np.asarray(source.shapes, dtype=object), left, in_test, *args)
+    return out
+
+
+Progress = Callable[[int, int, str, float], None]
+"""``progress(done, total, shape, elapsed_s)``: after each shape of :func:`leave_out_each`."""
+
+
+def leave_out_each(p: Prepared, cfg: Config, source: ReplaySource, shapes: list[str], weights_mode: str = "auto",
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Leave-one-shape-out for each of ``shapes`` in turn (one training each, on a copy
+    of ``p``'s split: :func:`leave_out_shape`, then :func:`compare` with its replay):
+    per shape, the left-out shape's judgement (``judging.left_out``), what was left out,
+    the test AUC of every model and how long it took. ``source.shapes`` is required."""
+    if source.shapes is None:
+        raise NomadeError("leave-one-shape-out needs the jobs' shapes")
+    t0 = time.monotonic()
+    out: dict[str, Any] = {}
+    for k, shape in enumerate(shapes):
+        q = dataclasses.replace(p, split=p.split.copy(), summary=copy.deepcopy(p.summary))
+        leave_out_shape(q, source.shapes, shape)
+        r = compare(q, cfg, weights_mode=weights_mode, source=source)
+        out[shape] = {"left_out": r["left_out"], "data": r["data"]["left_out_shape"], "took_s": r["took_s"],
+                      "auc_roc": {name: m["test"]["auc_roc"] for name, m in r["models"].items()}}
+        if progress is not None:
+            progress(k + 1, len(shapes), shape, time.monotonic() - t0)
+    return persist.clean_json({"shapes": out, "took_s": time.monotonic() - t0, "data": p.summary})
 
 
 def _weights(cfg: Config, val_parts: np.ndarray, p: Prepared, va: np.ndarray, mode: str) -> Choice:
@@ -330,7 +360,12 @@ def format_table(report: dict[str, Any]) -> str:
         return text
     if "skipped" in rep:
         return text + f"\n\nreplay: skipped ({rep['skipped']})"
-    return text + "\n\n" + replay.format_table(rep) + _rules_table(report.get("replay_rules", {}), rep)
+    text += "\n\n" + replay.format_table(rep) + _rules_table(report.get("replay_rules", {}), rep)
+    if "behaviour" in report:
+        text += "\n\n" + judging.format_behaviour(report["behaviour"], LABELS)
+    if "left_out" in report:
+        text += "\n\n" + judging.format_left_out(report["left_out"], LABELS)
+    return text
 
 
 def _rules_table(by_rule: dict[str, Any], models: dict[str, Any]) -> str:

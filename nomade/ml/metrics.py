@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+ROC_POINTS = 200
+"""Most points kept of a ROC curve (:func:`roc_curve`)."""
+
 
 def _inputs(y: np.ndarray, score: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, ...]:
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -82,3 +85,26 @@ def summary(y: np.ndarray, score: np.ndarray, threshold: float = 0.5,
             "precision": precision, "recall": recall, "f1": f1,
             "threshold": float(threshold), "n": int(np.size(y)),
             "positives": float(np.sum(np.asarray(y) * (1 if w is None else np.asarray(w))))}
+
+
+def roc_curve(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None,
+              max_points: int = ROC_POINTS) -> tuple[list[float], list[float]]:
+    """Weighted ROC curve ``(fpr, tpr)`` from (0, 0) to (1, 1), one point per distinct
+    score (NaN scores left out), thinned evenly to at most ``max_points`` (ends kept);
+    ([], []) when either class is missing."""
+    y, score = np.asarray(y, np.float64), np.asarray(score, np.float64)
+    w = np.ones_like(y) if w is None else np.asarray(w, np.float64)
+    ok = np.isfinite(score)
+    y, score, w = y[ok], score[ok], w[ok]
+    pos, neg = (w * y).sum(), (w * (1 - y)).sum()
+    if pos <= 0 or neg <= 0:
+        return [], []
+    order = np.argsort(-score, kind="mergesort")
+    s = score[order]
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+    tpr = np.r_[0.0, np.cumsum((w * y)[order])[ends] / pos]
+    fpr = np.r_[0.0, np.cumsum((w * (1 - y))[order])[ends] / neg]
+    if len(fpr) > max_points:
+        keep = np.unique(np.round(np.linspace(0, len(fpr) - 1, max_points)).astype(np.int64))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return fpr.tolist(), tpr.tolist()

@@ -31,7 +31,8 @@ tick) counts as "unscored" and in no rate.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,24 +79,34 @@ def score_ticks(scorer: ScorerLike, jobs: features.JobTable, samples: features.S
                 job_rows: np.ndarray, t: np.ndarray, sequence_length: int, interval_s: float,
                 chunk: int = CHUNK) -> np.ndarray:
     """Risk float64[m] of job row ``job_rows[i]`` as of ``t[i]``, as the agent's tick
-    computes it (NaN where no model could score); ``chunk`` ticks per scorer call.
-    Sequences are built only when the scorer has an LSTM (nothing else reads them)."""
+    computes it (NaN where no model could score); ``chunk`` ticks per scorer call."""
+    return score_ticks_many({"": scorer}, jobs, samples, job_rows, t, sequence_length, interval_s, chunk)[""]
+
+
+def score_ticks_many(scorers: Mapping[str, ScorerLike], jobs: features.JobTable, samples: features.SampleTable,
+                     job_rows: np.ndarray, t: np.ndarray, sequence_length: int, interval_s: float,
+                     chunk: int = CHUNK) -> dict[str, np.ndarray]:
+    """:func:`score_ticks` for several scorers at once: each tick's inputs are built
+    once and given to every scorer. Sequences are built only when a scorer has an
+    LSTM (nothing else reads them)."""
     import torch
 
     job_rows, t = np.asarray(job_rows, np.int64), np.asarray(t, np.float64)
-    risk = np.full(len(t), np.nan)
-    lstm = "lstm" in scorer.models
+    risk = {name: np.full(len(t), np.nan) for name in scorers}
+    lstm = any("lstm" in s.models for s in scorers.values())
     with torch.inference_mode():
-        own = start_neighbours(scorer, jobs, job_rows)
+        own = {name: start_neighbours(s, jobs, job_rows) for name, s in scorers.items()}
         for lo in range(0, len(t), chunk):
             r, tt = job_rows[lo:lo + chunk], t[lo:lo + chunk]
             X, mask = features.asof_features(jobs, samples, tt, r)
             S = lengths = None
             if lstm:
                 S, lengths = features.sequences(jobs, samples, tt, sequence_length, interval_s, r)
-            nbrs = None if own is None else Neighbours(*(a[lo:lo + chunk] for a in (own.idx, own.sim, own.valid)))
-            scores = scorer.score(X, mask, S, lengths, jobs.start_ts[r], explain=False, neighbours=nbrs)
-            risk[lo:lo + chunk] = np.asarray(scores.risk, np.float64)
+            for name, scorer in scorers.items():
+                nb = own[name]
+                nbrs = None if nb is None else Neighbours(*(a[lo:lo + chunk] for a in (nb.idx, nb.sim, nb.valid)))
+                scores = scorer.score(X, mask, S, lengths, jobs.start_ts[r], explain=False, neighbours=nbrs)
+                risk[name][lo:lo + chunk] = np.asarray(scores.risk, np.float64)
     return risk
 
 
@@ -197,25 +208,69 @@ def figures(end_ts: np.ndarray, label: np.ndarray, state: np.ndarray, first: np.
 
 # ------------------------------------------------------------------ the replay
 
-def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndarray, scorer: ScorerLike, *,
-           threshold: float, step_s: float, interval_s: float, sequence_length: int,
-           max_ticks: int = DEFAULT_MAX_TICKS, chunk: int = CHUNK,
-           groups: np.ndarray | None = None, confirm: int = 1) -> dict[str, Any]:
-    """Replay the ended, labelled jobs ``rows`` of ``jobs``/``samples`` through
-    ``scorer`` (module doc); ``step_s`` between ticks, ``interval_s`` and
-    ``sequence_length`` as the agent's tick. Returns :func:`figures` plus the replay's
-    settings, tick count and wall time (JSON-safe). ``groups``: a label per job of
-    ``jobs`` (e.g. its shape; None unknown): then ``by_group`` holds each label's
-    coverage, false alarms and lead times. ``confirm``: a job crosses a bound at the
-    tick that makes ``confirm`` consecutive ticks at or above it (``[ml.alerts]
-    confirm_predictions``, as the agent writes a Comment)."""
+@dataclass
+class Ticks:
+    """Ended, labelled jobs replayed tick by tick through one or more scorers: ``rows``
+    the job rows replayed (int64[n]), ``job`` each tick's position in ``rows`` (ticks
+    sorted by job, then time), ``t`` its time, ``risk`` each scorer's risk of each
+    tick (NaN: no model scored it); ``requested`` the rows asked for (some may not be
+    replayable: no start, end or label)."""
+
+    rows: np.ndarray
+    job: np.ndarray
+    t: np.ndarray
+    risk: dict[str, np.ndarray]
+    requested: int
+    step_s: float
+    max_ticks: int
+    took_s: float = 0.0
+
+    def subset(self, keep: np.ndarray, requested: int | None = None) -> Ticks:
+        """The ticks of the jobs ``keep`` (bool[n] over ``rows``) only; ``requested``:
+        how many rows were asked for (default: those kept)."""
+        keep = np.asarray(keep, bool)
+        at = np.cumsum(keep) - 1
+        tick = keep[self.job]
+        return Ticks(self.rows[keep], at[self.job[tick]], self.t[tick], {k: v[tick] for k, v in self.risk.items()},
+                     int(keep.sum()) if requested is None else requested, self.step_s, self.max_ticks, self.took_s)
+
+
+def replay_ticks(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndarray,
+                 scorers: Mapping[str, ScorerLike], *, step_s: float, interval_s: float, sequence_length: int,
+                 max_ticks: int = DEFAULT_MAX_TICKS, chunk: int = CHUNK) -> Ticks:
+    """The ticks of the ended, labelled jobs ``rows`` and every scorer's risk at each
+    (each tick's inputs built once, :func:`score_ticks_many`)."""
     if not step_s > 0 or max_ticks < 1:
         raise ValueError(f"step_s must be > 0 and max_ticks >= 1, got {step_s}, {max_ticks}")
     t0 = time.monotonic()
     rows = np.asarray(rows, np.int64)
     ok = rows[np.isfinite(jobs.start_ts[rows]) & np.isfinite(jobs.end_ts[rows]) & np.isfinite(jobs.label[rows])]
     job, t = tick_times(jobs, ok, step_s, max_ticks)
-    risk = score_ticks(scorer, jobs, samples, ok[job], t, sequence_length, interval_s, chunk)
+    risk = score_ticks_many(scorers, jobs, samples, ok[job], t, sequence_length, interval_s, chunk)
+    return Ticks(ok, job, t, risk, len(rows), float(step_s), int(max_ticks), time.monotonic() - t0)
+
+
+def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndarray, scorer: ScorerLike, *,
+           threshold: float, step_s: float, interval_s: float, sequence_length: int,
+           max_ticks: int = DEFAULT_MAX_TICKS, chunk: int = CHUNK,
+           groups: np.ndarray | None = None, confirm: int = 1) -> dict[str, Any]:
+    """Replay the ended, labelled jobs ``rows`` of ``jobs``/``samples`` through
+    ``scorer`` (module doc); ``step_s`` between ticks, ``interval_s`` and
+    ``sequence_length`` as the agent's tick. Returns :func:`summarise`."""
+    ticks = replay_ticks(jobs, samples, rows, {"": scorer}, step_s=step_s, interval_s=interval_s,
+                         sequence_length=sequence_length, max_ticks=max_ticks, chunk=chunk)
+    return summarise(jobs, ticks, "", threshold=threshold, groups=groups, confirm=confirm)
+
+
+def summarise(jobs: features.JobTable, ticks: Ticks, name: str, *, threshold: float,
+              groups: np.ndarray | None = None, confirm: int = 1) -> dict[str, Any]:
+    """:func:`figures` of scorer ``name``'s replayed ``ticks``, plus the replay's
+    settings, tick count and wall time (JSON-safe). ``groups``: a label per job of
+    ``jobs`` (e.g. its shape; None unknown): then ``by_group`` holds each label's
+    coverage, false alarms and lead times. ``confirm``: a job crosses a bound at the
+    tick that makes ``confirm`` consecutive ticks at or above it (``[ml.alerts]
+    confirm_predictions``, as the agent writes a Comment)."""
+    ok, job, t, risk = ticks.rows, ticks.job, ticks.t, ticks.risk[name]
     thresholds = [threshold, *(bound for _, bound in LEVEL_BOUNDS)]
     first, _ = first_crossings(len(ok), job, t, confirmed(job, risk, confirm), thresholds)
     top = first_crossings(len(ok), job, t, risk, [])[1]   # scored: by the plain risk
@@ -223,11 +278,10 @@ def replay(jobs: features.JobTable, samples: features.SampleTable, rows: np.ndar
     out["lead_share_median"] = _group(jobs, ok, first, top, threshold)["lead_share_median"]
     if groups is not None:
         g = np.asarray(groups, dtype=object)[ok]
-        out["by_group"] = {str(name): _group(jobs, ok[g == name], first[g == name], top[g == name], threshold)
-                           for name in sorted({x for x in g if x is not None})}
-    out.update({"step_s": float(step_s), "max_ticks_per_job": int(max_ticks), "ticks": int(len(t)),
-                "confirm": int(confirm),
-                "skipped_jobs": int(len(rows) - len(ok)), "took_s": time.monotonic() - t0})
+        out["by_group"] = {str(k): _group(jobs, ok[g == k], first[g == k], top[g == k], threshold)
+                           for k in sorted({x for x in g if x is not None})}
+    out.update({"step_s": ticks.step_s, "max_ticks_per_job": ticks.max_ticks, "ticks": int(len(t)),
+                "confirm": int(confirm), "skipped_jobs": int(ticks.requested - len(ok)), "took_s": ticks.took_s})
     return out
 
 
