@@ -1,7 +1,7 @@
 """Graph build for 100,000 jobs (DESIGN budget: ≤ 60 s on 2 cores).
 
 Every job is both a reference and a query, time-ordered (each links only to jobs that
-ended before it started); 17 features drawn around 50 job "kinds"; 30% of queries know
+ended before it started); 19 features drawn around 50 job "kinds"; 30% of queries know
 only the start-time part, 20% lack one runtime feature (three mask patterns).
 """
 
@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from bench.result import Result
+from nomade import features
 from nomade.ml.graph import neighbours
 
 BUDGET_S = 60.0
@@ -19,11 +20,11 @@ BUDGET_S = 60.0
 
 def _jobs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(50, 17))
-    X = (centers[rng.integers(0, 50, n)] + 0.5 * rng.normal(size=(n, 17))).astype(np.float32)
+    centers = rng.normal(size=(50, features.N_FEATURES))
+    X = (centers[rng.integers(0, 50, n)] + 0.5 * rng.normal(size=(n, features.N_FEATURES))).astype(np.float32)
     start = np.sort(rng.uniform(0, 365 * 86400, n))
     end = start + rng.exponential(4 * 3600, n)
-    mask = np.ones((n, 17), bool)
+    mask = np.ones((n, features.N_FEATURES), bool)
     r = rng.random(n)
     mask[r < 0.3, 6:] = False
     mask[(r >= 0.3) & (r < 0.5), 15] = False

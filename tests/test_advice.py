@@ -232,6 +232,17 @@ def test_memory_is_said_in_the_jobs_own_units_with_the_time_to_the_limit() -> No
     assert growth.startswith("Memory at 50% of --mem, growing about 12 MB/min, at the limit in about 11min")
 
 
+def test_a_filling_disk_is_said_with_the_time_until_it_is_full() -> None:
+    # 97 % full, filling 60 % of the filesystem an hour: (1 - 0.97) / 0.6 h = 3 min
+    [(fam, text)] = advice.factor_phrases([f("fs_used_frac", 0.97, 0.3)], values={"fs_fill_frac_h": 0.6})
+    assert fam == "disk"
+    assert text == ("Filesystem written to 97% full, filling about 1% a minute, full in about 3min: "
+                    "free space there or write elsewhere (df shows it)")
+    [(_, static)] = advice.factor_phrases([f("fs_used_frac", 0.97, 0.3)], values={"fs_fill_frac_h": 0.0})
+    assert static == "Filesystem written to 97% full: free space there or write elsewhere (df shows it)"
+    assert advice.factor_phrases([f("fs_used_frac", 0.5, 0.3)]) == []       # half full is no reason
+
+
 def test_an_idle_cpu_is_said_with_the_time_left_to_the_limit() -> None:
     values = {"cpu_idle_min": 6.0, "log_time_limit_min": math.log1p(20), "elapsed_frac": 0.9}
     [(_, text)] = advice.factor_phrases([f("elapsed_frac", 0.9, 0.4)], values=values)

@@ -160,6 +160,35 @@ def test_without_models_of_its_own_the_agent_scores_with_the_starter(tmp_path: P
     assert "no models of the site's own" in state["reason"]
 
 
+@pytest.mark.slow
+def test_site_models_that_cannot_be_loaded_leave_the_starter_scoring(tmp_path: Path, ctx: zmq.Context) -> None:
+    """Models the site trained for another feature set (or broken files) must not stop
+    the scoring: the starter scores meanwhile and the state says why."""
+    import shutil
+
+    from nomade.ml import persist, starter
+    site = tmp_path / "site-models"
+    shutil.copytree(starter.STARTER_DIR, site, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    site.chmod(0o700)
+    with open(site / "gnn_model.pt", "ab") as f:        # no longer the file its metadata names
+        f.write(b"\0")
+    cfg = agent_config(tmp_path)
+    running = RunningAgent(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, interval_s=0.5),
+                                               ml=dataclasses.replace(cfg.ml, models_dir=str(site))))
+    sock = dealer(ctx, running.agent.ingest_endpoint)
+    try:
+        sock.send(running_job_batch(1, time.time()))
+        assert acked(sock) == 1
+        wait_until(lambda: sum(running.agent.metrics.predictions_total.values()) >= 3, 60,
+                   "nothing scored the jobs")
+    finally:
+        sock.close()
+        running.stop()
+    state = persist.read_agent_state(tmp_path)
+    assert state is not None and state["which"] == "starter"
+    assert f"the site's models in {site} cannot be loaded" in state["reason"]
+
+
 @pytest.fixture(scope="module")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small models trained on synthetic data through the ML pipeline."""

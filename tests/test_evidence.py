@@ -28,13 +28,13 @@ def _x(mem: float, growth_h: float, elapsed: float = 0.2, limit_min: float = 60.
 ])
 def test_minutes_to_the_memory_limit(mem: float, growth_h: float, elapsed: float, expected: float) -> None:
     X, mask = _x(mem, growth_h, elapsed)
-    assert evidence.memory_minutes(X, mask)[0] == pytest.approx(expected)
+    assert evidence.minutes_to_limit(X, mask, "memory")[0] == pytest.approx(expected)
 
 
 def test_unknown_memory_is_no_evidence() -> None:
     X, mask = _x(0.95, 10.0)
     mask[0, F["mem_frac"]] = False
-    assert evidence.memory_minutes(X, mask)[0] == np.inf
+    assert evidence.minutes_to_limit(X, mask, "memory")[0] == np.inf
 
 
 def _examples(rng: np.random.Generator, n_jobs: int, mem: float, growth_h: float, fail: float
@@ -75,3 +75,15 @@ def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
     assert again.support["memory_0.9_0_1min"] == 201
     raised = evidence.raise_risk(np.array([0.2, 0.95, np.nan]), np.array([0.8, 0.8, np.nan]))
     assert raised[0] == 0.8 and raised[1] == 0.95 and np.isnan(raised[2])
+
+
+def test_a_filling_disk_has_its_own_grid() -> None:
+    X, mask = _x(0.2, 0.0)
+    X[0, F["fs_used_frac"]], X[0, F["fs_fill_frac_h"]] = 0.92, 2.4       # 2 min to full
+    on = {name for name, held in evidence.conditions(X, mask).items() if held[0]}
+    assert on == {"disk_0.9_1_3min"}
+    assert evidence.minutes_to_limit(X, mask, "disk")[0] == pytest.approx(2.0)
+    X[0, F["fs_fill_frac_h"]] = 0.0                                       # nearly full, not filling
+    assert not any(held[0] for held in evidence.conditions(X, mask).values())
+    mask[0, F["fs_used_frac"]] = False
+    assert evidence.minutes_to_limit(X, mask, "disk")[0] == np.inf

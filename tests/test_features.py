@@ -12,6 +12,7 @@ from nomade.features import (
     CHANNELS,
     FEATURES,
     IOWAIT_MAX_AGE_S,
+    N_FEATURES,
     N_START,
     PRIOR_STRENGTH,
     JobTable,
@@ -40,7 +41,8 @@ def sample(job_id, ts, i, **kw):
     rec = dict(job_id=job_id, ts=ts, alloc_cpus=4, cpu_user_s=60.0 * i, cpu_system_s=0.0,
                mem_bytes=GB + i * 1e7, mem_peak_bytes=None, mem_limit_bytes=4 * GB,
                read_bytes=i * 3e7, write_bytes=i * 6e7, nfs_write_bytes=i * 1.5e7,
-               major_faults=i * 5, mem_limit_hits=0, oom_kills=0, swap_bytes=0.0, io_pressure=2.5)
+               major_faults=i * 5, mem_limit_hits=0, oom_kills=0, swap_bytes=0.0, io_pressure=2.5,
+               fs_used_pct=50.0 + 2 * i)
     rec.update(kw)
     return rec
 
@@ -56,7 +58,7 @@ def test_runtime_values_by_hand():
     samples = SampleTable.from_records(jobs, [sample("1", 1000 + 30 * i, i) for i in range(1, 6)])
     X, mask = asof_features(jobs, samples, np.array([1000 + 30 * 5 + 7.0]))
     x = dict(zip(FEATURES, X[0].astype(float), strict=True))
-    assert mask[0].sum() == 16 and not mask[0, F["user_last_failed"]]  # no ended job yet
+    assert mask[0].sum() == N_FEATURES - 1 and not mask[0, F["user_last_failed"]]  # no ended job yet
     assert x["log_req_cpus"] == pytest.approx(math.log1p(4))
     assert x["log_req_mem_mb"] == pytest.approx(math.log1p(8192))
     assert x["log_time_limit_min"] == pytest.approx(math.log1p(60))
@@ -71,6 +73,18 @@ def test_runtime_values_by_hand():
     assert x["nfs_write_share"] == pytest.approx(0.25)
     assert x["io_pressure"] == pytest.approx(0.025)
     assert x["mem_pressure"] == pytest.approx(math.log1p(10.0), rel=1e-5)
+    assert x["fs_used_frac"] == pytest.approx(0.60)
+    assert x["fs_fill_frac_h"] == pytest.approx(0.06 / 90 * 3600, rel=1e-5)   # 54 % -> 60 % in 90 s
+
+
+def test_a_job_writing_to_no_disk_has_no_filesystem_features():
+    jobs = JobTable.from_records([job("1")])
+    samples = SampleTable.from_records(jobs, [sample("1", 1000 + 30 * i, i, fs_used_pct=None) for i in range(1, 4)])
+    _, mask = asof_features(jobs, samples, np.array([1100.0]))
+    assert not mask[0, F["fs_used_frac"]] and not mask[0, F["fs_fill_frac_h"]] and mask[0, F["mem_frac"]]
+    one = SampleTable.from_records(jobs, [sample("1", 1030, 1)])
+    X, mask = asof_features(jobs, one, np.array([1100.0]))
+    assert X[0, F["fs_used_frac"]] == pytest.approx(0.52) and not mask[0, F["fs_fill_frac_h"]]  # growth needs two
 
 
 def test_recent_change_and_peak_follow_the_last_samples():
@@ -273,8 +287,8 @@ def test_snapshots_weigh_every_job_once():
 
 def test_normalizer_fits_known_values_and_round_trips_through_json():
     rng = np.random.default_rng(0)
-    X = rng.normal(3.0, 2.0, size=(400, 17)).astype(np.float32)
-    mask = rng.random((400, 17)) < 0.8
+    X = rng.normal(3.0, 2.0, size=(400, N_FEATURES)).astype(np.float32)
+    mask = rng.random((400, N_FEATURES)) < 0.8
     X[~mask] = 0.0
     norm = Normalizer().fit(X, mask)
     Z = norm.transform(X, mask)
@@ -282,17 +296,17 @@ def test_normalizer_fits_known_values_and_round_trips_through_json():
     assert abs(Z[mask[:, 0], 0].mean()) < 1e-5 and Z[mask[:, 0], 0].std() == pytest.approx(1.0, rel=1e-4)
     again = Normalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
     np.testing.assert_array_equal(again.transform(X, mask), Z)
-    assert (Normalizer().fit(np.zeros((3, 17)), np.ones((3, 17), bool)).std_ == 1.0).all()
+    assert (Normalizer().fit(np.zeros((3, N_FEATURES)), np.ones((3, N_FEATURES), bool)).std_ == 1.0).all()
 
 
 def test_normalizer_refuses_misuse():
     with pytest.raises(RuntimeError, match="not fitted"):
-        Normalizer().transform(np.zeros((1, 17)), np.ones((1, 17), bool))
-    data = Normalizer().fit(np.ones((2, 17)), np.ones((2, 17), bool)).to_dict()
+        Normalizer().transform(np.zeros((1, N_FEATURES)), np.ones((1, N_FEATURES), bool))
+    data = Normalizer().fit(np.ones((2, N_FEATURES)), np.ones((2, N_FEATURES), bool)).to_dict()
     with pytest.raises(ValueError, match="another feature set"):
         Normalizer.from_dict(dict(data, features=data["features"][::-1]))
-    with pytest.raises(ValueError, match="17 numbers"):
-        Normalizer.from_dict(dict(data, std=[0.0] * 17))
+    with pytest.raises(ValueError, match=f"{N_FEATURES} numbers"):
+        Normalizer.from_dict(dict(data, std=[0.0] * N_FEATURES))
 
 
 def test_tables_refuse_bad_input():
@@ -416,7 +430,7 @@ def test_idle_minutes_counts_the_trailing_idle_steps_of_the_window() -> None:
 
 def test_normalizer_reads_values_beyond_the_training_range_as_its_edge() -> None:
     rng = np.random.default_rng(0)
-    X = rng.uniform(0.0, 0.1, size=(200, 17))
+    X = rng.uniform(0.0, 0.1, size=(200, N_FEATURES))
     mask = np.ones(X.shape, bool)
     mask[:, 16] = False                                   # never known: unbounded
     norm = Normalizer().fit(X, mask)
@@ -425,7 +439,7 @@ def test_normalizer_reads_values_beyond_the_training_range_as_its_edge() -> None
     edge = busy.copy()
     edge[:, 7] = [X[:, 7].max(), X[:, 7].min()]
     np.testing.assert_allclose(norm.transform(busy, np.ones_like(mask[:2])), norm.transform(edge, np.ones_like(mask[:2])))
-    S = np.full((1, 3, 11), np.nan)
+    S = np.full((1, 3, len(CHANNELS)), np.nan)
     S[0, 2, 7 - 6] = 0.8
     assert norm.transform_sequences(S)[0, 2, 1] == pytest.approx(norm.transform(edge, np.ones_like(mask[:2]))[0, 7])
     assert norm.transform_sequences(S)[0, 0, 1] == 0.0    # padding stays 0

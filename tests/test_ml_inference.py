@@ -109,7 +109,7 @@ def test_explanations_are_occlusion_against_normal(trained: tuple[Path, train.Pr
 
 def test_reference_statistics_per_shape() -> None:
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(400, 17)).astype(np.float32)
+    X = rng.normal(size=(400, features.N_FEATURES)).astype(np.float32)
     X[:, 0] = np.repeat([0.5, 1.0, 2.0, 3.0], 100)  # four CPU sizes
     X[:, 2] = 0.0
     X[:, 9] = X[:, 0] * 10  # memory fraction follows the job size
@@ -135,7 +135,7 @@ def test_load_errors(tmp_path: Path, trained: tuple[Path, train.Prepared]) -> No
     X, mask, S, lengths, _ = _batch(trained[1], 5)
     with pytest.raises(ValueError, match="start_ts"):
         scorer.score(X, mask, S, lengths, None)
-    with pytest.raises(ValueError, match=r"\[n, 17\]"):
+    with pytest.raises(ValueError, match=rf"\[n, {features.N_FEATURES}\]"):
         scorer.score(X[:, :5], mask[:, :5], S, lengths, None)
 
 

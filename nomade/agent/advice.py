@@ -20,11 +20,12 @@ change say "high"/"low", "rose"/"dropped" as the value is; the request is "unusu
 either way.
 
 Families: memory (use, peak, growth), CPU efficiency, NFS share, I/O (wait/pressure and
-read/write rates), time limit (elapsed near the limit, progress slow), memory pressure /
-swap, user history, and the request itself. Several features of one family make one
-phrase; families come in the order of their strongest contribution. Values come from the
-model inputs, never from fixed strings; "how far from normal" is the ratio of the value to
-the reference in display units (``3x normal`` at >= 1.5x, ``normal N`` at <= 1/1.5x).
+read/write rates), disk (how full the filesystem written to is, and filling), time limit
+(elapsed near the limit, progress slow), memory pressure / swap, user history, and the
+request itself. Several features of one family make one phrase; families come in the
+order of their strongest contribution. Values come from the model inputs, never from
+fixed strings; "how far from normal" is the ratio of the value to the reference in
+display units (``3x normal`` at >= 1.5x, ``normal N`` at <= 1/1.5x).
 
 Output is printable ASCII without ``[``, ``]`` or ``|`` (``nomade.agent.comment_segment`` reserves
 them) and is kept within ``max_chars`` by dropping whole factors, never cutting one.
@@ -49,7 +50,7 @@ START_FAMILIES = frozenset({"request", "history"})
 #: Least share of the strongest runtime factor's contribution a start-time factor needs
 #: to be cited beside runtime evidence.
 START_SHARE = 0.5
-#: Feature family of each of the 17 features (``nomade.features.FEATURES``).
+#: Feature family of each feature (``nomade.features.FEATURES``).
 FAMILY: dict[str, str] = {
     "log_req_cpus": "request", "log_req_mem_mb": "request", "log_req_gpus": "request",
     "log_time_limit_min": "request",
@@ -60,6 +61,7 @@ FAMILY: dict[str, str] = {
     "log_read_mbps": "io", "log_write_mbps": "io", "io_pressure": "io",
     "nfs_write_share": "nfs",
     "mem_pressure": "pressure",
+    "fs_used_frac": "disk", "fs_fill_frac_h": "disk",
 }
 # Features stored as log1p(x): displayed and compared as x.
 _LOG1P = frozenset({"log_req_cpus", "log_req_mem_mb", "log_req_gpus", "log_time_limit_min",
@@ -69,13 +71,14 @@ _SAFE = str.maketrans({"[": "(", "]": ")", "|": "/"})
 _ABOVE_NORMAL = frozenset({
     "mem_frac", "mem_peak_frac", "mem_growth_frac_h", "log_read_mbps", "log_write_mbps",
     "io_pressure", "nfs_write_share", "mem_pressure", "elapsed_frac", "user_fail_rate",
-    "user_last_failed"})
+    "user_last_failed", "fs_used_frac", "fs_fill_frac_h"})
 #: Least value (display units) each of these phrases needs to be true: "growing", "failed",
 #: "your last job failed", and "high" rates. Above a normal of 0, any trickle is "above
 #: normal": a job reading 0.004 MB/s beside completed jobs that read nothing was told
 #: "High read rate (0.00 MB/s)" (nomade.demo).
 _AT_LEAST = {"mem_growth_frac_h": 1e-9, "user_fail_rate": 1e-9, "user_last_failed": 0.5,
-             "log_read_mbps": 1.0, "log_write_mbps": 1.0, "io_pressure": 0.05, "nfs_write_share": 0.1}
+             "log_read_mbps": 1.0, "log_write_mbps": 1.0, "io_pressure": 0.05, "nfs_write_share": 0.1,
+             "fs_used_frac": 0.8, "fs_fill_frac_h": 1e-9}
 
 
 @dataclass(frozen=True)
@@ -241,11 +244,17 @@ def _memory_of_mem(by: Mapping[str, Factor], values: Mapping[str, float], limit_
         return f"{head}: request more memory (--mem)"
     rate = growth * limit_mb / 60.0
     trend = f"growing about {num(rate)} MB/min"
-    eta = ""
-    if now is not None and 0 <= now < 1:
-        minutes = (1 - now) / growth * 60
-        eta = f", at the limit in {'under a minute' if minutes < 1 else 'about ' + _duration_min(minutes)}"
+    eta = f", at the limit in {until}" if (until := _until_full(now, growth)) else ""
     return f"{head}, {trend}{eta}: request more memory (--mem) or check for a leak"
+
+
+def _until_full(now: float | None, growth_h: float) -> str | None:
+    """``'about 3min'`` / ``'under a minute'`` until a share ``now`` growing by ``growth_h``
+    of the whole an hour reaches it all; None when unknown or not below it."""
+    if now is None or not 0 <= now < 1 or not growth_h > 0:
+        return None
+    minutes = (1 - now) / growth_h * 60
+    return "under a minute" if minutes < 1 else "about " + _duration_min(minutes)
 
 
 def _time_left(values: Mapping[str, float]) -> str | None:
@@ -333,6 +342,16 @@ def _time(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
             "or checkpoint")
 
 
+def _disk(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
+    """``'Filesystem written to 97% full, filling about 2% a minute, full in about 3 min'``."""
+    now, growth = values.get("fs_used_frac"), values.get("fs_fill_frac_h")
+    head = "Filesystem written to" + (f" {pct(now)} full" if now is not None else " filling up")
+    if growth is not None and growth > 0:
+        head += f", filling about {growth * 100 / 60:.2g}% a minute"
+        head += f", full in {until}" if (until := _until_full(now, growth)) else ""
+    return f"{head}: free space there or write elsewhere (df shows it)"
+
+
 def _pressure(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
     f = fs[0]
     return (f"Memory pressure (faults/swap {num(f.shown or 0.0)}){far(f)}: "
@@ -360,7 +379,7 @@ def _request(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
 
 _RULES: dict[str, Callable[[Sequence[Factor], Mapping[str, float]], str]] = {
     "memory": _memory, "cpu": _cpu, "nfs": _nfs, "io": _io, "time": _time,
-    "pressure": _pressure, "history": _history, "request": _request,
+    "pressure": _pressure, "history": _history, "request": _request, "disk": _disk,
 }
 
 

@@ -535,7 +535,16 @@ class Agent:
         # Scorer.score runs each op on one thread; this sets its LSTM workers (nomade.ml.inference)
         torch.set_num_threads(max(1, min(MAX_LSTM_WORKERS, len(os.sched_getaffinity(0)))))
         e = self.cfg.ml.ensemble
-        scorer = Scorer.load(choice.models_dir, Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight))
+        weights = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight)
+        shipped = starter.starter_dir_of(self.cfg)
+        try:
+            scorer = Scorer.load(choice.models_dir, weights)
+        except Exception as err:  # e.g. the site's models predate the features: the starter meanwhile
+            if choice.which != "site" or shipped is None or not starter.has_models(shipped):
+                raise
+            choice = starter.Choice(shipped, "starter", f"the starter model: the site's models in "
+                                    f"{choice.models_dir} cannot be loaded ({err})")
+            scorer = Scorer.load(choice.models_dir, weights)
         self.model_choice = choice
         log.info("models in use: %s", choice.reason)
         return scorer

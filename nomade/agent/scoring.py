@@ -14,7 +14,7 @@ last tick; the ended-job history is cached by ``JobState.history_columns``; the 
 graph neighbours are found once a job, as in training (``KeptNeighbours``); the scorer
 runs the LSTM on worker threads beside the other models (``nomade.ml.inference``).
 
-Explanations (occlusion, 17 variants of the GNN and autoencoder inputs and 11 of the
+Explanations (occlusion, 19 variants of the GNN and autoencoder inputs and 13 of the
 LSTM's sequence, then advice text from the job's values) cost about as much per job as
 the rest of the tick, so they are bounded:
 

@@ -4,7 +4,7 @@ A job's features are computed *as of* a time ``t``: runtime parts from its sampl
 stamped ``ts <= t`` only, history parts from jobs that ended strictly before ``t``.
 Nothing known only at the end of a job (final runtime, state, totals) is a feature.
 
-The 17 features (DESIGN.md), in this order (``FEATURES``):
+The 19 features (DESIGN.md's 17, and the filesystem pair 18-19), in this order (``FEATURES``):
 
 ====  =====================  ==========================================================
  #     name                   value (raw, before normalisation)
@@ -28,10 +28,15 @@ The 17 features (DESIGN.md), in this order (``FEATURES``):
  16    io_pressure            job io PSI "some avg10" / 100, else node iowait / 100
  17    mem_pressure           log1p((major faults + limit hits + OOM kills) per minute
                               over the last samples) + swap / limit
+ 18    fs_used_frac           how full the fullest filesystem the job writes to is, in
+                              [0, 1] (``fs_used_pct`` / 100; the collector's ``openfiles``)
+ 19    fs_fill_frac_h         its growth per hour over the last samples (share of the
+                              filesystem per hour): a full disk is ENOSPC for every job
+                              writing to it, and a static, nearly full one is not news
 ====  =====================  ==========================================================
 
 ``mask[i, j]`` is True where feature j is known for example i at its as-of time.
-Runtime features (7-17) need at least one sample at or before t; any feature whose
+Runtime features (7-19) need at least one sample at or before t; any feature whose
 inputs are unknown (NaN) is masked. Masked entries are 0 in the raw matrix and stay
 0 after :meth:`Normalizer.transform`.
 
@@ -50,7 +55,7 @@ and per-job sample look-ups use sorted keys and ``searchsorted``.
 
 The package: ``columns`` (the names and constants above), ``tables`` (``JobTable``,
 ``SampleTable``), ``nodes`` (totals over a job's nodes, node figures as of a sample),
-``lookups`` (sorted searches), ``runtime`` (features 7-17), ``asof`` (the public
+``lookups`` (sorted searches), ``runtime`` (features 7-19), ``asof`` (the public
 functions) and ``normalize`` (``Normalizer``).
 """
 

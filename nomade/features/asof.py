@@ -26,7 +26,7 @@ def _rows(jobs: JobTable, t: np.ndarray, rows: np.ndarray | None) -> tuple[np.nd
 
 
 def start_features(jobs: JobTable, rows: np.ndarray) -> np.ndarray:
-    """float32[n, 17]: the start-time features of jobs ``rows`` as of each one's start
+    """float32[n, N_FEATURES]: the start-time features of jobs ``rows`` as of each one's start
     (0 where unknown, the runtime part 0): what a job's graph neighbours are found by,
     in training, in the agent's tick and in the replay alike."""
     rows = np.asarray(rows, np.int64)
@@ -36,10 +36,10 @@ def start_features(jobs: JobTable, rows: np.ndarray) -> np.ndarray:
 
 def asof_features(jobs: JobTable, samples: SampleTable, t: np.ndarray,
                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The 17 raw features of each example as of its time ``t[e]``.
+    """The raw features of each example as of its time ``t[e]``.
 
     Examples are ``rows[e]`` (job rows; default every job once, ``t`` per job). Returns
-    ``(X float32[n, 17], mask bool[n, 17])`` with X = 0 where the mask is False.
+    ``(X float32[n, N_FEATURES], mask bool[n, N_FEATURES])`` with X = 0 where the mask is False.
     Uses only samples with ``ts <= t[e]`` and history of jobs with ``end_ts < t[e]``.
     """
     t, rows = _rows(jobs, t, rows)
@@ -57,13 +57,13 @@ def asof_features(jobs: JobTable, samples: SampleTable, t: np.ndarray,
 
 def sequences(jobs: JobTable, samples: SampleTable, t: np.ndarray, length: int,
               interval_s: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The runtime channels (features 7-17, ``CHANNELS``) on a grid of ``length`` steps
+    """The runtime channels (features 7-19, ``CHANNELS``) on a grid of ``length`` steps
     every ``interval_s`` ending at ``t[e]``, each step as of the last sample at or
     before it. Left-padded: steps before the job's first sample are padding. The grid
     step is the model's (``GRID_STEP_S`` for models of this version, saved in their
     metadata), never the sampling interval: a model reads one time scale everywhere.
 
-    Returns ``(S float32[n, length, 11], lengths int64[n])``; S is NaN at padding and
+    Returns ``(S float32[n, length, len(CHANNELS)], lengths int64[n])``; S is NaN at padding and
     where a channel is unknown (see :meth:`Normalizer.transform_sequences`). Working
     memory is about ``n * length * 200`` bytes: give big example sets in batches.
     """

@@ -17,10 +17,11 @@ FEATURES: tuple[str, ...] = (
     "mem_frac", "mem_peak_frac", "mem_growth_frac_h",
     "log_read_mbps", "log_write_mbps", "nfs_write_share",
     "io_pressure", "mem_pressure",
+    "fs_used_frac", "fs_fill_frac_h",
 )
 N_FEATURES = len(FEATURES)
 N_START = 6
-"""Features 1-6 are known at start; 7-17 are runtime features (the LSTM channels)."""
+"""Features 1-6 are known at start; 7-19 are runtime features (the LSTM channels)."""
 START_PART = np.arange(N_FEATURES) < N_START
 """Mask of the start-time features, by which graph neighbours are found."""
 CHANNELS: tuple[str, ...] = FEATURES[N_START:]
@@ -42,7 +43,7 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "alloc_cpus", "cpu_user_s", "cpu_system_s", "mem_bytes", "mem_peak_bytes",
     "mem_limit_bytes", "mem_limit_hits", "oom_kills", "page_faults", "major_faults",
     "swap_bytes", "read_bytes", "write_bytes", "nfs_write_bytes", "nprocs", "nthreads",
-    "io_pressure", "mem_pressure", "iowait_pct",
+    "io_pressure", "mem_pressure", "fs_used_pct", "iowait_pct",
 )
 """Float columns of :class:`SampleTable`: the ``job.sample`` body fields, plus
 ``iowait_pct`` (the node's iowait at that time, from ``node.sample``; NaN unknown)."""

@@ -10,7 +10,7 @@ import numpy as np
 from nomade.features.columns import IOWAIT_MAX_AGE_S, SAMPLE_COLUMNS
 from nomade.features.lookups import _at, _search
 
-SUMMED = frozenset(SAMPLE_COLUMNS) - {"io_pressure", "mem_pressure", "iowait_pct"}
+SUMMED = frozenset(SAMPLE_COLUMNS) - {"io_pressure", "mem_pressure", "fs_used_pct", "iowait_pct"}
 """Columns that add up over a job's nodes (counters, memory, limits, CPU and task counts)."""
 
 

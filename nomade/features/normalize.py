@@ -61,13 +61,13 @@ class Normalizer:
         return self.mean_, self.std_
 
     def transform(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Normalised float32[n, 17]; 0 where ``mask`` is False."""
+        """Normalised float32[n, N_FEATURES]; 0 where ``mask`` is False."""
         mean, std = self._check()
         z = np.clip((self._clipped(X) - mean) / std, -self.CLIP, self.CLIP)
         return np.where(mask, z, 0.0).astype(np.float32)
 
     def transform_sequences(self, S: np.ndarray) -> np.ndarray:
-        """Normalise :func:`sequences` output with the stats of features 7-17; NaN
+        """Normalise :func:`sequences` output with the stats of features 7-19; NaN
         (padding, unknown) becomes 0."""
         mean, std = self._check()
         S = self._clipped(S, slice(N_START, None))   # NaN stays NaN
@@ -93,11 +93,11 @@ class Normalizer:
                              f"(version {data.get('version')!r}, features {data.get('features')!r})")
         mean, std = np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64)
         if mean.shape != (N_FEATURES,) or std.shape != (N_FEATURES,) or not (std > 0).all():
-            raise ValueError("normalisation mean/std must be 17 numbers each, std > 0")
+            raise ValueError(f"normalisation mean/std must be {N_FEATURES} numbers each, std > 0")
         if "lo" not in data:   # saved before the training range was kept: no clipping
             return cls(mean_=mean, std_=std)
         lo = np.array([-np.inf if v is None else float(v) for v in data["lo"]])
         hi = np.array([np.inf if v is None else float(v) for v in data["hi"]])
         if lo.shape != (N_FEATURES,) or hi.shape != (N_FEATURES,) or not (lo <= hi).all():
-            raise ValueError("normalisation lo/hi must be 17 numbers each, lo <= hi")
+            raise ValueError(f"normalisation lo/hi must be {N_FEATURES} numbers each, lo <= hi")
         return cls(mean_=mean, std_=std, lo_=lo, hi_=hi)

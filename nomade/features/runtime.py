@@ -1,4 +1,4 @@
-"""The runtime features (7-17) of jobs as of their last sample."""
+"""The runtime features (7-19) of jobs as of their last sample."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class _Window:
 
 def _runtime(jobs: JobTable, samples: SampleTable, rows: np.ndarray,
              last: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """The 11 runtime features (NaN unknown) of examples whose latest usable sample
+    """The 13 runtime features (NaN unknown) of examples whose latest usable sample
     is ``last`` (-1: none) of job ``rows``; reads samples ``first..last`` only."""
     has = last >= 0
     before = _search(samples.ts, _at(samples.ts, last, has) - WINDOW_S, first, np.maximum(last + 1, first))
@@ -65,6 +65,7 @@ def _runtime(jobs: JobTable, samples: SampleTable, rows: np.ndarray,
         *_cpu(jobs, w, rows, since_start, dt),
         *_memory(samples, w, limit, dt),
         *_io(w, dt, limit),
+        *_filesystem(w, dt),
     ])
     out[~has] = np.nan
     return out
@@ -103,6 +104,12 @@ def _io(w: _Window, dt: np.ndarray, limit: np.ndarray) -> list[np.ndarray]:
     return [np.log1p(np.maximum(w.delta("read_bytes"), 0.0) / dt / 1e6),
             np.log1p(np.maximum(w.delta("write_bytes"), 0.0) / dt / 1e6),
             share, io / 100.0, pressure]
+
+
+def _filesystem(w: _Window, dt: np.ndarray) -> list[np.ndarray]:
+    """How full the fullest filesystem written to is, and its growth per hour (needs 2 samples)."""
+    growth = w.delta("fs_used_pct") / 100.0 / np.where(w.has_base, dt, np.nan) * 3600.0
+    return [w.now("fs_used_pct") / 100.0, growth]
 
 
 def _nansum_known(parts: list[np.ndarray]) -> np.ndarray:

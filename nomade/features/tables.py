@@ -23,7 +23,7 @@ class JobTable:
     """One row per job (ARCHITECTURE "ML arrays"); times in POSIX s, NaN unknown.
 
     ``cat`` holds optional extra categorical columns known at submit (int codes,
-    -1 unknown), e.g. ``group``, ``executable``, ``queue`` from a trace; the 17
+    -1 unknown), e.g. ``group``, ``executable``, ``queue`` from a trace; the
     features do not use them, baselines may.
     """
 

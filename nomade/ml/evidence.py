@@ -9,13 +9,16 @@ about to happen to this one. Conditions, from the raw as-of features only:
   its growth over the last samples, reaches the limit in ``a`` to ``b`` minutes, before
   its time limit (or is at the limit already): the nearer the limit in both senses,
   the likelier the kill, and one grid learns how much;
+* ``disk_<level>_<a>_<b>min``: the same of the fullest filesystem the job writes to
+  (``fs_used_frac``, ``fs_fill_frac_h``): a disk that fills is ENOSPC, one nearly full
+  but not filling is not news;
 * ``idle_late``: the runtime rule ``rules.fire("rule_idle")`` (CPU idle now and for
   half the run, three quarters of the time limit gone).
 
 :meth:`Evidence.fit` gives each condition its weighted failure rate over the training
 jobs it held for (each job once), shrunk toward the overall rate by ``PRIOR_JOBS``
 pseudo jobs; the memory rates are then made monotone
-(a higher level or a nearer limit never reads safer). A condition that holds for fewer than ``MIN_JOBS``
+(a higher level or a nearer limit never reads safer, grid by grid). A condition that holds for fewer than ``MIN_JOBS``
 training jobs keeps no rate. The evidence risk of an example is the highest rate of
 the conditions that hold (NaN where none does), and the live risk is the higher of the
 models' ensemble and the evidence (:func:`raise_risk`): evidence can raise a risk,
@@ -47,12 +50,17 @@ MIN_JOBS = 5
 """Training jobs a condition must hold for to get a rate."""
 
 
-def memory_minutes(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """float64[n]: minutes until the memory reaches its limit at the current growth,
-    0 at the limit, inf when not growing, not known, below ``MIN_MEM_FRAC``, or when the
-    time limit comes first."""
+GRIDS = {"memory": ("mem_frac", "mem_growth_frac_h"), "disk": ("fs_used_frac", "fs_fill_frac_h")}
+"""Grid name -> (share of the limit held now, its growth per hour): the raw features."""
+
+
+def minutes_to_limit(X: np.ndarray, mask: np.ndarray, grid: str) -> np.ndarray:
+    """float64[n]: minutes until the ``grid``'s share reaches its limit at the current
+    growth, 0 at the limit, inf when not growing, not known, below ``MIN_MEM_FRAC``, or
+    when the time limit comes first."""
     X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
-    mem, growth_h = rules.known(X, mask, "mem_frac"), rules.known(X, mask, "mem_growth_frac_h")
+    share, growth = GRIDS[grid]
+    mem, growth_h = rules.known(X, mask, share), rules.known(X, mask, growth)
     left_min = (1.0 - rules.known(X, mask, "elapsed_frac")) * np.expm1(rules.known(X, mask, "log_time_limit_min"))
     with np.errstate(divide="ignore", invalid="ignore"):
         minutes = np.where(growth_h > 0, (1.0 - mem) / growth_h * 60.0, np.inf)
@@ -61,24 +69,26 @@ def memory_minutes(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(soon, np.maximum(minutes, 0.0), np.inf)
 
 
-def _memory_grid() -> list[list[str]]:
-    """Names of the memory conditions, ``[level][minutes bin]``, lowest level and
-    nearest limit first."""
+def _grid_names(grid: str) -> list[list[str]]:
+    """Names of a grid's conditions, ``[level][minutes bin]``, lowest level and nearest
+    limit first."""
     edges = MEMORY_BINS_MIN
-    return [[f"memory_{lv:g}_{a:g}_{b:g}min" for a, b in pairwise(edges)] for lv in MEMORY_LEVELS]
+    return [[f"{grid}_{lv:g}_{a:g}_{b:g}min" for a, b in pairwise(edges)]
+            for lv in MEMORY_LEVELS]
 
 
 def conditions(X: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Name -> bool[n]: which conditions hold for each example."""
-    minutes = memory_minutes(X, mask)
-    mem = rules.known(np.asarray(X, np.float64), np.asarray(mask, bool), "mem_frac")
+    out = {}
     tops = (*MEMORY_LEVELS[1:], np.inf)
     edges = MEMORY_BINS_MIN
-    out = {}
-    for names, lo, hi in zip(_memory_grid(), MEMORY_LEVELS, tops, strict=True):
-        at = (mem >= lo) & (mem < hi) if np.isfinite(hi) else (mem >= lo)
-        for name, (a, b) in zip(names, pairwise(edges), strict=True):
-            out[name] = at & (minutes >= a) & (minutes < b)
+    for grid, (share_name, _) in GRIDS.items():
+        minutes = minutes_to_limit(X, mask, grid)
+        share = rules.known(np.asarray(X, np.float64), np.asarray(mask, bool), share_name)
+        for names, lo, hi in zip(_grid_names(grid), MEMORY_LEVELS, tops, strict=True):
+            at = (share >= lo) & (share < hi)
+            for name, (a, b) in zip(names, pairwise(edges), strict=True):
+                out[name] = at & (minutes >= a) & (minutes < b)
     out["idle_late"] = rules.fire("rule_idle", X, mask) > 0
     return out
 
@@ -107,12 +117,12 @@ class Evidence:
             if len(jobs) >= MIN_JOBS:
                 failed = float(y[on][at].sum())
                 self.rates[name] = (failed + prior * PRIOR_JOBS) / (len(jobs) + PRIOR_JOBS)
-        self._monotone_memory()
+        for grid in GRIDS:
+            self._monotone(_grid_names(grid))
         return self
 
-    def _monotone_memory(self) -> None:
-        """Each memory rate at least those of the lower level and of the farther limit."""
-        grid = _memory_grid()
+    def _monotone(self, grid: list[list[str]]) -> None:
+        """Each rate of a grid at least those of the lower level and of the farther limit."""
         floor = [[0.0] * len(row) for row in grid]
         for lv, row in enumerate(grid):
             for b in reversed(range(len(row))):        # farthest limit first

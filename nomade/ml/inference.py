@@ -97,7 +97,7 @@ def reference_stats(X: np.ndarray, mask: np.ndarray, y: np.ndarray) -> dict[str,
 
 
 def reference_for(ref: Mapping[str, Any], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-job reference median and spread float32[n, 17] for raw features ``X``."""
+    """Per-job reference median and spread float32[n, 19] for raw features ``X``."""
     g = _groups(np.asarray(X, np.float64), ref["cpu_edges"])
     table = [ref["groups"].get(str(k), ref["all"]) for k in range(8)]
     med = np.array([t["median"] for t in table], np.float32)
@@ -205,8 +205,8 @@ class Scorer:
     def score(self, X: np.ndarray, mask: np.ndarray, S: np.ndarray | None = None,
               lengths: np.ndarray | None = None, start_ts: np.ndarray | None = None,
               explain: bool | np.ndarray = True, neighbours: Neighbours | None = None) -> Scores:
-        """Score n jobs at once from raw ``X`` float[n,17], ``mask`` bool[n,17], ``S``
-        float[n,T,11] and ``lengths`` int[n] (None: no sequences, no LSTM part) and
+        """Score n jobs at once from raw ``X`` float[n,19], ``mask`` bool[n,19], ``S``
+        float[n,T,13] and ``lengths`` int[n] (None: no sequences, no LSTM part) and
         ``start_ts`` float[n] (needed with a GNN: neighbours must have ended before).
 
         ``explain``: True explains every job, False none, or the row indices (or a
@@ -330,7 +330,7 @@ class Scorer:
 
     def _lstm_occluded(self, seq: tuple[np.ndarray, np.ndarray] | None,
                        med: np.ndarray) -> np.ndarray | None:
-        """float32[11, n]: the LSTM part with each channel's whole sequence set to the
+        """float32[13, n]: the LSTM part with each channel's whole sequence set to the
         job's reference median of that feature (None without an LSTM part)."""
         if seq is None or not len(med):
             return None

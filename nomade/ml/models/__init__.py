@@ -6,7 +6,7 @@ forked torch RNG inside ``fit`` so two fits with the same data and seed give the
 weights; ``to_state``/``from_state`` give plain containers and tensors that
 ``torch.load(..., weights_only=True)`` reads back.
 
-Inputs are already normalised (``features.Normalizer``): ``X`` float32[n, 17] with 0
+Inputs are already normalised (``features.Normalizer``): ``X`` float32[n, 19] with 0
 where masked, ``S`` float32[n, T, C] left-padded (valid steps last) with NaN→0,
 ``lengths`` int[n] valid steps. The LSTM reads the whole window plus a padding-flag
 channel (:func:`with_padding_flag`) instead of packed sequences.
@@ -24,7 +24,7 @@ neighbours' ``[x, label]`` (``Reference.agg``, computed once: those inputs never
 change), so layer 2 is a true two-hop layer while scoring a new job needs only its k
 neighbour rows (``h1`` of every reference job is computed at load time). The label is
 an ended job's final state, known before the query started, so it leaks nothing
-(``neighbour_labels=False`` zeroes it: the plain 17-input GraphConv).
+(``neighbour_labels=False`` zeroes it: the plain 19-input GraphConv).
 
 Batch sizes: the LSTM uses ``[ml.training] batch_size`` (32) as given; the GNN and
 autoencoder, trained on hundreds of thousands of tiny as-of snapshots, default to 512

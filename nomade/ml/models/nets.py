@@ -29,7 +29,7 @@ class Neighbours:
 
 
 def messages(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Layer-1 message of each reference job: its 17 features and its label."""
+    """Layer-1 message of each reference job: its 19 features and its label."""
     return np.concatenate([np.asarray(x, np.float32), np.asarray(y, np.float32)[:, None]], axis=1)
 
 
@@ -62,10 +62,10 @@ class Reference:
 # ------------------------------------------------------------------ networks
 
 class GNNNet(nn.Module):
-    """GraphConv 17→64 → 64→32 (ReLU; ``h' = W_self h + W_nbr mean_sim(h_nbr)``),
+    """GraphConv 19→64 → 64→32 (ReLU; ``h' = W_self h + W_nbr mean_sim(h_nbr)``),
     neighbourhood pooling by the similarity-weighted mean, dense 32→1 (logit)."""
 
-    def __init__(self, n_in: int = 17, hidden: int = 64, out: int = 32, dropout: float = 0.2) -> None:
+    def __init__(self, n_in: int = 19, hidden: int = 64, out: int = 32, dropout: float = 0.2) -> None:
         super().__init__()
         self.self1, self.nbr1 = nn.Linear(n_in, hidden), nn.Linear(n_in + 1, hidden, bias=False)
         self.self2, self.nbr2 = nn.Linear(hidden, out), nn.Linear(hidden, out, bias=False)
@@ -77,7 +77,7 @@ class GNNNet(nn.Module):
         return self.drop(torch.relu(self.self1(x) + self.nbr1(agg)))
 
     def forward(self, x: torch.Tensor, agg: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """Logits of queries ``x`` [B,17] with layer-1 input ``agg`` [B,18] and the
+        """Logits of queries ``x`` [B,19] with layer-1 input ``agg`` [B,20] and the
         pooled neighbour embeddings ``pooled`` [B,64] (see :func:`pool`)."""
         return self.from_neighbour_terms(x, self.nbr1(agg), self.nbr2(pooled))
 
@@ -113,9 +113,9 @@ class LSTMNet(nn.Module):
 
 
 class AENet(nn.Module):
-    """17→12→8→4→8→12→17, ReLU inside, sigmoid out."""
+    """19→12→8→4→8→12→19, ReLU inside, sigmoid out."""
 
-    def __init__(self, n_in: int = 17) -> None:
+    def __init__(self, n_in: int = 19) -> None:
         super().__init__()
         sizes = [n_in, 12, 8, 4, 8, 12]
         layers: list[nn.Module] = []
