@@ -73,8 +73,9 @@ def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
                                     np.concatenate([y, np.zeros(300)]), np.concatenate([np.arange(len(y)),
                                                                                       np.full(300, -1)]))
     assert again.support["memory_0.9_0_1min"] == 201
-    raised = evidence.raise_risk(np.array([0.2, 0.95, np.nan]), np.array([0.8, 0.8, np.nan]))
+    raised = evidence.raise_risk(np.array([0.2, 0.95, np.nan, 0.2]), np.array([0.8, 0.8, np.nan, 0.5]))
     assert raised[0] == 0.8 and raised[1] == 0.95 and np.isnan(raised[2])
+    assert raised[3] == 0.2          # a rate below MIN_RAISE leaves the models' ranking alone
 
 
 def test_a_filling_disk_has_its_own_grid() -> None:

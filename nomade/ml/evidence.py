@@ -17,12 +17,13 @@ about to happen to this one. Conditions, from the raw as-of features only:
 
 :meth:`Evidence.fit` gives each condition its weighted failure rate over the training
 jobs it held for (each job once), shrunk toward the overall rate by ``PRIOR_JOBS``
-pseudo jobs; the memory rates are then made monotone
-(a higher level or a nearer limit never reads safer, grid by grid). A condition that holds for fewer than ``MIN_JOBS``
-training jobs keeps no rate. The evidence risk of an example is the highest rate of
-the conditions that hold (NaN where none does), and the live risk is the higher of the
-models' ensemble and the evidence (:func:`raise_risk`): evidence can raise a risk,
-never lower it, so a site whose models learnt a failure better keeps their answer.
+pseudo jobs; the rates of each grid (memory, disk) are then made monotone (a higher
+level or a nearer limit never reads safer). A condition that holds for fewer than
+``MIN_JOBS`` training jobs keeps no rate. The evidence risk of an example is the highest
+rate of the conditions that hold (NaN where none does), and the live risk is the higher
+of the models' ensemble and an evidence of at least ``MIN_RAISE`` (:func:`raise_risk`):
+evidence can raise a risk to an alert, never lower it, so a site whose models learnt a
+failure better keeps their answer; a weaker rate would only blur the models' ranking.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ PRIOR_JOBS = 5.0
 """Pseudo jobs at the overall failure rate added to each condition's weight."""
 MIN_JOBS = 5
 """Training jobs a condition must hold for to get a rate."""
+MIN_RAISE = 0.6
+"""Least rate (the "high" level) at which a condition raises the models' risk: below it,
+the models' ranking of the job knows more than one condition's rate."""
 
 
 GRIDS = {"memory": ("mem_frac", "mem_growth_frac_h"), "disk": ("fs_used_frac", "fs_fill_frac_h")}
@@ -154,5 +158,7 @@ class Evidence:
 
 
 def raise_risk(risk: np.ndarray, evidence: np.ndarray) -> np.ndarray:
-    """The live risk: the models' ``risk``, raised to the ``evidence`` where that is higher."""
+    """The live risk: the models' ``risk``, raised to the ``evidence`` where that is higher
+    and at least ``MIN_RAISE``."""
+    evidence = np.where(np.asarray(evidence) >= MIN_RAISE, evidence, np.nan)
     return np.fmax(np.asarray(risk, np.float64), evidence)
