@@ -9,7 +9,8 @@ the hook-spool drain (``[agent] spool_dirs``, every ``spool_interval_s``), and, 
 decisions live in ``state``, ``ingest``, ``scoring``, ``requests`` and ``finalstate``;
 this module only moves bytes and calls them. A request answered by Slurm becomes a
 ``job.start`` message (source ``"slurm"``) that is stored and fed to the job state like
-a hook event, so the next scoring tick sees it. A second thread serves the metrics (``metrics``).
+a hook event, so the next scoring tick sees it. A second thread serves the metrics (``metrics``),
+a third the ``nomade job`` queries (``query``, with its own read-only store connection).
 
 Shutdown (``close``, after ``run`` returns because ``should_stop()`` became true):
 stop polling, drain and store what had already arrived and send its acks, drain the
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 import zmq
 
 from nomade import curve, finalstate, wire
-from nomade.agent import requests, scoring
+from nomade.agent import query, requests, scoring
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.metrics import Metrics, MetricsServer
 from nomade.agent.publisher import Publisher
@@ -183,6 +184,7 @@ class Agent:
         self.ingest_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.metrics_server = self._metrics_server(cfg.agent.metrics_address)
+        self.query = query.start(cfg, self._ctx, self.store.path)   # `nomade job`, own thread
         self.metrics.running_jobs = len(self.state.running)
         gc.freeze()   # the rebuilt state: see _gc_after_tick
         log.info("agent %s: ingest on %s, predictions on %s, %d running jobs from the store",
@@ -580,6 +582,8 @@ class Agent:
         self.pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         self.router.close()
         self.pub.close()
+        if self.query is not None:
+            self.query.close()
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
