@@ -70,7 +70,8 @@ def query_payload(job_id: str, nonce: bytes | None = None) -> tuple[bytes, bytes
     """The credential payload that asks for job ``job_id``'s report, and its nonce."""
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     body = {"v": VERSION, "op": "job", "job_id": check_job_id(job_id), "nonce": nonce}
-    return msgpack.packb(body), nonce
+    payload: bytes = msgpack.packb(body)
+    return payload, nonce
 
 
 def parse_payload(payload: bytes) -> Query:
@@ -88,7 +89,8 @@ def parse_payload(payload: bytes) -> Query:
 
 def request_frame(credential: bytes) -> bytes:
     """The request frame carrying ``credential``."""
-    return msgpack.packb({"v": VERSION, "cred": credential})
+    frame: bytes = msgpack.packb({"v": VERSION, "cred": credential})
+    return frame
 
 
 def parse_request(frame: bytes) -> bytes:
@@ -106,8 +108,9 @@ def parse_request(frame: bytes) -> bytes:
 def reply_frame(nonce: bytes | None, code: str, error: str | None = None,
                 job: dict[str, Any] | None = None) -> bytes:
     """A reply frame (``code`` one of ``CODES``)."""
-    return msgpack.packb({"v": VERSION, "nonce": nonce, "ok": code == "ok", "code": code,
-                          "error": error, "job": job})
+    frame: bytes = msgpack.packb({"v": VERSION, "nonce": nonce, "ok": code == "ok", "code": code,
+                                  "error": error, "job": job})
+    return frame
 
 
 def parse_reply(frame: bytes, nonce: bytes) -> dict[str, Any]:
@@ -127,9 +130,8 @@ def parse_reply(frame: bytes, nonce: bytes) -> dict[str, Any]:
 
 def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True,
-                               max_buffer_size=MAX_REPLY_BYTES)
-    except Exception as e:  # msgpack raises several types for bad bytes
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as e:   # truncated, extra data, bad bytes
         raise QueryError(f"{what} is not msgpack: {e}", "bad_request") from None
     if not isinstance(body, dict):
         raise QueryError(f"{what} is not a map", "bad_request")
@@ -144,8 +146,7 @@ def ask(endpoint: str, job_id: str, *, timeout_s: float = 10.0) -> dict[str, Any
 
     payload, nonce = query_payload(job_id)
     frame = request_frame(munge.encode(payload))
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)

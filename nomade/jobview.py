@@ -119,7 +119,7 @@ def chart(points: Sequence[Sequence[Any]], width: int, *, ascii_only: bool = Fal
     cols: list[float | None] = [None] * width
     for ts, risk, _ in points:
         k = 0 if t1 == t0 else min(width - 1, int((ts - t0) / (t1 - t0) * width))
-        cols[k] = risk if cols[k] is None else max(risk, cols[k])   # type: ignore[type-var]
+        cols[k] = risk if cols[k] is None else max(risk, cols[k])
     blocks = ASCII_BLOCKS if ascii_only else BLOCKS
     lines = []
     for row in range(CHART_ROWS):

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -98,7 +99,7 @@ class TokenBucket:
 class QueryServer:
     """The query socket and its thread; ``close()`` stops both (before the context ends)."""
 
-    def __init__(self, cfg: Config, ctx: zmq.Context, db_path: str | Path, *,
+    def __init__(self, cfg: Config, ctx: zmq.Context[Any], db_path: str | Path, *,
                  own_uid: int | None = None) -> None:
         self.endpoint_config = cfg.agent.query_endpoint
         self.admins = admin_uids(cfg.agent.query_admins, own_uid)
@@ -202,7 +203,7 @@ class QueryServer:
         self._thread.join(timeout=10)
 
 
-def start(cfg: Config, ctx: zmq.Context, db_path: str | Path) -> QueryServer | None:
+def start(cfg: Config, ctx: zmq.Context[Any], db_path: str | Path) -> QueryServer | None:
     """The query server of ``cfg``; None when ``[agent] query_endpoint`` is "", or when it
     cannot bind (logged as an error: the agent goes on ingesting and scoring without it)."""
     if not cfg.agent.query_endpoint:
