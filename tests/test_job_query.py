@@ -28,10 +28,10 @@ from agenttools import RunningAgent, agent_config
 
 from nomade import config, jobquery, jobview, munge, wire
 from nomade.agent.comments import CommentPolicy
-from nomade.agent.jobreport import Reader, ReportTimeout
+from nomade.agent.jobreport import LATE_S, Reader, ReportTimeout
 from nomade.agent.query import NOT_FOUND, QueryServer
 from nomade.config import AlertsConfig
-from nomade.store import RetentionPolicy, Store
+from nomade.store import SPAN_ROWS, RetentionPolicy, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = ("nomadelab1", "nomadelab2", "nomadelab3")
@@ -196,6 +196,24 @@ def test_an_ended_job_whose_samples_were_thinned_says_so(store_path: Path) -> No
     assert any("thinned" in n for n in job["notes"])
     assert any("not scored" in n for n in job["notes"])
     assert job["usage"]["time_left_s"] is None   # ended: nothing left
+
+
+def test_an_ended_jobs_samples_are_read_up_to_the_rows_stored_soon_after_its_end(store_path: Path) -> None:
+    end = T0 + 3000
+    later = end + LATE_S + 600
+    with Store(store_path) as store:   # two spans' worth of another job's rows, stored long after
+        store.write_messages([wire.make("job.sample", "n2", 0, {"job_id": "500", "node": "n2", "ts": later + k},
+                                        later + k) for k in range(3 * SPAN_ROWS)])
+        store.write_messages([wire.make("job.sample", "n1", 0, {"job_id": "101", "node": "n1",
+                                                                "ts": end - 1, "cpu_user_s": 1e9}, end - 1)])
+        assert store.sample_count("101") == N_SAMPLES + 1
+    reader = Reader(store_path)
+    try:
+        job = reader.report("101", now=later)
+    finally:
+        reader.close()
+    assert job is not None and job["usage"]["samples"] == N_SAMPLES, "the row stored hours late is past the bound"
+    assert job["usage"]["cpus_used"] == pytest.approx(CPUS_BUSY)
 
 
 def test_a_report_past_its_budget_is_cut_off(tmp_path: Path) -> None:

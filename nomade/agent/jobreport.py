@@ -7,6 +7,9 @@ a plain dict of msgpack/JSON types, or None when the store has no such job. It r
 tables of store schema v5 directly (``jobs``, ``job_samples`` from ``job_sample_start``,
 ``job_sample_thin``, ``predictions``) and refuses another schema version; the aggregates
 run in SQLite, so only a few rows per node and three columns per prediction come to Python.
+The store has no index of samples by job: a job's rows are scanned from its first one
+(``job_sample_start``) to the end of the table, or, for an ended job, to the rows stored
+``LATE_S`` after its end (``job_sample_spans``); samples that arrive later are not counted.
 
 Bounds: each report may spend ``budget_s`` in SQLite (a progress handler interrupts it:
 ``ReportTimeout``); at most ``MAX_PREDICTIONS`` of the newest predictions are read, the
@@ -45,8 +48,15 @@ _PROGRESS_STEPS = 10_000
 _JOB_COLS = ("job_id", "cluster", "user", "uid", "account", "partition", "nodes", "num_nodes",
              "req_cpus", "req_mem_bytes", "req_gpus", "time_limit_s", "submit_ts", "start_ts",
              "end_ts", "exit_code", "signal", "state", "state_source")
+#: An ended job's samples are looked for among rows stored up to this long after its end.
+LATE_S = 3600.0
+_NO_BOUND = 2**63 - 1
 _FROM_JOB = ("FROM job_samples WHERE job_id = ?1 AND rowid >= "
-             "(SELECT first_rowid FROM job_sample_start WHERE job_id = ?1)")
+             "(SELECT first_rowid FROM job_sample_start WHERE job_id = ?1) AND rowid < ?2")
+# Rows are stored in arrival order and a row's ts is before its arrival, so every span after
+# the first that holds a ts past T was stored after T: the rows stored by T lie below it.
+_STORED_BY = ("SELECT coalesce((SELECT min(first_rowid) FROM job_sample_spans WHERE first_rowid > "
+              "(SELECT min(first_rowid) FROM job_sample_spans WHERE max_ts > ?)), ?)")
 _PER_NODE = ("SELECT node, count(*), min(ts), max(ts), max(mem_peak_bytes), max(mem_bytes), "
              "max(mem_limit_hits), max(oom_kills), max(swap_bytes) " + _FROM_JOB + " GROUP BY node")
 # SQLite takes the bare columns from the row that holds max(ts): each node's last sample.
@@ -130,8 +140,11 @@ class Reader:
             if row is None:
                 return None
             job = dict(zip(_JOB_COLS, row))
-            nodes = conn.execute(_PER_NODE, (job_id,)).fetchall()
-            last = conn.execute(_LAST, (job_id,)).fetchall()
+            end = job["end_ts"]
+            hi = _NO_BOUND if end is None else \
+                conn.execute(_STORED_BY, (end + LATE_S, _NO_BOUND)).fetchone()[0]
+            nodes = conn.execute(_PER_NODE, (job_id, hi)).fetchall()
+            last = conn.execute(_LAST, (job_id, hi)).fetchall()
             thinned = conn.execute("SELECT count(*) FROM job_sample_thin WHERE job_id = ?",
                                    (job_id,)).fetchone()[0] > 0
             preds = conn.execute("SELECT rowid, ts, risk, level FROM predictions WHERE job_id = ? "
