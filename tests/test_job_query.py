@@ -345,6 +345,11 @@ def test_the_agent_serves_queries_from_its_own_store(tmp_path: Path, munged: Non
         query = running.agent.query
         assert query is not None
         assert jobquery.ask(query.endpoint, "102")["usage"]["samples"] == N_SAMPLES
+        with pytest.raises(jobquery.QueryError):
+            jobquery.ask(query.endpoint, "999")
+        text = running.agent.metrics.render()
+        assert 'nomade_agent_queries_total{outcome="ok"} 1.0' in text
+        assert 'nomade_agent_queries_total{outcome="not_found"} 1.0' in text
     finally:
         running.stop()
 

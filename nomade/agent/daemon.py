@@ -184,7 +184,8 @@ class Agent:
         self.ingest_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.metrics_server = self._metrics_server(cfg.agent.metrics_address)
-        self.query = query.start(cfg, self._ctx, self.store.path)   # `nomade job`, own thread
+        self.query = query.start(cfg, self._ctx, self.store.path,   # `nomade job`, own thread
+                                 counts=self.metrics.queries_total)
         self.metrics.running_jobs = len(self.state.running)
         gc.freeze()   # the rebuilt state: see _gc_after_tick
         log.info("agent %s: ingest on %s, predictions on %s, %d running jobs from the store",

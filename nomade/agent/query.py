@@ -20,7 +20,8 @@ Bounds: a frame over ``jobquery.MAX_REQUEST_BYTES`` is dropped by ZeroMQ; at mos
 ``[agent] query_max_per_s`` requests a second are checked (a token bucket, burst of two
 seconds' worth), the rest answered "busy" without running unmunge; ``unmunge`` and each
 report have a time limit. A malformed request is counted and answered with an error,
-never raised. ``counts`` holds the outcomes (``OUTCOMES``).
+never raised. ``counts`` holds the outcomes (``OUTCOMES``; the agent passes its metrics'
+``queries_total``).
 """
 
 from __future__ import annotations
@@ -100,11 +101,12 @@ class QueryServer:
     """The query socket and its thread; ``close()`` stops both (before the context ends)."""
 
     def __init__(self, cfg: Config, ctx: zmq.Context[Any], db_path: str | Path, *,
-                 own_uid: int | None = None) -> None:
+                 own_uid: int | None = None, counts: dict[str, int] | None = None) -> None:
         self.endpoint_config = cfg.agent.query_endpoint
         self.admins = admin_uids(cfg.agent.query_admins, own_uid)
         self.bucket = TokenBucket(cfg.agent.query_max_per_s, max(1.0, 2 * cfg.agent.query_max_per_s))
-        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.counts = {} if counts is None else counts   # the agent's metrics dict, when given
+        self.counts.update(dict.fromkeys(OUTCOMES, 0))
         self._log = RateLimitedLog(log, 30.0)
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -203,7 +205,8 @@ class QueryServer:
         self._thread.join(timeout=10)
 
 
-def start(cfg: Config, ctx: zmq.Context[Any], db_path: str | Path) -> QueryServer | None:
+def start(cfg: Config, ctx: zmq.Context[Any], db_path: str | Path,
+          counts: dict[str, int] | None = None) -> QueryServer | None:
     """The query server of ``cfg``; None when ``[agent] query_endpoint`` is "", or when it
     cannot bind (logged as an error: the agent goes on ingesting and scoring without it)."""
     if not cfg.agent.query_endpoint:
@@ -213,7 +216,7 @@ def start(cfg: Config, ctx: zmq.Context[Any], db_path: str | Path) -> QueryServe
     except munge.MungeError as e:
         log.warning("job queries will all be refused: %s", e)
     try:
-        return QueryServer(cfg, ctx, db_path)
+        return QueryServer(cfg, ctx, db_path, counts=counts)
     except NomadeError as e:
         log.error("no job queries: %s", e)
         return None
