@@ -15,7 +15,8 @@ One request, one reply, each a single msgpack frame (DEALER to the agent's ROUTE
   same, so a user learns nothing of other users' jobs), ``"auth"`` (the credential was
   refused), ``"bad_request"``, ``"busy"`` (rate limit or the store took too long).
 
-Standard library, msgpack and (in ``ask`` only) pyzmq; no torch.
+The transport is CURVE-encrypted when the agent's is (``ask(server_key=...)``). Standard
+library, msgpack and (in ``ask`` only) pyzmq; no torch.
 """
 
 from __future__ import annotations
@@ -138,10 +139,13 @@ def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     return body
 
 
-def ask(endpoint: str, job_id: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
+def ask(endpoint: str, job_id: str, *, server_key: bytes | None = None,
+        timeout_s: float = 10.0) -> dict[str, Any]:
     """Ask the agent on ``endpoint`` for job ``job_id``'s report, as the calling user
-    (a MUNGE credential made here). ``QueryError`` when refused or unanswered,
-    ``MungeError`` when no credential could be made."""
+    (a MUNGE credential made here). With ``server_key`` (the agent's public CURVE key,
+    Z85) the connection is CURVE-encrypted with a throwaway client key, and only that
+    agent can answer. ``QueryError`` when refused or unanswered (a wrong server key
+    looks like no answer), ``MungeError`` when no credential could be made."""
     import zmq
 
     payload, nonce = query_payload(job_id)
@@ -150,11 +154,16 @@ def ask(endpoint: str, job_id: str, *, timeout_s: float = 10.0) -> dict[str, Any
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+        if server_key is not None:
+            public, secret = zmq.curve_keypair()
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            sock.curve_serverkey = server_key
         sock.connect(endpoint)
         sock.send(frame)
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
             raise QueryError(f"no answer from the agent on {endpoint} within {timeout_s:g} s "
-                             "(is it running, with [agent] query_endpoint set to this address?)",
+                             "(is it running, with [agent] query_endpoint set to this address"
+                             + (", and is this its server.key?)" if server_key else "?)"),
                              "unreachable")
         return parse_reply(sock.recv(), nonce)
     finally:

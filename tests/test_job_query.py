@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,11 @@ import pytest
 import zmq
 from agenttools import RunningAgent, agent_config
 
-from nomade import config, jobquery, jobview, munge, wire
+from nomade import config, curve, jobquery, jobview, munge, wire
 from nomade.agent.comments import CommentPolicy
 from nomade.agent.jobreport import LATE_S, Reader, ReportTimeout
 from nomade.agent.query import NOT_FOUND, QueryServer
-from nomade.config import AlertsConfig
+from nomade.config import AlertsConfig, SecurityConfig
 from nomade.store import SPAN_ROWS, RetentionPolicy, Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,17 +118,47 @@ def store_path(tmp_path: Path) -> Path:
     return make_store(tmp_path / "nomade.db")
 
 
-def _query_config(**agent: object) -> config.Config:
+def _query_config(keys: Path | None = None, **agent: object) -> config.Config:
+    """Queries on a loopback port; CURVE with the key set in ``keys``, else none."""
     cfg = config.Config()
-    return dataclasses.replace(cfg, agent=dataclasses.replace(
+    security = SecurityConfig(keys_dir=str(keys)) if keys else SecurityConfig(curve_enabled=False)
+    return dataclasses.replace(cfg, security=security, agent=dataclasses.replace(
         cfg.agent, query_endpoint="tcp://127.0.0.1:*", **agent))   # type: ignore[arg-type]
 
 
 @pytest.fixture
 def server(ctx: zmq.Context, store_path: Path, munged: None) -> Iterator[QueryServer]:
+    """Protocol tests: no CURVE, on loopback (what check_endpoint allows without it)."""
     srv = QueryServer(_query_config(), ctx, store_path)
     yield srv
     srv.close()
+
+
+@pytest.fixture
+def public_keys() -> Iterator[Path]:
+    """A key set whose public server.key any user may read (as a site installs it)."""
+    top = Path(tempfile.mkdtemp(prefix="nomade-jobq-"))
+    try:
+        top.chmod(0o755)
+        curve.setup_keys(top / "keys")
+        (top / "server.key").write_bytes((top / "keys" / "server.key").read_bytes())
+        (top / "server.key").chmod(0o644)
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.fixture
+def curve_server(ctx: zmq.Context, store_path: Path, public_keys: Path,
+                 munged: None) -> Iterator[QueryServer]:
+    """The shipped default: CURVE on, through the agent's authenticator."""
+    cfg = _query_config(public_keys / "keys")
+    auth = curve.start_authenticator(ctx, cfg.security)
+    srv = QueryServer(cfg, ctx, store_path, auth=auth)
+    yield srv
+    srv.close()
+    assert auth is not None
+    auth.stop()
 
 
 # ---------------------------------------------------------------- the report (no MUNGE)
@@ -354,6 +385,44 @@ def test_the_agent_serves_queries_from_its_own_store(tmp_path: Path, munged: Non
         running.stop()
 
 
+def test_with_curve_only_the_agent_whose_key_the_client_holds_answers(
+        ctx: zmq.Context, curve_server: QueryServer, public_keys: Path) -> None:
+    key = curve.load_public_key(public_keys / "server.key")
+    assert jobquery.ask(curve_server.endpoint, "101", server_key=key)["job_id"] == "101"
+    for wrong in (zmq.curve_keypair()[0], None):   # another server's key; no CURVE at all
+        with pytest.raises(jobquery.QueryError) as e:
+            jobquery.ask(curve_server.endpoint, "101", server_key=wrong, timeout_s=1.0)
+        assert e.value.code == "unreachable"
+    assert curve_server.counts["ok"] == 1 and sum(curve_server.counts.values()) == 1
+
+
+def test_the_query_domain_opens_no_other_socket_to_unknown_keys(
+        ctx: zmq.Context, store_path: Path, public_keys: Path, munged: None) -> None:
+    """Any key may ask a query; an ingest-like socket on the same authenticator (the
+    default domain) still takes only authorized keys."""
+    cfg = _query_config(public_keys / "keys")
+    auth = curve.start_authenticator(ctx, cfg.security)
+    assert auth is not None
+    srv = QueryServer(cfg, ctx, store_path, auth=auth)
+    router, stranger = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.linger = stranger.linger = 0
+        curve.secure_server(router, cfg.security, auth)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        server_key = curve.load_public_key(public_keys / "server.key")
+        stranger.curve_publickey, stranger.curve_secretkey = zmq.curve_keypair()
+        stranger.curve_serverkey = server_key
+        stranger.connect(f"tcp://127.0.0.1:{port}")
+        stranger.send(b"hello")
+        assert jobquery.ask(srv.endpoint, "102", server_key=server_key)["job_id"] == "102"
+        assert not router.poll(1000), "an unauthorized key got through the default domain"
+    finally:
+        router.close()
+        stranger.close()
+        srv.close()
+        auth.stop()
+
+
 # ---------------------------------------------------------------- as two Unix users
 
 
@@ -392,43 +461,53 @@ def as_user(munged: None) -> tuple[list[str], dict[str, str]]:
 
 def _nomade_job(as_user: tuple[list[str], dict[str, str]], user: str | None, endpoint: str,
                 *args: str) -> subprocess.CompletedProcess[str]:
-    """``nomade job ARGS`` run as ``user`` (None: this process's user, root)."""
+    """``nomade job ARGS`` run as ``user`` (None: this process's user, root), with the
+    built-in defaults (CURVE on; no /etc/nomade/nomade.toml here)."""
     argv, env = as_user
     prefix = [] if user is None else ["runuser", "-u", user, "--"]
     return subprocess.run([*prefix, *argv, "job", "--endpoint", endpoint, *args], env=env, cwd="/",
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_each_user_sees_their_own_job_and_not_the_others(server: QueryServer,
-                                                         as_user: tuple[list[str], dict[str, str]]) -> None:
+def test_each_user_sees_their_own_job_and_not_the_others(
+        curve_server: QueryServer, public_keys: Path, as_user: tuple[list[str], dict[str, str]]) -> None:
+    key = ("--server-key", str(public_keys / "server.key"))
+    endpoint = curve_server.endpoint
     for user, mine, theirs in (("nomadelab1", "101", "102"), ("nomadelab2", "102", "101")):
-        own = _nomade_job(as_user, user, server.endpoint, mine)
+        own = _nomade_job(as_user, user, endpoint, mine, *key)
         assert own.returncode == 0, own.stderr
         assert f"Job {mine}  user {user}" in own.stdout and "requested" in own.stdout
-        other = _nomade_job(as_user, user, server.endpoint, theirs)
-        unknown = _nomade_job(as_user, user, server.endpoint, "999")
+        other = _nomade_job(as_user, user, endpoint, theirs, *key)
+        unknown = _nomade_job(as_user, user, endpoint, "999", *key)
         assert (other.returncode, unknown.returncode) == (1, 1)
         assert other.stdout == "" and theirs not in other.stdout
         # a job that is not yours reads exactly like a job that does not exist
         assert other.stderr.replace(theirs, "N") == unknown.stderr.replace("999", "N")
         assert "no such job of yours" in other.stderr
-    as_json = _nomade_job(as_user, "nomadelab2", server.endpoint, "102", "--json")
+    as_json = _nomade_job(as_user, "nomadelab2", endpoint, "102", "--json", *key)
     assert as_json.returncode == 0, as_json.stderr
     job = json.loads(as_json.stdout)
     assert (job["user"], job["uid"], job["risk"]["n"]) == ("nomadelab2", _uid("nomadelab2"), N_SAMPLES)
-    assert server.counts["ok"] == 3 and server.counts["not_found"] == 4
+    assert curve_server.counts["ok"] == 3 and curve_server.counts["not_found"] == 4
+    keyless = _nomade_job(as_user, "nomadelab1", endpoint, "101")   # CURVE on, no key at hand
+    assert keyless.returncode == 2 and "--server-key" in keyless.stderr, keyless.stderr
 
 
-def test_root_and_query_admins_see_both(ctx: zmq.Context, store_path: Path,
+def test_root_and_query_admins_see_both(ctx: zmq.Context, store_path: Path, public_keys: Path,
                                         as_user: tuple[list[str], dict[str, str]]) -> None:
-    srv = QueryServer(_query_config(query_admins=("nomadelab3",)), ctx, store_path)
+    cfg = _query_config(public_keys / "keys", query_admins=("nomadelab3",))
+    auth = curve.start_authenticator(ctx, cfg.security)
+    assert auth is not None
+    srv = QueryServer(cfg, ctx, store_path, auth=auth)
+    key = ("--server-key", str(public_keys / "server.key"))
     try:
         for user in (None, "nomadelab3"):
             for job_id in ("101", "102"):
-                done = _nomade_job(as_user, user, srv.endpoint, job_id)
+                done = _nomade_job(as_user, user, srv.endpoint, job_id, *key)
                 assert done.returncode == 0, (user, done.stderr)
                 assert f"Job {job_id}" in done.stdout
-        plain = _nomade_job(as_user, "nomadelab1", srv.endpoint, "102")
+        plain = _nomade_job(as_user, "nomadelab1", srv.endpoint, "102", *key)
         assert plain.returncode == 1
     finally:
         srv.close()
+        auth.stop()

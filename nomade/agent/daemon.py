@@ -172,8 +172,10 @@ class Agent:
         self._max_round_bytes = cfg.agent.max_round_mb << 20
         self._max_sender_bytes = cfg.agent.max_sender_round_mb << 20
         for key, endpoint in (("agent.ingest_endpoint", cfg.agent.ingest_endpoint),
-                              ("agent.publish_endpoint", cfg.agent.publish_endpoint)):
-            check_endpoint(cfg, key, endpoint)
+                              ("agent.publish_endpoint", cfg.agent.publish_endpoint),
+                              ("agent.query_endpoint", cfg.agent.query_endpoint)):
+            if endpoint:   # query_endpoint "": no query socket
+                check_endpoint(cfg, key, endpoint)
         self._ctx = zmq.Context()
         self._auth = curve.start_authenticator(self._ctx, cfg.security)
         self.ingest = Ingest(store, self.state, self.metrics, self.name,
@@ -184,7 +186,7 @@ class Agent:
         self.ingest_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.metrics_server = self._metrics_server(cfg.agent.metrics_address)
-        self.query = query.start(cfg, self._ctx, self.store.path,   # `nomade job`, own thread
+        self.query = query.start(cfg, self._ctx, self.store.path, auth=self._auth,   # `nomade job`
                                  counts=self.metrics.queries_total)
         self.metrics.running_jobs = len(self.state.running)
         gc.freeze()   # the rebuilt state: see _gc_after_tick

@@ -5,6 +5,14 @@ with its own read-only store connection (``nomade.agent.jobreport.Reader``), so 
 store read nor a wait on munged ever delays the agent's tick or ingest. Requests are
 answered one at a time, in order.
 
+With CURVE on (``[security] curve_enabled``, the default) the socket is a CURVE server
+with the agent's server key, in its own ZAP domain (``QUERY_DOMAIN``) that lets any client
+key in: users have no authorized keys, and need none, since MUNGE says who they are. What
+CURVE adds is that the client knows it talks to the agent (it holds the agent's public
+``server.key``) and that nobody on the way reads the reply or relays the credential to
+the agent for themselves. Without CURVE the endpoint must be loopback
+(``nomade.config.check_endpoint``).
+
 Each request (``nomade.jobquery``) carries a MUNGE credential whose payload is the query.
 ``unmunge`` (``nomade.munge``) gives the asker's UID; the frame itself is never believed.
 Who sees what, as Slurm does it (``PrivateData=jobs``):
@@ -33,15 +41,18 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from nomade import jobquery, munge
+from nomade import curve, jobquery, munge
 from nomade.agent.ingest import RateLimitedLog
 from nomade.agent.jobreport import Reader, ReportTimeout
-from nomade.config import Config
+from nomade.config import Config, check_endpoint
 from nomade.errors import NomadeError
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,16 @@ RECEIVE_HWM = 64
 UNMUNGE_TIMEOUT_S = 5.0
 REPORT_BUDGET_S = 5.0
 NOT_FOUND = "job {job_id}: no such job of yours is known to NØMADE"
+#: ZAP domain of the query socket: any CURVE client key may connect.
+QUERY_DOMAIN = "nomade-query"
+
+
+class AnyClientKey:
+    """ZAP credentials provider of ``QUERY_DOMAIN``: every client key passes (who asks is
+    MUNGE's to say, per request)."""
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return True
 
 
 def admin_uids(names: Iterable[str], own_uid: int | None = None) -> frozenset[int]:
@@ -101,7 +122,8 @@ class QueryServer:
     """The query socket and its thread; ``close()`` stops both (before the context ends)."""
 
     def __init__(self, cfg: Config, ctx: zmq.Context[Any], db_path: str | Path, *,
-                 own_uid: int | None = None, counts: dict[str, int] | None = None) -> None:
+                 auth: ThreadAuthenticator | None = None, own_uid: int | None = None,
+                 counts: dict[str, int] | None = None) -> None:
         self.endpoint_config = cfg.agent.query_endpoint
         self.admins = admin_uids(cfg.agent.query_admins, own_uid)
         self.bucket = TokenBucket(cfg.agent.query_max_per_s, max(1.0, 2 * cfg.agent.query_max_per_s))
@@ -113,8 +135,12 @@ class QueryServer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, jobquery.MAX_REQUEST_BYTES)
         self.sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         try:
+            if curve.secure_server(self.sock, cfg.security, auth):
+                assert auth is not None   # secure_server refuses to go on without it
+                auth.configure_curve_callback(QUERY_DOMAIN, credentials_provider=AnyClientKey())
+                self.sock.zap_domain = QUERY_DOMAIN.encode()
             self.sock.bind(cfg.agent.query_endpoint)
-        except zmq.ZMQError as e:
+        except (zmq.ZMQError, NomadeError, ValueError) as e:
             self.sock.close()
             where = cfg.source if cfg.source is not None else "the built-in defaults"
             raise NomadeError(f"{where}: [agent] query_endpoint = {cfg.agent.query_endpoint!r}: "
@@ -205,21 +231,25 @@ class QueryServer:
         self._thread.join(timeout=10)
 
 
-def start(cfg: Config, ctx: zmq.Context[Any], db_path: str | Path,
+def start(cfg: Config, ctx: zmq.Context[Any], db_path: str | Path, *,
+          auth: ThreadAuthenticator | None = None,
           counts: dict[str, int] | None = None) -> QueryServer | None:
-    """The query server of ``cfg``; None when ``[agent] query_endpoint`` is "", or when it
-    cannot bind (logged as an error: the agent goes on ingesting and scoring without it)."""
+    """The query server of ``cfg`` (CURVE through ``auth`` when it is on). None when
+    ``[agent] query_endpoint`` is "", or when it cannot bind (logged as an error: the agent
+    goes on ingesting and scoring without it). ``NomadeError`` for an endpoint that is not
+    loopback without CURVE (``check_endpoint``), as for the agent's other sockets."""
     if not cfg.agent.query_endpoint:
         return None
+    check_endpoint(cfg, "agent.query_endpoint", cfg.agent.query_endpoint)
     try:
         munge.program("unmunge")
     except munge.MungeError as e:
         log.warning("job queries will all be refused: %s", e)
     try:
-        return QueryServer(cfg, ctx, db_path, counts=counts)
+        return QueryServer(cfg, ctx, db_path, auth=auth, counts=counts)
     except NomadeError as e:
         log.error("no job queries: %s", e)
         return None
 
 
-__all__ = ["OUTCOMES", "QueryServer", "TokenBucket", "admin_uids", "owns", "start"]
+__all__ = ["OUTCOMES", "QUERY_DOMAIN", "AnyClientKey", "QueryServer", "TokenBucket", "admin_uids", "owns", "start"]

@@ -11,8 +11,10 @@ import argparse
 import json
 import shutil
 import sys
+from pathlib import Path
 
-from nomade.config import Config
+from nomade.config import Config, check_endpoint
+from nomade.errors import NomadeError
 
 NAME = "job"
 HELP = "one job's request against use, risk over the run, levels crossed, advice given"
@@ -48,6 +50,10 @@ who sees what:
   You see your own jobs. root, the agent's user and [agent] query_admins see all.
   A job that is not yours is answered like a job NØMADE does not know.
   Who you are comes from MUNGE (munged must run here, with the cluster's key).
+  With CURVE on ([security] curve_enabled, the default) the query is encrypted and
+  only the agent whose public server.key you hold can answer: --server-key FILE, else
+  [security] server_public_key_file (sites install a world-readable copy of the
+  agent's server.key and name it there; it is public, its _secret twin is not).
 
 exit status:
   0 shown; 1 no such job of yours; 2 bad job id, bad config, no MUNGE credential,
@@ -57,13 +63,16 @@ EXIT_NOT_FOUND, EXIT_ERROR, EXIT_UNAVAILABLE = 1, 2, 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``JOBID [--json] [--endpoint E] [--timeout S] [--ascii]``."""
+    """``JOBID [--json] [--endpoint E] [--server-key FILE] [--timeout S] [--ascii]``."""
     parser.epilog = EPILOG
     parser.add_argument("job_id", metavar="JOBID", help="the Slurm job id (as squeue shows it)")
     parser.add_argument("--json", action="store_true",
                         help="print the agent's report as one JSON object (times: POSIX seconds)")
     parser.add_argument("--endpoint", metavar="E",
                         help="the agent's query socket (default: [agent] query_endpoint)")
+    parser.add_argument("--server-key", type=Path, metavar="FILE",
+                        help="the agent's public CURVE key (default: [security] "
+                             "server_public_key_file; not used when curve_enabled is false)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
                         help="seconds to wait for the agent (default 10)")
     parser.add_argument("--ascii", action="store_true",
@@ -79,9 +88,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print("nomade: error: [agent] query_endpoint is \"\": the agent answers no queries "
               "(set it, or pass --endpoint)", file=sys.stderr)
         return EXIT_ERROR
+    server_key = _server_key(args, cfg, endpoint)
     try:
         job = jobquery.ask(endpoint, jobquery.check_job_id(args.job_id.strip()),
-                           timeout_s=args.timeout)
+                           server_key=server_key, timeout_s=args.timeout)
     except jobquery.QueryError as e:
         print(f"nomade: {'error: ' if e.code != 'not_found' else ''}{e}", file=sys.stderr)
         return {"not_found": EXIT_NOT_FOUND, "busy": EXIT_UNAVAILABLE,
@@ -95,3 +105,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     width = shutil.get_terminal_size((80, 24)).columns
     sys.stdout.write(jobview.render(job, width=width, ascii_only=ascii_only))
     return 0
+
+
+def _server_key(args: argparse.Namespace, cfg: Config, endpoint: str) -> bytes | None:
+    """The agent's public CURVE key: ``--server-key``, else the config's when CURVE is on;
+    None without CURVE, which only a loopback endpoint allows (``check_endpoint``)."""
+    from nomade import curve
+
+    if args.server_key is None and not cfg.security.curve_enabled:
+        check_endpoint(cfg, "--endpoint" if args.endpoint else "agent.query_endpoint", endpoint)
+        return None
+    path = args.server_key or cfg.security.key_files().server_public_key_file
+    if not path.is_file():
+        raise NomadeError(f"CURVE is on ([security] curve_enabled) and the agent's public key {path} "
+                          "is not here (or not readable): ask your admins for it and pass "
+                          "--server-key FILE, or set [security] server_public_key_file")
+    return curve.load_public_key(path)
