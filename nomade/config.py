@@ -167,8 +167,8 @@ class AgentConfig:
     """How often started jobs are checked against Slurm; those it no longer lists end."""
     query_endpoint: str = _opt("tcp://127.0.0.1:5557", check=_ENDPOINT_OR_OFF_CHECK)
     """Where the agent answers ``nomade job`` ("" = nowhere). Every query carries a MUNGE
-    credential: a user sees only their own jobs. Replies are not encrypted (as Slurm's
-    are not): on an address other than loopback, job details cross the network in clear."""
+    credential: a user sees only their own jobs. Under CURVE like the other sockets (any
+    client key; clients hold the agent's public key); without CURVE, loopback only."""
     query_admins: tuple[str, ...] = _opt(())
     """Users who see every job in ``nomade job`` (root and the agent's own user always do)."""
     query_max_per_s: float = _opt(20.0, gt=0.0)
