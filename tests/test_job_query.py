@@ -64,9 +64,6 @@ def munged() -> None:
         pytest.skip(problem)
 
 
-pytestmark = pytest.mark.munge
-
-
 def _uid(user: str) -> int:
     return pwd.getpwnam(user).pw_uid
 
@@ -293,6 +290,7 @@ def test_query_endpoint_is_checked_by_the_config(tmp_path: Path) -> None:
     assert "agent.query_max_per_s" in str(e.value)
 
 
+@pytest.mark.munge
 def test_no_agent_answering_is_a_clear_error_quickly(munged: None) -> None:
     from agenttools import free_port
 
@@ -305,6 +303,7 @@ def test_no_agent_answering_is_a_clear_error_quickly(munged: None) -> None:
 # ---------------------------------------------------------------- the server, as root
 
 
+@pytest.mark.munge
 def test_root_sees_every_job_and_an_unknown_job_is_not_found(server: QueryServer) -> None:
     assert jobquery.ask(server.endpoint, "101")["user"] == "nomadelab1"
     assert jobquery.ask(server.endpoint, "102")["user"] == "nomadelab2"
@@ -327,6 +326,7 @@ def _exchange(ctx: zmq.Context, endpoint: str, *frames: bytes) -> dict[str, obje
         return reply
 
 
+@pytest.mark.munge
 def test_a_credential_answers_its_own_query_once(ctx: zmq.Context, server: QueryServer) -> None:
     payload, nonce = jobquery.query_payload("101")
     frame = jobquery.request_frame(munge.encode(payload))
@@ -337,6 +337,7 @@ def test_a_credential_answers_its_own_query_once(ctx: zmq.Context, server: Query
     assert server.counts["auth"] == 1
 
 
+@pytest.mark.munge
 def test_malformed_requests_are_counted_answered_and_harmless(ctx: zmq.Context, server: QueryServer) -> None:
     for frame in (b"\xc1 not msgpack", msgpack.packb([1, 2]), msgpack.packb({"v": 1}),
                   msgpack.packb({"v": 1, "cred": b"MUNGE:forged"}),
@@ -349,11 +350,13 @@ def test_malformed_requests_are_counted_answered_and_harmless(ctx: zmq.Context, 
     assert jobquery.ask(server.endpoint, "102")["job_id"] == "102"   # still serving
 
 
+@pytest.mark.munge
 def test_an_oversized_request_is_dropped_by_zeromq(ctx: zmq.Context, server: QueryServer) -> None:
     assert _exchange(ctx, server.endpoint, b"x" * (jobquery.MAX_REQUEST_BYTES + 1)) is None
     assert jobquery.ask(server.endpoint, "101")["job_id"] == "101"
 
 
+@pytest.mark.munge
 def test_queries_beyond_the_rate_are_busy_without_unmunge(ctx: zmq.Context, store_path: Path,
                                                           munged: None) -> None:
     srv = QueryServer(_query_config(query_max_per_s=0.01), ctx, store_path)   # a burst of 1
@@ -367,6 +370,7 @@ def test_queries_beyond_the_rate_are_busy_without_unmunge(ctx: zmq.Context, stor
         srv.close()
 
 
+@pytest.mark.munge
 def test_the_agent_serves_queries_from_its_own_store(tmp_path: Path, munged: None) -> None:
     cfg = agent_config(tmp_path)
     make_store(Path(cfg.storage.db_path))
@@ -385,6 +389,7 @@ def test_the_agent_serves_queries_from_its_own_store(tmp_path: Path, munged: Non
         running.stop()
 
 
+@pytest.mark.munge
 def test_with_curve_only_the_agent_whose_key_the_client_holds_answers(
         ctx: zmq.Context, curve_server: QueryServer, public_keys: Path) -> None:
     key = curve.load_public_key(public_keys / "server.key")
@@ -396,6 +401,7 @@ def test_with_curve_only_the_agent_whose_key_the_client_holds_answers(
     assert curve_server.counts["ok"] == 1 and sum(curve_server.counts.values()) == 1
 
 
+@pytest.mark.munge
 def test_the_query_domain_opens_no_other_socket_to_unknown_keys(
         ctx: zmq.Context, store_path: Path, public_keys: Path, munged: None) -> None:
     """Any key may ask a query; an ingest-like socket on the same authenticator (the
@@ -469,6 +475,7 @@ def _nomade_job(as_user: tuple[list[str], dict[str, str]], user: str | None, end
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.munge
 def test_each_user_sees_their_own_job_and_not_the_others(
         curve_server: QueryServer, public_keys: Path, as_user: tuple[list[str], dict[str, str]]) -> None:
     key = ("--server-key", str(public_keys / "server.key"))
@@ -493,6 +500,7 @@ def test_each_user_sees_their_own_job_and_not_the_others(
     assert keyless.returncode == 2 and "--server-key" in keyless.stderr, keyless.stderr
 
 
+@pytest.mark.munge
 def test_root_and_query_admins_see_both(ctx: zmq.Context, store_path: Path, public_keys: Path,
                                         as_user: tuple[list[str], dict[str, str]]) -> None:
     cfg = _query_config(public_keys / "keys", query_admins=("nomadelab3",))
