@@ -124,7 +124,6 @@ class QueryServer:
     def __init__(self, cfg: Config, ctx: zmq.Context[Any], db_path: str | Path, *,
                  auth: ThreadAuthenticator | None = None, own_uid: int | None = None,
                  counts: dict[str, int] | None = None) -> None:
-        self.endpoint_config = cfg.agent.query_endpoint
         self.admins = admin_uids(cfg.agent.query_admins, own_uid)
         self.bucket = TokenBucket(cfg.agent.query_max_per_s, max(1.0, 2 * cfg.agent.query_max_per_s))
         self.counts = {} if counts is None else counts   # the agent's metrics dict, when given
