@@ -62,8 +62,8 @@ class Query:
 def check_job_id(job_id: str) -> str:
     """``job_id`` if it looks like a Slurm job id, else ``QueryError`` (bad_request)."""
     if not JOB_ID.match(job_id):
-        raise QueryError(f"{job_id!r} is not a Slurm job id (digits, or an array task "
-                         "such as 123_4)", "bad_request")
+        raise QueryError(f"{job_id!r} is not a Slurm job id (digits; an array task by its "
+                         "own id, squeue -o %A)", "bad_request")
     return job_id
 
 

@@ -65,7 +65,9 @@ EXIT_NOT_FOUND, EXIT_ERROR, EXIT_UNAVAILABLE = 1, 2, 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``JOBID [--json] [--endpoint E] [--server-key FILE] [--timeout S] [--ascii]``."""
     parser.epilog = EPILOG
-    parser.add_argument("job_id", metavar="JOBID", help="the Slurm job id (as squeue shows it)")
+    parser.add_argument("job_id", metavar="JOBID",
+                        help="the Slurm job id; an array task by its own id (squeue -o %%A, "
+                             "or $SLURM_JOB_ID inside the task), as NØMADE keeps it")
     parser.add_argument("--json", action="store_true",
                         help="print the agent's report as one JSON object (times: POSIX seconds)")
     parser.add_argument("--endpoint", metavar="E",
