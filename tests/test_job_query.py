@@ -4,7 +4,10 @@ socket with real MUNGE credentials, and the command run as two different Unix us
 Tests marked ``munge`` need munged (the test cluster's start script installs and starts
 it; ``munge -n | unmunge`` must work); without it they are skipped with the reason, and
 under ``CI=true`` fail instead. The cross-user tests also need root and the cluster's
-users (nomadelab1..3): a user runs ``python -m nomade job`` through ``runuser``.
+users (nomadelab1..3): a user runs ``python -m nomade job`` through ``runuser``, against a
+query socket under CURVE (the shipped default) with a world-readable copy of the agent's
+public key. The venv's interpreter lives under /root (unreadable to them): they run the
+system python of the same version with the venv's packages on PYTHONPATH.
 """
 
 from __future__ import annotations
