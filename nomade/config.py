@@ -64,6 +64,8 @@ def _valid_host_port(value: str) -> bool:
 _ENDPOINT_CHECK = _Check(lambda v: bool(_ENDPOINT.match(v)),
                          'a ZeroMQ endpoint such as "tcp://127.0.0.1:5555"')
 _HOST_PORT_CHECK = _Check(_valid_host_port, '"HOST:PORT" (PORT 1-65535), or "" to disable')
+_ENDPOINT_OR_OFF_CHECK = _Check(lambda v: v == "" or bool(_ENDPOINT.match(v)),
+                                'a ZeroMQ endpoint such as "tcp://127.0.0.1:5557", or "" to disable')
 _NON_EMPTY = _Check(lambda v: v != "", "a non-empty string")
 
 
@@ -163,6 +165,14 @@ class AgentConfig:
     """Ended jobs the final-state poller watches at once; the next ones wait in the store."""
     running_check_interval_s: float = _opt(300.0, gt=0.0)
     """How often started jobs are checked against Slurm; those it no longer lists end."""
+    query_endpoint: str = _opt("tcp://127.0.0.1:5557", check=_ENDPOINT_OR_OFF_CHECK)
+    """Where the agent answers ``nomade job`` ("" = nowhere). Every query carries a MUNGE
+    credential: a user sees only their own jobs. Under CURVE like the other sockets (any
+    client key; clients hold the agent's public key); without CURVE, loopback only."""
+    query_admins: tuple[str, ...] = _opt(())
+    """Users who see every job in ``nomade job`` (root and the agent's own user always do)."""
+    query_max_per_s: float = _opt(20.0, gt=0.0)
+    """Most ``nomade job`` queries the agent checks a second; more are answered "busy"."""
 
 
 @dataclass(frozen=True)
@@ -425,7 +435,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[Probl
             problems.append(_unknown_key(dotted, raw, prefix, list(fields)))
             continue
         kind = hints[key]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             if isinstance(raw, dict):
                 values[key] = _build(kind, raw, dotted, problems)
             else:

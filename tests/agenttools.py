@@ -55,7 +55,7 @@ def agent_config(tmp_path: Path, **security: object) -> config.Config:
     return dataclasses.replace(
         cfg,
         agent=dataclasses.replace(cfg.agent, ingest_endpoint="tcp://127.0.0.1:*",
-                                  publish_endpoint="tcp://127.0.0.1:*", metrics_address="",
+                                  publish_endpoint="tcp://127.0.0.1:*", metrics_address="", query_endpoint="",
                                   interval_s=3600.0),
         ml=dataclasses.replace(cfg.ml, models_dir=str(tmp_path / "no-models")),
         storage=dataclasses.replace(cfg.storage, db_path=str(tmp_path / "agent.db")),

@@ -9,7 +9,8 @@ the hook-spool drain (``[agent] spool_dirs``, every ``spool_interval_s``), and, 
 decisions live in ``jobstate``, ``ingest``, ``scoring``, ``requests`` and ``outcomes``;
 this module only moves bytes and calls them. A request answered by Slurm becomes a
 ``job.start`` message (source ``"slurm"``) that is stored and fed to the job state like
-a hook event, so the next scoring tick sees it. A second thread serves the metrics (``exporter``).
+a hook event, so the next scoring tick sees it. A second thread serves the metrics (``exporter``),
+a third the ``nomade job`` queries (``query``, with its own read-only store connection).
 
 Shutdown (``close``, after ``run`` returns because ``should_stop()`` became true):
 stop polling, drain and store what had already arrived and send its acks, drain the
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 import zmq
 
 from nomade import wire, zmqkeys
-from nomade.agent import outcomes, requests, scoring
+from nomade.agent import outcomes, query, requests, scoring
 from nomade.agent.exporter import Metrics, MetricsServer
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.jobstate import JobState, options_for
@@ -171,8 +172,10 @@ class Agent:
         self._max_round_bytes = cfg.agent.max_round_mb << 20
         self._max_sender_bytes = cfg.agent.max_sender_round_mb << 20
         for key, endpoint in (("agent.ingest_endpoint", cfg.agent.ingest_endpoint),
-                              ("agent.publish_endpoint", cfg.agent.publish_endpoint)):
-            check_endpoint(cfg, key, endpoint)
+                              ("agent.publish_endpoint", cfg.agent.publish_endpoint),
+                              ("agent.query_endpoint", cfg.agent.query_endpoint)):
+            if endpoint:   # query_endpoint "": no query socket
+                check_endpoint(cfg, key, endpoint)
         self._ctx = zmq.Context()
         self._auth = zmqkeys.start_authenticator(self._ctx, cfg.security)
         self.ingest = Ingest(store, self.state, self.metrics, self.name,
@@ -183,6 +186,8 @@ class Agent:
         self.ingest_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.metrics_server = self._metrics_server(cfg.agent.metrics_address)
+        self.query = query.start(cfg, self._ctx, self.store.path, auth=self._auth,   # `nomade job`
+                                 counts=self.metrics.queries_total)
         self.metrics.running_jobs = len(self.state.running)
         gc.freeze()   # the rebuilt state: see _gc_after_tick
         log.info("agent %s: ingest on %s, predictions on %s, %d running jobs from the store",
@@ -589,6 +594,8 @@ class Agent:
         self.pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         self.router.close()
         self.pub.close()
+        if self.query is not None:
+            self.query.close()
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()

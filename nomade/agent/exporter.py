@@ -116,6 +116,8 @@ class Metrics:
     pruned_rows_total: dict[tuple[str, str], int] = field(default_factory=lambda: dict.fromkeys(
         (("job_samples", "thin"), ("job_samples", "drop"), ("node_samples", "drop"),
          ("predictions", "drop")), 0))
+    #: ``nomade job`` queries by outcome (``nomade.agent.query.OUTCOMES``; its thread counts).
+    queries_total: dict[str, int] = field(default_factory=dict)
     #: The last tick's score of each running job it scored, by job id (``scored``).
     job_scores: dict[str, JobScore] = field(default_factory=dict)
     registry: CollectorRegistry = field(init=False, repr=False, compare=False)
@@ -179,6 +181,8 @@ class _Exporter(Collector):
                        [((k,), n) for k, n in m.limit_hits_total.copy().items()])
         yield _counter("pruned_rows_total", "Store rows removed by retention.", ("table", "step"),
                        list(m.pruned_rows_total.copy().items()))
+        yield _counter("queries_total", "Job queries (nomade job) answered, by outcome.", ("outcome",),
+                       [((k,), n) for k, n in m.queries_total.copy().items()])
         yield from _job_families(sorted(m.job_scores.copy().items()))
         outbox = sorted(m.collector_outbox.copy().items())
         yield _counter("collector_outbox_dropped_total", "Unacknowledged batches a collector's "

@@ -145,13 +145,16 @@ class Ingest:
         """The batch of a received message and its job samples as store rows, or None
         (counted and logged) for anything else."""
         if len(frames) < 2:
-            return self._bad("a message without an identity and a frame", frames)
+            self._bad("a message without an identity and a frame", frames)
+            return None
         try:
             msg, rows = wire.decode_rows(frames[-1], sample_items=False)
         except wire.WireError as e:
-            return self._bad(str(e), frames)
+            self._bad(str(e), frames)
+            return None
         if msg.kind != "batch":
-            return self._bad(f"expected a batch, got a {msg.kind}", frames)
+            self._bad(f"expected a batch, got a {msg.kind}", frames)
+            return None
         return msg, rows
 
     def _authority(self, batch: wire.Message, rows: list[tuple[Any, ...]], user: str | None,
