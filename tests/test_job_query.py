@@ -35,7 +35,8 @@ from nomade.agent.comment_policy import CommentPolicy
 from nomade.agent.jobreport import LATE_S, Reader, ReportTimeout
 from nomade.agent.query import NOT_FOUND, QueryServer
 from nomade.config import AlertsConfig, SecurityConfig
-from nomade.store import SPAN_ROWS, RetentionPolicy, Store
+from nomade.store import RetentionPolicy, Store
+from nomade.store.writes import SPAN_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = ("nomadelab1", "nomadelab2", "nomadelab3")
