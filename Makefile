@@ -41,7 +41,7 @@ bench: install cluster  ## benchmarks against the budgets in DESIGN
 	$(BIN)/python -m bench
 
 demo: install cluster  ## the main job, live, on this machine
-	$(BIN)/python -m nomade.demo
+	$(BIN)/python -m nomade.tools.demo
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .mypy_cache

@@ -42,7 +42,7 @@ def test_memory_near_request_and_growing_uses_growth_from_the_job_values() -> No
 
 
 def test_fast_growth_says_when_the_limit_is_reached_not_a_huge_rate() -> None:
-    # nomade.demo: "Memory growing 9624% of the request per hour" for a job leaking 5 MB/s
+    # nomade.tools.demo: "Memory growing 9624% of the request per hour" for a job leaking 5 MB/s
     [(_, level)] = advice.factor_phrases([f("mem_frac", 0.6, 0.3)], values={"mem_growth_frac_h": 96.24})
     assert level == ("Memory at 60% of the request, 2x normal, growing fast, at the limit in under a minute: "
                      "request more memory (--mem)")
@@ -154,7 +154,7 @@ def test_fell_text() -> None:
 
 
 def test_demo_case_a_fail_rate_below_normal_is_not_called_failing_often() -> None:
-    # nomade.demo, job 61: the model's contribution was positive for a 19% fail rate
+    # nomade.tools.demo, job 61: the model's contribution was positive for a 19% fail rate
     # against a normal 48%; "failed often" would be false, so it is not cited at all.
     low = f("user_fail_rate", 0.192308, 0.47619, 0.05)
     assert advice.factor_phrases([low]) == [] and advice.wire_factors([low]) == []
@@ -184,14 +184,14 @@ def test_a_phrase_that_says_high_needs_a_value_above_normal(name: str) -> None:
     ("io_pressure", 0.01, 0.3),
     ("nfs_write_share", 0.02, 0.9)])
 def test_a_trickle_above_a_normal_of_zero_is_not_high(name: str, trickle: float, high: float) -> None:
-    # nomade.demo: "High read rate (0.00 MB/s): read less often ..." next to completed jobs reading 0
+    # nomade.tools.demo: "High read rate (0.00 MB/s): read less often ..." next to completed jobs reading 0
     assert advice.factor_phrases([f(name, trickle, 0.0)]) == []
     [(_, text)] = advice.factor_phrases([f(name, high, 0.0)])
     assert text.startswith("High ")
 
 
 def test_memory_at_one_percent_is_no_reason_to_request_more() -> None:
-    # nomade.demo, jobs 63/64: "Memory at 1% of the request: request more memory (--mem)"
+    # nomade.tools.demo, jobs 63/64: "Memory at 1% of the request: request more memory (--mem)"
     small = [f("mem_frac", 0.0133972, 0.019104, 0.02), f("mem_peak_frac", 0.0149, 0.0215, 0.01)]
     assert advice.wire_factors(small) == []
     shrinking = f("mem_growth_frac_h", -1.0, -2.0, 0.02)   # above a negative normal, not growing

@@ -2,7 +2,7 @@
 on the shipped defaults and the shipped starter model, the leaking job is flagged high or
 critical in its Comment before the kernel kills it, and no ordinary job gets a Comment.
 
-The demo's own pieces run (its config, its daemons, its jobs: ``nomade.demo``); only the
+The demo's own pieces run (its config, its daemons, its jobs: ``nomade.tools.demo``); only the
 watch display is left out. Each seed draws other ordinary jobs (``lab.plan``). The agent
 and collector drain the cluster's shared spools: do not run this beside another test
 that drains them.
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from slurmtools import SlurmCluster
 
-from nomade import demo
 from nomade.agent import comment_segment
-from nomade.lab import pipeline
 from nomade.store import Store
+from nomade.tools import demo
+from nomade.tools.lab import pipeline
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""The lab's job plan (``nomade.lab``): exact archetype shares, users, same requests."""
+"""The lab's job plan (``nomade.tools.lab``): exact archetype shares, users, same requests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from nomade import lab
+from nomade.tools import lab
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 36, 90, 101])

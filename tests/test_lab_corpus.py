@@ -1,5 +1,5 @@
-"""The lab corpus: its plan (``nomade.lab.shapes``), the workloads jobs run
-(``nomade.lab.work``, run for real here) and the ledger's shape metadata."""
+"""The lab corpus: its plan (``nomade.tools.lab.shapes``), the workloads jobs run
+(``nomade.tools.lab.work``, run for real here) and the ledger's shape metadata."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nomade.lab import shapes, work
-from nomade.lab.record import Ledger, ledger_meta
+from nomade.tools.lab import shapes, work
+from nomade.tools.lab.record import Ledger, ledger_meta
 
 USERS = ["nomadetest", "nomadelab1", "nomadelab2", "nomadelab3"]
 PATHS = shapes.Paths(work="/w/work.py", tmp="/w/tmp", scratch=("/w/s0", "/w/s1"), out="/o")
@@ -160,8 +160,8 @@ def _raw(job_id: int, state: str, array_job: int = 0, task: int | None = None) -
 
 
 def _recorder(tmp_path: Path, n_jobs: int, events: list[dict]):
-    from nomade.lab.record import Recorder
     from nomade.slurm import Slurm
+    from nomade.tools.lab.record import Recorder
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "plan.jsonl").write_text("".join(json.dumps({"ts": 0, **e}) + "\n" for e in events))
@@ -186,7 +186,7 @@ def test_resume_skips_recorded_jobs_adopts_running_ones_and_redoes_the_rest(tmp_
 
 
 def test_poll_records_array_tasks_by_own_id_and_cancels_a_due_cancel_job(tmp_path: Path) -> None:
-    from nomade.lab.record import Live
+    from nomade.tools.lab.record import Live
     listing = _fake_slurm(tmp_path, [_raw(51, "COMPLETED", 50, 0), _raw(50, "RUNNING", 50, 1),
                                      _raw(60, "RUNNING")])
     rec = _recorder(tmp_path, 0, [])

@@ -75,7 +75,7 @@ _ABOVE_NORMAL = frozenset({
 #: Least value (display units) each of these phrases needs to be true: "growing", "failed",
 #: "your last job failed", and "high" rates. Above a normal of 0, any trickle is "above
 #: normal": a job reading 0.004 MB/s beside completed jobs that read nothing was told
-#: "High read rate (0.00 MB/s)" (nomade.demo).
+#: "High read rate (0.00 MB/s)" (nomade.tools.demo).
 _AT_LEAST = {"mem_growth_frac_h": 1e-9, "user_fail_rate": 1e-9, "user_last_failed": 0.5,
              "log_read_mbps": 1.0, "log_write_mbps": 1.0, "io_pressure": 0.05, "nfs_write_share": 0.1,
              "fs_used_frac": 0.8, "fs_fill_frac_h": 1e-9}

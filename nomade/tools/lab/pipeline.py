@@ -1,7 +1,7 @@
 """The live pipeline a lab run records through: the agent and a collector as child
 processes with a config of their own, on the project's Slurm test cluster.
 
-Shared by ``make demo`` (``nomade.demo``) and the corpus recorder (``nomade.lab.record``).
+Shared by ``make demo`` (``nomade.tools.demo``) and the corpus recorder (``nomade.tools.lab.record``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def curve_keys(ws: Path) -> Path:
 
 
 def write_config(ws: Path, *, sample_interval_s: float, tick_s: float = TICK_S,
-                 header: str = "nomade.lab", score: bool = True) -> Path:
+                 header: str = "nomade.tools.lab", score: bool = True) -> Path:
     """Write ``ws/nomade.toml``: loopback endpoints on free ports, the given collector
     interval, the test cluster's spools, store and models under ``ws``, CURVE with keys under
     ``ws/keys``. ``score``: False for an agent that only records (no starter model, so

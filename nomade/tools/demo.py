@@ -13,11 +13,12 @@
    --min-level high`` client received, and whether each job got a NØMADE Comment.
 
 Needs root and the test cluster (``make demo`` starts it). ``NOMADE_DEMO_SEED`` picks
-the ordinary jobs (``nomade.lab.plan``; default 11). About three minutes.
+the ordinary jobs (``nomade.tools.lab.plan``; default 11). About three minutes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -27,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-from nomade import lab
-from nomade.lab.pipeline import CLUSTER, LAB_USERS, TICK_S, Daemons, ensure_users, wait_labelled, write_config
 from nomade.slurm import Slurm
 from nomade.slurmstates import is_final
+from nomade.tools import lab
+from nomade.tools.lab.pipeline import CLUSTER, LAB_USERS, TICK_S, Daemons, ensure_users, wait_labelled, write_config
 
 SAMPLE_INTERVAL_S = 3.0
 
@@ -132,20 +133,33 @@ def commented_jobs(db: Path) -> set[str]:
     return out
 
 
-def main() -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m nomade.tools.demo", description=__doc__.split("\n\n")[0],
+        epilog="What it does, step by step, is in the module's docstring; `make demo` runs it.")
+    parser.add_argument("--dir", type=Path, default=Path(os.environ.get("NOMADE_DEMO_DIR", "/tmp/nomade-demo")),
+                        help="workspace for config, store and daemon logs, emptied first "
+                             "(default $NOMADE_DEMO_DIR or /tmp/nomade-demo)")
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("NOMADE_DEMO_SEED", "11")),
+                        help="picks the ordinary jobs beside the leak (default $NOMADE_DEMO_SEED or 11)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the demo; 0 when every phase ran."""
+    args = _args(argv)
     if os.geteuid() != 0:
         print("make demo needs root: it submits jobs as several users and updates Comments",
               file=sys.stderr)
         return 2
-    ws = Path(os.environ.get("NOMADE_DEMO_DIR", "/tmp/nomade-demo"))
+    ws = args.dir
     shutil.rmtree(ws, ignore_errors=True)
     ws.mkdir(parents=True)
-    config = write_config(ws, sample_interval_s=SAMPLE_INTERVAL_S, header="nomade.demo")
+    config = write_config(ws, sample_interval_s=SAMPLE_INTERVAL_S, header="nomade.tools.demo")
     ensure_users()
     slurm = Slurm(use_pyslurm="never")
     daemons = Daemons(ws, config)
-    seed = int(os.environ.get("NOMADE_DEMO_SEED", "11"))
+    seed = args.seed
     print(f"workspace {ws} (config, store, daemon logs)")
     try:
         daemons.start("agent")

@@ -1,9 +1,9 @@
 """Record a lab corpus through the whole live pipeline, resumably.
 
-``python -m nomade.lab record --dir D --jobs N --seed S --max-running K`` (root, on the
+``python -m nomade.tools.lab record --dir D --jobs N --seed S --max-running K`` (root, on the
 project's test cluster): starts the agent and a collector with a config of their own
 under ``D`` (store ``D/nomade.db``, every record kept), submits the plan of ``S``
-(``nomade.lab.shapes``) keeping at most ``K`` jobs (array tasks count one each) in
+(``nomade.tools.lab.shapes``) keeping at most ``K`` jobs (array tasks count one each) in
 Slurm, and writes the ledger ``D/plan.jsonl``: one JSON line per event (``submit`` with
 the shape, variant, user, options and drawn parameters; ``end`` with the final state
 Slurm gave; ``array_tasks`` mapping an array's task ids to their own job ids;
@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nomade.lab import shapes
-from nomade.lab.pipeline import (
+from nomade.slurm import Slurm, SlurmError
+from nomade.slurmstates import is_final, normalise
+from nomade.tools.lab import shapes
+from nomade.tools.lab.pipeline import (
     CLUSTER,
     LAB_USERS,
     Daemons,
@@ -44,8 +46,6 @@ from nomade.lab.pipeline import (
     wait_labelled,
     write_config,
 )
-from nomade.slurm import Slurm, SlurmError
-from nomade.slurmstates import is_final, normalise
 
 SAMPLE_INTERVAL_S = 3.0
 N_SCRATCH = 4
@@ -315,7 +315,7 @@ class Recorder:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m nomade.lab record", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m nomade.tools.lab record", description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, default=Path("/tmp/nomade-corpus"))
     p.add_argument("--jobs", type=int, default=2000, help="plan size (indices 0..N-1)")
     p.add_argument("--seed", type=int, default=1)
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     rec.prepare()
-    config = write_config(a.dir, sample_interval_s=SAMPLE_INTERVAL_S, header="nomade.lab.record",
+    config = write_config(a.dir, sample_interval_s=SAMPLE_INTERVAL_S, header="nomade.tools.lab.record",
                           score=False)
     daemons = Daemons(a.dir, config)
     daemons.start("agent")
@@ -379,9 +379,9 @@ def ledger_meta(ledger: Ledger) -> dict[str, dict[str, Any]]:
 
 
 def export(argv: list[str] | None = None) -> int:
-    """``python -m nomade.lab export --dir D --out FILE``: the recorded corpus as one file."""
+    """``python -m nomade.tools.lab export --dir D --out FILE``: the recorded corpus as one file."""
     from nomade import corpus
-    p = argparse.ArgumentParser(prog="python -m nomade.lab export")
+    p = argparse.ArgumentParser(prog="python -m nomade.tools.lab export")
     p.add_argument("--dir", type=Path, default=Path("/tmp/nomade-corpus"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--readme", type=Path, help="rewrite the fenced block under '## Counts' of this README "
@@ -392,7 +392,7 @@ def export(argv: list[str] | None = None) -> int:
     submits = [e for e in ledger.events if e["event"] == "submit"]
     seeds = sorted({e["seed"] for e in submits})
     made_by = {
-        "tool": "python -m nomade.lab record (nomade/lab/record.py, shapes in nomade/lab/shapes.py)",
+        "tool": "python -m nomade.tools.lab record (nomade/tools/lab/record.py, shapes in nomade/tools/lab/shapes.py)",
         "seed": seeds[0] if len(seeds) == 1 else seeds,
         "plan_indices": [min((e["index"] for e in submits), default=None),
                          max((e["index"] for e in submits), default=None)],
@@ -401,8 +401,8 @@ def export(argv: list[str] | None = None) -> int:
         "recorded": [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(e["ts"] for e in submits))),
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(e["ts"] for e in ledger.events)))]
         if submits else None,
-        "rerecord": f"python -m nomade.lab record --dir {a.dir} --jobs N --seed {seeds[0] if seeds else 1} "
-                    "--max-running 28; python -m nomade.lab export --dir DIR --out FILE",
+        "rerecord": f"python -m nomade.tools.lab record --dir {a.dir} --jobs N --seed {seeds[0] if seeds else 1} "
+                    "--max-running 28; python -m nomade.tools.lab export --dir DIR --out FILE",
     }
     header = corpus.export_store(a.dir / "nomade.db", a.out, meta, made_by)
     print(json.dumps(header["counts"], indent=1))
