@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
-from nomade import jobrecord, slurmfmt, slurmstates, wire
+from nomade import jobrecord, slurmstates
 from nomade.features import JobTable
+from nomade.traces.fields import hosts
 from nomade.traces.trace import Trace, _Codes, _state
 
 START_KEYS = jobrecord.START_FIELDS
@@ -51,36 +53,61 @@ def messages(trace: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any] | No
     in wire order (:data:`START_KEYS`, :data:`END_KEYS`: ``wire.FIELDS``), so a body's
     values are its wire fields. The end body is given only for jobs with a known end time.
     """
+    for start, end in message_fields(trace):
+        yield dict(zip(START_KEYS, start, strict=True)), None if end is None else dict(
+            zip(END_KEYS, end, strict=True))
+
+
+def message_fields(trace: Trace, cluster: str | None = None
+                   ) -> Iterator[tuple[list[Any], list[Any] | None]]:
+    """The bodies of :func:`messages` as their values in wire order (``cluster`` set),
+    made column by column: the import's rows, without a dict a body."""
+    n = len(trace.jobs)
+    start = _start_columns(trace)
+    start.update(source=repeat("import", n), cluster=repeat(cluster, n))
+    end = _end_columns(trace)
+    ends = zip(*(end[k] if k in end else repeat(None, n) for k in END_KEYS), strict=True)
+    for start_row in zip(*(start[k] if k in start else repeat(None, n) for k in START_KEYS), strict=True):
+        end_row = next(ends)
+        yield list(start_row), None if end_row[_END_TS_AT] is None else list(end_row)
+
+
+_END_TS_AT = END_KEYS.index("end_ts")
+
+
+def _start_columns(trace: Trace) -> dict[str, Iterable[Any]]:
+    """The ``job.start`` fields a trace knows, by name, one value a job (None unknown)."""
     j = trace.jobs
     n = len(j)
+
     def names(col: str, codes: np.ndarray) -> list[str | None]:
         known = trace.names.get(col, [])
         return [known[c] if c >= 0 else None for c in codes.tolist()]
-    def opt(x: np.ndarray) -> list[float | None]:
-        return [None if math.isnan(v) else v for v in x.tolist()]
-    def count(x: np.ndarray) -> list[int | None]:
-        return [None if math.isnan(v) else int(v) for v in x.tolist()]
-    user = names("user", j.user)
-    part = names("partition", j.cat.get("partition", np.full(n, -1)))
-    acct = names("account", j.cat.get("account", np.full(n, -1)))
-    cpus, mem, gpus = count(j.req_cpus), count(j.req_mem_bytes), count(j.req_gpus)
-    limit, submit, start, end = opt(j.time_limit_s), opt(j.submit_ts), opt(j.start_ts), opt(j.end_ts)
-    nodes = trace.extra.get("nodes", [None] * n)
-    num_nodes = trace.extra.get("num_nodes", [None] * n)
-    exit_codes = trace.extra.get("exit_code", [None] * n)
-    for i in range(n):
-        job_id = j.job_id[i]
-        body = jobrecord.start_body(
-            job_id=job_id, user=user[i], partition=part[i], account=acct[i], nodes=_node_names(nodes[i]),
-            num_nodes=None if num_nodes[i] is None else int(num_nodes[i]), req_cpus=cpus[i],
-            req_mem_bytes=mem[i], req_gpus=gpus[i], time_limit_s=limit[i], submit_ts=submit[i],
-            start_ts=start[i], source="import")
-        done = None
-        if end[i] is not None:
-            code, signal = _split_exit(exit_codes[i])
-            done = jobrecord.end_body(job_id=job_id, end_ts=end[i], exit_code=code, signal=signal,
-                                       state=j.state[i], source="import")
-        yield body, done
+    extra = trace.extra
+    return {"job_id": j.job_id.tolist(), "user": names("user", j.user),
+            "partition": names("partition", j.cat.get("partition", np.full(n, -1))),
+            "account": names("account", j.cat.get("account", np.full(n, -1))),
+            "nodes": [_node_names(x) for x in extra.get("nodes", repeat(None, n))],
+            "num_nodes": [None if x is None else int(x) for x in extra.get("num_nodes", repeat(None, n))],
+            "req_cpus": _counts(j.req_cpus), "req_mem_bytes": _counts(j.req_mem_bytes),
+            "req_gpus": _counts(j.req_gpus), "time_limit_s": _known(j.time_limit_s),
+            "submit_ts": _known(j.submit_ts), "start_ts": _known(j.start_ts)}
+
+
+def _end_columns(trace: Trace) -> dict[str, Iterable[Any]]:
+    """The ``job.end`` fields a trace knows, by name (``end_ts`` None: the job has not ended)."""
+    j = trace.jobs
+    codes = [_split_exit(x) for x in trace.extra.get("exit_code", repeat(None, len(j)))]
+    return {"job_id": j.job_id.tolist(), "end_ts": _known(j.end_ts), "exit_code": [c for c, _ in codes],
+            "signal": [s for _, s in codes], "state": j.state.tolist(), "source": repeat("import", len(j))}
+
+
+def _known(x: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in x.tolist()]
+
+
+def _counts(x: np.ndarray) -> list[int | None]:
+    return [None if math.isnan(v) else int(v) for v in x.tolist()]
 
 
 def _split_exit(text: str | None) -> tuple[int | None, int | None]:
@@ -90,5 +117,5 @@ def _split_exit(text: str | None) -> tuple[int | None, int | None]:
 
 
 def _node_names(text: str | None) -> list[str]:
-    """A node list (checked by :func:`_nodes` when read) → host names: ``n[1-2]`` → n1 n2."""
-    return slurmfmt.expand_hostlist(text, wire.MAX_NODES) if text else []
+    """A node list (checked by ``fields._nodes`` when read) → host names: ``n[1-2]`` → n1 n2."""
+    return list(hosts(text)) if text else []
