@@ -49,8 +49,10 @@ def hosts(text: str) -> tuple[str, ...]:
     return got
 
 
+@functools.lru_cache(maxsize=4096)
 def _req_mem(text: str, cpus: int | None, nodes: int | None) -> float | None:
-    """``4000M``, ``4G``, ``2Gc`` (per CPU), ``4Gn`` (per node) → bytes; None if unknown."""
+    """``4000M``, ``4G``, ``2Gc`` (per CPU), ``4Gn`` (per node) → bytes; None if unknown.
+    Remembered: a history repeats a few requests."""
     m = _MEM.match(text.strip())
     if not m:
         return None

@@ -1,5 +1,5 @@
-"""Records <-> ``Trace``: a trace from record dicts, and a trace as ``job.start`` /
-``job.end`` message bodies (the import into a store)."""
+"""Records <-> ``Trace``: a trace from records (dicts, or rows in :data:`RECORD_KEYS`
+order), and a trace as ``job.start`` / ``job.end`` message bodies (the import into a store)."""
 
 from __future__ import annotations
 
@@ -22,27 +22,45 @@ END_KEYS = jobrecord.END_FIELDS
 
 # ---------------------------------------------------------------- records → Trace
 
+RECORD_KEYS = ("job_id", "user", "partition", "account", "req_cpus", "req_mem_bytes", "req_gpus",
+               "time_limit_s", "submit_ts", "start_ts", "end_ts", "state", "num_nodes", "nodes", "exit_code")
+"""The fields of a record (:func:`trace_from_records`), in the order of a row (:func:`trace_from_rows`)."""
+
+
 def trace_from_records(records: list[dict[str, Any]], source: str, shape: str = "") -> Trace:
     """A :class:`Trace` of records with the ``job.start`` body fields, ``end_ts``, a raw
     ``state`` (any spelling), ``num_nodes``, ``nodes`` and ``exit_code``. The end of a
     job whose state is not final is dropped (it has not ended)."""
-    def col(key: str) -> np.ndarray:
-        return np.array([math.nan if (v := r.get(key)) is None else float(v) for r in records], np.float64)
+    columns = {k: [r.get(k) for r in records] for k in RECORD_KEYS}
+    columns["job_id"] = [r["job_id"] for r in records]
+    return _trace_from_columns(columns, source, shape)
 
-    named = [_state(r.get("state")) for r in records]
+
+def trace_from_rows(rows: list[tuple[Any, ...]], source: str, shape: str = "") -> Trace:
+    """:func:`trace_from_records` of records given as tuples of :data:`RECORD_KEYS` (a bulk
+    reader's: no dict a record, and the columns come out of one transposition)."""
+    columns = ([list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in RECORD_KEYS])
+    return _trace_from_columns(dict(zip(RECORD_KEYS, columns, strict=True)), source, shape)
+
+
+def _trace_from_columns(c: dict[str, list[Any]], source: str, shape: str) -> Trace:
+    """The trace of records given as one list a :data:`RECORD_KEYS` field (None unknown)."""
+    def col(key: str) -> np.ndarray:
+        return np.array(c[key], np.float64)   # None is NaN
+
+    named = [_state(s) for s in c["state"]]
     state = np.array([name for name, _ in named], dtype=object)
     label = np.array([lab for _, lab in named], dtype=np.float64)
     final = np.array([name in slurmstates.FINAL_STATES for name, _ in named], dtype=bool)
-    users, cats = _Codes(), {c: _Codes() for c in ("partition", "account")}
+    users, cats = _Codes(), {k: _Codes() for k in ("partition", "account")}
     jobs = JobTable(
-        job_id=np.array([r["job_id"] for r in records], dtype=object),
-        user=np.array([users(r.get("user")) for r in records], dtype=np.int64),
+        job_id=np.array(c["job_id"], dtype=object), user=np.array(list(map(users, c["user"])), dtype=np.int64),
         req_cpus=col("req_cpus"), req_mem_bytes=col("req_mem_bytes"), req_gpus=col("req_gpus"),
         time_limit_s=col("time_limit_s"), submit_ts=col("submit_ts"), start_ts=col("start_ts"),
         end_ts=np.where(final, col("end_ts"), np.nan), state=state, label=label,
-        cat={c: np.array([cats[c](r.get(c)) for r in records], dtype=np.int64) for c in cats})
-    extra = {k: [r.get(k) for r in records] for k in ("num_nodes", "nodes", "exit_code")}
-    return Trace(jobs, {"user": users.names(), **{c: cats[c].names() for c in cats}},
+        cat={k: np.array(list(map(cats[k], c[k])), dtype=np.int64) for k in cats})
+    extra = {k: c[k] for k in ("num_nodes", "nodes", "exit_code")}
+    return Trace(jobs, {"user": users.names(), **{k: cats[k].names() for k in cats}},
                  source, extra=extra, shape=shape)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from nomade.errors import NomadeError
 from nomade.traces.fields import _count, _gpu_count, _nodes, _req_mem, _time, _time_limit_s
-from nomade.traces.records import trace_from_records
+from nomade.traces.records import trace_from_rows
 from nomade.traces.sacct_json import parse_sacct_json_text
 from nomade.traces.trace import (
     SACCT_FORMAT,
@@ -51,11 +51,11 @@ def parse_sacct_lines(lines: Iterable[str], source: str = "sacct", partial: bool
 def _parse_lines(lines: Iterable[tuple[int, str]], issues: Issues) -> Trace:
     names = SACCT_FORMAT.split(",")
     pick = _picker(names)
-    records: list[dict[str, Any]] = []
+    records: list[tuple[Any, ...]] = []
     ignored, first = 0, True
     for n, line in lines:
         text = line.rstrip("\r\n")
-        if not text.strip():
+        if not text or text.isspace():
             continue
         parts: list[str | None] = text.split("|")  # type: ignore[assignment]
         if first and parts[0] in ("JobID", "JobIDRaw"):
@@ -69,14 +69,14 @@ def _parse_lines(lines: Iterable[tuple[int, str]], issues: Issues) -> Trace:
         parts.append(None)  # what an absent field is picked from
         row = pick(parts)
         job_id = row[0] or row[1] or ""
-        if _STEP.match(job_id) or _ARRAY_RANGE.match(job_id):
+        if ("." in job_id and _STEP.match(job_id)) or ("[" in job_id and _ARRAY_RANGE.match(job_id)):
             ignored += 1
             continue
         try:
             records.append(_sacct_record(row, job_id))
         except ValueError as exc:
             issues.bad(f"line {n} (job {job_id!r})", str(exc), text)
-    trace = trace_from_records(records, issues.source, "sacct --parsable2")
+    trace = trace_from_rows(records, issues.source, "sacct --parsable2")
     trace.ignored = ignored
     return trace
 
@@ -93,27 +93,23 @@ def _picker(names: list[str]) -> Callable[[list[str | None]], tuple[str | None, 
     return itemgetter(*(at.get(name, len(names)) for name in _FIELDS))
 
 
-def _sacct_record(row: tuple[str | None, ...], job_id: str) -> dict[str, Any]:
-    """One ``--parsable2`` row (:data:`_FIELDS`, None where absent) → start/end body
-    fields (ValueError says what is malformed)."""
+def _sacct_record(row: tuple[str | None, ...], job_id: str) -> tuple[Any, ...]:
+    """One ``--parsable2`` row (:data:`_FIELDS`, None where absent) → the record's
+    :data:`~nomade.traces.records.RECORD_KEYS` (ValueError says what is malformed)."""
     (_, _, user, partition, account, req_cpus, nnodes, req_tres, alloc_tres, req_mem, limit,
      submit, start_text, end, state, exit_code, node_text) = row
-    if not _JOB.match(job_id):
+    if not (job_id.isdecimal() or _JOB.match(job_id)):
         raise ValueError("not a job id")
     cpus = _count(req_cpus, "ReqCPUS")
-    nodes = _count(nnodes, "NNodes")
+    num_nodes = _count(nnodes, "NNodes")
     node_list = _nodes(node_text)
     start = _time(start_text or "", "Start")
     if node_text is not None and node_list is None:
         start = None  # no node was ever allocated: it never ran, whatever Start says
-    return {"job_id": job_id, "user": user or None, "partition": partition or None,
-            "account": account or None, "req_cpus": cpus,
-            "req_mem_bytes": _req_mem(req_mem or "", cpus, nodes),
-            "req_gpus": _gpus(req_tres, alloc_tres),
-            "time_limit_s": _time_limit_s(limit),
-            "submit_ts": _time(submit or "", "Submit"), "start_ts": start,
-            "end_ts": _time(end or "", "End"), "state": state, "num_nodes": nodes,
-            "nodes": node_list, "exit_code": exit_code or None}
+    return (job_id, user or None, partition or None, account or None, cpus,   # RECORD_KEYS
+            _req_mem(req_mem or "", cpus, num_nodes), _gpus(req_tres, alloc_tres), _time_limit_s(limit),
+            _time(submit or "", "Submit"), start, _time(end or "", "End"), state, num_nodes, node_list,
+            exit_code or None)
 
 
 def _gpus(req_tres: str | None, alloc_tres: str | None) -> int:
