@@ -3,6 +3,7 @@ everything is checked here, before a write starts."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,9 +163,15 @@ def _job_of(row: Sequence[Any]) -> Job:
 def _job_row(job: Mapping[str, Any], now: float) -> list[Any]:
     """The parameters of ``_UPSERT_JOB`` for a merged job dict."""
     row = list(_GET_JOB(job))
-    row[_NODES_AT] = json.dumps(job["nodes"])
+    row[_NODES_AT] = _nodes_json(job["nodes"])
     row[_UPDATED_AT] = now
     return row
+
+
+@functools.lru_cache(maxsize=4096)
+def _nodes_json(nodes: tuple[str, ...]) -> str:
+    """The ``nodes`` column of a job's node names (remembered: many jobs share a list)."""
+    return json.dumps(nodes)
 
 
 _JOB_COLS = ", ".join(JOB_FIELDS)
