@@ -56,6 +56,13 @@ def test_a_bad_clock_in_an_hour_read_before_is_still_an_error(clock):
         parse_sacct_lines(lines, "h.txt")
 
 
+@pytest.mark.parametrize("cpus", ["9" * 400, "\u00b2", "-4"])
+def test_a_count_that_is_not_one_names_the_line_and_field(cpus):
+    line = _line(1, "2024-01-01T03:00:00", "2024-01-01T03:00:01", "2024-01-01T03:10:00")
+    with pytest.raises(NomadeError, match=r"h.txt: line 2 \(job '1'\): ReqCPUS '"):
+        parse_sacct_lines([HEADER, line.replace("|a1|4|", f"|a1|{cpus}|")], "h.txt")
+
+
 def test_fields_are_found_by_the_header_in_any_order_and_absent_ones_are_unknown():
     names = ["JobIDRaw", "End", "Submit", "State", "ReqCPUS"]
     lines = ["|".join(names), "7|2024-01-01T03:10:00|2024-01-01T03:00:00|FAILED|8"]

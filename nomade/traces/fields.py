@@ -17,9 +17,11 @@ _NO_TIME = frozenset({"", "Unknown", "unknown", "None", "N/A"})
 
 
 def _count(text: str | None, name: str) -> int | None:
+    """A count of at most 18 ASCII digits (more could not be stored), None if empty;
+    ValueError otherwise."""
     if not text:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ValueError(f"{name} {text!r} is not a count")
     return int(text)
 
