@@ -84,6 +84,9 @@ def message_fields(trace: Trace, cluster: str | None = None
     start = _start_columns(trace)
     start.update(source=repeat("import", n), cluster=repeat(cluster, n))
     end = _end_columns(trace)
+    unknown = set(start).difference(START_KEYS) | set(end).difference(END_KEYS)
+    if unknown:   # as jobrecord.start_body/end_body refuse a key that is not a field
+        raise ValueError(f"no job.start/job.end field {sorted(unknown)}")
     ends = zip(*(end[k] if k in end else repeat(None, n) for k in END_KEYS), strict=True)
     for start_row in zip(*(start[k] if k in start else repeat(None, n) for k in START_KEYS), strict=True):
         end_row = next(ends)
