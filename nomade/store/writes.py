@@ -199,7 +199,6 @@ class Writes(StoreBase):
                                 (before_ts,)).rowcount
 
 
-
 @contextmanager
 def _job_indexes_deferred(conn: sqlite3.Connection) -> Iterator[None]:
     """Inside a write transaction: if ``jobs`` is empty, drop its secondary indexes and
