@@ -26,14 +26,17 @@ stderr on a terminal.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from nomade import jobrecord
 from nomade.config import Config
 from nomade.errors import NomadeError
 
@@ -127,42 +130,59 @@ def write_store(trace: Any, db: Path, cluster: str | None, partial: bool = False
     transaction; returns (jobs written, jobs refused). A job the wire format refuses
     (e.g. an id Slurm could not have given) is an error naming it and nothing is
     written, unless ``partial``: then it is counted and left out."""
-    from nomade import traces, wire
     from nomade.store import Store
 
     db.parent.mkdir(parents=True, exist_ok=True)
     bar = Progress(f"writing {db}", unit="jobs")
-    total, counts = len(trace.jobs), {"written": 0, "refused": 0}
-
-    now = time.time()
-
-    def chunks() -> Iterator[list[Any]]:
-        for chunk in _chunks(traces.messages(trace), CHUNK_JOBS):
-            msgs = []
-            for start, end in chunk:
-                start["cluster"] = cluster
-                try:
-                    # the bodies' keys are the wire fields in order (traces.START_KEYS)
-                    job = [wire.make_fields("job.start", "import", 0, list(start.values()), now)]
-                    if end is not None:
-                        job.append(wire.make_fields("job.end", "import", 0, list(end.values()), end["end_ts"]))
-                except wire.WireError as exc:
-                    if not partial:
-                        raise NomadeError(f"{trace.source}: job {start['job_id']}: {exc}; nothing was imported "
-                                          "(give --partial to import the other jobs)") from exc
-                    counts["refused"] += 1
-                    continue
-                msgs += job
-                counts["written"] += 1
-            yield msgs
-            bar(counts["written"] + counts["refused"], total)
-
+    counts = {"written": 0, "refused": 0}
     try:
-        with Store(db) as store:
-            store.write_message_chunks(chunks())
+        with Store(db) as store, _gc_paused():
+            store.write_message_chunks(_message_chunks(trace, cluster, partial, counts, bar))
     finally:
         bar.done()
     return counts["written"], counts["refused"]
+
+
+def _message_chunks(trace: Any, cluster: str | None, partial: bool, counts: dict[str, int],
+                    bar: Progress) -> Iterator[list[Any]]:
+    """The validated job.start/job.end messages of ``trace``, ``CHUNK_JOBS`` jobs a list;
+    counts the jobs written and refused (as :func:`write_store` says) and reports progress."""
+    from nomade import traces, wire
+
+    total, now = len(trace.jobs), time.time()
+    for chunk in _chunks(traces.message_fields(trace, cluster), CHUNK_JOBS):
+        msgs = []
+        for start, end in chunk:
+            try:
+                job = [wire.make_fields("job.start", "import", 0, start, now)]
+                if end is not None:
+                    job.append(wire.make_fields("job.end", "import", 0, end, end[_END_TS_AT]))
+            except wire.WireError as exc:
+                if not partial:
+                    raise NomadeError(f"{trace.source}: job {start[_JOB_ID_AT]}: {exc}; nothing was imported "
+                                      "(give --partial to import the other jobs)") from exc
+                counts["refused"] += 1
+                continue
+            msgs += job
+            counts["written"] += 1
+        yield msgs
+        bar(counts["written"] + counts["refused"], total)
+
+
+_JOB_ID_AT, _END_TS_AT = jobrecord.START_FIELDS.index("job_id"), jobrecord.END_FIELDS.index("end_ts")
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off, and back as it was after: an import makes millions
+    of short-lived objects with no cycles, and each collection would walk all alive."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _chunks(items: Iterator[Any], n: int) -> Iterator[list[Any]]:

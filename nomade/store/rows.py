@@ -3,6 +3,7 @@ everything is checked here, before a write starts."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,42 +107,48 @@ class _Rows:
         self.job_events += other.job_events
 
 
+_BLANK_JOB: dict[str, Any] = {**dict.fromkeys(JOB_FIELDS), "nodes": ()}
+
+
 def _blank_job(job_id: str) -> dict[str, Any]:
     """A jobs row that knows nothing but its id."""
-    job: dict[str, Any] = dict.fromkeys(JOB_FIELDS)
-    job.update(job_id=job_id, nodes=())
+    job = _BLANK_JOB.copy()
+    job["job_id"] = job_id
     return job
 
 
 def _merge_start(job: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
     """job.start: fill unknown fields, keep the earliest submit/start, union the nodes."""
     new = dict(job)
+    get = body.get
     for f in _START_FILL:
-        if new[f] is None and body.get(f) is not None:
-            new[f] = body[f]
-    new["submit_ts"] = _min(new["submit_ts"], body.get("submit_ts"))
-    new["start_ts"] = _min(new["start_ts"], body.get("start_ts"))
-    new["nodes"] = tuple(dict.fromkeys((*new["nodes"], *(body.get("nodes") or ()))))
+        if new[f] is None:
+            new[f] = get(f)
+    new["submit_ts"] = _min(new["submit_ts"], get("submit_ts"))
+    new["start_ts"] = _min(new["start_ts"], get("start_ts"))
+    new["nodes"] = tuple(dict.fromkeys((*new["nodes"], *(get("nodes") or ()))))
     return new
 
 
 def _merge_end(job: dict[str, Any], body: Mapping[str, Any], ts: float) -> dict[str, Any]:
     """job.end: keep the earliest end; a final state (first one wins) sets state and label."""
     new = dict(job)
-    end_ts = body.get("end_ts")
+    get = body.get
+    end_ts = get("end_ts")
     new["end_ts"] = _min(new["end_ts"], ts if end_ts is None else end_ts)
-    state = slurmstates.normalise(body.get("state"))
-    if new["state"] is None and slurmstates.is_final(state):
-        new.update(state=state, label=slurmstates.label_for(state), state_source=body.get("source"))
+    state = slurmstates.normalise(get("state"))
+    if new["state"] is None and state in slurmstates.FINAL_STATES:
+        new.update(state=state, label=slurmstates.LABELS.get(state), state_source=get("source"))
         for f in ("exit_code", "signal"):
-            if body.get(f) is not None:
+            if get(f) is not None:
                 new[f] = body[f]
     for f in ("exit_code", "signal"):
-        if new[f] is None and body.get(f) is not None:
-            new[f] = body[f]
+        if new[f] is None:
+            new[f] = get(f)
     return new
 
 
+_GET_JOB = itemgetter(*JOB_FIELDS)
 _NODES_AT = JOB_FIELDS.index("nodes")
 _UPDATED_AT = JOB_FIELDS.index("updated_ts")
 
@@ -155,10 +162,16 @@ def _job_of(row: Sequence[Any]) -> Job:
 
 def _job_row(job: Mapping[str, Any], now: float) -> list[Any]:
     """The parameters of ``_UPSERT_JOB`` for a merged job dict."""
-    row = [job[f] for f in JOB_FIELDS]
-    row[_NODES_AT] = json.dumps(list(job["nodes"]))
+    row = list(_GET_JOB(job))
+    row[_NODES_AT] = _nodes_json(job["nodes"])
     row[_UPDATED_AT] = now
     return row
+
+
+@functools.lru_cache(maxsize=4096)
+def _nodes_json(nodes: tuple[str, ...]) -> str:
+    """The ``nodes`` column of a job's node names (remembered: many jobs share a list)."""
+    return json.dumps(nodes)
 
 
 _JOB_COLS = ", ".join(JOB_FIELDS)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from nomade import slurmstates
@@ -84,9 +85,10 @@ class Writes(StoreBase):
     def write_message_chunks(self, chunks: Iterable[Iterable[MessageLike]]) -> None:
         """Store messages given chunk by chunk (as ``write_messages``), all in one
         transaction: an error while the chunks are made or written (a malformed record
-        half way through an import) leaves the store as it was."""
+        half way through an import) leaves the store as it was. Into a store with no job
+        yet (a first import), the jobs' secondary indexes are built once at the end."""
         started: set[str] = set()
-        with self._transaction() as conn:
+        with self._transaction() as conn, _job_indexes_deferred(conn):
             for chunk in chunks:
                 started |= self._write_rows(conn, _Rows.of(chunk), time.time())
         self._started_seen(started)
@@ -196,3 +198,20 @@ class Writes(StoreBase):
             return conn.execute("DELETE FROM batches WHERE received_ts < ?",
                                 (before_ts,)).rowcount
 
+
+@contextmanager
+def _job_indexes_deferred(conn: sqlite3.Connection) -> Iterator[None]:
+    """Inside a write transaction: if ``jobs`` is empty, drop its secondary indexes and
+    create them again (the same SQL) when the block ends without error: one sort instead
+    of an index update a row, about a third of a bulk insert. On error the transaction's
+    rollback brings them back."""
+    if conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None:
+        yield
+        return
+    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                           "AND tbl_name = 'jobs' AND sql IS NOT NULL").fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    yield
+    for _, sql in indexes:
+        conn.execute(sql)

@@ -60,7 +60,7 @@ The package: ``trace`` (``Trace``, ``Issues``, reading files), ``swf``, ``sacct`
 from __future__ import annotations
 
 from nomade.traces.fields import tres_gpus, tres_mem
-from nomade.traces.records import END_KEYS, START_KEYS, messages, trace_from_records
+from nomade.traces.records import END_KEYS, START_KEYS, message_fields, messages, trace_from_records
 from nomade.traces.sacct import parse_sacct_lines, read_sacct
 from nomade.traces.sacct_json import json_items, parse_sacct_json_text
 from nomade.traces.swf import read_swf
@@ -76,5 +76,5 @@ from nomade.traces.trace import (
 )
 
 __all__ = ["CATEGORIES", "END_KEYS", "PROGRESS_LINES", "SACCT_FORMAT", "START_KEYS", "SWF_STATUS", "Issues",
-           "Progress", "Trace", "json_items", "messages", "numbered_lines", "parse_sacct_json_text",
+           "Progress", "Trace", "json_items", "message_fields", "messages", "numbered_lines", "parse_sacct_json_text",
            "parse_sacct_lines", "read_sacct", "read_swf", "trace_from_records", "tres_gpus", "tres_mem"]

@@ -1,16 +1,18 @@
-"""Records <-> ``Trace``: a trace from record dicts, and a trace as ``job.start`` /
-``job.end`` message bodies (the import into a store)."""
+"""Records <-> ``Trace``: a trace from records (dicts, or rows in :data:`RECORD_KEYS`
+order), and a trace as ``job.start`` / ``job.end`` message bodies (the import into a store)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
-from nomade import jobrecord, slurmfmt, slurmstates, wire
+from nomade import jobrecord, slurmstates
 from nomade.features import JobTable
+from nomade.traces.fields import hosts
 from nomade.traces.trace import Trace, _Codes, _state
 
 START_KEYS = jobrecord.START_FIELDS
@@ -20,27 +22,45 @@ END_KEYS = jobrecord.END_FIELDS
 
 # ---------------------------------------------------------------- records → Trace
 
+RECORD_KEYS = ("job_id", "user", "partition", "account", "req_cpus", "req_mem_bytes", "req_gpus",
+               "time_limit_s", "submit_ts", "start_ts", "end_ts", "state", "num_nodes", "nodes", "exit_code")
+"""The fields of a record (:func:`trace_from_records`), in the order of a row (:func:`trace_from_rows`)."""
+
+
 def trace_from_records(records: list[dict[str, Any]], source: str, shape: str = "") -> Trace:
     """A :class:`Trace` of records with the ``job.start`` body fields, ``end_ts``, a raw
     ``state`` (any spelling), ``num_nodes``, ``nodes`` and ``exit_code``. The end of a
     job whose state is not final is dropped (it has not ended)."""
-    def col(key: str) -> np.ndarray:
-        return np.array([math.nan if (v := r.get(key)) is None else float(v) for r in records], np.float64)
+    columns = {k: [r.get(k) for r in records] for k in RECORD_KEYS}
+    columns["job_id"] = [r["job_id"] for r in records]
+    return _trace_from_columns(columns, source, shape)
 
-    named = [_state(r.get("state")) for r in records]
+
+def trace_from_rows(rows: list[tuple[Any, ...]], source: str, shape: str = "") -> Trace:
+    """:func:`trace_from_records` of records given as tuples of :data:`RECORD_KEYS` (a bulk
+    reader's: no dict a record, and the columns come out of one transposition)."""
+    columns = ([list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in RECORD_KEYS])
+    return _trace_from_columns(dict(zip(RECORD_KEYS, columns, strict=True)), source, shape)
+
+
+def _trace_from_columns(c: dict[str, list[Any]], source: str, shape: str) -> Trace:
+    """The trace of records given as one list a :data:`RECORD_KEYS` field (None unknown)."""
+    def col(key: str) -> np.ndarray:
+        return np.array(c[key], np.float64)   # None is NaN
+
+    named = [_state(s) for s in c["state"]]
     state = np.array([name for name, _ in named], dtype=object)
     label = np.array([lab for _, lab in named], dtype=np.float64)
     final = np.array([name in slurmstates.FINAL_STATES for name, _ in named], dtype=bool)
-    users, cats = _Codes(), {c: _Codes() for c in ("partition", "account")}
+    users, cats = _Codes(), {k: _Codes() for k in ("partition", "account")}
     jobs = JobTable(
-        job_id=np.array([r["job_id"] for r in records], dtype=object),
-        user=np.array([users(r.get("user")) for r in records], dtype=np.int64),
+        job_id=np.array(c["job_id"], dtype=object), user=np.array(list(map(users, c["user"])), dtype=np.int64),
         req_cpus=col("req_cpus"), req_mem_bytes=col("req_mem_bytes"), req_gpus=col("req_gpus"),
         time_limit_s=col("time_limit_s"), submit_ts=col("submit_ts"), start_ts=col("start_ts"),
         end_ts=np.where(final, col("end_ts"), np.nan), state=state, label=label,
-        cat={c: np.array([cats[c](r.get(c)) for r in records], dtype=np.int64) for c in cats})
-    extra = {k: [r.get(k) for r in records] for k in ("num_nodes", "nodes", "exit_code")}
-    return Trace(jobs, {"user": users.names(), **{c: cats[c].names() for c in cats}},
+        cat={k: np.array(list(map(cats[k], c[k])), dtype=np.int64) for k in cats})
+    extra = {k: c[k] for k in ("num_nodes", "nodes", "exit_code")}
+    return Trace(jobs, {"user": users.names(), **{k: cats[k].names() for k in cats}},
                  source, extra=extra, shape=shape)
 
 
@@ -51,36 +71,64 @@ def messages(trace: Trace) -> Iterator[tuple[dict[str, Any], dict[str, Any] | No
     in wire order (:data:`START_KEYS`, :data:`END_KEYS`: ``wire.FIELDS``), so a body's
     values are its wire fields. The end body is given only for jobs with a known end time.
     """
+    for start, end in message_fields(trace):
+        yield dict(zip(START_KEYS, start, strict=True)), None if end is None else dict(
+            zip(END_KEYS, end, strict=True))
+
+
+def message_fields(trace: Trace, cluster: str | None = None
+                   ) -> Iterator[tuple[list[Any], list[Any] | None]]:
+    """The bodies of :func:`messages` as their values in wire order (``cluster`` set),
+    made column by column: the import's rows, without a dict a body."""
+    n = len(trace.jobs)
+    start = _start_columns(trace)
+    start.update(source=repeat("import", n), cluster=repeat(cluster, n))
+    end = _end_columns(trace)
+    unknown = set(start).difference(START_KEYS) | set(end).difference(END_KEYS)
+    if unknown:   # as jobrecord.start_body/end_body refuse a key that is not a field
+        raise ValueError(f"no job.start/job.end field {sorted(unknown)}")
+    ends = zip(*(end[k] if k in end else repeat(None, n) for k in END_KEYS), strict=True)
+    for start_row in zip(*(start[k] if k in start else repeat(None, n) for k in START_KEYS), strict=True):
+        end_row = next(ends)
+        yield list(start_row), None if end_row[_END_TS_AT] is None else list(end_row)
+
+
+_END_TS_AT = END_KEYS.index("end_ts")
+
+
+def _start_columns(trace: Trace) -> dict[str, Iterable[Any]]:
+    """The ``job.start`` fields a trace knows, by name, one value a job (None unknown)."""
     j = trace.jobs
     n = len(j)
+
     def names(col: str, codes: np.ndarray) -> list[str | None]:
         known = trace.names.get(col, [])
         return [known[c] if c >= 0 else None for c in codes.tolist()]
-    def opt(x: np.ndarray) -> list[float | None]:
-        return [None if math.isnan(v) else v for v in x.tolist()]
-    def count(x: np.ndarray) -> list[int | None]:
-        return [None if math.isnan(v) else int(v) for v in x.tolist()]
-    user = names("user", j.user)
-    part = names("partition", j.cat.get("partition", np.full(n, -1)))
-    acct = names("account", j.cat.get("account", np.full(n, -1)))
-    cpus, mem, gpus = count(j.req_cpus), count(j.req_mem_bytes), count(j.req_gpus)
-    limit, submit, start, end = opt(j.time_limit_s), opt(j.submit_ts), opt(j.start_ts), opt(j.end_ts)
-    nodes = trace.extra.get("nodes", [None] * n)
-    num_nodes = trace.extra.get("num_nodes", [None] * n)
-    exit_codes = trace.extra.get("exit_code", [None] * n)
-    for i in range(n):
-        job_id = j.job_id[i]
-        body = jobrecord.start_body(
-            job_id=job_id, user=user[i], partition=part[i], account=acct[i], nodes=_node_names(nodes[i]),
-            num_nodes=None if num_nodes[i] is None else int(num_nodes[i]), req_cpus=cpus[i],
-            req_mem_bytes=mem[i], req_gpus=gpus[i], time_limit_s=limit[i], submit_ts=submit[i],
-            start_ts=start[i], source="import")
-        done = None
-        if end[i] is not None:
-            code, signal = _split_exit(exit_codes[i])
-            done = jobrecord.end_body(job_id=job_id, end_ts=end[i], exit_code=code, signal=signal,
-                                       state=j.state[i], source="import")
-        yield body, done
+    extra = trace.extra
+    return {"job_id": j.job_id.tolist(), "user": names("user", j.user),
+            "partition": names("partition", j.cat.get("partition", np.full(n, -1))),
+            "account": names("account", j.cat.get("account", np.full(n, -1))),
+            "nodes": [_node_names(x) for x in extra.get("nodes", repeat(None, n))],
+            "num_nodes": [None if x is None else int(x) for x in extra.get("num_nodes", repeat(None, n))],
+            "req_cpus": _counts(j.req_cpus), "req_mem_bytes": _counts(j.req_mem_bytes),
+            "req_gpus": _counts(j.req_gpus), "time_limit_s": _known(j.time_limit_s),
+            "submit_ts": _known(j.submit_ts), "start_ts": _known(j.start_ts)}
+
+
+def _end_columns(trace: Trace) -> dict[str, Iterable[Any]]:
+    """The ``job.end`` fields a trace knows, by name (``end_ts`` None: the job has not ended)."""
+    j = trace.jobs
+    codes = [_split_exit(x) for x in trace.extra.get("exit_code", repeat(None, len(j)))]
+    return {"job_id": j.job_id.tolist(), "end_ts": _known(j.end_ts), "exit_code": [c for c, _ in codes],
+            "signal": [s for _, s in codes], "state": j.state.tolist(), "source": repeat("import", len(j))}
+
+
+def _known(x: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in x.tolist()]
+
+
+def _counts(x: np.ndarray) -> list[int | None]:
+    return [None if math.isnan(v) else int(v) for v in x.tolist()]
 
 
 def _split_exit(text: str | None) -> tuple[int | None, int | None]:
@@ -90,5 +138,5 @@ def _split_exit(text: str | None) -> tuple[int | None, int | None]:
 
 
 def _node_names(text: str | None) -> list[str]:
-    """A node list (checked by :func:`_nodes` when read) → host names: ``n[1-2]`` → n1 n2."""
-    return slurmfmt.expand_hostlist(text, wire.MAX_NODES) if text else []
+    """A node list (checked by ``fields._nodes`` when read) → host names: ``n[1-2]`` → n1 n2."""
+    return list(hosts(text)) if text else []

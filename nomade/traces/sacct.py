@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from nomade import slurmfmt
 from nomade.errors import NomadeError
-from nomade.traces.fields import _GPU, _count, _nodes, _req_mem, _time
-from nomade.traces.records import trace_from_records
+from nomade.traces.fields import _count, _gpu_count, _nodes, _req_mem, _time, _time_limit_s
+from nomade.traces.records import trace_from_rows
 from nomade.traces.sacct_json import parse_sacct_json_text
 from nomade.traces.trace import (
     SACCT_FORMAT,
@@ -50,54 +50,71 @@ def parse_sacct_lines(lines: Iterable[str], source: str = "sacct", partial: bool
 
 def _parse_lines(lines: Iterable[tuple[int, str]], issues: Issues) -> Trace:
     names = SACCT_FORMAT.split(",")
-    records: list[dict[str, Any]] = []
+    pick = _picker(names)
+    records: list[tuple[Any, ...]] = []
     ignored, first = 0, True
     for n, line in lines:
         text = line.rstrip("\r\n")
-        if not text.strip():
+        if not text or text.isspace():
             continue
-        parts = text.split("|")
+        parts: list[str | None] = text.split("|")  # type: ignore[assignment]
         if first and parts[0] in ("JobID", "JobIDRaw"):
-            names, first = parts, False
+            names, first = parts, False  # type: ignore[assignment]
+            pick = _picker(names)
             continue
         first = False
         if len(parts) != len(names):
             issues.bad(f"line {n}", f"{len(parts)} '|'-separated fields where the header has {len(names)}", text)
             continue
-        row = dict(zip(names, parts, strict=True))
-        job_id = row.get("JobIDRaw") or row.get("JobID", "")
-        if _STEP.match(job_id) or _ARRAY_RANGE.match(job_id):
+        parts.append(None)  # what an absent field is picked from
+        row = pick(parts)
+        job_id = row[0] or row[1] or ""
+        if ("." in job_id and _STEP.match(job_id)) or ("[" in job_id and _ARRAY_RANGE.match(job_id)):
             ignored += 1
             continue
         try:
             records.append(_sacct_record(row, job_id))
         except ValueError as exc:
             issues.bad(f"line {n} (job {job_id!r})", str(exc), text)
-    trace = trace_from_records(records, issues.source, "sacct --parsable2")
+    trace = trace_from_rows(records, issues.source, "sacct --parsable2")
     trace.ignored = ignored
     return trace
 
 
-def _sacct_record(row: dict[str, str], job_id: str) -> dict[str, Any]:
-    """One ``--parsable2`` row → start/end body fields (ValueError says what is malformed)."""
-    if not _JOB.match(job_id):
+_FIELDS = ("JobIDRaw", "JobID", "User", "Partition", "Account", "ReqCPUS", "NNodes", "ReqTRES",
+           "AllocTRES", "ReqMem", "Timelimit", "Submit", "Start", "End", "State", "ExitCode", "NodeList")
+"""The fields :func:`_sacct_record` reads, in the order of its row."""
+
+
+def _picker(names: list[str]) -> Callable[[list[str | None]], tuple[str | None, ...]]:
+    """``pick(parts)``: the :data:`_FIELDS` of a line split by ``names`` (the last column
+    of a name given twice), with None appended to ``parts`` for the fields it lacks."""
+    at = {name: i for i, name in enumerate(names)}
+    return itemgetter(*(at.get(name, len(names)) for name in _FIELDS))
+
+
+def _sacct_record(row: tuple[str | None, ...], job_id: str) -> tuple[Any, ...]:
+    """One ``--parsable2`` row (:data:`_FIELDS`, None where absent) → the record's
+    :data:`~nomade.traces.records.RECORD_KEYS` (ValueError says what is malformed)."""
+    (_, _, user, partition, account, req_cpus, nnodes, req_tres, alloc_tres, req_mem, limit,
+     submit, start_text, end, state, exit_code, node_text) = row
+    if not (job_id.isdecimal() or _JOB.match(job_id)):
         raise ValueError("not a job id")
-    cpus = _count(row.get("ReqCPUS"), "ReqCPUS")
-    nodes = _count(row.get("NNodes"), "NNodes")
-    tres = row.get("ReqTRES") or row.get("AllocTRES") or ""
-    gpus = _GPU.search(tres) or _GPU.search(row.get("AllocTRES", ""))
-    state = row.get("State")
-    node_list = _nodes(row.get("NodeList"))
-    start = _time(row.get("Start", ""), "Start")
-    if "NodeList" in row and node_list is None:
+    cpus = _count(req_cpus, "ReqCPUS")
+    num_nodes = _count(nnodes, "NNodes")
+    node_list = _nodes(node_text)
+    start = _time(start_text or "", "Start")
+    if node_text is not None and node_list is None:
         start = None  # no node was ever allocated: it never ran, whatever Start says
-    return {"job_id": job_id, "user": row.get("User") or None, "partition": row.get("Partition") or None,
-            "account": row.get("Account") or None, "req_cpus": cpus,
-            "req_mem_bytes": _req_mem(row.get("ReqMem", ""), cpus, nodes),
-            "req_gpus": int(gpus.group(1)) if gpus else 0,
-            "time_limit_s": slurmfmt.time_limit_s(row.get("Timelimit")),
-            "submit_ts": _time(row.get("Submit", ""), "Submit"), "start_ts": start,
-            "end_ts": _time(row.get("End", ""), "End"), "state": state, "num_nodes": nodes,
-            "nodes": node_list, "exit_code": row.get("ExitCode") or None}
+    return (job_id, user or None, partition or None, account or None, cpus,   # RECORD_KEYS
+            _req_mem(req_mem or "", cpus, num_nodes), _gpus(req_tres, alloc_tres), _time_limit_s(limit),
+            _time(submit or "", "Submit"), start, _time(end or "", "End"), state, num_nodes, node_list,
+            exit_code or None)
 
 
+def _gpus(req_tres: str | None, alloc_tres: str | None) -> int:
+    """GPUs requested (``ReqTRES``), else allocated (``AllocTRES``); 0 if neither names any."""
+    gpus = _gpu_count(req_tres or alloc_tres or "")
+    if gpus is None:
+        gpus = _gpu_count(alloc_tres or "")
+    return gpus or 0
