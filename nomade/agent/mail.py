@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 #: Jobs whose mail settings are remembered at once (running jobs that reached the level).
 MAX_JOBS = 100_000
-_ADDRESS = re.compile(r"^[^\s@,;<>()\"']+(@[A-Za-z0-9.-]+)?$")
+_ADDRESS = re.compile(r"[^\s@,;<>()\"']+(@[A-Za-z0-9.-]+)?")
 _USER = re.compile(r"^([^(]+)\(")
 
 
@@ -112,7 +112,7 @@ def recipient(record: Mapping[str, str], wanted: Iterable[str]) -> str | None:
     if address in ("", "(null)"):
         user = _USER.match(record.get("UserId", ""))
         address = user.group(1) if user else ""
-    return address if _ADDRESS.match(address) and len(address) <= 254 else None
+    return address if _ADDRESS.fullmatch(address) and len(address) <= 254 else None
 
 
 def message(alert: Alert, to: str, sender: str, now: float | None = None) -> EmailMessage:
