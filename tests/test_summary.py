@@ -6,17 +6,20 @@ exact Slurm argument lists (real subprocesses: stand-in Slurm tools that record 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 import sys
 from pathlib import Path
 
 import pytest
+from agenttools import agent_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nomade import wire
 from nomade.agent import summary
+from nomade.agent.daemon import Agent
 from nomade.agent.summaries import SummaryWriter
 from nomade.agent.summary import MAX_BYTES, Summary, SummaryError, format_summary, merge, parse, remove
 from nomade.slurm import Slurm
@@ -203,8 +206,8 @@ def _squeue(job_id: str, state: str, admin_comment: str) -> str:
                                  "user_name": "u", "exit_code": 256}]})
 
 
-def _ended_store(tmp_path: Path, state: str | None = "FAILED") -> Store:
-    store = Store(tmp_path / "agent.db")
+def _messages(state: str | None = "FAILED") -> list[wire.Message]:
+    """Job 7: its start, three samples 600 s apart on n1, its end 1800 s after the start."""
     msgs = [wire.make("job.start", "ctld", 0, {"job_id": "7", "user": "u", "partition": "cpu", "nodes": ["n1"],
                                                "num_nodes": 1, "req_cpus": 2, "req_mem_bytes": 2 * GiB,
                                                "time_limit_s": 3600.0, "start_ts": T0}, T0)]
@@ -215,7 +218,12 @@ def _ended_store(tmp_path: Path, state: str | None = "FAILED") -> Store:
             T0 + 600 * k))
     msgs.append(wire.make("job.end", "ctld", 0, {"job_id": "7", "end_ts": T0 + 1800, "state": state,
                                                  "exit_code": 1 if state else None}, T0 + 1800))
-    store.write_messages(msgs)
+    return msgs
+
+
+def _ended_store(tmp_path: Path, state: str | None = "FAILED") -> Store:
+    store = Store(tmp_path / "agent.db")
+    store.write_messages(_messages(state))
     return store
 
 
@@ -306,3 +314,35 @@ def test_the_queue_and_the_peaks_are_bounded(tmp_path: Path) -> None:
     writer.observe([{"job_id": str(j), "risk": 0.5, "level": "moderate", "ts": T0} for j in range(5)])
     writer.ended([str(j) for j in range(5)], T0)
     assert len(writer.peaks) == 2 and len(writer.pending) == 2 and writer.dropped == 3 + 3
+
+
+def test_the_agent_queues_a_job_its_running_check_ends_and_writes_its_summary(tmp_path: Path) -> None:
+    squeue = json.dumps({"jobs": [{"job_id": 7, "job_state": "FAILED", "admin_comment": "", "user_name": "u",
+                                   "exit_code": 256, "start_time": int(T0), "end_time": int(T0 + 1800)}]})
+    bin_dir = _tools(tmp_path, {"squeue": squeue})
+    cfg = agent_config(tmp_path)
+    agent = Agent(cfg, slurm=Slurm(bin_dir=str(bin_dir)), name="agent0")
+    try:
+        msgs = [m for m in _messages() if m.kind != "job.end"]
+        agent.store.write_messages(msgs)
+        agent.state.apply(msgs)
+        assert agent.summaries is not None
+        agent.summaries.observe(_predictions())
+        assert agent.check_running(T0 + 1800 + cfg.agent.running_check_interval_s) == 1
+        assert agent.write_summaries() == 1
+        assert agent.metrics.summaries_written_total == 1
+        assert "nomade_agent_summaries_written_total 1.0" in agent.metrics.render()
+    finally:
+        agent.close()
+    update = [c for c in _calls(bin_dir) if c[0] == "scontrol"]
+    assert update == [["scontrol", "update", "JobId=7", "AdminComment=" + format_summary(EXPECTED)]]
+
+
+def test_no_summary_is_queued_when_the_site_turns_it_off(tmp_path: Path) -> None:
+    cfg = agent_config(tmp_path)
+    cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, summary_admin_comment=False))
+    agent = Agent(cfg, slurm=Slurm(bin_dir=str(_tools(tmp_path, {}))), name="agent0")
+    try:
+        assert agent.summaries is None and agent.write_summaries() == 0
+    finally:
+        agent.close()
