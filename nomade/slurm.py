@@ -1,4 +1,4 @@
-"""The one place that runs Slurm commands: jobs, final states, Comments, submit and cancel.
+"""The one place that runs Slurm commands: jobs, final states, Comments, AdminComments, submit and cancel.
 
 Works with every Slurm version through the command-line tools (``scontrol``, ``squeue``,
 ``sbatch``, ``scancel``), found by full path without relying on PATH (hooks and daemons
@@ -15,6 +15,9 @@ may run with none): ``bin_dir`` if given, else ``/usr/bin``, ``/usr/local/bin``,
 pyslurm is used only where it imports AND its major.minor equals the running Slurm's
 (``use_pyslurm="auto"``), and then only to read and write Comments; otherwise the reason
 is logged once at debug level and the command-line tools are used.
+
+A job's AdminComment is set in slurmctld (``scontrol update``) or, once the job has
+finished, in its accounting record (``sacctmgr modify job``, read back with ``sacct``).
 
 Errors from Slurm are ``SlurmError(command, returncode, stderr)``; a job Slurm does not
 know (never existed, or purged after MinJobAge) is ``JobNotFound``; a Comment update of a
