@@ -36,7 +36,8 @@ JOBS = {
     "11": ("alice", "MailUser=alice@example.org MailType=FAIL"),   # asked for failure mail
     "12": ("bob", ""),                                             # no --mail-type: no mail
     "13": ("carol", "MailUser=carol@example.org MailType=BEGIN,END"),   # not a failure type
-    "14": ("dave", "MailUser=(null) MailType=ALL"),               # no --mail-user: the user name
+    # --mail-type=ALL as scontrol shows it, no --mail-user: the user's name
+    "14": ("dave", "MailUser=(null) MailType=INVALID_DEPEND,BEGIN,END,FAIL,REQUEUE,STAGE_OUT"),
 }
 SCONTROL = """#!{python}
 import json, pathlib, sys
@@ -208,6 +209,12 @@ def test_mail_is_off_unless_the_site_turns_it_on(tmp_path: Path) -> None:
 ])
 def test_the_recipient_is_read_from_the_jobs_mail_settings(fields: dict[str, str], to: str | None) -> None:
     assert recipient({"UserId": "u(1)", **fields}, ("ALL", "FAIL")) == to
+
+
+def test_a_site_that_wants_only_all_gets_the_jobs_slurm_shows_with_every_part_of_all() -> None:
+    every = "INVALID_DEPEND,BEGIN,END,FAIL,REQUEUE,STAGE_OUT"
+    assert recipient({"MailType": every, "MailUser": "a@b.org"}, ("ALL",)) == "a@b.org"
+    assert recipient({"MailType": "FAIL", "MailUser": "a@b.org"}, ("ALL",)) is None
 
 
 def test_the_policy_forgets_ended_jobs() -> None:

@@ -10,7 +10,8 @@ falls back and rises again gets no second one).
 Slurm (``scontrol show job``, once per job, remembered) whether the job wants mail:
 its MailType must include one of ``[mail] job_mail_types`` (default ALL and FAIL: a
 warning that a job may fail is what FAIL asks for; a job with no ``--mail-type`` gets
-nothing). The address is its MailUser, else its user's name (as Slurm does). The message
+nothing; scontrol shows ALL as its parts, so BEGIN, END, FAIL and REQUEUE together count as
+ALL). The address is its MailUser, else its user's name (as Slurm does). The message
 goes through the site's MTA with ``smtplib``, or through ``[mail] mail_prog`` (Slurm's
 MailProg, as ``PROG -s SUBJECT ADDRESS``, the text on stdin, an argument list, never a
 shell). At most ``max_per_tick`` messages a tick, each within ``timeout_s``; after a
@@ -43,6 +44,7 @@ MAX_ATTEMPTS = 3
 MAX_JOBS = 100_000
 _ADDRESS = re.compile(r"[^\s@,;<>()\"']+(@[A-Za-z0-9.-]+)?")
 _USER = re.compile(r"^([^(]+)\(")
+_ALL_PARTS = frozenset({"BEGIN", "END", "FAIL", "REQUEUE"})
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def recipient(record: Mapping[str, str], wanted: Iterable[str]) -> str | None:
     """The address to mail about a job from its ``scontrol show job`` fields, or None
     when its MailType has none of ``wanted`` (or no usable address)."""
     types = {t.strip().upper() for t in record.get("MailType", "").split(",")}
+    if _ALL_PARTS <= types:   # scontrol shows --mail-type=ALL as its parts
+        types.add("ALL")
     if not types & {w.upper() for w in wanted}:
         return None
     address = record.get("MailUser", "")

@@ -136,7 +136,9 @@ class SummaryWriter:
         if not due:
             return 0
         try:
-            listed = {j.job_id: j for j in slurm.list_jobs(job_ids=[job_id for job_id, _ in due])}
+            listed = {}
+            for j in slurm.list_jobs(job_ids=[job_id for job_id, _ in due]):   # array tasks: "A_T" or own id
+                listed[j.job_id] = listed[j.own_id or j.job_id] = j
         except Exception as e:  # slurmctld busy or down: try these again later
             log.warning("AdminComment of %d ended jobs not read: %s", len(due), e)
             for job_id, _ in due:
