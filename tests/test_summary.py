@@ -294,6 +294,16 @@ def test_a_job_without_final_state_waits_then_is_written_with_state_unknown(tmp_
     assert parse(text) == Summary(eff_cpu=0.25, mem_peak=0.75, time_used=0.5)
 
 
+def test_a_job_that_never_started_gets_no_summary(tmp_path: Path) -> None:
+    bin_dir = _tools(tmp_path, {"squeue": _squeue("8", "CANCELLED", "")})
+    writer = SummaryWriter()
+    writer.ended(["8"], T0)
+    with Store(tmp_path / "agent.db") as store:
+        store.write_messages([wire.make("job.end", "ctld", 0, {"job_id": "8", "end_ts": T0, "state": "CANCELLED"}, T0)])
+        assert writer.round(store, Slurm(bin_dir=str(bin_dir)), T0 + 1) == 0
+    assert _calls(bin_dir) == [] and not writer.pending and writer.failed == 0
+
+
 def test_failed_writes_are_retried_then_counted_and_dropped(tmp_path: Path) -> None:
     bin_dir = _tools(tmp_path, {"squeue": _squeue("7", "FAILED", "")},
                      errors={"scontrol": "slurm_update error: Access/permission denied\n"})

@@ -16,8 +16,9 @@ shows. Rewriting the same summary changes nothing (idempotent). A failed write i
 retried ``max_attempts`` times, ``retry_s`` apart, then counted and dropped; a round
 writes at most ``max_per_round`` jobs and stops after ``budget_s`` seconds, so the
 agent's loop is never held long. Jobs the agent never scored get a summary too (their
-risk is ``-``); after an agent restart, the risk of a job scored before it is the
-newest one in the store.
+risk is ``-``), jobs that never started get none; after an agent restart, the risk of a
+job scored before it is the newest one in the store, and jobs that ended before it
+and were not written yet get no summary.
 """
 
 from __future__ import annotations
@@ -169,7 +170,11 @@ class SummaryWriter:
                 continue
             try:
                 job = store.get_job(job_id)
-                if job is not None and job.state is None and now - p.ended_ts < self.wait_s:
+                if job is None or job.start_ts is None:   # it never ran (cancelled while pending)
+                    del self.pending[job_id]
+                    self.peaks.pop(job_id, None)
+                    continue
+                if job.state is None and now - p.ended_ts < self.wait_s:
                     p.next_ts = now + 1.0   # the final-state poller is about to tell
                     continue
                 out.append((job_id, self.summarise(store, job_id, job)))
@@ -178,18 +183,18 @@ class SummaryWriter:
         return out
 
     def summarise(self, store: _Store, job_id: str, job: Any) -> summary.Summary:
-        """The summary of ended job ``job_id`` (its store row ``job``, None if unknown)."""
+        """The summary of ended job ``job_id`` (its store row ``job``)."""
         peak = self.peaks.get(job_id)
         if peak is None:
             latest = store.latest_predictions([job_id]).get(job_id)
             if latest is not None:
                 peak = Peak(latest.risk, latest.ts, latest.level, advice_of(latest.factors))
         eff = mem = used = None
-        if job is not None and job.end_ts is not None:
+        if job.end_ts is not None:
             samples = store.job_samples([job_id], since_ts=job.end_ts - SAMPLE_WINDOW_S)
             eff, mem, used = summary.usage(job, samples, JOB_SAMPLE_FIELDS)
         return summary.Summary(
-            state=None if job is None else job.state,
+            state=job.state,
             max_risk=None if peak is None else peak.risk, max_risk_ts=None if peak is None else peak.ts,
             level=None if peak is None else peak.level,
             crossed=() if peak is None else tuple(sorted(peak.crossed.items(), key=lambda c: c[1])),
