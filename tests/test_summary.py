@@ -319,6 +319,14 @@ def test_failed_writes_are_retried_then_counted_and_dropped(tmp_path: Path) -> N
     assert len(updates) == 3 and writer.failed == 1 and writer.written == 0 and not writer.pending
 
 
+def test_peaks_of_jobs_neither_running_nor_queued_are_forgotten() -> None:
+    writer = SummaryWriter()
+    writer.observe([{"job_id": j, "risk": 0.5, "level": "moderate", "ts": T0} for j in ("1", "2", "3")])
+    writer.ended(["2"], T0)
+    writer.observe([{"job_id": "3", "risk": 0.6, "level": "high", "ts": T0 + 30}], running=["3"])
+    assert sorted(writer.peaks) == ["2", "3"] and writer.peaks["3"].crossed == {"moderate": T0, "high": T0 + 30}
+
+
 def test_the_queue_and_the_peaks_are_bounded(tmp_path: Path) -> None:
     writer = SummaryWriter(max_jobs=2)
     writer.observe([{"job_id": str(j), "risk": 0.5, "level": "moderate", "ts": T0} for j in range(5)])

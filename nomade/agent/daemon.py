@@ -513,7 +513,7 @@ class Agent:
                     apply_comment_updates(self.comments.decide(predictions, running), self.slurm,
                                           self.metrics, self._comment_log)
                 if self.summaries is not None:
-                    self.summaries.observe(predictions)
+                    self.summaries.observe(predictions, running)
                 self.send_mail(predictions, running)
         except Exception:  # a bug or a broken model must not stop ingest: log, count, go on
             self.metrics.tick_errors_total += 1

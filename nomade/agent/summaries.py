@@ -101,8 +101,13 @@ class SummaryWriter:
 
     # -- stimuli
 
-    def observe(self, predictions: Iterable[Mapping[str, Any]]) -> None:
-        """Take one tick's ``prediction`` bodies (job_id, risk, level, ts, factors)."""
+    def observe(self, predictions: Iterable[Mapping[str, Any]], running: Iterable[str] | None = None) -> None:
+        """Take one tick's ``prediction`` bodies (job_id, risk, level, ts, factors); with
+        ``running``, forget the peaks of jobs neither running nor queued."""
+        if running is not None:
+            keep = set(running) | self.pending.keys()
+            for job_id in [j for j in self.peaks if j not in keep]:
+                del self.peaks[job_id]
         for p in predictions:
             job_id, risk, level, ts = str(p["job_id"]), float(p["risk"]), str(p["level"]), float(p["ts"])
             peak = self.peaks.get(job_id)
