@@ -38,7 +38,7 @@ def test_a_full_summary_is_one_documented_line() -> None:
     assert format_summary(FULL) == (
         "nomade/1 state=FAILED maxrisk=0.91@2025-12-04T14:20:00Z level=critical "
         "crossed=moderate@2025-12-04T14:10:00Z,high@2025-12-04T14:15:00Z,critical@2025-12-04T14:20:00Z "
-        'eff_cpu=0.35 mem_peak=0.94 time=0.50 advice="Memory use near its limit (94%): request more memory"')
+        "eff_cpu=0.35 mem_peak=0.94 time=0.50 advice=[Memory use near its limit (94%): request more memory]")
     assert parse(format_summary(FULL)) == FULL
 
 
@@ -48,12 +48,12 @@ def test_unknown_fields_are_dashes_and_read_back_as_none() -> None:
     assert parse(text) == Summary()
 
 
-def test_advice_loses_quotes_backslashes_and_control_characters_and_is_bounded() -> None:
-    s = Summary(advice='say "hi"\\ now\n\tthen ünïcode ' + "x" * 400)
+def test_advice_loses_quotes_brackets_bars_and_control_characters_and_is_bounded() -> None:
+    s = Summary(advice='say "hi"\\ [it\'s] `now`|\n\tthen ünïcode ' + "x" * 400)
     text = format_summary(s)
     got = parse(text)
     assert got is not None and got.advice is not None
-    assert got.advice.startswith("say 'hi'/ now then n code xxx")
+    assert got.advice.startswith("say hi/ (its) now/ then n code xxx")
     assert len(got.advice) == summary.MAX_ADVICE and got.advice.endswith("~")
     assert text.isascii() and text.isprintable()
 
@@ -99,9 +99,9 @@ def test_text_without_a_summary_has_none_and_later_keys_are_ignored() -> None:
 def _summaries() -> st.SearchStrategy[Summary]:
     ratio = st.none() | st.integers(0, 500).map(lambda k: k / 100)
     ts = st.integers(1_600_000_000, 2_000_000_000).map(float)
-    words = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters='"\\=,@-'),
+    words = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="\"'`[]|\\=,@-"),
                     min_size=1, max_size=12)
-    advice = st.none() | st.text(st.characters(min_codepoint=32, max_codepoint=126, exclude_characters='"\\'),
+    advice = st.none() | st.text(st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="\"'`[]|\\"),
                                  min_size=1, max_size=200).map(lambda t: " ".join(t.split()) or None)
     risk = st.tuples(st.integers(0, 100).map(lambda k: k / 100), ts) | st.just((None, None))
     crossed = st.lists(st.sampled_from(wire.LEVELS[1:]), unique=True).flatmap(

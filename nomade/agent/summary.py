@@ -6,7 +6,7 @@ summary of version 1 is one line of printable ASCII, for example::
 
     nomade/1 state=FAILED maxrisk=0.91@2026-12-04T14:03:20Z level=critical
     crossed=moderate@2026-12-04T13:50:00Z,high@2026-12-04T13:58:30Z,critical@2026-12-04T14:03:20Z
-    eff_cpu=0.35 mem_peak=0.94 time=0.50 advice="Memory use near its limit (94%): ..."
+    eff_cpu=0.35 mem_peak=0.94 time=0.50 advice=[Memory use near its limit (94%): ...]
 
 (on one line; wrapped here). Grammar: the tag ``nomade/<version>``, then space-separated
 ``key=value`` fields in this order, every key always present, ``-`` for unknown:
@@ -18,8 +18,9 @@ summary of version 1 is one line of printable ASCII, for example::
 * ``eff_cpu``: CPU time over allocated CPUs x elapsed time (can exceed 1 with hyper-threads).
 * ``mem_peak``: the highest memory peak over the memory limit, of the job's nodes.
 * ``time``: elapsed time over the time limit.
-* ``advice``: last, in double quotes: the advice of the highest-risk prediction (printable
-  ASCII without ``"`` or ``\\``), or ``-``.
+* ``advice``: last, in square brackets: the advice of the highest-risk prediction, or ``-``.
+  Printable ASCII without quotes, backslashes, brackets or ``|``: ``sacctmgr`` turns
+  quotes into backticks, and ``sacct --parsable2`` separates fields with ``|``.
 
 Times are UTC, ISO 8601 to the second with ``Z``. A reader ignores keys it does not know
 (a later minor addition); a new major version changes the tag. The whole AdminComment
@@ -53,8 +54,8 @@ KEYS: tuple[str, ...] = ("state", "maxrisk", "level", "crossed", "eff_cpu", "mem
 UNKNOWN = "-"
 _TRUNCATED = "~"
 _TAG_RE = re.compile(r"(?:^|(?<=\s))nomade/(\d+)(?=\s|$)")
-_FIELD_RE = re.compile(r' ([a-z_]+)=("[^"]*"|[^\s"]+)')
-_ADVICE_SAFE = str.maketrans({'"': "'", "\\": "/"})
+_FIELD_RE = re.compile(r" ([a-z_]+)=(\[[^\[\]]*\]|[^\s\[\]]+)")
+_ADVICE_SAFE = str.maketrans({"[": "(", "]": ")", "|": "/", "\\": "/", '"': None, "'": None, "`": None})
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -88,13 +89,14 @@ def _ratio(x: float | None) -> str:
 
 
 def _word(text: str | None) -> str:
-    """A value without spaces or quotes (Slurm states, levels), or ``-``."""
-    cleaned = "".join(c for c in (text or "") if "!" <= c <= "~" and c not in '"=,@')
+    """A value without spaces, quotes or separators (Slurm states, levels), or ``-``."""
+    cleaned = "".join(c for c in (text or "") if "!" <= c <= "~" and c not in "\"'`[]|=,@\\")
     return cleaned or UNKNOWN
 
 
 def clean_advice(text: str) -> str:
-    """``text`` as printable ASCII without ``"`` and ``\\``, spaces collapsed."""
+    """``text`` as printable ASCII without quotes, backslashes, brackets or ``|`` (module
+    doc), spaces collapsed."""
     text = text.translate(_ADVICE_SAFE)
     return " ".join("".join(c if " " <= c <= "~" else " " for c in text).split())
 
@@ -109,7 +111,7 @@ def format_summary(s: Summary, max_advice: int = MAX_ADVICE) -> str:
     advice = clean_advice(s.advice or "")
     if len(advice) > max_advice:
         advice = advice[:max(max_advice - len(_TRUNCATED), 0)].rstrip() + _TRUNCATED
-    quoted = f'"{advice}"' if advice and max_advice >= 8 else UNKNOWN
+    quoted = f"[{advice}]" if advice and max_advice >= 8 else UNKNOWN
     values = (_word(s.state), risk, _word(s.level), crossed, _ratio(s.eff_cpu), _ratio(s.mem_peak),
               _ratio(s.time_used), quoted)
     return " ".join([TAG, *(f"{k}={v}" for k, v in zip(KEYS, values))])
@@ -186,8 +188,8 @@ def _summary(fields: Mapping[str, str]) -> Summary:
             crossed.append((_level("crossed", name), _parse_time("crossed", when)))
     advice = get("advice")
     if advice is not None:
-        if len(advice) < 2 or not (advice[0] == advice[-1] == '"'):
-            raise SummaryError(f"advice={advice}: expected text in double quotes or -")
+        if len(advice) < 2 or not (advice[0] == "[" and advice[-1] == "]"):
+            raise SummaryError(f"advice={advice}: expected text in square brackets or -")
         advice = advice[1:-1]
     level = get("level")
     return Summary(
