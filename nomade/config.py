@@ -300,8 +300,8 @@ class MailConfig:
     """``[mail]``: mail to a job's user when its risk reaches ``min_level`` (off by default).
 
     Only jobs whose ``--mail-type`` includes one of ``job_mail_types`` get mail, at their
-    ``--mail-user`` (else the user's name, as Slurm does); one message per level reached,
-    never two for one level. Sent through the site's MTA (``smtp_host``, ``smtp_port``)
+    ``--mail-user`` (else the user's name, as Slurm does); one message per level reached
+    on the way up, never two for one level. Sent through the site's MTA (``smtp_host``, ``smtp_port``)
     or, when ``mail_prog`` is set, through that program (Slurm's MailProg, called as
     ``mail_prog -s SUBJECT ADDRESS`` with the text on its standard input)."""
 

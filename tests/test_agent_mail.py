@@ -169,7 +169,7 @@ def test_an_mta_that_is_down_is_retried_then_counted_and_the_tick_goes_on(tmp_pa
         # tick 0 confirms nothing; each tick stops at its first failure: 11 fails on ticks 1-3
         # and is dropped, then 14 on ticks 4-6
         assert agent.metrics.mail_failed_total == 2 and agent.mailer is not None
-        assert agent.mailer.policy.mailed("11") == {"critical"} == agent.mailer.policy.mailed("14")
+        assert agent.mailer.policy.mailed("11") == "critical" == agent.mailer.policy.mailed("14")
     finally:
         agent.close()
 
@@ -224,4 +224,18 @@ def test_the_policy_forgets_ended_jobs() -> None:
     policy.sent("5", "critical")
     assert policy.decide([p], running=["5"]) == []
     policy.retain([])
-    assert policy.mailed("5") == set()
+    assert policy.mailed("5") is None
+
+
+def test_a_fall_is_not_mailed_and_a_jump_is_mailed_at_once() -> None:
+    policy = MailPolicy("high", confirm=2)
+    def levels(*names: str) -> list[list[str]]:
+        out = []
+        for k, name in enumerate(names):
+            alerts = policy.decide([{"job_id": "5", "risk": 0.9, "level": name, "ts": T0 + k}], running=["5"])
+            for a in alerts:
+                policy.sent(a.job_id, a.level)
+            out.append([a.level for a in alerts])
+        return out
+    # critical is confirmed on its second tick; the fall to high and the return are not mailed
+    assert levels("moderate", "critical", "critical", "high", "high", "critical") == [[], [], ["critical"], [], [], []]

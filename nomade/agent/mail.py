@@ -2,9 +2,9 @@
 
 :class:`MailPolicy` is the pure decision: from each tick's predictions, which jobs
 reached a level at or above ``min_level`` in ``confirm`` consecutive predictions (the
-Comment's rule: one tick's spike is no reason to mail) at a level not mailed for that
-job before: one message per level reached, never two for the same level (a job that
-falls back and rises again gets no second one).
+Comment's rule: one tick's spike is no reason to mail) at a level above every level
+mailed for that job before: one message per level reached on the way up, never two for
+the same level, none for a fall (a job that falls back and rises again gets no second one).
 
 :class:`Mailer` is the I/O edge the agent calls each tick: for each alert it asks
 Slurm (``scontrol show job``, once per job, remembered) whether the job wants mail:
@@ -67,7 +67,7 @@ class MailPolicy:
     def __init__(self, min_level: str, confirm: int) -> None:
         self.min_rank = LEVELS.index(min_level)
         self.confirm = confirm
-        self._mailed: dict[str, set[str]] = {}
+        self._mailed: dict[str, int] = {}   # job id -> index in LEVELS of the highest level done
         self._above: dict[str, int] = {}
 
     def decide(self, predictions: Iterable[Mapping[str, Any]],
@@ -81,7 +81,7 @@ class MailPolicy:
                 self._above.pop(job_id, None)
                 continue
             above = self._above[job_id] = self._above.get(job_id, 0) + 1
-            if above >= self.confirm and level not in self._mailed.get(job_id, ()):
+            if above >= self.confirm and LEVELS.index(level) > self._mailed.get(job_id, -1):
                 out.append(Alert(job_id, level, float(p["risk"]), float(p["ts"]),
                                  advice_of(p.get("factors")), p.get("user"), p.get("partition")))
         if running is not None:
@@ -90,11 +90,12 @@ class MailPolicy:
 
     def sent(self, job_id: str, level: str) -> None:
         """Record that ``level`` of ``job_id`` is done (mailed, or never to be)."""
-        self._mailed.setdefault(job_id, set()).add(level)
+        self._mailed[job_id] = max(self._mailed.get(job_id, -1), LEVELS.index(level))
 
-    def mailed(self, job_id: str) -> set[str]:
-        """The levels done for the job."""
-        return set(self._mailed.get(job_id, ()))
+    def mailed(self, job_id: str) -> str | None:
+        """The highest level done for the job (None: none)."""
+        rank = self._mailed.get(job_id)
+        return None if rank is None else LEVELS[rank]
 
     def retain(self, running: Iterable[str]) -> None:
         """Forget every job not in ``running`` (they ended)."""
