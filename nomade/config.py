@@ -173,6 +173,10 @@ class AgentConfig:
     """Users who see every job in ``nomade job`` (root and the agent's own user always do)."""
     query_max_per_s: float = _opt(20.0, gt=0.0)
     """Most ``nomade job`` queries the agent checks a second; more are answered "busy"."""
+    summary_admin_comment: bool = _opt(True)
+    """Write each ended job's summary (highest risk and when, levels crossed, CPU and
+    memory use, advice) into its Slurm AdminComment, where ``sacct -o AdminComment``
+    shows it (``nomade.agent.summary``). Needs the agent to run as root or SlurmUser."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +302,31 @@ class StorageConfig:
     prune_interval_s: float = _opt(3600.0, ge=0.0)
 
 
+_LEVELS_ABOVE_LOW = ("moderate", "high", "critical")
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    """``[mail]``: mail to a job's user when its risk reaches ``min_level`` (off by default).
+
+    Only jobs whose ``--mail-type`` includes one of ``job_mail_types`` get mail, at their
+    ``--mail-user`` (else the user's name, as Slurm does); one message per level reached
+    on the way up, never two for one level. Sent through the site's MTA (``smtp_host``, ``smtp_port``)
+    or, when ``mail_prog`` is set, through that program (Slurm's MailProg, called as
+    ``mail_prog -s SUBJECT ADDRESS`` with the text on its standard input)."""
+
+    enabled: bool = _opt(False)
+    smtp_host: str = _opt("localhost", check=_NON_EMPTY)
+    smtp_port: int = _opt(25, ge=1, le=65535)
+    from_address: str = _opt("nomade@localhost", check=_NON_EMPTY)
+    mail_prog: str = _opt("")
+    min_level: str = _opt("critical", choices=_LEVELS_ABOVE_LOW)
+    job_mail_types: tuple[str, ...] = _opt(("ALL", "FAIL"))
+    """Slurm mail types that mean "yes": a failure warning is what ``FAIL`` asks for."""
+    max_per_tick: int = _opt(20, ge=1)
+    timeout_s: float = _opt(10.0, gt=0.0)
+
+
 @dataclass(frozen=True)
 class HooksConfig:
     """``[hooks]``: the local spool directory that Slurm hooks write into."""
@@ -329,6 +358,7 @@ class Config:
     slurm: SlurmConfig = _table(SlurmConfig)
     storage: StorageConfig = _table(StorageConfig)
     hooks: HooksConfig = _table(HooksConfig)
+    mail: MailConfig = _table(MailConfig)
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:

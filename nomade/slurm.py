@@ -1,4 +1,4 @@
-"""The one place that runs Slurm commands: jobs, final states, Comments, submit and cancel.
+"""The one place that runs Slurm commands: jobs, final states, Comments, AdminComments, submit and cancel.
 
 Works with every Slurm version through the command-line tools (``scontrol``, ``squeue``,
 ``sbatch``, ``scancel``), found by full path without relying on PATH (hooks and daemons
@@ -15,6 +15,9 @@ may run with none): ``bin_dir`` if given, else ``/usr/bin``, ``/usr/local/bin``,
 pyslurm is used only where it imports AND its major.minor equals the running Slurm's
 (``use_pyslurm="auto"``), and then only to read and write Comments; otherwise the reason
 is logged once at debug level and the command-line tools are used.
+
+A job's AdminComment is set in slurmctld (``scontrol update``) or, once the job has
+finished, in its accounting record (``sacctmgr modify job``, read back with ``sacct``).
 
 Errors from Slurm are ``SlurmError(command, returncode, stderr)``; a job Slurm does not
 know (never existed, or purged after MinJobAge) is ``JobNotFound``; a Comment update of a
@@ -111,6 +114,7 @@ class Job:
     exit_signal: int | None
     comment: str = field(default="")
     own_id: str = field(default="")
+    admin_comment: str = field(default="")
 
 
 def parse_scontrol_record(line: str) -> dict[str, str]:
@@ -219,6 +223,7 @@ def job_from_json(raw: Mapping[str, Any]) -> Job:
         exit_signal=signal,
         comment=str(raw.get("comment") or ""),
         own_id=str(_int(raw.get("job_id"))),
+        admin_comment=str(raw.get("admin_comment") or ""),
     )
 
 
@@ -408,14 +413,45 @@ class Slurm:
         would refuse, JobFinished when the job has ended, JobNotFound if unknown.
         """
         job_id = _checked_id(job_id)
-        if not text.isprintable() or len(text.encode()) > 1024:
-            raise ValueError("a Comment must be printable text of at most 1024 bytes")
+        _check_comment(text)
         lib = self._pyslurm_module()
         if lib is not None:
             with _pyslurm_errors(["pyslurm.Job.modify", job_id]):
                 lib.Job(int(job_id)).modify(lib.JobSubmitDescription(comment=text))
             return
         self._run("scontrol", ["update", f"JobId={job_id}", f"Comment={text}"])
+
+    def set_admin_comment(self, job_id: str, text: str) -> None:
+        """Set the job's whole AdminComment to ``text`` in slurmctld (``scontrol update``;
+        root or SlurmUser only). ValueError for text Slurm would refuse, JobFinished or
+        JobNotFound when slurmctld will not or cannot change the job (then see
+        ``set_accounting_admin_comment``)."""
+        job_id = _checked_id(job_id)
+        _check_comment(text)
+        self._run("scontrol", ["update", f"JobId={job_id}", f"AdminComment={text}"])
+
+    def set_accounting_admin_comment(self, job_id: str, text: str) -> None:
+        """Set the AdminComment of the job's record in the accounting database (``sacctmgr
+        modify job``, which may change it after the job ended; a Slurm administrator only).
+        JobNotFound while slurmdbd has no record of the job yet (or any more)."""
+        job_id = _checked_id(job_id)
+        _check_comment(text)
+        args = ["--immediate", "modify", "job", "where", f"jobid={job_id}", "set", f"AdminComment={text}"]
+        out = self._run("sacctmgr", args)
+        if "nothing modified" in out.lower():
+            raise JobNotFound(["sacctmgr", *args], 0, out)
+
+    def accounting_admin_comment(self, job_id: str) -> str:
+        """The AdminComment of the job's allocation in the accounting database (``sacct``;
+        "" when none). JobNotFound when slurmdbd has no record of the job."""
+        job_id = _checked_id(job_id)
+        out = self._run("sacct", ["--noheader", "--parsable2", "--allocations", "--allusers",
+                                  f"--jobs={job_id}", "--format=JobID,AdminComment"])
+        for line in out.splitlines():
+            found, sep, text = line.partition("|")
+            if sep and found == job_id:
+                return text
+        raise JobNotFound(["sacct", f"--jobs={job_id}"], 0, "no accounting record")
 
     # ------------------------------------------------------------------ submit, cancel
     def submit(self, script: str | None = None, *, wrap: str | None = None,
@@ -475,6 +511,12 @@ def _checked_id(job_id: str) -> str:
     if not _JOB_ID.match(job_id):
         raise ValueError(f"not a Slurm job id: {job_id!r}")
     return job_id
+
+
+def _check_comment(text: str) -> None:
+    """ValueError unless ``text`` is what Slurm takes as a comment string."""
+    if not text.isprintable() or len(text.encode()) > 1024:
+        raise ValueError("a Comment must be printable text of at most 1024 bytes")
 
 
 def _error(command: Sequence[str], returncode: int, message: str) -> SlurmError:

@@ -22,6 +22,12 @@ acked is ever lost, because the store commits before the ack.
 Comment advice: ``comments`` is the pure policy of ``nomade.agent.comment_policy`` (another
 module) that turns predictions into Comment updates; ``apply_comment_updates`` writes
 them through ``Slurm.set_comment`` and never lets a Slurm error stop the tick.
+
+Job ends: each tick's predictions and every ended job go to ``summaries``
+(``nomade.agent.summaries``), whose round after the final-state poll writes each ended
+job's summary into its AdminComment (``[agent] summary_admin_comment``). Mail:
+``mailer`` (``nomade.agent.mail``, ``[mail] enabled``) mails the users of jobs whose
+risk reached ``[mail] min_level``, from the tick.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from nomade.agent import outcomes, query, requests, scoring
 from nomade.agent.exporter import Metrics, MetricsServer
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.jobstate import JobState, options_for
+from nomade.agent.mail import Mailer
 from nomade.agent.publisher import Publisher
+from nomade.agent.summaries import SummaryWriter
 from nomade.config import Config, check_endpoint
 from nomade.slurmstates import is_final
 from nomade.spool import Spool
@@ -162,6 +170,9 @@ class Agent:
         self.tracker = outcomes.FinalStateTracker(give_up_after_s=cfg.agent.final_state_timeout_s,
                                                     max_jobs=cfg.agent.max_final_state_jobs)
         self.requests = requests.RequestTracker()
+        self.summaries = (SummaryWriter(max_jobs=cfg.agent.max_running_jobs)
+                          if cfg.agent.summary_admin_comment and slurm is not None else None)
+        self.mailer = Mailer(cfg.mail, cfg.ml.alerts.confirm_predictions) if cfg.mail.enabled else None
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
         self.model_watch = scoring.ModelWatch()
         self.kept_neighbours = scoring.KeptNeighbours()   # the GNN's, from tick to tick
@@ -231,6 +242,7 @@ class Agent:
             if now >= next_final:
                 self.poll_requests()
                 self.poll_final_states()
+                self.write_summaries()
                 next_final = now + self.final_interval_s
             if now >= next_check:
                 self.check_running(time.time())
@@ -317,7 +329,7 @@ class Agent:
         for ended in changes.ended:
             if ended.state is None:
                 self.tracker.job_ended(ended.job_id, ended.end_ts)
-        self.metrics.jobs_ended(e.job_id for e in changes.ended)
+        self._jobs_ended([e.job_id for e in changes.ended])
         self.metrics.running_jobs = len(self.state.running)
 
     # -- timers
@@ -333,7 +345,7 @@ class Agent:
             except Exception as e:  # unreadable dir or store error: the events stay; retry
                 log.warning("spool %s not drained: %s", spool.dir, e)
         self.metrics.spool_events_total += sink.count
-        self.metrics.jobs_ended(sink.ended)
+        self._jobs_ended(sink.ended)
         self.metrics.running_jobs = len(self.state.running)
         return sink.count
 
@@ -365,9 +377,15 @@ class Agent:
             log.warning("ends of %d jobs Slurm no longer runs not stored: %s", len(messages), e)
             return 0
         log.info("%d started jobs are no longer running in Slurm: ended", len(messages))
-        self.metrics.jobs_ended(sink.ended)
+        self._jobs_ended(sink.ended)
         self.metrics.running_jobs = len(self.state.running)
         return len(messages)
+
+    def _jobs_ended(self, job_ids: list[str]) -> None:
+        """Jobs left the running set: drop their metrics, queue their summaries."""
+        self.metrics.jobs_ended(job_ids)
+        if self.summaries is not None:
+            self.summaries.ended(job_ids, time.time())
 
     def _end_unless_running(self, job_id: str, job: Any, now: float) -> wire.Message | None:
         """The ``job.end`` of a started job given Slurm's view of it (``job``; None: Slurm
@@ -439,6 +457,26 @@ class Agent:
                 self.state.final_state(d.job_id, d.state)
                 self.metrics.final_states_total += 1
 
+    def write_summaries(self) -> int:
+        """Write the due job-end summaries into Slurm (``nomade.agent.summaries``); how
+        many. Bounded in jobs and time; never raises."""
+        if self.summaries is None or self.slurm is None:
+            return 0
+        written = self.summaries.round(self.store, self.slurm, time.time())
+        self.metrics.summaries_written_total = self.summaries.written
+        self.metrics.summaries_failed_total = self.summaries.failed + self.summaries.dropped
+        return written
+
+    def send_mail(self, predictions: list[dict[str, Any]], running: list[str]) -> int:
+        """Mail the users of jobs whose risk reached ``[mail] min_level`` (``nomade.agent.mail``);
+        how many were sent. Never raises."""
+        if self.mailer is None or self.slurm is None:
+            return 0
+        sent = self.mailer.tick(predictions, running, self.slurm)
+        self.metrics.mail_sent_total = self.mailer.sent
+        self.metrics.mail_failed_total = self.mailer.failed
+        return sent
+
     def prune(self, now: float) -> bool:
         """Apply the ``[storage]`` retention policy for at most ``PRUNE_MAX_ROWS`` rows,
         log and count what went; whether it is done. Never raises."""
@@ -474,11 +512,14 @@ class Agent:
                 predictions = scoring.score(inputs, scorer, kept=self.kept_neighbours)
                 for m in self.publisher.publish(predictions):
                     self.metrics.predictions_total[m.body["level"]] += 1
+                running = [r.job_id for r in inputs.jobs]   # state.scorable(), sorted once a tick
                 if self.comments is not None and self.slurm is not None:
                     # comment advice: the policy decides, the Slurm call is made here
-                    running = [r.job_id for r in inputs.jobs]   # state.scorable(), sorted once a tick
                     apply_comment_updates(self.comments.decide(predictions, running), self.slurm,
                                           self.metrics, self._comment_log)
+                if self.summaries is not None:
+                    self.summaries.observe(predictions, running)
+                self.send_mail(predictions, running)
         except Exception:  # a bug or a broken model must not stop ingest: log, count, go on
             self.metrics.tick_errors_total += 1
             log.exception("scoring tick failed")

@@ -64,6 +64,10 @@ _COUNTERS: tuple[tuple[str, str], ...] = (
     ("comment_updates_total", "Job Comments written."),
     ("comment_errors_total", "Job Comment writes that failed."),
     ("final_states_total", "Final states recorded from Slurm."),
+    ("summaries_written_total", "Job-end summaries written into Slurm AdminComments."),
+    ("summaries_failed_total", "Job-end summaries dropped after failed writes (or a full queue)."),
+    ("mail_sent_total", "Risk mails sent to job users."),
+    ("mail_failed_total", "Risk mails dropped after failed sends."),
 )
 _GAUGES: tuple[tuple[str, str], ...] = (
     ("queue_depth", "Frames waiting on the ingest socket after the last drain."),
@@ -101,6 +105,10 @@ class Metrics:
     comment_updates_total: int = 0
     comment_errors_total: int = 0
     final_states_total: int = 0
+    summaries_written_total: int = 0
+    summaries_failed_total: int = 0
+    mail_sent_total: int = 0
+    mail_failed_total: int = 0
     queue_depth: int = 0
     running_jobs: int = 0
     model_loaded: int = 0
