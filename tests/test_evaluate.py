@@ -199,7 +199,7 @@ def test_leave_one_shape_out_hides_the_shape_from_training_only() -> None:
 
 # ------------------------------------------------------------------ issue #10's judgement, on a corpus slice
 
-CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "nomade-lab-v1.npz"
+CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "nomade-lab-v2.npz"
 """The lab corpus shipped in the repo (corpus/README.md)."""
 VISIBLE = {("mem_grow", "OUT_OF_MEMORY"), ("mem_grow", "FAILED"), ("procs", "OUT_OF_MEMORY"),
            ("threads", "OUT_OF_MEMORY"), ("stall", "TIMEOUT"), ("starve", "TIMEOUT"), ("scratch_fill", "FAILED")}

@@ -68,5 +68,5 @@ def test_sacct_shows_the_summary_of_a_job_that_ended(slurm_cluster: SlurmCluster
     assert got.state == final.state == "COMPLETED"
     assert (got.max_risk, got.max_risk_ts, got.level) == (0.87, float(int(start_ts + 3)), "critical")
     assert got.crossed == (("critical", float(int(start_ts + 3))),)
-    assert got.mem_peak == 0.25 and got.advice == "Low CPU efficiency (25%): request fewer cores"
+    assert got.mem_peak == 0.25 and got.advice == "low cpu efficiency (25%): request fewer cores"   # sacctmgr stores lower case
     assert got.eff_cpu is not None and got.time_used is not None and 0 < got.time_used < 1

@@ -114,7 +114,8 @@ def format_summary(s: Summary, max_advice: int = MAX_ADVICE) -> str:
     quoted = f"[{advice}]" if advice and max_advice >= 8 else UNKNOWN
     values = (_word(s.state), risk, _word(s.level), crossed, _ratio(s.eff_cpu), _ratio(s.mem_peak),
               _ratio(s.time_used), quoted)
-    return " ".join([TAG, *(f"{k}={v}" for k, v in zip(KEYS, values, strict=True))])
+    # lower case: sacctmgr, the write path of a finished job, stores it so; both paths then agree
+    return " ".join([TAG, *(f"{k}={v}" for k, v in zip(KEYS, values, strict=True))]).lower()
 
 
 def _nbytes(text: str) -> int:
@@ -193,7 +194,7 @@ def _summary(fields: Mapping[str, str]) -> Summary:
         advice = advice[1:-1]
     level = get("level")
     return Summary(
-        state=get("state"), max_risk=risk, max_risk_ts=risk_ts,
+        state=None if (state := get("state")) is None else state.upper(), max_risk=risk, max_risk_ts=risk_ts,
         level=None if level is None else _level("level", level), crossed=tuple(crossed),
         eff_cpu=_opt_float(fields, "eff_cpu"), mem_peak=_opt_float(fields, "mem_peak"),
         time_used=_opt_float(fields, "time"), advice=advice)
@@ -216,7 +217,7 @@ def _opt_float(fields: Mapping[str, str], key: str) -> float | None:
 
 def _parse_time(key: str, text: str) -> float:
     try:
-        return float(calendar.timegm(time.strptime(text, _TIME_FORMAT)))
+        return float(calendar.timegm(time.strptime(text.upper(), _TIME_FORMAT)))
     except ValueError:
         raise SummaryError(f"{key}: time {text!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
 
