@@ -42,11 +42,12 @@ import pytest
 from agenttools import free_port
 from slurmtools import SlurmCluster
 
+from nomade import zmqkeys
 from nomade.agent import comment_segment
 from nomade.config import Config
 from nomade.spool import Spool
 from nomade.store import Store
-from nomade.tools import lab, zmqkeys
+from nomade.tools import lab
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 MIB = 1 << 20

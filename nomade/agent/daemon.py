@@ -27,7 +27,8 @@ Job ends: each tick's predictions and every ended job go to ``summaries``
 (``nomade.agent.summaries``), whose round after the final-state poll writes each ended
 job's summary into its AdminComment (``[agent] summary_admin_comment``). Mail:
 ``mailer`` (``nomade.agent.mail``, ``[mail] enabled``) mails the users of jobs whose
-risk reached ``[mail] min_level``, from the tick.
+risk reached ``[mail] min_level``, from the tick. Which models score: ``models``
+(``nomade.agent.modelset``), reloaded when the site's models change.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import errno
 import gc
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +51,7 @@ from nomade.agent.exporter import Metrics, MetricsServer
 from nomade.agent.ingest import Ingest, RateLimitedLog
 from nomade.agent.jobstate import JobState, options_for
 from nomade.agent.mail import Mailer
+from nomade.agent.modelset import ModelSet
 from nomade.agent.publisher import Publisher
 from nomade.agent.summaries import SummaryWriter
 from nomade.config import Config, check_endpoint
@@ -72,9 +73,6 @@ FULL_GC_EVERY = 120
 #: next one while a backlog is left (a first prune of a year-old store takes many).
 PRUNE_MAX_ROWS = 200_000
 PRUNE_AGAIN_S = 5.0
-#: Most threads that run the tick's LSTM batches (one a usable CPU, up to this): the tick
-#: blocks this thread anyway, and a batch a worker needs no barrier between threads.
-MAX_LSTM_WORKERS = 4
 
 
 class CommentUpdate(Protocol):
@@ -149,7 +147,6 @@ class Agent:
         self.cfg = cfg
         self.name = name or socket.gethostname().split(".")[0]
         paths = cfg.paths()
-        self.models_dir = paths.models_dir
         if store is None:
             paths.db_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             store = Store(paths.db_path)
@@ -174,11 +171,8 @@ class Agent:
                           if cfg.agent.summary_admin_comment and slurm is not None else None)
         self.mailer = Mailer(cfg.mail, cfg.ml.alerts.confirm_predictions) if cfg.mail.enabled else None
         self.spools = [Spool(d) for d in cfg.agent.spool_dirs]
-        self.model_watch = scoring.ModelWatch()
+        self.models = ModelSet(cfg, paths.models_dir, Path(store.path).parent, self.metrics)
         self.kept_neighbours = scoring.KeptNeighbours()   # the GNN's, from tick to tick
-        self.scorer: scoring.ScorerLike | None = None
-        self.model_choice: Any = None   # nomade.ml.starter.Choice of the loaded set
-        self._model_mtime: float | None = None
         self._comment_log = RateLimitedLog(log, 30.0)
         self._max_round_bytes = cfg.agent.max_round_mb << 20
         self._max_sender_bytes = cfg.agent.max_sender_round_mb << 20
@@ -505,7 +499,7 @@ class Agent:
         predictions: list[dict[str, Any]] = []
         try:
             self.state.expire(now)
-            scorer = self._scorer()
+            scorer = self.models.current()
             if scorer is not None:
                 step_s, length = scorer.grid   # the models' own time grid, not the sampling interval
                 inputs = scoring.tick_inputs(self.state, now, length, step_s)
@@ -540,86 +534,6 @@ class Agent:
             gc.unfreeze()
             gc.collect()
         gc.freeze()
-
-    def _scorer(self) -> scoring.ScorerLike | None:
-        """The loaded model set, (re)loaded when the site's metadata changes: the site's
-        own models, or the starter model shipped with nomade until they beat it
-        (``nomade.ml.starter.choose``); None (logged once per change of reason) when
-        there is none."""
-        if not self.cfg.ml.enabled:
-            return self._no_model("[ml] enabled = false")
-        from nomade.ml import persist
-
-        meta = Path(self.models_dir) / persist.METADATA_FILE
-        try:
-            mtime: float | None = meta.stat().st_mtime
-        except OSError:
-            mtime = None
-        if self.scorer is None or mtime != self._model_mtime:
-            self._model_mtime = mtime
-            try:
-                self.scorer = self._load_scorer()
-            except Exception as e:  # broken or half-written files: say so, retry on change
-                self.scorer = None
-                return self._no_model(f"{self.models_dir}: {e}")
-            if self.scorer is None:
-                return self._no_model(f"no {meta}, and no starter model ([ml] starter); run `nomade train`")
-        self._log_model(None)
-        return self.scorer
-
-    def _load_scorer(self) -> scoring.ScorerLike | None:
-        """The chosen model set loaded (None: there is none), its choice logged."""
-        import torch
-
-        from nomade.ml import starter
-        from nomade.ml.ensemble import Weights
-        from nomade.ml.inference import Scorer
-
-        choice = starter.choose(self.models_dir, starter.starter_dir_of(self.cfg))
-        if choice.which == "none":
-            return None
-        # Scorer.score runs each op on one thread; this sets its LSTM workers (nomade.ml.inference)
-        torch.set_num_threads(max(1, min(MAX_LSTM_WORKERS, len(os.sched_getaffinity(0)))))
-        e = self.cfg.ml.ensemble
-        weights = Weights(e.gnn_weight, e.lstm_weight, e.autoencoder_weight)
-        shipped = starter.starter_dir_of(self.cfg)
-        try:
-            scorer = Scorer.load(choice.models_dir, weights)
-        except Exception as err:  # e.g. the site's models predate the features: the starter meanwhile
-            if choice.which != "site" or shipped is None or not starter.has_models(shipped):
-                raise
-            choice = starter.Choice(shipped, "starter", f"the starter model: the site's models in "
-                                    f"{choice.models_dir} cannot be loaded ({err})")
-            scorer = Scorer.load(choice.models_dir, weights)
-        self.model_choice = choice
-        log.info("models in use: %s", choice.reason)
-        return scorer
-
-    def _no_model(self, reason: str) -> None:
-        self.scorer = None
-        self._log_model(reason)
-        return None
-
-    def _log_model(self, reason: str | None) -> None:
-        line = self.model_watch.update(reason)
-        self.metrics.model_loaded = int(reason is None)
-        if line is not None:
-            (log.info if reason is None else log.warning)(line)
-            self._write_agent_state()
-
-    def _write_agent_state(self) -> None:
-        """Tell `nomade ml status` (agent_state.json beside the store) which models are in use."""
-        from nomade.ml import persist
-
-        version = self.scorer.version if self.scorer is not None else None
-        choice = self.model_choice if self.scorer is not None else None
-        try:
-            persist.write_agent_state(Path(self.store.path).parent,
-                                      self.models_dir if choice is None else choice.models_dir, version,
-                                      which=None if choice is None else choice.which,
-                                      reason=None if choice is None else choice.reason)
-        except OSError as e:
-            log.warning("cannot record the agent state beside the store: %s", e)
 
     # -- shutdown
 
