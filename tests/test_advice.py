@@ -77,7 +77,8 @@ def test_log_features_are_shown_in_their_units() -> None:
 
 def test_every_feature_has_a_rule_with_printable_safe_text() -> None:
     for name in FEATURES:
-        [(fam, text)] = advice.factor_phrases([f(name, 0.9, 0.2)], values={"cpu_eff": 0.3})
+        value, normal = (0.2, 0.9) if name in advice._BELOW_NORMAL else (0.9, 0.2)   # the direction that is news
+        [(fam, text)] = advice.factor_phrases([f(name, value, normal)], values={"cpu_eff": 0.3})
         assert fam == advice.FAMILY[name]
         assert text and all(" " <= c <= "~" for c in text), text
         assert not set("[]|") & set(text)
@@ -233,14 +234,15 @@ def test_memory_is_said_in_the_jobs_own_units_with_the_time_to_the_limit() -> No
 
 
 def test_a_filling_disk_is_said_with_the_time_until_it_is_full() -> None:
-    # 97 % full, filling 60 % of the filesystem an hour: (1 - 0.97) / 0.6 h = 3 min
-    [(fam, text)] = advice.factor_phrases([f("fs_used_frac", 0.97, 0.3)], values={"fs_fill_frac_h": 0.6})
+    # filling 60 % of the filesystem an hour, full in 3 min (0.05 h), beside jobs whose disk fills in weeks
+    [(fam, text)] = advice.factor_phrases([f("log_fs_full_h", math.log1p(0.05), math.log1p(500))],
+                                          values={"fs_fill_frac_h": 0.6})
     assert fam == "disk"
-    assert text == ("Filesystem written to 97% full, filling about 1% a minute, full in about 3min: "
+    assert text == ("Filesystem written to filling about 1% a minute, full in about 3min: "
                     "free space there or write elsewhere (df shows it)")
-    [(_, static)] = advice.factor_phrases([f("fs_used_frac", 0.97, 0.3)], values={"fs_fill_frac_h": 0.0})
-    assert static == "Filesystem written to 97% full: free space there or write elsewhere (df shows it)"
-    assert advice.factor_phrases([f("fs_used_frac", 0.5, 0.3)]) == []       # half full is no reason
+    [(_, full)] = advice.factor_phrases([f("log_fs_full_h", 0.0, math.log1p(500))], values={"fs_fill_frac_h": 0.0})
+    assert full == "Filesystem written to is full: free space there or write elsewhere (df shows it)"
+    assert advice.factor_phrases([f("log_fs_full_h", math.log1p(200), math.log1p(500))]) == []   # days away
 
 
 def test_an_idle_cpu_is_said_with_the_time_left_to_the_limit() -> None:

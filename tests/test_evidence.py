@@ -16,7 +16,9 @@ def _x(mem: float, growth_h: float, elapsed: float = 0.2, limit_min: float = 60.
     X[0, F["mem_frac"]], X[0, F["mem_growth_frac_h"]] = mem, growth_h
     X[0, F["elapsed_frac"]], X[0, F["log_time_limit_min"]] = elapsed, np.log1p(limit_min)
     X[0, F["cpu_eff"]] = 0.9
-    return X, np.ones_like(X, bool)
+    mask = np.ones_like(X, bool)
+    mask[0, [F["log_fs_full_h"], F["fs_fill_frac_h"]]] = False    # writes to no disk
+    return X, mask
 
 
 @pytest.mark.parametrize(("mem", "growth_h", "elapsed", "expected"), [
@@ -39,8 +41,8 @@ def test_unknown_memory_is_no_evidence() -> None:
 
 def _examples(rng: np.random.Generator, n_jobs: int, mem: float, growth_h: float, fail: float
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    X = np.repeat(_x(mem, growth_h)[0], n_jobs, axis=0)
-    return X, np.ones_like(X, bool), (rng.random(n_jobs) < fail).astype(float)
+    X, mask = (np.repeat(a, n_jobs, axis=0) for a in _x(mem, growth_h))
+    return X, mask, (rng.random(n_jobs) < fail).astype(float)
 
 
 def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
@@ -69,7 +71,7 @@ def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
     # a job counts once, however long it sits in a condition: 300 more examples of one
     # completed job near its limit change the 0.9 rate by one job's worth
     many = np.repeat(X[:1], 300, axis=0)
-    again = evidence.Evidence().fit(np.concatenate([X, many]), np.ones((len(X) + 300, X.shape[1]), bool),
+    again = evidence.Evidence().fit(np.concatenate([X, many]), np.concatenate([mask, mask[:1].repeat(300, 0)]),
                                     np.concatenate([y, np.zeros(300)]), np.concatenate([np.arange(len(y)),
                                                                                       np.full(300, -1)]))
     assert again.support["memory_0.9_0_1min"] == 201
@@ -80,11 +82,14 @@ def test_rates_are_learnt_shrunk_monotone_and_need_support() -> None:
 
 def test_a_filling_disk_has_its_own_grid() -> None:
     X, mask = _x(0.2, 0.0)
-    X[0, F["fs_used_frac"]], X[0, F["fs_fill_frac_h"]] = 0.92, 2.4       # 2 min to full
+    X[0, F["log_fs_full_h"]], X[0, F["fs_fill_frac_h"]] = np.log1p(2 / 60), 2.4   # 2 min to full
+    mask[0, [F["log_fs_full_h"], F["fs_fill_frac_h"]]] = True
     on = {name for name, held in evidence.conditions(X, mask).items() if held[0]}
-    assert on == {"disk_0.9_1_3min"}
+    assert on == {"disk_1_3min"}
     assert evidence.minutes_to_limit(X, mask, "disk")[0] == pytest.approx(2.0)
-    X[0, F["fs_fill_frac_h"]] = 0.0                                       # nearly full, not filling
+    X[0, F["log_fs_full_h"]] = np.log1p(features.FS_HORIZON_H)               # nearly full, not filling
     assert not any(held[0] for held in evidence.conditions(X, mask).values())
-    mask[0, F["fs_used_frac"]] = False
+    X[0, F["log_fs_full_h"]] = np.log1p(2.0)                                  # 2 h, the time limit first
+    assert not any(held[0] for held in evidence.conditions(X, mask).values())
+    mask[0, F["log_fs_full_h"]] = False
     assert evidence.minutes_to_limit(X, mask, "disk")[0] == np.inf

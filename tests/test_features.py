@@ -11,6 +11,7 @@ import pytest
 from nomade.features import (
     CHANNELS,
     FEATURES,
+    FS_HORIZON_H,
     IOWAIT_MAX_AGE_S,
     N_FEATURES,
     N_START,
@@ -73,18 +74,28 @@ def test_runtime_values_by_hand():
     assert x["nfs_write_share"] == pytest.approx(0.25)
     assert x["io_pressure"] == pytest.approx(0.025)
     assert x["mem_pressure"] == pytest.approx(math.log1p(10.0), rel=1e-5)
-    assert x["fs_used_frac"] == pytest.approx(0.60)
     assert x["fs_fill_frac_h"] == pytest.approx(0.06 / 90 * 3600, rel=1e-5)   # 54 % -> 60 % in 90 s
+    assert x["log_fs_full_h"] == pytest.approx(math.log1p(0.40 / 2.4), rel=1e-5)  # 40 % left at 240 %/h
 
 
 def test_a_job_writing_to_no_disk_has_no_filesystem_features():
     jobs = JobTable.from_records([job("1")])
     samples = SampleTable.from_records(jobs, [sample("1", 1000 + 30 * i, i, fs_used_pct=None) for i in range(1, 4)])
     _, mask = asof_features(jobs, samples, np.array([1100.0]))
-    assert not mask[0, F["fs_used_frac"]] and not mask[0, F["fs_fill_frac_h"]] and mask[0, F["mem_frac"]]
+    assert not mask[0, F["log_fs_full_h"]] and not mask[0, F["fs_fill_frac_h"]] and mask[0, F["mem_frac"]]
     one = SampleTable.from_records(jobs, [sample("1", 1030, 1)])
-    X, mask = asof_features(jobs, one, np.array([1100.0]))
-    assert X[0, F["fs_used_frac"]] == pytest.approx(0.52) and not mask[0, F["fs_fill_frac_h"]]  # growth needs two
+    _, mask = asof_features(jobs, one, np.array([1100.0]))
+    assert not mask[0, F["log_fs_full_h"]] and not mask[0, F["fs_fill_frac_h"]]   # a fill rate needs two
+
+
+@pytest.mark.parametrize(("used", "expected_h"), [(95.0, FS_HORIZON_H), (100.0, 0.0)])
+def test_a_disk_that_does_not_fill_is_never_full_unless_it_is_full_now(used, expected_h):
+    """A site's scratch sitting at 95 % says nothing; one at 100 % is full now."""
+    jobs = JobTable.from_records([job("1")])
+    samples = SampleTable.from_records(jobs, [sample("1", 1000 + 30 * i, i, fs_used_pct=used) for i in range(1, 4)])
+    X, mask = asof_features(jobs, samples, np.array([1100.0]))
+    assert mask[0, F["log_fs_full_h"]] and X[0, F["log_fs_full_h"]] == pytest.approx(math.log1p(expected_h))
+    assert X[0, F["fs_fill_frac_h"]] == 0.0
 
 
 def test_recent_change_and_peak_follow_the_last_samples():

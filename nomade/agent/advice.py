@@ -61,24 +61,28 @@ FAMILY: dict[str, str] = {
     "log_read_mbps": "io", "log_write_mbps": "io", "io_pressure": "io",
     "nfs_write_share": "nfs",
     "mem_pressure": "pressure",
-    "fs_used_frac": "disk", "fs_fill_frac_h": "disk",
+    "log_fs_full_h": "disk", "fs_fill_frac_h": "disk",
 }
 # Features stored as log1p(x): displayed and compared as x.
 _LOG1P = frozenset({"log_req_cpus", "log_req_mem_mb", "log_req_gpus", "log_time_limit_min",
-                    "log_read_mbps", "log_write_mbps"})
+                    "log_read_mbps", "log_write_mbps", "log_fs_full_h"})
 _SAFE = str.maketrans({"[": "(", "]": ")", "|": "/"})
 #: Features whose phrase says the value is high: cited only above normal (where known).
 _ABOVE_NORMAL = frozenset({
     "mem_frac", "mem_peak_frac", "mem_growth_frac_h", "log_read_mbps", "log_write_mbps",
     "io_pressure", "nfs_write_share", "mem_pressure", "elapsed_frac", "user_fail_rate",
-    "user_last_failed", "fs_used_frac", "fs_fill_frac_h"})
+    "user_last_failed", "fs_fill_frac_h"})
+#: Features whose phrase says the value is low ("full in about 3min"): cited only at most
+#: ``_AT_MOST`` (display units) and below normal (where known).
+_BELOW_NORMAL = frozenset({"log_fs_full_h"})
+_AT_MOST = {"log_fs_full_h": 12.0}
 #: Least value (display units) each of these phrases needs to be true: "growing", "failed",
 #: "your last job failed", and "high" rates. Above a normal of 0, any trickle is "above
 #: normal": a job reading 0.004 MB/s beside completed jobs that read nothing was told
 #: "High read rate (0.00 MB/s)" (nomade.tools.demo).
 _AT_LEAST = {"mem_growth_frac_h": 1e-9, "user_fail_rate": 1e-9, "user_last_failed": 0.5,
              "log_read_mbps": 1.0, "log_write_mbps": 1.0, "io_pressure": 0.05, "nfs_write_share": 0.1,
-             "fs_used_frac": 0.8, "fs_fill_frac_h": 1e-9}
+             "fs_fill_frac_h": 1e-9}
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ def cited(f: Factor) -> bool:
         return False
     if f.name in _ABOVE_NORMAL:
         return v >= _AT_LEAST.get(f.name, -math.inf) and (n is None or v > n)
+    if f.name in _BELOW_NORMAL:
+        return v <= _AT_MOST[f.name] and (n is None or v < n)
     if f.name == "cpu_eff_change":   # "rose" / "dropped": the change, and more than normal
         return v != 0 and (n is None or (v > n if v > 0 else v < n))
     return True
@@ -343,12 +349,17 @@ def _time(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
 
 
 def _disk(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
-    """``'Filesystem written to 97% full, filling about 2% a minute, full in about 3 min'``."""
-    now, growth = values.get("fs_used_frac"), values.get("fs_fill_frac_h")
-    head = "Filesystem written to" + (f" {pct(now)} full" if now is not None else " filling up")
-    if growth is not None and growth > 0:
-        head += f", filling about {growth * 100 / 60:.2g}% a minute"
-        head += f", full in {until}" if (until := _until_full(now, growth)) else ""
+    """``'Filesystem written to filling about 1% a minute, full in about 3min'``."""
+    hours = _display("log_fs_full_h", values.get("log_fs_full_h"))
+    growth = values.get("fs_fill_frac_h")
+    if hours is not None and hours <= 0:
+        head = "Filesystem written to is full"
+    else:
+        head = "Filesystem written to filling"
+        if growth is not None and growth > 0:
+            head += f" about {growth * 100 / 60:.2g}% a minute"
+        if hours is not None:
+            head += f", full in {'under a minute' if hours * 60 < 1 else 'about ' + _duration_min(hours * 60)}"
     return f"{head}: free space there or write elsewhere (df shows it)"
 
 

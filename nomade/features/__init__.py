@@ -28,11 +28,14 @@ The 19 features (DESIGN.md's 17, and the filesystem pair 18-19), in this order (
  16    io_pressure            job io PSI "some avg10" / 100, else node iowait / 100
  17    mem_pressure           log1p((major faults + limit hits + OOM kills) per minute
                               over the last samples) + swap / limit
- 18    fs_used_frac           how full the fullest filesystem the job writes to is, in
-                              [0, 1] (``fs_used_pct`` / 100; the collector's ``openfiles``)
- 19    fs_fill_frac_h         its growth per hour over the last samples (share of the
-                              filesystem per hour): a full disk is ENOSPC for every job
-                              writing to it, and a static, nearly full one is not news
+ 18    log_fs_full_h          log1p(hours until the fullest filesystem the job writes to
+                              is full, at its fill rate over the last samples), capped
+                              at ``FS_HORIZON_H``; 0 when full (``fs_used_pct`` of the
+                              collector's ``openfiles``). Not how full it is: a site's
+                              scratch that sits at 95 % is not news, one that fills is
+                              ENOSPC for every job writing there
+ 19    fs_fill_frac_h         that filesystem's growth per hour over the last samples
+                              (share of the filesystem per hour)
 ====  =====================  ==========================================================
 
 ``mask[i, j]`` is True where feature j is known for example i at its as-of time.
@@ -75,6 +78,7 @@ from nomade.features.columns import (
     AUGMENT_INTERVALS_S,
     CHANNELS,
     FEATURES,
+    FS_HORIZON_H,
     GRID_STEP_S,
     IOWAIT_MAX_AGE_S,
     N_FEATURES,
@@ -91,7 +95,7 @@ from nomade.features.normalize import Normalizer
 from nomade.features.tables import JobTable, SampleTable
 
 __all__ = [
-    "AUGMENT_INTERVALS_S", "CHANNELS", "FEATURES", "GRID_STEP_S", "IDLE_EFF", "IOWAIT_MAX_AGE_S",
+    "AUGMENT_INTERVALS_S", "CHANNELS", "FEATURES", "FS_HORIZON_H", "GRID_STEP_S", "IDLE_EFF", "IOWAIT_MAX_AGE_S",
     "N_FEATURES", "N_START", "PRIOR_STRENGTH", "SAMPLE_COLUMNS", "START_PART", "SUMMED",
     "WINDOW_S", "JobTable", "Normalizer", "SampleTable", "asof_features", "idle_minutes",
     "iowait_max_age_s", "job_totals", "label_of", "node_asof", "sampling_interval",

@@ -17,7 +17,7 @@ FEATURES: tuple[str, ...] = (
     "mem_frac", "mem_peak_frac", "mem_growth_frac_h",
     "log_read_mbps", "log_write_mbps", "nfs_write_share",
     "io_pressure", "mem_pressure",
-    "fs_used_frac", "fs_fill_frac_h",
+    "log_fs_full_h", "fs_fill_frac_h",
 )
 N_FEATURES = len(FEATURES)
 N_START = 6
@@ -25,6 +25,9 @@ N_START = 6
 START_PART = np.arange(N_FEATURES) < N_START
 """Mask of the start-time features, by which graph neighbours are found."""
 CHANNELS: tuple[str, ...] = FEATURES[N_START:]
+FS_HORIZON_H = 1000.0
+"""Hours until a filesystem is full beyond which it is as good as never (the cap of
+feature 18)."""
 WINDOW_S = 90.0
 """How far back a "recent" rate or change looks (3 samples at the 30 s interval)."""
 GRID_STEP_S = 15.0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nomade.features.columns import WINDOW_S
+from nomade.features.columns import FS_HORIZON_H, WINDOW_S
 from nomade.features.lookups import _at, _search
 from nomade.features.tables import JobTable, SampleTable
 
@@ -107,9 +107,14 @@ def _io(w: _Window, dt: np.ndarray, limit: np.ndarray) -> list[np.ndarray]:
 
 
 def _filesystem(w: _Window, dt: np.ndarray) -> list[np.ndarray]:
-    """How full the fullest filesystem written to is, and its growth per hour (needs 2 samples)."""
+    """log1p(hours until the filesystem written to is full at its growth, capped at
+    ``FS_HORIZON_H``; 0 when full) and that growth per hour (both need 2 samples)."""
+    used = w.now("fs_used_pct") / 100.0
     growth = w.delta("fs_used_pct") / 100.0 / np.where(w.has_base, dt, np.nan) * 3600.0
-    return [w.now("fs_used_pct") / 100.0, growth]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hours = np.where(growth > 0, (1.0 - used) / growth, FS_HORIZON_H)
+    hours = np.where(used >= 1.0, 0.0, np.clip(hours, 0.0, FS_HORIZON_H))
+    return [np.where(np.isfinite(growth), np.log1p(hours), np.nan), growth]
 
 
 def _nansum_known(parts: list[np.ndarray]) -> np.ndarray:

@@ -9,9 +9,9 @@ about to happen to this one. Conditions, from the raw as-of features only:
   its growth over the last samples, reaches the limit in ``a`` to ``b`` minutes, before
   its time limit (or is at the limit already): the nearer the limit in both senses,
   the likelier the kill, and one grid learns how much;
-* ``disk_<level>_<a>_<b>min``: the same of the fullest filesystem the job writes to
-  (``fs_used_frac``, ``fs_fill_frac_h``): a disk that fills is ENOSPC, one nearly full
-  but not filling is not news;
+* ``disk_<a>_<b>min``: the fullest filesystem the job writes to is full in ``a`` to
+  ``b`` minutes at its fill rate (``log_fs_full_h``), before the time limit: a disk
+  that fills is ENOSPC, one nearly full but not filling is not news;
 * ``idle_late``: the runtime rule ``rules.fire("rule_idle")`` (CPU idle now and for
   half the run, three quarters of the time limit gone).
 
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from nomade import features
 from nomade.ml import rules
 
 EVIDENCE_KEY = "evidence"
@@ -54,44 +55,52 @@ MIN_RAISE = 0.6
 the models' ranking of the job knows more than one condition's rate."""
 
 
-GRIDS = {"memory": ("mem_frac", "mem_growth_frac_h"), "disk": ("fs_used_frac", "fs_fill_frac_h")}
-"""Grid name -> (share of the limit held now, its growth per hour): the raw features."""
+GRIDS = ("memory", "disk")
+"""The evidence grids: memory (levels x minutes to ``--mem``) and disk (minutes until
+the filesystem written to is full: no levels, since how full a disk that does not fill
+is says nothing)."""
 
 
 def minutes_to_limit(X: np.ndarray, mask: np.ndarray, grid: str) -> np.ndarray:
-    """float64[n]: minutes until the ``grid``'s share reaches its limit at the current
-    growth, 0 at the limit, inf when not growing, not known, below ``MIN_MEM_FRAC``, or
-    when the time limit comes first."""
+    """float64[n]: minutes until the ``grid``'s limit (``--mem``; a full disk) at the
+    current growth, 0 at it, inf when not growing, not known, (memory) below
+    ``MIN_MEM_FRAC``, or when the time limit comes first."""
     X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
-    share, growth = GRIDS[grid]
-    mem, growth_h = rules.known(X, mask, share), rules.known(X, mask, growth)
     left_min = (1.0 - rules.known(X, mask, "elapsed_frac")) * np.expm1(rules.known(X, mask, "log_time_limit_min"))
     with np.errstate(divide="ignore", invalid="ignore"):
-        minutes = np.where(growth_h > 0, (1.0 - mem) / growth_h * 60.0, np.inf)
-        minutes = np.where(mem >= 1.0, 0.0, minutes)
-        soon = (mem >= MIN_MEM_FRAC) & ~(minutes > left_min)   # an unknown time left does not veto
+        if grid == "memory":
+            mem, growth_h = rules.known(X, mask, "mem_frac"), rules.known(X, mask, "mem_growth_frac_h")
+            minutes = np.where(growth_h > 0, (1.0 - mem) / growth_h * 60.0, np.inf)
+            minutes = np.where(mem >= 1.0, 0.0, minutes)
+            near = mem >= MIN_MEM_FRAC
+        else:
+            hours = np.expm1(rules.known(X, mask, "log_fs_full_h"))
+            minutes = np.where(hours < features.FS_HORIZON_H, hours * 60.0, np.inf)
+            near = np.isfinite(minutes)
+        soon = near & ~(minutes > left_min)   # an unknown time left does not veto
     return np.where(soon, np.maximum(minutes, 0.0), np.inf)
 
 
 def _grid_names(grid: str) -> list[list[str]]:
     """Names of a grid's conditions, ``[level][minutes bin]``, lowest level and nearest
-    limit first."""
-    edges = MEMORY_BINS_MIN
-    return [[f"{grid}_{lv:g}_{a:g}_{b:g}min" for a, b in pairwise(edges)]
-            for lv in MEMORY_LEVELS]
+    limit first (the disk grid has one row)."""
+    bins = [f"{a:g}_{b:g}min" for a, b in pairwise(MEMORY_BINS_MIN)]
+    if grid == "disk":
+        return [[f"disk_{b}" for b in bins]]
+    return [[f"{grid}_{lv:g}_{b}" for b in bins] for lv in MEMORY_LEVELS]
 
 
 def conditions(X: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Name -> bool[n]: which conditions hold for each example."""
     out = {}
+    mem = rules.known(np.asarray(X, np.float64), np.asarray(mask, bool), "mem_frac")
     tops = (*MEMORY_LEVELS[1:], np.inf)
-    edges = MEMORY_BINS_MIN
-    for grid, (share_name, _) in GRIDS.items():
+    for grid in GRIDS:
         minutes = minutes_to_limit(X, mask, grid)
-        share = rules.known(np.asarray(X, np.float64), np.asarray(mask, bool), share_name)
-        for names, lo, hi in zip(_grid_names(grid), MEMORY_LEVELS, tops, strict=True):
-            at = (share >= lo) & (share < hi)
-            for name, (a, b) in zip(names, pairwise(edges), strict=True):
+        levels = [np.ones(len(minutes), bool)] if grid == "disk" else \
+            [(mem >= lo) & (mem < hi) for lo, hi in zip(MEMORY_LEVELS, tops, strict=True)]
+        for names, at in zip(_grid_names(grid), levels, strict=True):
+            for name, (a, b) in zip(names, pairwise(MEMORY_BINS_MIN), strict=True):
                 out[name] = at & (minutes >= a) & (minutes < b)
     out["idle_late"] = rules.fire("rule_idle", X, mask) > 0
     return out
