@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from jobtables import job_table
 
 from nomade import config, features
 from nomade.agent import scoring
@@ -20,12 +21,7 @@ END = np.array([600.0, 300.0, 400.0, 50.0, 1200.0, 100.0])
 
 
 def _jobs() -> features.JobTable:
-    n = len(STATES)
-    return features.JobTable(
-        job_id=np.array([str(i) for i in range(n)], dtype=object), user=np.zeros(n, np.int64),
-        req_cpus=np.ones(n), req_mem_bytes=np.full(n, 2.0**30), req_gpus=np.zeros(n),
-        time_limit_s=np.full(n, 3600.0), submit_ts=START.copy(), start_ts=START.copy(), end_ts=END.copy(),
-        state=np.array(STATES, dtype=object), label=np.array([features.label_of(s) for s in STATES]))
+    return job_table(STATES, START, END)
 
 
 def _risk(job: np.ndarray, elapsed: np.ndarray) -> np.ndarray:
