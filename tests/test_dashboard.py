@@ -173,3 +173,19 @@ def test_job_series_follow_the_last_tick_and_escape_their_labels() -> None:
     m.scored([])   # a tick that scored nothing (no model, or it failed)
     assert m.registry.get_sample_value("nomade_agent_job_risk", {"job_id": "8", "user": "u",
                                                                  "partition": "gpu"}) is None
+
+
+def test_ended_jobs_count_by_alert_outcome_and_failed_ones_give_lead_times() -> None:
+    m = Metrics()
+    m.job_outcome(True, 600.0)     # failed, high risk 10 min before the end: caught
+    m.job_outcome(True, None)      # failed, never high: missed
+    m.job_outcome(False, 90.0)     # completed after a high risk: a false alarm (no lead time)
+    m.job_outcome(False, None)     # completed, quiet
+    m.job_outcome(False, None)
+    get = m.registry.get_sample_value
+    assert {o: get("nomade_agent_ended_jobs_total", {"outcome": o}) for o in ("caught", "missed", "false_alarm",
+                                                                               "quiet")} == {
+        "caught": 1, "missed": 1, "false_alarm": 1, "quiet": 2}
+    assert get("nomade_agent_alert_lead_seconds_count") == 1 and get("nomade_agent_alert_lead_seconds_sum") == 600
+    assert get("nomade_agent_alert_lead_seconds_bucket", {"le": "300.0"}) == 0
+    assert get("nomade_agent_alert_lead_seconds_bucket", {"le": "600.0"}) == 1

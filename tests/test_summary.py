@@ -259,6 +259,7 @@ def test_the_writer_sets_the_summary_with_scontrol_keeping_the_other_text(tmp_pa
     assert update[:3] == ["scontrol", "update", "JobId=7"] and len(update) == 4
     assert update[3] == "AdminComment=site note " + format_summary(EXPECTED)
     assert len(calls) == 2 and writer.written == 1 and not writer.pending and not writer.peaks
+    assert writer.outcomes == [(True, 600.0)]   # failed; high or critical first at T0 + 1200, ended at T0 + 1800
 
 
 def test_a_finished_job_goes_to_the_accounting_with_sacctmgr(tmp_path: Path) -> None:
@@ -298,6 +299,7 @@ def test_a_job_without_final_state_waits_then_is_written_with_state_unknown(tmp_
     text = _calls(bin_dir)[-1][3].removeprefix("AdminComment=")
     # never scored: no risk; the use of resources is still known
     assert parse(text) == Summary(eff_cpu=0.25, mem_peak=0.75, time_used=0.5)
+    assert writer.outcomes == []                # no final state: no outcome
 
 
 def test_a_job_that_never_started_gets_no_summary(tmp_path: Path) -> None:

@@ -457,6 +457,9 @@ class Agent:
         if self.summaries is None or self.slurm is None:
             return 0
         written = self.summaries.round(self.store, self.slurm, time.time())
+        for failed, lead_s in self.summaries.outcomes:
+            self.metrics.job_outcome(failed, lead_s)
+        self.summaries.outcomes.clear()
         self.metrics.summaries_written_total = self.summaries.written
         self.metrics.summaries_failed_total = self.summaries.failed + self.summaries.dropped
         return written

@@ -46,6 +46,11 @@ REFUSALS: tuple[str, ...] = ("sender", "node", "prediction", "final_state")
 #: max_nodes_per_job, max_running_jobs, max_orphan_jobs, max_final_state_jobs.
 LIMITS: tuple[str, ...] = ("round_bytes", "sender_round_bytes", "nodes_per_job", "running_jobs",
                            "orphan_jobs", "final_state_jobs")
+#: Ended jobs with a known final state, by whether the risk reached "high" before the end:
+#: a failed job caught or missed, a completed job alarmed or quiet (``job_outcome``).
+OUTCOMES: tuple[str, ...] = ("caught", "missed", "false_alarm", "quiet")
+#: Lead-time buckets (seconds): from half a minute to a day before the end.
+LEAD_BUCKETS: tuple[float, ...] = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 #: Tick-duration buckets (seconds) around the budget of 1 s for 10,000 running jobs.
 TICK_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -126,10 +131,13 @@ class Metrics:
          ("predictions", "drop")), 0))
     #: ``nomade job`` queries by outcome (``nomade.agent.query.OUTCOMES``; its thread counts).
     queries_total: dict[str, int] = field(default_factory=dict)
+    #: Ended jobs by alert outcome (``OUTCOMES``), as their job-end summaries are written.
+    ended_jobs_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     #: The last tick's score of each running job it scored, by job id (``scored``).
     job_scores: dict[str, JobScore] = field(default_factory=dict)
     registry: CollectorRegistry = field(init=False, repr=False, compare=False)
     tick_duration: Histogram = field(init=False, repr=False, compare=False)
+    alert_lead: Histogram = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -137,6 +145,18 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         self.tick_duration = Histogram(PREFIX + "tick_duration_seconds", "Duration of scoring ticks.",
                                        buckets=TICK_BUCKETS, registry=self.registry)
+        self.alert_lead = Histogram(PREFIX + "alert_lead_seconds", "Time from a failed job's first "
+                                    "high-risk prediction to its end.", buckets=LEAD_BUCKETS,
+                                    registry=self.registry)
+
+    def job_outcome(self, failed: bool, lead_s: float | None) -> None:
+        """An ended job's outcome: ``failed`` or completed, and the seconds from its first
+        high-risk prediction to its end (None: the risk never reached high)."""
+        alerted = lead_s is not None
+        outcome = ("caught" if alerted else "missed") if failed else ("false_alarm" if alerted else "quiet")
+        self.ended_jobs_total[outcome] += 1
+        if failed and lead_s is not None:
+            self.alert_lead.observe(max(lead_s, 0.0))
 
     def tick_done(self, seconds: float) -> None:
         """Count one scoring tick that took ``seconds``."""
@@ -191,6 +211,9 @@ class _Exporter(Collector):
                        list(m.pruned_rows_total.copy().items()))
         yield _counter("queries_total", "Job queries (nomade job) answered, by outcome.", ("outcome",),
                        [((k,), n) for k, n in m.queries_total.copy().items()])
+        yield _counter("ended_jobs_total", "Ended jobs with a known final state, by whether the risk "
+                       "reached high before the end (caught, missed: failed; false_alarm, quiet: "
+                       "completed).", ("outcome",), [((k,), n) for k, n in m.ended_jobs_total.copy().items()])
         yield from _job_families(sorted(m.job_scores.copy().items()))
         outbox = sorted(m.collector_outbox.copy().items())
         yield _counter("collector_outbox_dropped_total", "Unacknowledged batches a collector's "

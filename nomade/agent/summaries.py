@@ -19,6 +19,11 @@ agent's loop is never held long. Jobs the agent never scored get a summary too (
 risk is ``-``), jobs that never started get none; after an agent restart, the risk of a
 job scored before it is the newest one in the store, and jobs that ended before it
 and were not written yet get no summary.
+
+Each job whose summary is written with a final state also leaves its alert outcome in
+``outcomes`` (failed or not, and the seconds from its first "high" or "critical"
+prediction to its end: None when the risk never got there), which the agent drains into
+its ``ended_jobs_total`` and ``alert_lead_seconds`` metrics.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nomade import slurmstates
 from nomade.agent import summary
 from nomade.slurm import JobFinished, JobNotFound
 from nomade.store import JOB_SAMPLE_FIELDS
@@ -98,6 +104,8 @@ class SummaryWriter:
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        #: (failed, lead seconds or None) of each job written with a final state, until drained.
+        self.outcomes: list[tuple[bool, float | None]] = []
 
     # -- stimuli
 
@@ -143,15 +151,15 @@ class SummaryWriter:
             return 0
         try:
             listed = {}
-            for j in slurm.list_jobs(job_ids=[job_id for job_id, _ in due]):   # array tasks: "A_T" or own id
+            for j in slurm.list_jobs(job_ids=[job_id for job_id, _, _ in due]):   # array tasks: "A_T" or own id
                 listed[j.job_id] = listed[j.own_id or j.job_id] = j
         except Exception as e:  # slurmctld busy or down: try these again later
             log.warning("AdminComment of %d ended jobs not read: %s", len(due), e)
-            for job_id, _ in due:
+            for job_id, _, _ in due:
                 self._failed(job_id, now, e)
             return 0
         written = 0
-        for job_id, s in due:
+        for job_id, s, end_ts in due:
             if time.monotonic() - t0 > self.budget_s:
                 break
             try:
@@ -160,14 +168,17 @@ class SummaryWriter:
                 self._failed(job_id, now, e)
                 continue
             written += 1
+            if (outcome := _outcome(s, end_ts)) is not None:
+                self.outcomes.append(outcome)
             self.pending.pop(job_id, None)
             self.peaks.pop(job_id, None)
         self.written += written
         return written
 
-    def _due(self, store: _Store, now: float) -> list[tuple[str, summary.Summary]]:
-        """The queued jobs to write now with their summaries (at most ``max_per_round``)."""
-        out: list[tuple[str, summary.Summary]] = []
+    def _due(self, store: _Store, now: float) -> list[tuple[str, summary.Summary, float | None]]:
+        """The queued jobs to write now with their summaries and end times (at most
+        ``max_per_round``)."""
+        out: list[tuple[str, summary.Summary, float | None]] = []
         for job_id, p in list(self.pending.items()):
             if len(out) >= self.max_per_round:
                 break
@@ -182,7 +193,7 @@ class SummaryWriter:
                 if job.state is None and now - p.ended_ts < self.wait_s:
                     p.next_ts = now + 1.0   # the final-state poller is about to tell
                     continue
-                out.append((job_id, self.summarise(store, job_id, job)))
+                out.append((job_id, self.summarise(store, job_id, job), job.end_ts))
             except Exception as e:  # a locked store: try again later
                 self._failed(job_id, now, e)
         return out
@@ -234,6 +245,18 @@ class SummaryWriter:
         self.failed += 1
         del self.pending[job_id]
         self.peaks.pop(job_id, None)
+
+
+def _outcome(s: summary.Summary, end_ts: float | None) -> tuple[bool, float | None] | None:
+    """(failed, seconds from the first high-or-critical prediction to the end, None when
+    there was none) of a summarised job; None when its final state is not known."""
+    label = slurmstates.label_for(s.state) if s.state else None
+    if label is None:
+        return None
+    alerts = [ts for level, ts in s.crossed if level in ("high", "critical")]
+    if not alerts or end_ts is None:
+        return bool(label), None
+    return bool(label), end_ts - min(alerts)
 
 
 def _merged(existing: str, s: summary.Summary, job_id: str) -> str:
