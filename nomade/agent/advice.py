@@ -259,7 +259,11 @@ def _until_full(now: float | None, growth_h: float) -> str | None:
     of the whole an hour reaches it all; None when unknown or not below it."""
     if now is None or not 0 <= now < 1 or not growth_h > 0:
         return None
-    minutes = (1 - now) / growth_h * 60
+    return _in_about((1 - now) / growth_h * 60)
+
+
+def _in_about(minutes: float) -> str:
+    """``'about 3min'``, or ``'under a minute'``."""
     return "under a minute" if minutes < 1 else "about " + _duration_min(minutes)
 
 
@@ -359,7 +363,7 @@ def _disk(fs: Sequence[Factor], values: Mapping[str, float]) -> str:
         if growth is not None and growth > 0:
             head += f" about {growth * 100 / 60:.2g}% a minute"
         if hours is not None:
-            head += f", full in {'under a minute' if hours * 60 < 1 else 'about ' + _duration_min(hours * 60)}"
+            head += f", full in {_in_about(hours * 60)}"
     return f"{head}: free space there or write elsewhere (df shows it)"
 
 
