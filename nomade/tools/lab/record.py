@@ -51,7 +51,7 @@ SAMPLE_INTERVAL_S = 3.0
 N_SCRATCH = 4
 MAX_ERRORS = 100
 MAX_RESTARTS = 5
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]   # nomade/tools/lab/record.py -> the checkout
 
 
 def log(text: str) -> None:
