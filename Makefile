@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 # The CPU build of torch on this workplace's local index; other versions download GBs.
 TORCH   := torch==2.13.0
 
-.PHONY: help install cluster cluster-stop lint test test-fast bench demo clean
+.PHONY: help install cluster cluster-stop lint test test-fast bench demo demo-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: install cluster  ## benchmarks against the budgets in DESIGN
 
 demo: install cluster  ## the main job, live, on this machine
 	$(BIN)/python -m nomade.tools.demo
+
+demo-check: install cluster  ## the demo's live phase 10 times (seeds 11-20): leak flagged, no other job commented
+	NOMADE_DEMO_RUNS=10 $(BIN)/python -m pytest -v tests/test_demo_slurm.py
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .mypy_cache
