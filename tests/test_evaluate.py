@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import torch
 
 from nomade import config
 from nomade.errors import NomadeError
-from nomade.ml import evaluate, rules, train
+from nomade.ml import evaluate, judging, rules, train
 
 torch.set_num_threads(1)
 
@@ -197,6 +198,36 @@ def test_leave_one_shape_out_hides_the_shape_from_training_only() -> None:
         evaluate.leave_out_shape(p, shapes, "hang")
 
 
+def _with_thinned_copies(p: train.Prepared) -> train.Prepared:
+    """``p`` as ``prepare`` leaves it with augmentation: each training and validation
+    example once more, after the examples as recorded (the copy of thinned samples)."""
+    aug = np.flatnonzero(p.split < 2)
+    per_row = ("X", "mask", "S", "lengths", "y", "w", "job", "t", "start_ts", "split")
+    return dataclasses.replace(p, **{f: np.concatenate([getattr(p, f), getattr(p, f)[aug]]) for f in per_row})
+
+
+def test_a_time_window_moves_the_split_back_and_leaves_the_future_out() -> None:
+    jobs, samples = train.synthetic_tables(200, seed=3)
+    recorded = train.prepare(jobs, samples, 30.0, 8, max_per_job=2, source="synthetic")
+    p = _with_thinned_copies(recorded)
+    assert np.array_equal(evaluate.time_window(p, 0).split, p.split)   # the newest window is the split itself
+    newest_val = set(np.unique(p.job[p.rows("validation")]))
+    q = evaluate.time_window(p, 1)
+    parts = [set(np.unique(q.job[q.split == c])) for c in range(3)]
+    parts.append(set(q.ref_job) - set().union(*parts))                   # jobs none of whose examples is used
+    start = dict(zip(q.ref_job, q.ref_start_ts, strict=True))
+    for early, late in itertools.pairwise(parts):                       # train < validation < test < the future
+        assert max(start[j] for j in early) <= min(start[j] for j in late)
+    assert parts[2] == newest_val and len(parts[2]) == 20 and len(parts[0]) == 140
+    test_rows = q.rows("test")
+    assert len(test_rows) == len({(q.job[r], q.t[r]) for r in test_rows})   # no thinned copy is tested
+    assert (q.split[len(recorded.job):] != 2).all() and (q.split[:len(recorded.job)][q.job[:len(recorded.job)] ==
+                                                           q.job[test_rows[0]]] == 2).all()
+    assert q.summary["window"]["back"] == 1 and "window" not in p.summary
+    with pytest.raises(NomadeError, match="0 to 4 test parts"):
+        evaluate.time_window(p, 5)
+
+
 # ------------------------------------------------------------------ issue #10's judgement, on a corpus slice
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "nomade-lab-v2.npz"
@@ -300,3 +331,26 @@ def test_cli_leaves_out_a_shape_and_judges_it_alone(tmp_path: Path, corpus_slice
     assert "2/2 shapes" in out.stderr
     out = _nomade("evaluate", "--corpus", str(corpus_slice), "--leave-out-shape", "all", "--plot", "x", env=env)
     assert out.returncode == 2 and "drop --no-replay and --plot" in out.stderr
+
+
+def test_cli_judges_several_time_windows(tmp_path: Path, corpus_slice: Path, cfg_file: Path) -> None:
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg_file), "OMP_NUM_THREADS": "1",
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+    out = _nomade("evaluate", "--corpus", str(corpus_slice), "--ticks-per-job", "4", "--replay-step", "15",
+                  "--windows", "2", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    windows = report["windows"]
+    assert list(windows) == ["0", "1"] and "2/2 windows" in out.stderr
+    first, second = (windows[k]["window"] for k in ("0", "1"))
+    assert second["test_start_ts"][1] <= first["test_start_ts"][0]          # the second window is older
+    assert first["train_jobs"] - second["train_jobs"] == second["test_jobs"] > 0
+    for key, s in report["spread"].items():
+        vals = [judging.window_figures(w)[key] for w in windows.values()]
+        vals = [v for v in vals if v is not None and np.isfinite(v)]
+        assert s is None if not vals else (s["min"], s["max"]) == (min(vals), max(vals)), key
+    assert report["spread"]["visible_auc_jobs"] is not None                  # the corpus names behaviours
+    text = judging.format_windows(report)
+    assert text.startswith("rolling origin: 2 test windows") and "\nmean " in text
+    refused = _nomade("evaluate", "--corpus", str(corpus_slice), "--windows", "2", "--no-replay", env=env)
+    assert refused.returncode != 0 and "--windows judges by replay" in refused.stderr

@@ -78,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "--shapes); how a failure never seen in training is caught. Several shapes "
                           "(S1,S2) or 'all' (every failure shape): one training per shape, one table "
                           "row per shape and scorer")
+    rep.add_argument("--windows", metavar="K", type=int, default=1,
+                     help="rolling origin: judge K test windows (each a tenth of the jobs by start, the newest "
+                          "first, each trained on the jobs before it; at most 5), one training each, and print "
+                          "how much each figure moves between them (default 1: the newest only)")
     parser.add_argument("--plot", metavar="DIR",
                         help="write roc.svg, lead_times.svg and, with job behaviours, behaviour_roc.svg and "
                              "behaviour_lead.svg into DIR")
@@ -104,6 +108,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     each = args.leave_out_shape is not None and (args.leave_out_shape == "all" or "," in args.leave_out_shape)
     if each and (args.no_replay or args.plot):
         raise NomadeError("several left-out shapes are judged by replay, one table: drop --no-replay and --plot")
+    if args.windows != 1 and (args.no_replay or args.plot or args.data or args.leave_out_shape):
+        raise NomadeError("--windows judges by replay, one table: drop --no-replay, --plot, --data and "
+                          "--leave-out-shape")
     source = None
     if args.data:
         prepared = train.Prepared.load(Path(args.data).expanduser())
@@ -117,6 +124,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             raise NomadeError("--leave-out-shape needs the jobs' shapes: --corpus FILE or --shapes FILE")
         if each:
             return _leave_out_each(args, cfg, prepared, evaluate.ReplaySource(
+                jobs, samples, step, args.replay_max_ticks, shapes, variants), say)
+        if args.windows != 1:
+            return _windows(args, cfg, prepared, evaluate.ReplaySource(
                 jobs, samples, step, args.replay_max_ticks, shapes, variants), say)
         if args.leave_out_shape:
             out = evaluate.leave_out_shape(prepared, shapes, args.leave_out_shape)
@@ -165,13 +175,29 @@ def _leave_out_each(args: argparse.Namespace, cfg: Config, prepared: Any, source
     return 0
 
 
-def _progress_bar(done: int, total: int, shape: str, elapsed_s: float) -> None:
-    """Shapes done, time spent, time left: one line on stderr, rewritten in place on a
-    terminal, a new line each time otherwise (a log file)."""
+def _windows(args: argparse.Namespace, cfg: Config, prepared: Any, source: Any, say: Any) -> int:
+    """``--windows K``: one training per test window, one table."""
+    from nomade.ml import evaluate, judging
+    say(f"rolling origin: {args.windows} test windows, one training each")
+    progress = None if args.quiet else (lambda done, total, name, s: _progress_bar(done, total, name, s, "windows"))
+    if progress is not None:
+        progress(0, args.windows, "", 0.0)
+    report = evaluate.rolling_windows(prepared, cfg, source, args.windows, weights_mode(args), progress)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(judging.format_windows(report))
+    return 0
+
+
+def _progress_bar(done: int, total: int, shape: str, elapsed_s: float, what: str = "shapes") -> None:
+    """Shapes (or windows) done, time spent, time left: one line on stderr, rewritten in
+    place on a terminal, a new line each time otherwise (a log file)."""
     bar = "#" * round(20 * done / total) + "." * (20 - round(20 * done / total))
     left = f"; about {elapsed_s / done * (total - done) / 60:.1f} min left" if done else ""
     last = f", {shape} done" if shape else ""
-    line = f"leave-one-shape-out [{bar}] {done}/{total} shapes{last}, {elapsed_s / 60:.1f} min{left}"
+    title = "leave-one-shape-out" if what == "shapes" else "rolling origin"
+    line = f"{title} [{bar}] {done}/{total} {what}{last}, {elapsed_s / 60:.1f} min{left}"
     if sys.stderr.isatty():
         sys.stderr.write(f"\r{line}\x1b[K" + ("\n" if done == total else ""))
     else:

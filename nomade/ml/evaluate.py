@@ -21,7 +21,8 @@ trained models are written to ``models_dir`` (or a temporary directory), loaded 
 ticks; the report's ``replay`` holds coverage, false-alarm rate and lead times. The
 validation jobs, and every job of a left-out shape, are replayed with them, through the
 baselines and the rules too, for ``judging``'s tables (``behaviour``, ``left_out``);
-:func:`leave_out_each` runs one leave-one-shape-out per shape.
+:func:`leave_out_each` runs one leave-one-shape-out per shape, :func:`rolling_windows` one
+judgement per test window moved back in time (rolling origin).
 """
 
 from __future__ import annotations
@@ -334,6 +335,70 @@ def leave_out_each(p: Prepared, cfg: Config, source: ReplaySource, shapes: list[
         if progress is not None:
             progress(k + 1, len(shapes), shape, time.monotonic() - t0)
     return persist.clean_json({"shapes": out, "took_s": time.monotonic() - t0, "data": p.summary})
+
+
+MAX_WINDOWS = 5
+"""Most test windows of :func:`rolling_windows`: the earliest then trains on 40 % of the jobs."""
+
+
+def time_window(p: Prepared, back: int) -> Prepared:
+    """A copy of ``p`` with its time split moved ``back`` test parts earlier (rolling
+    origin): of the jobs ranked by start, the test part is those in
+    ``[0.9 - 0.1·back, 1.0 - 0.1·back)``, validation the tenth before, training every
+    earlier job; later jobs are left out (``UNUSED``: the future of the window), and so
+    are the examples that ``prepare`` computed from thinned samples of the jobs now tested
+    (test examples are the samples as recorded). ``back = 0`` is ``p``'s own split."""
+    if not 0 <= back < MAX_WINDOWS:
+        raise NomadeError(f"a test window goes back 0 to {MAX_WINDOWS - 1} test parts, got {back}")
+    order = np.argsort(p.ref_start_ts, kind="stable")
+    n = len(order)
+    a, b, c = (int(round((f - 0.1 * back) * n)) for f in (0.8, 0.9, 1.0))
+    code = np.full(n, UNUSED, np.int8)
+    for part, (lo, hi) in enumerate(((0, a), (a, b), (b, c))):
+        code[order[lo:hi]] = part
+    split = code[np.searchsorted(p.ref_job, p.job)]
+    split[(split == SPLITS.index("test")) & _thinned_copies(p)] = UNUSED
+    tested = p.ref_start_ts[order[b:c]]
+    summary = copy.deepcopy(p.summary)
+    summary["window"] = {"back": back, "train_jobs": a, "validation_jobs": b - a, "test_jobs": c - b,
+                         "test_start_ts": [float(tested.min()), float(tested.max())] if len(tested) else None}
+    return dataclasses.replace(p, split=split, summary=summary)
+
+
+def _thinned_copies(p: Prepared) -> np.ndarray:
+    """bool[examples]: rows that repeat an earlier row's (job, as-of time): the copies
+    ``prepare`` adds from thinned samples, after the examples as recorded."""
+    idx = np.lexsort((np.arange(len(p.job)), p.t, p.job))
+    same = (p.job[idx][1:] == p.job[idx][:-1]) & (p.t[idx][1:] == p.t[idx][:-1])
+    out = np.zeros(len(p.job), bool)
+    out[idx[1:][same]] = True
+    return out
+
+
+def rolling_windows(p: Prepared, cfg: Config, source: ReplaySource, windows: int, weights_mode: str = "auto",
+                    progress: Progress | None = None) -> dict[str, Any]:
+    """The test part moved back 0, 1, ... ``windows - 1`` test parts (:func:`time_window`),
+    one training and replay each (:func:`compare`): per window its test AUC-ROC of every
+    model, the replay's figures at the alert threshold and, with job behaviours, the
+    behaviour-visible judgement; then how much each headline figure moved between windows
+    (``spread``: min, mean, max). One window's figures are one sample of a site's weeks."""
+    if not 1 <= windows <= MAX_WINDOWS:
+        raise NomadeError(f"--windows must be 1 to {MAX_WINDOWS}, got {windows}")
+    t0 = time.monotonic()
+    out: dict[str, Any] = {}
+    for k in range(windows):
+        q = time_window(p, k)
+        r = compare(q, cfg, weights_mode=weights_mode, source=source)
+        rep = r["replay"]
+        out[str(k)] = {"window": q.summary["window"], "took_s": r["took_s"],
+                       "auc_roc": {name: m["test"].get("auc_roc") for name, m in r["models"].items()},
+                       "replay": {"threshold": rep["threshold"], "coverage": rep["coverage"],
+                                  "false_alarms": rep["false_alarms"], "lead_share_median": rep["lead_share_median"]},
+                       "behaviour": r["behaviour"]}
+        if progress is not None:
+            progress(k + 1, windows, f"window {k}", time.monotonic() - t0)
+    return persist.clean_json({"windows": out, "spread": judging.spread(out), "took_s": time.monotonic() - t0,
+                               "data": p.summary})
 
 
 def _weights(cfg: Config, val_parts: np.ndarray, p: Prepared, va: np.ndarray, mode: str) -> Choice:

@@ -301,3 +301,66 @@ def format_each(each: dict[str, Any], labels: Mapping[str, str]) -> str:
     return "\n".join([
         f"leave-one-shape-out, one training per shape ({each['took_s'] / 60:.1f} min in all); failed/jobs: {counts}",
         *replay._aligned(_shape_head(first["shipped_threshold"]), rows), _SHAPE_LEGEND])
+
+
+# ------------------------------------------------------------------ rolling windows
+
+WINDOW_FIGURES: dict[str, str] = {
+    "auc_ensemble": "AUC ens.", "auc_gradient_boosting": "AUC GB", "coverage": "coverage", "false_alarms": "FA",
+    "lead_share": "lead", "visible_auc_jobs": "vis. AUC jobs", "visible_coverage": "vis. coverage",
+    "visible_false_alarms": "vis. FA", "visible_coverage_at_5pct": "vis. cov.@thr",
+    "visible_false_alarms_at_5pct": "vis. FA@thr"}
+"""The headline figures of one test window (:func:`window_figures`) and their column names."""
+
+
+def window_figures(w: Mapping[str, Any]) -> dict[str, float | None]:
+    """One window's headline figures: test AUC-ROC of the ensemble and of gradient
+    boosting; the models' replayed coverage, false alarms and median lead share at the
+    alert threshold; with job behaviours, the models' AUC jobs, coverage and false alarms
+    on the behaviour-visible failures at that threshold and at the 5 % point."""
+    rep = w["replay"]
+    out: dict[str, float | None] = {
+        "auc_ensemble": w["auc_roc"].get("ensemble"), "auc_gradient_boosting": w["auc_roc"].get("gradient_boosting"),
+        "coverage": rep["coverage"]["rate"], "false_alarms": rep["false_alarms"]["rate"],
+        "lead_share": rep["lead_share_median"]}
+    b = (w.get("behaviour") or {}).get("scorers", {}).get("models")
+    if b:
+        out.update({"visible_auc_jobs": b["auc_jobs"], "visible_coverage": b["shipped"]["coverage"]["rate"],
+                    "visible_false_alarms": b["shipped"]["false_alarms"]["rate"],
+                    "visible_coverage_at_5pct": b["bounded"]["coverage"]["rate"],
+                    "visible_false_alarms_at_5pct": b["bounded"]["false_alarms"]["rate"]})
+    return out
+
+
+def spread(windows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float] | None]:
+    """Per headline figure (:func:`window_figures`), its min, mean and max over the
+    windows that have it (None where none has)."""
+    rows = [window_figures(w) for w in windows.values()]
+    out: dict[str, dict[str, float] | None] = {}
+    for key in WINDOW_FIGURES:
+        vals = [float(v) for r in rows if (v := r.get(key)) is not None and np.isfinite(v)]
+        out[key] = {"min": min(vals), "mean": float(np.mean(vals)), "max": max(vals)} if vals else None
+    return out
+
+
+def _figure(key: str, value: float | None) -> str:
+    return _num(value) if "auc" in key else _pct(value)
+
+
+def format_windows(report: Mapping[str, Any]) -> str:
+    """One row per test window (0: the newest) and the min / mean / max of each figure."""
+    keys = [k for k in WINDOW_FIGURES if report["spread"].get(k) is not None]
+    rows: list[tuple[str, ...]] = []
+    for name, w in report["windows"].items():
+        f = window_figures(w)
+        rows.append((name, str(w["window"]["test_jobs"]), *(_figure(k, f.get(k)) for k in keys)))
+    for stat in ("min", "mean", "max"):
+        rows.append((stat, "", *(_figure(k, report["spread"][k][stat]) for k in keys)))
+    first = next(iter(report["windows"].values()))
+    return "\n".join([
+        f"rolling origin: {len(report['windows'])} test windows, each a tenth of the jobs by start, the newest "
+        f"first; validation the tenth before each, training every earlier job ({report['took_s'] / 60:.1f} min)",
+        *replay._aligned(("window", "test jobs", *(WINDOW_FIGURES[k] for k in keys)), rows),
+        f"coverage, FA, lead: every failed / completed test job at risk >= {first['replay']['threshold']:.2f} "
+        "(lead: median share of the failed job's run); vis.: the behaviour-visible failures (thr: the 5 % point "
+        "chosen on each window's validation part)"])
