@@ -6,6 +6,7 @@ Examples::
     nomade evaluate                                         jobs of the store
     nomade evaluate --data prepared.npz --json              a dataset from `nomade train --prepare`
     nomade evaluate --synthetic 2000 --plot plots/          also roc.svg and lead_times.svg
+    nomade evaluate --windows 3                             three test windows (rolling origin)
 
 The data is prepared exactly as ``nomade train`` prepares it (same options, same
 80/10/10 split by start time). The GNN, autoencoder (and LSTM where the data has
@@ -27,7 +28,8 @@ rule, at the shipped threshold and at the operating point of at most 5 % false a
 chosen on validation (``nomade.ml.judging``; ``--plot``: ``behaviour_roc.svg``,
 ``behaviour_lead.svg``). ``--leave-out-shape SHAPE`` also judges every job of SHAPE
 alone; ``--leave-out-shape all`` (or ``S1,S2``) trains once per failure shape and prints
-one row per shape and scorer.
+one row per shape and scorer. ``--windows K`` trains once per test window, each a tenth
+of the jobs further back in time, and prints how much each figure moves between them.
 """
 
 from __future__ import annotations
