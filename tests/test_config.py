@@ -42,7 +42,7 @@ def test_defaults_documented_values() -> None:
     assert cfg.ml.retrain_interval_days == 7
     assert (cfg.ml.ensemble.gnn_weight, cfg.ml.ensemble.lstm_weight,
             cfg.ml.ensemble.autoencoder_weight) == (0.4, 0.35, 0.25)
-    assert cfg.ml.alerts.high_risk_threshold == 0.7 and cfg.ml.alerts.alert_on_prediction is True
+    assert cfg.ml.alerts.high_risk_threshold == 0.75 and cfg.ml.alerts.alert_on_prediction is True
     t = cfg.ml.training
     assert (t.learning_rate, t.epochs, t.batch_size, t.hidden_dim, t.dropout) == (0.001, 100, 32, 64, 0.2)
     assert cfg.collector.interval_s == 30.0

@@ -10,7 +10,7 @@ test user with a Comment of its own.
 No history and no training: the models directory is empty, so the agent scores with the
 starter model shipped with the package (trained on the project's lab corpus sampled
 every 3 s; this test samples every 2 s). The alert settings are the shipped defaults
-(``[ml.alerts] high_risk_threshold`` 0.7, ``confirm_predictions`` 2). A leaking job and
+(``[ml.alerts] high_risk_threshold`` 0.75, ``confirm_predictions`` 2). A leaking job and
 a steady one run side by side.
 
 What is tested: the agent says it uses the starter; the leaking job's risk rises over
@@ -52,7 +52,7 @@ from nomade.tools import lab
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 MIB = 1 << 20
 TICK_S = 2.0
-#: ``[ml.alerts]``: the defaults (0.7, 2), which this test does not change.
+#: ``[ml.alerts]``: the defaults (0.75, 2), which this test does not change.
 THRESHOLD = Config().ml.alerts.high_risk_threshold
 CONFIRM = Config().ml.alerts.confirm_predictions
 

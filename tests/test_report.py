@@ -11,7 +11,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from nomade import plot, wire
+from nomade import config, plot, wire
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 T0 = 1_700_000_000.0
@@ -59,7 +59,7 @@ def test_report_plot_writes_the_lead_time_ecdf(tmp_path: Path) -> None:
     xs, ys = plot.ecdf([1.0, 5.0, 15.0])
     got = [tuple(map(float, p.split(","))) for p in line.get("points").split()]
     assert got == [pytest.approx(frame.px(x, y), abs=0.006) for x, y in zip(xs, ys, strict=True)]
-    assert "risk >= 0.70" in root.find("s:title", NS).text
+    assert f"risk >= {config.Config().ml.alerts.high_risk_threshold:.2f}" in root.find("s:title", NS).text
 
 
 def test_report_plot_without_lead_times_or_with_a_wrong_name(tmp_path: Path) -> None:

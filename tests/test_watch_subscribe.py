@@ -21,6 +21,7 @@ import zmq
 from nomade import wire, zmqkeys
 from nomade.agent import advice
 from nomade.commands import subscribe, watch
+from nomade.config import Config
 
 JOBS = [  # job, user, partition, risk
     ("101", "alice", "cpu", 0.10), ("102", "alice", "gpu", 0.45), ("103", "bob", "cpu", 0.55),
@@ -218,7 +219,7 @@ def test_subscribe_with_curve_keys(ctx: zmq.Context, tmp_path: Path) -> None:
 
 def make_store(path: Path) -> None:
     """Eight jobs: four failed (two alerted in time, one never, one only after its end),
-    three completed (one false alarm), one running; alert threshold 0.7."""
+    three completed (one false alarm), one running; at the default alert threshold (0.75)."""
     from nomade.store import Store
 
     t0 = 1_700_000_000.0
@@ -247,7 +248,7 @@ def test_report_json_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     make_store(tmp_path / "s.db")
     assert cli.main(["report", "--db", str(tmp_path / "s.db"), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["threshold"] == 0.7
+    assert s["threshold"] == Config().ml.alerts.high_risk_threshold
     assert s["jobs"] == {"total": 8, "running": 1, "ended": 7, "final_state_known": 7}
     assert (s["failures"]["failed"], s["failures"]["ended"]) == (4, 7)
     assert s["failures"]["by_state"]["COMPLETED"] == {"jobs": 3, "share": 3 / 7}

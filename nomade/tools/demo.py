@@ -4,7 +4,7 @@
    with a config of their own under ``$NOMADE_DEMO_DIR`` (default /tmp/nomade-demo); the
    workspace has no models of its own, so the agent scores with the starter model
    shipped with nomade (trained on the project's lab corpus: ``nomade ml status`` says
-   so), on the shipped alert defaults (threshold 0.7, two confirming predictions);
+   so), on the shipped alert defaults (threshold 0.75, two confirming predictions);
 2. submits a job leaking memory toward its ``--mem`` with a comment of its user's own,
    beside ordinary jobs of other users, and shows every few seconds what admins see
    (``nomade watch``) and what users see (``squeue -o "%.10i %.9u %.8T %k"``), until
