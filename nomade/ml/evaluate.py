@@ -42,7 +42,7 @@ from nomade import features
 from nomade.config import Config
 from nomade.errors import NomadeError
 from nomade.ml import judging, metrics, persist, replay, rules
-from nomade.ml.baselines import BASELINES, BaselineScorer, inputs
+from nomade.ml.baselines import BASELINES, BaselineScorer, inputs, time_split
 from nomade.ml.ensemble import PARTS, Choice, Weights, choose_weights, combine
 from nomade.ml.evidence import EVIDENCE_KEY
 from nomade.ml.inference import Scorer
@@ -350,17 +350,16 @@ def time_window(p: Prepared, back: int) -> Prepared:
     (test examples are the samples as recorded). ``back = 0`` is ``p``'s own split."""
     if not 0 <= back < MAX_WINDOWS:
         raise NomadeError(f"a test window goes back 0 to {MAX_WINDOWS - 1} test parts, got {back}")
-    order = np.argsort(p.ref_start_ts, kind="stable")
-    n = len(order)
-    a, b, c = (int(round((f - 0.1 * back) * n)) for f in (0.8, 0.9, 1.0))
-    code = np.full(n, UNUSED, np.int8)
-    for part, (lo, hi) in enumerate(((0, a), (a, b), (b, c))):
-        code[order[lo:hi]] = part
+    train, val, later = time_split(p.ref_start_ts, (0.8 - 0.1 * back, 0.1, 0.1 + 0.1 * back))
+    test = later[:len(later) - int(round(0.1 * back * len(p.ref_start_ts)))]   # the window's future: unused
+    code = np.full(len(p.ref_job), UNUSED, np.int8)
+    for part, jobs in enumerate((train, val, test)):
+        code[jobs] = part
     split = code[np.searchsorted(p.ref_job, p.job)]
     split[(split == SPLITS.index("test")) & _thinned_copies(p)] = UNUSED
-    tested = p.ref_start_ts[order[b:c]]
+    tested = p.ref_start_ts[test]
     summary = copy.deepcopy(p.summary)
-    summary["window"] = {"back": back, "train_jobs": a, "validation_jobs": b - a, "test_jobs": c - b,
+    summary["window"] = {"back": back, "train_jobs": len(train), "validation_jobs": len(val), "test_jobs": len(test),
                          "test_start_ts": [float(tested.min()), float(tested.max())] if len(tested) else None}
     return dataclasses.replace(p, split=split, summary=summary)
 
