@@ -27,7 +27,7 @@ import zmq
 
 from bench.result import Result
 from nomade import config, wire
-from nomade.store import Store
+from nomade.store import JOB_SAMPLE_FIELDS, Store
 
 BUDGET = 100_000.0
 #: Running jobs on each node (each sends one sample of each per interval).
@@ -113,6 +113,15 @@ def _generator(endpoint: str, senders: int, batches: int, window: int, ready: An
     ctx.term()
 
 
+#: One history sample's values by field (the store's row is built in ``JOB_SAMPLE_FIELDS``
+#: order, so a field the schema gains does not shift the others).
+_HISTORY_SAMPLE: dict[str, Any] = {
+    "alloc_cpus": 16, "cpu_user_s": 1e5, "cpu_system_s": 1e3, "mem_bytes": 2**33, "mem_peak_bytes": 2**34,
+    "mem_limit_bytes": 2**36, "mem_limit_hits": 0, "oom_kills": 0, "page_faults": 10**8, "major_faults": 10,
+    "swap_bytes": 0, "read_bytes": 2**40, "write_bytes": 2**39, "nfs_write_bytes": 2**37, "nprocs": 5,
+    "nthreads": 50, "io_pressure": 1.5, "mem_pressure": None, "fs_used_pct": 40.0}
+
+
 def _history(db: Path, senders: int) -> None:
     """The store as an agent finds it after running a while: every job of the bench already
     has ``HISTORY_INTERVALS`` samples (an index whose cost grows with the samples a job has
@@ -120,9 +129,8 @@ def _history(db: Path, senders: int) -> None:
     with Store(db) as store:
         for k in range(HISTORY_INTERVALS):
             ts = T0 - (HISTORY_INTERVALS - k) * 30.0
-            rows = [(str(4_000_000 + j), f"cn{j // JOBS_PER_NODE:04d}", ts, 16, 1e5, 1e3, 2**33,
-                     2**34, 2**36, 0, 0, 10**8, 10, 0, 2**40, 2**39, 2**37, 5, 50, 1.5, None)
-                    for j in range(senders * JOBS_PER_NODE)]
+            rows = [tuple({**_HISTORY_SAMPLE, "job_id": str(4_000_000 + j), "node": f"cn{j // JOBS_PER_NODE:04d}",
+                           "ts": ts}[f] for f in JOB_SAMPLE_FIELDS) for j in range(senders * JOBS_PER_NODE)]
             store.write_batches([("history", k, [], rows)])
 
 

@@ -36,7 +36,7 @@ def _batch(node: int, seq: int, ts: float) -> list[Message]:
     for j in range(PER_BATCH):
         body: dict[str, Any] = {f: i + seq for i, f in enumerate(JOB_SAMPLE_FIELDS)}
         body.update(job_id=str(node * PER_BATCH + j), node=sender, ts=ts, cpu_user_s=ts / 2,
-                    io_pressure=1.5, mem_pressure=None)
+                    io_pressure=1.5, mem_pressure=None, fs_used_pct=float(seq % 100))   # percentages stay in [0, 100]
         msgs.append(make("job.sample", sender, seq, body, ts))
     msgs.append(make("node.sample", sender, seq, {"node": sender, "ts": ts, "cpu_pct": 50.0,
                                                   "mem_used_bytes": 1 << 30}, ts))
