@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -26,10 +27,23 @@ def test_a_plan_is_deterministic_and_a_longer_one_begins_with_it() -> None:
     assert [j.index for j in long] == list(range(80))
 
 
-def test_every_shape_and_user_appears_in_a_plan_of_a_few_hundred() -> None:
-    jobs = shapes.plan(600, USERS, seed=1, paths=PATHS)
-    assert set(Counter(j.shape for j in jobs)) == set(shapes.SHAPES)
+def test_every_shape_and_user_appears_a_later_shape_only_from_its_index() -> None:
+    start = max(shapes.LATER_SHAPES.values())
+    jobs = shapes.plan(start + 600, USERS, seed=1, paths=PATHS)
+    assert set(Counter(j.shape for j in jobs[start:])) == set(shapes.SHAPES)
     assert set(Counter(j.user for j in jobs)) == set(USERS)
+    for shape, first in shapes.LATER_SHAPES.items():
+        assert all(j.shape != shape for j in jobs[:first])
+
+
+def test_the_recorded_part_of_the_shipped_corpus_plan_never_changes() -> None:
+    """Jobs 0-1999 of seed 1 are the shipped corpus's first recording: a change to the
+    plan (a new shape, a new draw) must leave them as they were, or a resumed recording
+    would mix two plans. The digest is of the plan they were recorded from."""
+    jobs = shapes.plan(2000, USERS, seed=1, paths=PATHS)
+    text = repr([(j.index, j.shape, j.variant, j.user, j.options, j.script, j.cancel_after_s) for j in jobs])
+    assert hashlib.sha256(text.encode()).hexdigest() == \
+        "7313cb2d8803fdc5a73367aaef261ead362e8f374483a1f66d0d6599178487f0"
 
 
 def _request(job: shapes.CorpusJob) -> tuple[str, ...]:
@@ -40,7 +54,7 @@ def test_a_users_request_is_drawn_the_same_way_whatever_the_shape() -> None:
     """Per user, the share of each (mem, time, cpus) choice is alike in failing-prone and
     healthy shapes: the request alone does not tell them apart."""
     jobs = shapes.plan(6000, USERS, seed=2, paths=PATHS)
-    risky = {"mem_grow", "stall", "starve", "scratch_fill", "crash", "procs", "threads"}
+    risky = {"mem_grow", "leak", "stall", "starve", "scratch_fill", "crash", "procs", "threads"}
     healthy = {"compute", "sleepy", "io_tmp", "mem_steady"}
     def shares(user: str, opt: str, group: set[str]) -> Counter[str]:
         vals = [o for j in jobs if j.user == user and j.shape in group for o in _request(j) if o.startswith(opt)]
@@ -53,7 +67,8 @@ def test_a_users_request_is_drawn_the_same_way_whatever_the_shape() -> None:
 
 
 @pytest.mark.parametrize(("shape", "param", "edge"), [
-    ("mem_grow", "end_frac", 1.0), ("stall", "total_over_limit", 1.0), ("starve", "total_over_limit", 1.0),
+    ("mem_grow", "end_frac", 1.0), ("leak", "end_frac", 1.0), ("stall", "total_over_limit", 1.0),
+    ("starve", "total_over_limit", 1.0),
     ("crash", "at_frac", 1.0), ("scratch_fill", "fill_frac", 134 / shapes.SCRATCH_MB),
     ("cancel", "cancel_frac", 1.0)])
 def test_the_drawn_parameters_fall_on_both_sides_of_the_outcome(shape: str, param: str, edge: float) -> None:

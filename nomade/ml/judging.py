@@ -4,12 +4,13 @@ and on each failure shape left out of training.
 **Behaviour-visible failures** (:data:`BEHAVIOUR_VISIBLE`, the one place the rule
 lives): a job whose behaviour (the corpus metadata's ``variant``: a plain job's shape,
 an array task's or a multinode job's inner behaviour) and final state are one of
-memory growth or a process/thread storm that ran out of memory (OUT_OF_MEMORY; a
-multinode ``mem_grow`` whose ``srun`` step the kernel killed ends FAILED), a stall or a
-CPU-starved job that outlived its time limit (TIMEOUT), or a job that filled its
-scratch filesystem (FAILED on ENOSPC). Crashes after a random amount of work, user
-cancels and every other failure are left out of this subset (neither failed nor
-healthy). The shape and variant choose which jobs are judged; no model reads them.
+memory growth (a leak, or growth that levels off) or a process/thread storm that ran
+out of memory (OUT_OF_MEMORY; a multinode ``mem_grow`` whose ``srun`` step the kernel
+killed ends FAILED), a stall or a CPU-starved job that outlived its time limit
+(TIMEOUT), or a job that filled its scratch filesystem (FAILED on ENOSPC). Crashes
+after a random amount of work, user cancels and every other failure are left out of
+this subset (neither failed nor healthy). The shape and variant choose which jobs are
+judged; no model reads them.
 
 Every figure is per job, from the replayed ticks (``replay.Ticks``) of each scorer (the
 models as the agent loads them, each baseline, each rule):
@@ -39,6 +40,7 @@ from nomade.ml import metrics, replay
 
 BEHAVIOUR_VISIBLE: dict[str, frozenset[str]] = {
     "mem_grow": frozenset({"OUT_OF_MEMORY", "FAILED"}),
+    "leak": frozenset({"OUT_OF_MEMORY"}),
     "procs": frozenset({"OUT_OF_MEMORY"}),
     "threads": frozenset({"OUT_OF_MEMORY"}),
     "stall": frozenset({"TIMEOUT"}),

@@ -28,8 +28,14 @@ SHAPES: dict[str, float] = {
     "compute": 0.15, "sleepy": 0.05, "io_tmp": 0.06, "mem_steady": 0.06,
     "mem_grow": 0.12, "stall": 0.09, "starve": 0.06, "scratch_fill": 0.08,
     "crash": 0.10, "procs": 0.04, "threads": 0.03, "thrash": 0.03,
-    "multinode": 0.05, "array": 0.05, "cancel": 0.03,
+    "multinode": 0.05, "array": 0.05, "cancel": 0.03, "leak": 0.30,
 }
+LATER_SHAPES: dict[str, int] = {"leak": 2000}
+"""Shapes added to the plan after its first jobs were recorded -> the plan index they
+start at. Jobs before it draw from the other shapes with the same weights, and users'
+leanings towards a later shape are drawn after all the others: the jobs already
+recorded keep their plan, so a recording still resumes by index (the first 2,000 jobs of
+the shipped corpus were recorded before the leak shape existed)."""
 
 #: Per-user habits: time limits (minutes) and their weights, memory requests (MB),
 #: CPUs, the share of the limit a job's planned work takes, and job names.
@@ -113,6 +119,9 @@ def _variant(variant: str, d: _Draw, paths: Paths, mem: int, limit_s: float, dur
         return _work(paths, "write", dir=paths.tmp, total_mb=d.u("total_mb", 10, 300, 0), seconds=dur)
     if variant == "mem_steady":
         return _work(paths, "hold", mb=int(mem * d.u("mem_frac", 0.15, 0.85)), seconds=dur, share=share)
+    if variant == "leak":   # grows until the work is done (or --mem is reached): no plateau
+        return _work(paths, "grow", start_mb=int(mem * d.u("start_frac", 0.05, 0.3)),
+                     end_mb=int(mem * d.u("end_frac", 0.5, 2.0)), seconds=dur, hold_s=0, share=share)
     if variant == "mem_grow":
         grow_s = dur * d.u("grow_frac", 0.4, 0.95)
         return _work(paths, "grow", start_mb=int(mem * d.u("start_frac", 0.05, 0.3)),
@@ -159,7 +168,17 @@ _ARRAY_INNER = ["compute", "sleepy", "mem_grow", "crash", "scratch_fill", "stall
 def _habits(users: list[str], seed: int) -> dict[str, dict[str, float]]:
     """Each user's leaning towards each shape (a factor 0.3-2), from the seed."""
     rng = random.Random(f"habits:{seed}")
-    return {u: {s: rng.uniform(0.3, 2.0) for s in SHAPES} for u in users}
+    first = [s for s in SHAPES if s not in LATER_SHAPES]
+    lean = {u: {s: rng.uniform(0.3, 2.0) for s in first} for u in users}
+    for s in LATER_SHAPES:
+        for u in users:
+            lean[u][s] = rng.uniform(0.3, 2.0)
+    return lean
+
+
+def _mix(index: int) -> dict[str, float]:
+    """The shapes (and weights) job ``index`` of a plan draws from (``LATER_SHAPES``)."""
+    return {s: w for s, w in SHAPES.items() if index >= LATER_SHAPES.get(s, 0)}
 
 
 def job(index: int, users: list[str], seed: int, paths: Paths,
@@ -167,7 +186,8 @@ def job(index: int, users: list[str], seed: int, paths: Paths,
     """Plan job ``index`` (deterministic in ``seed``, ``index`` and ``users``)."""
     lean = lean or _habits(users, seed)
     rng = random.Random(f"job:{seed}:{index}")
-    shape = rng.choices(list(SHAPES), weights=list(SHAPES.values()))[0]
+    mix = _mix(index)
+    shape = rng.choices(list(mix), weights=list(mix.values()))[0]
     user = rng.choices(users, weights=[lean[u][shape] for u in users])[0]
     habit = HABITS.get(user, DEFAULT_HABIT)
     d = _Draw(rng)
