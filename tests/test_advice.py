@@ -208,6 +208,9 @@ def test_two_way_phrases_follow_the_value() -> None:
     # a rise smaller than the normal one, or no change, is not "rose"
     assert advice.factor_phrases([f("cpu_eff_change", 0.0036, 0.006)]) == []
     assert advice.factor_phrases([f("cpu_eff_change", 0.0, -0.1)]) == []
+    # a drop that rounds to no point at all is not "dropped" (nomade.tools.demo, job 3:
+    # "CPU use dropped 0 points recently to 0%")
+    assert advice.factor_phrases([f("cpu_eff_change", -0.00405, -0.00028)], values={"cpu_eff": 0.0}) == []
     [(_, req)] = advice.factor_phrases([f("log_req_cpus", math.log1p(1), math.log1p(16))])
     assert req.startswith("Unusual request (1 CPUs), normal 16")
 

@@ -84,6 +84,10 @@ _AT_LEAST = {"mem_growth_frac_h": 1e-9, "user_fail_rate": 1e-9, "user_last_faile
              "log_read_mbps": 1.0, "log_write_mbps": 1.0, "io_pressure": 0.05, "nfs_write_share": 0.1,
              "fs_fill_frac_h": 1e-9}
 
+#: Least CPU efficiency change (a share of the CPUs) that "rose" / "dropped N points" may
+#: cite: a job of the demo at 0.4 % of its CPU was told "CPU use dropped 0 points".
+_MIN_CPU_CHANGE = 0.01
+
 
 @dataclass(frozen=True)
 class Factor:
@@ -153,7 +157,7 @@ def cited(f: Factor) -> bool:
     if f.name in _BELOW_NORMAL:
         return v <= _AT_MOST[f.name] and (n is None or v < n)
     if f.name == "cpu_eff_change":   # "rose" / "dropped": the change, and more than normal
-        return v != 0 and (n is None or (v > n if v > 0 else v < n))
+        return abs(v) >= _MIN_CPU_CHANGE and (n is None or (v > n if v > 0 else v < n))
     return True
 
 
