@@ -123,3 +123,16 @@ def test_the_same_job_sampled_every_3_s_and_every_30_s_gets_the_same_risk(scorer
     assert gap.max() <= INTERVAL_TOLERANCE, (name, np.round(fine, 3), np.round(coarse, 3))
     if name == "stall":   # not a constant model: its risk moves with the behaviour, at both intervals
         assert fine[-1] - fine[0] >= 0.2 and coarse[-1] - coarse[0] >= 0.2, (np.round(fine, 3), np.round(coarse, 3))
+
+
+@pytest.mark.parametrize("every_s", [3.0, 30.0])
+def test_a_steady_busy_job_is_never_riskier_than_the_average_training_job(scorer: Scorer, every_s: float) -> None:
+    """Most of a site's jobs keep their CPUs busy; the corpus cannot hold one (its 2-core
+    host runs 28 jobs at once), so the starter scores them from the edge of what it
+    learnt (``features.Normalizer``). A starter that read that edge from three outliers
+    put this job at 0.43-0.59: a "moderate" to "high" for every healthy job of a site."""
+    limit_s, mem_limit_mb, mem_mb, eff, run_s = JOBS["steady"]
+    jobs = _job(limit_s, mem_limit_mb)
+    risk = _risks(scorer, jobs, _sampled(every_s, 1.0, run_s, mem_limit_mb, mem_mb, eff), np.arange(65.0, run_s, 15.0))
+    average = persist.read_metadata(starter.STARTER_DIR)["training_data"]["splits"]["train"]["failure_rate"]
+    assert risk.max() < average, (np.round(risk, 3), average)
