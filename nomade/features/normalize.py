@@ -41,8 +41,9 @@ class Normalizer:
         X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
         w = np.ones(len(X)) if weight is None else np.asarray(weight, np.float64)
         mask = mask & (w[:, None] > 0)
-        self.lo_, self.hi_ = (np.array([_weighted_quantile(X[mask[:, j], j], w[mask[:, j]], q)
-                                        for j in range(X.shape[1])]) for q in (self.TAIL, 1.0 - self.TAIL))
+        edges = np.array([_weighted_quantiles(X[mask[:, j], j], w[mask[:, j]], (self.TAIL, 1.0 - self.TAIL))
+                          for j in range(X.shape[1])])
+        self.lo_, self.hi_ = edges[:, 0], edges[:, 1]
         X = self._clipped(X)
         wm = mask * w[:, None]
         tot = wm.sum(axis=0)
@@ -107,12 +108,14 @@ class Normalizer:
         return cls(mean_=mean, std_=std, lo_=lo, hi_=hi)
 
 
-def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
-    """The smallest ``x`` at or below which a share ``q`` of the weight ``w`` lies
-    (-inf for q < 0.5 and +inf otherwise when ``x`` is empty: a feature never known
-    is not bounded)."""
+def _weighted_quantiles(x: np.ndarray, w: np.ndarray, qs: tuple[float, float]) -> tuple[float, float]:
+    """The smallest ``x`` at or below which a share ``q`` of the weight ``w`` lies, for
+    each ``q`` of ``qs`` (-inf and +inf when ``x`` is empty: a feature never known is not
+    bounded)."""
     if not len(x):
-        return -np.inf if q < 0.5 else np.inf
-    order = np.argsort(x, kind="stable")
+        return -np.inf, np.inf
+    order = np.argsort(x)
     cum = np.cumsum(w[order])
-    return float(x[order][min(int(np.searchsorted(cum, q * cum[-1])), len(x) - 1)])
+    at = np.minimum(np.searchsorted(cum, np.asarray(qs) * cum[-1]), len(x) - 1)
+    lo, hi = x[order[at]]
+    return float(lo), float(hi)
