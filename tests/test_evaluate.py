@@ -155,9 +155,10 @@ def test_cli_table_has_every_row_and_one_split(tmp_path: Path, swf: Path, cfg_fi
 
 
 def test_cli_replay_table_and_plots(tmp_path: Path, cfg_file: Path) -> None:
-    # the synthetic jobs' risks reach 0.7 and not always the default 0.75: the lead-time plot needs crossings
+    # models of 3 epochs on 40 synthetic test jobs (3 failed) seldom reach the default 0.75;
+    # the lead-time plot needs crossings, and these seeded models cross 0.3 on two of them
     cfg = tmp_path / "nomade.toml"
-    cfg.write_text(cfg_file.read_text() + "[ml.alerts]\nhigh_risk_threshold = 0.7\n")
+    cfg.write_text(cfg_file.read_text() + "[ml.alerts]\nhigh_risk_threshold = 0.3\n")
     env = {**os.environ, "NOMADE_CONFIG": str(cfg), "OMP_NUM_THREADS": "1",
            "XDG_DATA_HOME": str(tmp_path / "data")}
     out = _nomade("evaluate", "--synthetic", "400", "--replay-step", "120", "--replay-max-ticks", "4",
@@ -165,7 +166,7 @@ def test_cli_replay_table_and_plots(tmp_path: Path, cfg_file: Path) -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "replay of 40 test jobs through the live scorer" in text and "every 120 s (at most 4 a job)" in text
-    assert any(line.startswith("risk >= 0.70") for line in text.splitlines())
+    assert any(line.startswith("risk >= 0.30") for line in text.splitlines())
     assert any(line.startswith("COMPLETED") and "false alarms" in line for line in text.splitlines())
     ns = {"s": "http://www.w3.org/2000/svg"}
     roc = ET.parse(tmp_path / "plots" / "roc.svg").getroot()
