@@ -133,14 +133,24 @@ def write(path: str | Path, rows: HistoryRows, meta: Mapping[str, Mapping[str, A
 
 
 def export_store(db_path: str | Path, path: str | Path, meta: Mapping[str, Mapping[str, Any]],
-                 made_by: Mapping[str, Any] | None = None, iowait_max_age_s: float = 600.0) -> dict[str, Any]:
+                 made_by: Mapping[str, Any] | None = None, iowait_max_age_s: float = 600.0,
+                 after: Corpus | None = None) -> dict[str, Any]:
     """Write the ended jobs of the store that ``meta`` describes (with their samples and the
-    node samples of their time) to ``path``; the header."""
+    node samples of their time) to ``path``, after the rows of the corpus ``after`` when
+    given (a recording that continued it); the header. ``CorpusError`` when a job id of the
+    store is already in ``after``."""
     rows = rows_from_store(db_path, iowait_max_age_s, job_ids=list(meta))
     ends = [j["end_ts"] for j in rows.jobs if j.get("end_ts") is not None]
     if ends:
         last = max(ends) + iowait_max_age_s
         rows.node_samples = [r for r in rows.node_samples if r[1] <= last]
+    if after is not None:
+        both = {j["job_id"] for j in after.rows.jobs} & {j["job_id"] for j in rows.jobs}
+        if both:
+            raise CorpusError(f"{db_path}: job ids already in the earlier corpus: {sorted(both)[:5]}")
+        merged = HistoryRows(list(after.rows.jobs), list(after.rows.job_samples), list(after.rows.node_samples))
+        merged.extend(rows)
+        rows, meta = merged, {**after.meta, **meta}
     return write(path, rows, meta, made_by)
 
 

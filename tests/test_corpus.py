@@ -108,6 +108,23 @@ def test_a_corpus_mixed_with_a_store_keeps_both_apart(db: Path, tmp_path: Path) 
     np.testing.assert_array_equal(samples.iowait_pct[own], samples.iowait_pct[other])
 
 
+def test_an_export_after_an_earlier_corpus_holds_both_in_order_and_refuses_a_shared_job_id(
+        db: Path, tmp_path: Path) -> None:
+    """A recording that continued a shipped corpus (``record --after``) exports that
+    corpus's rows first, then its own, with both metadata; a job id in both is refused."""
+    first = {k: v for k, v in META.items() if k in ("11", "12")}
+    corpus.export_store(db, tmp_path / "a.npz", first)
+    earlier = corpus.read(tmp_path / "a.npz")
+    later = {k: v for k, v in META.items() if k not in first}
+    corpus.export_store(db, tmp_path / "ab.npz", later, after=earlier)
+    both = corpus.read(tmp_path / "ab.npz")
+    assert [j["job_id"] for j in both.rows.jobs] == ["11", "12", "13", "14"] and both.meta == META
+    assert both.rows.job_samples == history.rows_from_store(db).job_samples
+    assert both.header["counts"]["jobs"] == 4
+    with pytest.raises(corpus.CorpusError, match=r"job ids already in the earlier corpus: \['12'\]"):
+        corpus.export_store(db, tmp_path / "bad.npz", {k: META[k] for k in ("12", "13")}, after=earlier)
+
+
 def test_a_truncated_file_is_refused_naming_it(db: Path, tmp_path: Path) -> None:
     path = tmp_path / "c.npz"
     corpus.export_store(db, path, META)

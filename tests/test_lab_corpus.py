@@ -200,6 +200,27 @@ def test_resume_skips_recorded_jobs_adopts_running_ones_and_redoes_the_rest(tmp_
     assert [e["job_id"] for e in rec.ledger.events if e["event"] == "lost"] == ["13"]
 
 
+def test_a_recording_after_a_corpus_skips_its_plan_indices_and_starts_ids_above_its_own(
+        tmp_path: Path) -> None:
+    """``record --after CORPUS`` (its recording directory gone): the corpus's plan indices
+    of this seed count as recorded, another seed's do not, and job ids must exceed its own."""
+    from nomade import corpus
+    from nomade.history import HistoryRows
+    from nomade.slurm import Slurm
+    from nomade.tools.lab.record import Recorder
+    _fake_slurm(tmp_path, [])
+    jobs = [{"job_id": jid, "state": "COMPLETED", "nodes": ()} for jid in ("40", "41", "42", "7")]
+    meta = {"40": {"shape": "compute", "variant": "compute", "plan_index": 0, "seed": 1, "user": "u"},
+            "41": {"shape": "array", "variant": "compute", "plan_index": 2, "seed": 1, "user": "u"},
+            "42": {"shape": "array", "variant": "crash", "plan_index": 2, "seed": 1, "user": "u"},
+            "7": {"shape": "compute", "variant": "compute", "plan_index": 3, "seed": 2, "user": "u"}}
+    corpus.write(tmp_path / "c.npz", HistoryRows(jobs=jobs), meta)
+    (tmp_path / "ws").mkdir()
+    rec = Recorder(tmp_path / "ws", 5, seed=1, max_running=4, poll_s=0, after=tmp_path / "c.npz")
+    rec.slurm = Slurm(bin_dir=str(tmp_path / "bin"), use_pyslurm="never")
+    assert [j.index for j in rec.todo()] == [1, 3, 4] and rec.id_floor == 42
+
+
 def test_poll_records_array_tasks_by_own_id_and_cancels_a_due_cancel_job(tmp_path: Path) -> None:
     from nomade.tools.lab.record import Live
     listing = _fake_slurm(tmp_path, [_raw(51, "COMPLETED", 50, 0), _raw(50, "RUNNING", 50, 1),

@@ -15,6 +15,10 @@ the recorder's own cancel) are skipped; jobs of a previous run that Slurm still 
 adopted. When the cluster is down it is started with ``--first-job-id`` above every job
 id the store or ledger holds (the store keys jobs by job id).
 
+Continuing a shipped corpus when its recording directory is gone: ``--after FILE`` treats
+the plan indices of that seed the corpus holds as recorded and starts job ids above its
+own; ``export --after FILE`` then writes that corpus's jobs followed by the new ones.
+
 SIGTERM / SIGINT: stop submitting, cancel the running jobs (recorded), wait until Slurm
 has ended them and the agent stored their final states, stop the daemons (they drain
 what arrived), exit 0.
@@ -33,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nomade.slurm import Slurm, SlurmError
 from nomade.slurmstates import is_final, normalise
@@ -46,6 +50,9 @@ from nomade.tools.lab.pipeline import (
     wait_labelled,
     write_config,
 )
+
+if TYPE_CHECKING:
+    from nomade.corpus import Corpus
 
 SAMPLE_INTERVAL_S = 3.0
 N_SCRATCH = 4
@@ -118,7 +125,8 @@ def _num(raw: Any) -> int | None:
 class Recorder:
     """The recording loop (see the module docstring)."""
 
-    def __init__(self, ws: Path, n_jobs: int, seed: int, max_running: int, poll_s: float = 3.0) -> None:
+    def __init__(self, ws: Path, n_jobs: int, seed: int, max_running: int, poll_s: float = 3.0,
+                 after: Path | None = None) -> None:
         self.ws, self.n_jobs, self.seed, self.max_running, self.poll_s = ws, n_jobs, seed, max_running, poll_s
         self.slurm = Slurm(use_pyslurm="never")
         self.ledger = Ledger(ws / "plan.jsonl")
@@ -128,7 +136,10 @@ class Recorder:
         self.live: dict[str, Live] = {}
         self.stopping = False
         self.restarts: dict[str, int] = {}
-        self.id_floor = 0      # the highest job id the store or ledger held at start
+        self.id_floor = 0      # the highest job id the store, ledger or earlier corpus held at start
+        self.done_before: set[int] = set()   # plan indices the earlier corpus (--after) holds
+        if after is not None:
+            self._read_after(after)
 
     # ------------------------------------------------------------ setup
     def prepare(self) -> None:
@@ -143,12 +154,23 @@ class Recorder:
         for d in self.paths.scratch:
             self._mount_scratch(Path(d))
         ensure_users(LAB_USERS)
-        self.id_floor = max(self._max_store_id(), self.ledger.max_job_id())
+        self.id_floor = max(self.id_floor, self._max_store_id(), self.ledger.max_job_id())
         if not self.slurm.ping():
             first = self.id_floor + 1
             log(f"cluster down: starting it (4 nodes x 8 CPUs, first job id {first})")
             subprocess.run([str(REPO / "slurm-conf" / "start-test-cluster.sh"), "--nodes", "4",
                             "--cpus", "8", "--first-job-id", str(first)], check=True)
+
+    def _read_after(self, path: Path) -> None:
+        """The plan indices of this seed and the highest job id of an earlier corpus."""
+        from nomade import corpus
+        earlier = corpus.read(path)
+        self.done_before = {int(m["plan_index"]) for m in earlier.meta.values()
+                            if m.get("seed") == self.seed and m.get("plan_index") is not None}
+        self.id_floor = max((int(j["job_id"]) for j in earlier.rows.jobs if str(j["job_id"]).isdigit()),
+                            default=0)
+        log(f"{path}: {len(self.done_before)} plan indices of seed {self.seed} recorded, "
+            f"job ids up to {self.id_floor}")
 
     def _mount_scratch(self, d: Path) -> None:
         """A ``SCRATCH_MB`` ext4 filesystem on a loop file, mode 1777 (kept when mounted)."""
@@ -181,6 +203,8 @@ class Recorder:
                  (_squeue(self.slurm, pending_ids) if pending_ids else [])}
         todo = []
         for job in plan:
+            if job.index in self.done_before:
+                continue
             job_id = submitted.get(job.index)
             if job_id is not None and job_id in ended and job_id not in cancelled:
                 continue
@@ -320,6 +344,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2000, help="plan size (indices 0..N-1)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-running", type=int, default=20, help="jobs (array tasks) in Slurm at once")
+    p.add_argument("--after", type=Path, metavar="CORPUS",
+                   help="an earlier corpus of this seed: its plan indices count as recorded and job ids "
+                        "start above its own (continue a corpus whose recording directory is gone)")
     return p.parse_args(argv)
 
 
@@ -331,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.dir.mkdir(parents=True, exist_ok=True)
     (a.dir / "record.pid").write_text(f"{os.getpid()}\n")
-    rec = Recorder(a.dir, a.jobs, a.seed, a.max_running)
+    rec = Recorder(a.dir, a.jobs, a.seed, a.max_running, after=a.after)
 
     def stop(signum: int, _frame: Any) -> None:
         log(f"signal {signum}: stopping (cancelling running jobs)")
@@ -386,31 +413,45 @@ def export(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--readme", type=Path, help="rewrite the fenced block under '## Counts' of this README "
                                                "with `nomade corpus info` of the new file")
+    p.add_argument("--after", type=Path, metavar="CORPUS",
+                   help="the corpus this recording continued (record --after): its jobs come first")
     a = p.parse_args(argv)
     ledger = Ledger(a.dir / "plan.jsonl")
-    meta = ledger_meta(ledger)
-    submits = [e for e in ledger.events if e["event"] == "submit"]
-    seeds = sorted({e["seed"] for e in submits})
-    made_by = {
-        "tool": "python -m nomade.tools.lab record (nomade/tools/lab/record.py, shapes in nomade/tools/lab/shapes.py)",
-        "seed": seeds[0] if len(seeds) == 1 else seeds,
-        "plan_indices": [min((e["index"] for e in submits), default=None),
-                         max((e["index"] for e in submits), default=None)],
-        "cluster": "project test cluster: Slurm 22.05, 4 emulated nodes x 8 CPUs on a 2-core host, cgroup v1",
-        "sample_interval_s": SAMPLE_INTERVAL_S,
-        "recorded": [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(e["ts"] for e in submits))),
-                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(e["ts"] for e in ledger.events)))]
-        if submits else None,
-        "rerecord": f"python -m nomade.tools.lab record --dir {a.dir} --jobs N --seed {seeds[0] if seeds else 1} "
-                    "--max-running 28; python -m nomade.tools.lab export --dir DIR --out FILE",
-    }
-    header = corpus.export_store(a.dir / "nomade.db", a.out, meta, made_by)
+    earlier = corpus.read(a.after) if a.after else None
+    header = corpus.export_store(a.dir / "nomade.db", a.out, ledger_meta(ledger),
+                                 _made_by(ledger, a.dir, earlier), after=earlier)
     print(json.dumps(header["counts"], indent=1))
     print(f"{a.out}: {a.out.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
     if a.readme:
         from nomade.commands.corpus import text
         _fill_counts(a.readme, text(a.out.name, header) + f"\nsize: {a.out.stat().st_size / 1e6:.1f} MB")
     return 0
+
+
+def _made_by(ledger: Ledger, ws: Path, earlier: Corpus | None = None) -> dict[str, Any]:
+    """The header's ``made_by``: tool, seed, plan indices, cluster, recording period(s), the
+    re-record command; a continued corpus (``earlier``) adds its indices and periods."""
+    submits = [e for e in ledger.events if e["event"] == "submit"]
+    seeds = sorted({e["seed"] for e in submits})
+    indices = [e["index"] for e in submits]
+    periods = [[time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) for t in
+                (min(e["ts"] for e in submits), max(e["ts"] for e in ledger.events))]] if submits else []
+    if earlier is not None:
+        before = earlier.header.get("made_by", {})
+        indices += [i for i in before.get("plan_indices") or [] if i is not None]
+        recorded = before.get("recorded") or []
+        periods = (recorded if recorded and isinstance(recorded[0], list) else [recorded] if recorded else []) + periods
+    seed = seeds[0] if seeds else 1
+    return {
+        "tool": "python -m nomade.tools.lab record (nomade/tools/lab/record.py, shapes in nomade/tools/lab/shapes.py)",
+        "seed": seed if len(seeds) <= 1 else seeds,
+        "plan_indices": [min(indices, default=None), max(indices, default=None)],
+        "cluster": "project test cluster: Slurm 22.05, 4 emulated nodes x 8 CPUs on a 2-core host, cgroup v1",
+        "sample_interval_s": SAMPLE_INTERVAL_S,
+        "recorded": (periods[0] if len(periods) == 1 else periods) or None,
+        "rerecord": f"python -m nomade.tools.lab record --dir {ws} --jobs N --seed {seed} "
+                    "--max-running 28; python -m nomade.tools.lab export --dir DIR --out FILE",
+    }
 
 
 def _fill_counts(readme: Path, block: str) -> None:
