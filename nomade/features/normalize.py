@@ -37,7 +37,8 @@ class Normalizer:
     hi_: np.ndarray | None = None
 
     def fit(self, X: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> Normalizer:
-        """Weighted mean and std of each feature over examples where it is known."""
+        """Each feature's range (weighted ``TAIL`` quantiles), then its weighted mean and std
+        after clipping to that range, over the examples where it is known."""
         X, mask = np.asarray(X, np.float64), np.asarray(mask, bool)
         w = np.ones(len(X)) if weight is None else np.asarray(weight, np.float64)
         mask = mask & (w[:, None] > 0)
