@@ -200,25 +200,61 @@ def test_resume_skips_recorded_jobs_adopts_running_ones_and_redoes_the_rest(tmp_
     assert [e["job_id"] for e in rec.ledger.events if e["event"] == "lost"] == ["13"]
 
 
-def test_a_recording_after_a_corpus_skips_its_plan_indices_and_starts_ids_above_its_own(
-        tmp_path: Path) -> None:
-    """``record --after CORPUS`` (its recording directory gone): the corpus's plan indices
-    of this seed count as recorded, another seed's do not, and job ids must exceed its own."""
+def _earlier_corpus(path: Path) -> Path:
+    """A corpus of plan indices 0 and 2 (an array of two tasks) of seed 1 and 3 of seed 2,
+    recorded in one period, job ids up to 42."""
     from nomade import corpus
     from nomade.history import HistoryRows
-    from nomade.slurm import Slurm
-    from nomade.tools.lab.record import Recorder
-    _fake_slurm(tmp_path, [])
     jobs = [{"job_id": jid, "state": "COMPLETED", "nodes": ()} for jid in ("40", "41", "42", "7")]
     meta = {"40": {"shape": "compute", "variant": "compute", "plan_index": 0, "seed": 1, "user": "u"},
             "41": {"shape": "array", "variant": "compute", "plan_index": 2, "seed": 1, "user": "u"},
             "42": {"shape": "array", "variant": "crash", "plan_index": 2, "seed": 1, "user": "u"},
             "7": {"shape": "compute", "variant": "compute", "plan_index": 3, "seed": 2, "user": "u"}}
-    corpus.write(tmp_path / "c.npz", HistoryRows(jobs=jobs), meta)
+    corpus.write(path, HistoryRows(jobs=jobs), meta, made_by={
+        "seed": 1, "plan_indices": [0, 3], "recorded": ["2026-12-04T13:39:06Z", "2026-12-04T23:59:06Z"]})
+    return path
+
+
+def test_a_recording_after_a_corpus_skips_its_plan_indices_and_starts_ids_above_its_own(
+        tmp_path: Path) -> None:
+    """``record --after CORPUS`` (its recording directory gone): the corpus's plan indices
+    of this seed count as recorded, another seed's do not, job ids must exceed its own,
+    and the ledger remembers the corpus for a resume without the flag."""
+    from nomade.slurm import Slurm
+    from nomade.tools.lab.record import Recorder
+    _fake_slurm(tmp_path, [])
+    earlier = _earlier_corpus(tmp_path / "c.npz")
     (tmp_path / "ws").mkdir()
-    rec = Recorder(tmp_path / "ws", 5, seed=1, max_running=4, poll_s=0, after=tmp_path / "c.npz")
-    rec.slurm = Slurm(bin_dir=str(tmp_path / "bin"), use_pyslurm="never")
-    assert [j.index for j in rec.todo()] == [1, 3, 4] and rec.id_floor == 42
+    for after in (earlier, None):       # the first run, then a resume that forgot --after
+        rec = Recorder(tmp_path / "ws", 5, seed=1, max_running=4, poll_s=0, after=after)
+        rec.slurm = Slurm(bin_dir=str(tmp_path / "bin"), use_pyslurm="never")
+        assert [j.index for j in rec.todo()] == [1, 3, 4] and rec.job_id_floor() == 42
+    assert [e["event"] for e in rec.ledger.events] == ["after"]
+    with pytest.raises(SystemExit, match="no job of seed 3"):
+        Recorder(tmp_path / "other", 5, seed=3, max_running=4, after=earlier)
+
+
+def test_an_export_after_a_corpus_merges_its_header_and_refuses_an_index_recorded_twice(
+        tmp_path: Path) -> None:
+    from nomade import corpus
+    from nomade.tools.lab.record import _made_by, export
+    earlier = _earlier_corpus(tmp_path / "c.npz")
+    sub = {"event": "submit", "seed": 1, "shape": "compute", "variant": "compute", "user": "u", "array_variants": []}
+    events = [{"event": "after", "ts": 0, "corpus": str(earlier)},
+              {**sub, "ts": 1764900000, "index": 1, "job_id": "43"},
+              {"event": "end", "ts": 1764900060, "index": 1, "job_id": "43", "states": {"43": "COMPLETED"}}]
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "plan.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    made_by = _made_by(Ledger(ws / "plan.jsonl"), ws, corpus.read(earlier))
+    assert made_by["plan_indices"] == [0, 3] and made_by["seed"] == [1, 2]
+    assert made_by["recorded"] == [["2026-12-04T13:39:06Z", "2026-12-04T23:59:06Z"],
+                                   ["2025-12-05T02:00:00Z", "2025-12-05T02:01:00Z"]]
+    again = {**sub, "ts": 2, "index": 2, "job_id": "44"}
+    (ws / "plan.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [*events, again, {
+        "event": "end", "ts": 3, "index": 2, "job_id": "44", "states": {"44": "COMPLETED"}}]))
+    with pytest.raises(SystemExit, match=r"plan indices already in .*c.npz: \[2\]"):
+        export(["--dir", str(ws), "--out", str(tmp_path / "out.npz")])
 
 
 def test_poll_records_array_tasks_by_own_id_and_cancels_a_due_cancel_job(tmp_path: Path) -> None:

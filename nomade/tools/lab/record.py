@@ -16,8 +16,10 @@ adopted. When the cluster is down it is started with ``--first-job-id`` above ev
 id the store or ledger holds (the store keys jobs by job id).
 
 Continuing a shipped corpus when its recording directory is gone: ``--after FILE`` treats
-the plan indices of that seed the corpus holds as recorded and starts job ids above its
-own; ``export --after FILE`` then writes that corpus's jobs followed by the new ones.
+the plan indices of that seed the corpus holds as recorded (an index whose jobs all
+ended UNKNOWN is not in it and is recorded again) and starts job ids above its own; the
+ledger notes the file (an ``after`` event), so a resume and ``export`` find it without
+the flag. ``export`` writes that corpus's jobs followed by the new ones.
 
 SIGTERM / SIGINT: stop submitting, cancel the running jobs (recorded), wait until Slurm
 has ended them and the agent stored their final states, stop the daemons (they drain
@@ -88,6 +90,10 @@ class Ledger:
             f.flush()
             os.fsync(f.fileno())
 
+    def after(self) -> Path | None:
+        """The earlier corpus this recording continues (its ``after`` event), if any."""
+        return next((Path(e["corpus"]) for e in reversed(self.events) if e["event"] == "after"), None)
+
     def max_job_id(self) -> int:
         ids = [int(e["job_id"]) for e in self.events if str(e.get("job_id", "")).isdigit()]
         ids += [int(t) for e in self.events if e["event"] == "array_tasks" for t in e["tasks"].values()]
@@ -137,7 +143,9 @@ class Recorder:
         self.stopping = False
         self.restarts: dict[str, int] = {}
         self.id_floor = 0      # the highest job id the store, ledger or earlier corpus held at start
+        self.after_floor = 0   # the highest job id of the earlier corpus (--after)
         self.done_before: set[int] = set()   # plan indices the earlier corpus (--after) holds
+        after = after or self.ledger.after()
         if after is not None:
             self._read_after(after)
 
@@ -154,23 +162,35 @@ class Recorder:
         for d in self.paths.scratch:
             self._mount_scratch(Path(d))
         ensure_users(LAB_USERS)
-        self.id_floor = max(self.id_floor, self._max_store_id(), self.ledger.max_job_id())
+        self.id_floor = self.job_id_floor()
         if not self.slurm.ping():
             first = self.id_floor + 1
             log(f"cluster down: starting it (4 nodes x 8 CPUs, first job id {first})")
             subprocess.run([str(REPO / "slurm-conf" / "start-test-cluster.sh"), "--nodes", "4",
                             "--cpus", "8", "--first-job-id", str(first)], check=True)
 
+    def job_id_floor(self) -> int:
+        """The highest job id the store, the ledger or the earlier corpus holds: Slurm must
+        give higher ones (the store keys jobs by job id)."""
+        return max(self.after_floor, self._max_store_id(), self.ledger.max_job_id())
+
     def _read_after(self, path: Path) -> None:
-        """The plan indices of this seed and the highest job id of an earlier corpus."""
+        """The plan indices of this seed and the highest job id of an earlier corpus; the
+        ledger notes it. ``SystemExit`` when it holds no job of this seed (a wrong seed
+        would record its whole plan again)."""
         from nomade import corpus
         earlier = corpus.read(path)
-        self.done_before = {int(m["plan_index"]) for m in earlier.meta.values()
-                            if m.get("seed") == self.seed and m.get("plan_index") is not None}
-        self.id_floor = max((int(j["job_id"]) for j in earlier.rows.jobs if str(j["job_id"]).isdigit()),
-                            default=0)
+        self.done_before = plan_indices(earlier, self.seed)
+        if not self.done_before:
+            raise SystemExit(f"{path}: no job of seed {self.seed} (its seeds: {sorted(_seeds(earlier))}); "
+                             f"continue it with its own seed")
+        self.after_floor = max((int(j["job_id"]) for j in earlier.rows.jobs if str(j["job_id"]).isdigit()),
+                               default=0)
+        if self.ledger.after() != path.resolve():
+            self.ledger.add("after", corpus=str(path.resolve()), indices=len(self.done_before),
+                            max_job_id=self.after_floor)
         log(f"{path}: {len(self.done_before)} plan indices of seed {self.seed} recorded, "
-            f"job ids up to {self.id_floor}")
+            f"job ids up to {self.after_floor}")
 
     def _mount_scratch(self, d: Path) -> None:
         """A ``SCRATCH_MB`` ext4 filesystem on a loop file, mode 1777 (kept when mounted)."""
@@ -385,6 +405,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------ export
+def plan_indices(earlier: Corpus, seed: int) -> set[int]:
+    """The plan indices of ``seed`` a corpus holds."""
+    return {int(m["plan_index"]) for m in earlier.meta.values()
+            if m.get("seed") == seed and m.get("plan_index") is not None}
+
+
+def _seeds(earlier: Corpus) -> set[int]:
+    return {int(m["seed"]) for m in earlier.meta.values() if m.get("seed") is not None}
+
+
 def ledger_meta(ledger: Ledger) -> dict[str, dict[str, Any]]:
     """Job id -> corpus metadata (shape, variant, plan index, seed, user) of every job the
     ledger saw end, array tasks by their own ids; jobs the recorder cancelled are left out."""
@@ -414,12 +444,21 @@ def export(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", type=Path, help="rewrite the fenced block under '## Counts' of this README "
                                                "with `nomade corpus info` of the new file")
     p.add_argument("--after", type=Path, metavar="CORPUS",
-                   help="the corpus this recording continued (record --after): its jobs come first")
+                   help="the corpus this recording continued, its jobs first (default: the one "
+                        "`record --after` noted in the ledger)")
     a = p.parse_args(argv)
     ledger = Ledger(a.dir / "plan.jsonl")
-    earlier = corpus.read(a.after) if a.after else None
-    header = corpus.export_store(a.dir / "nomade.db", a.out, ledger_meta(ledger),
-                                 _made_by(ledger, a.dir, earlier), after=earlier)
+    after = a.after or ledger.after()
+    earlier = corpus.read(after) if after else None
+    meta = ledger_meta(ledger)
+    if earlier is not None:
+        again = {(m["seed"], m["plan_index"]) for m in meta.values()} & \
+            {(m.get("seed"), m.get("plan_index")) for m in earlier.meta.values()}
+        if again:
+            raise SystemExit(f"{a.dir}: plan indices already in {after}: {sorted(i for _, i in again)[:5]}; "
+                             f"was the recording resumed without --after?")
+    header = corpus.export_store(a.dir / "nomade.db", a.out, meta, _made_by(ledger, a.dir, earlier),
+                                 after=earlier)
     print(json.dumps(header["counts"], indent=1))
     print(f"{a.out}: {a.out.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
     if a.readme:
@@ -432,7 +471,7 @@ def _made_by(ledger: Ledger, ws: Path, earlier: Corpus | None = None) -> dict[st
     """The header's ``made_by``: tool, seed, plan indices, cluster, recording period(s), the
     re-record command; a continued corpus (``earlier``) adds its indices and periods."""
     submits = [e for e in ledger.events if e["event"] == "submit"]
-    seeds = sorted({e["seed"] for e in submits})
+    seeds = {e["seed"] for e in submits}
     indices = [e["index"] for e in submits]
     periods = [[time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) for t in
                 (min(e["ts"] for e in submits), max(e["ts"] for e in ledger.events))]] if submits else []
@@ -441,10 +480,11 @@ def _made_by(ledger: Ledger, ws: Path, earlier: Corpus | None = None) -> dict[st
         indices += [i for i in before.get("plan_indices") or [] if i is not None]
         recorded = before.get("recorded") or []
         periods = (recorded if recorded and isinstance(recorded[0], list) else [recorded] if recorded else []) + periods
-    seed = seeds[0] if seeds else 1
+        seeds |= _seeds(earlier)
+    seed = min(seeds, default=1)
     return {
         "tool": "python -m nomade.tools.lab record (nomade/tools/lab/record.py, shapes in nomade/tools/lab/shapes.py)",
-        "seed": seed if len(seeds) <= 1 else seeds,
+        "seed": seed if len(seeds) <= 1 else sorted(seeds),
         "plan_indices": [min(indices, default=None), max(indices, default=None)],
         "cluster": "project test cluster: Slurm 22.05, 4 emulated nodes x 8 CPUs on a 2-core host, cgroup v1",
         "sample_interval_s": SAMPLE_INTERVAL_S,
