@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 import traceback
@@ -26,6 +27,8 @@ from nomade.errors import NomadeError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, what a shell tool reports when its reader (``| head``) went away."""
 _CONTRACT = ("NAME", "HELP", "add_arguments", "run")
 
 DESCRIPTION = """\
@@ -130,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader closed the pipe: stop quietly, and point stdout at /dev/null so
+        # that the interpreter's last flush does not print a second traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _setup_logging(verbosity: int) -> None:

@@ -82,6 +82,19 @@ def test_no_command_is_usage_error() -> None:
     assert done.returncode == 2 and "usage: nomade" in done.stderr
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """``nomade ... | head``: the pipe closed before the command wrote; exit 141 (as a shell
+    tool killed by SIGPIPE), no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "NOMADE_CONFIG"}
+    with subprocess.Popen([sys.executable, "-m", "nomade", "--config", str(EXAMPLE), "config", "show"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        rc = proc.wait(timeout=60)
+    assert rc == cli.EXIT_BROKEN_PIPE and "Traceback" not in err and "Exception" not in err, err
+
+
 def test_config_show_json_names_source() -> None:
     done = nomade_cmd("--config", str(EXAMPLE), "config", "show", "--json")
     assert done.returncode == 0, done.stderr
