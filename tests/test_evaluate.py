@@ -348,7 +348,9 @@ def test_cli_judges_several_time_windows(tmp_path: Path, corpus_slice: Path, cfg
     assert list(windows) == ["0", "1"] and "2/2 windows" in out.stderr
     first, second = (windows[k]["window"] for k in ("0", "1"))
     assert second["test_start_ts"][1] <= first["test_start_ts"][0]          # the second window is older
-    assert first["train_jobs"] - second["train_jobs"] == second["test_jobs"] > 0
+    # one tenth back: the second window tests the first's validation jobs and trains without its own
+    assert second["test_jobs"] == first["validation_jobs"] > 0
+    assert first["train_jobs"] - second["train_jobs"] == second["validation_jobs"] > 0
     for key, s in report["spread"].items():
         vals = [judging.window_figures(w)[key] for w in windows.values()]
         vals = [v for v in vals if v is not None and np.isfinite(v)]
